@@ -1,0 +1,165 @@
+"""The ``fastsocks`` command."""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import logging
+import platform
+import sys
+
+from . import __version__, describe_implementation
+from .config import DEFAULT_LISTEN, Settings, parse_listen
+from .errors import ConfigError
+
+__all__ = ["main"]
+
+_LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+def _version_text() -> str:
+    try:
+        import uvloop
+
+        loop = f"uvloop {uvloop.__version__}"
+    except ImportError:
+        loop = "asyncio (uvloop not installed)"
+    return (
+        f"fastsocks {__version__}: {describe_implementation()}, event loop {loop}, "
+        f"{platform.python_implementation()} {platform.python_version()}"
+    )
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if value < 0 or value != value:
+        raise argparse.ArgumentTypeError(f"{text!r} must be 0 or more seconds")
+    return value
+
+
+def _listen(text: str) -> tuple[str, int]:
+    try:
+        return parse_listen(text)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _serve_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="fastsocks",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="SOCKS5 proxy server (RFC 1928, RFC 1929 username/password). "
+        "With no arguments it serves on 127.0.0.1:1080 without authentication.",
+        epilog="Other commands: 'fastsocks users add|remove FILE NAME' manages a users file.",
+    )
+    p.add_argument("--version", action="version", version=_version_text())
+    p.add_argument("--listen", metavar="HOST:PORT", action="append", type=_listen,
+                   help="address to listen on; repeatable; IPv6 as [::1]:1080 "
+                   "(default 127.0.0.1:1080)")
+    p.add_argument("--users", metavar="FILE",
+                   help="require username/password (RFC 1929) checked against FILE: "
+                   "'name:hash' lines with bcrypt (htpasswd -B) or argon2id hashes")
+    p.add_argument("--allow-open", action="store_true",
+                   help="allow listening on a non-loopback address without authentication")
+    p.add_argument("--handshake-timeout", metavar="SECONDS", type=_seconds, default=10.0,
+                   help="drop a client that has not sent a complete request in time (default 10)")
+    p.add_argument("--connect-timeout", metavar="SECONDS", type=_seconds, default=10.0,
+                   help="give up connecting to a target after this long; the client gets "
+                   "X'04' host unreachable (default 10)")
+    p.add_argument("--idle-timeout", metavar="SECONDS", type=_seconds, default=300.0,
+                   help="close a relayed connection after this long without traffic in "
+                   "either direction; 0 disables (default 300)")
+    p.add_argument("--loop", choices=("auto", "uvloop", "asyncio"), default="auto",
+                   help="event loop: uvloop where installed (auto), or force one")
+    p.add_argument("--log-level", choices=_LOG_LEVELS, default="info",
+                   help="log verbosity (default info)")
+    return p
+
+
+def _users_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="fastsocks users", description="Manage a users file.")
+    sub = p.add_subparsers(dest="action", required=True)
+    add = sub.add_parser("add", help="add a user or change a password; the password is "
+                         "read from a prompt, or from the first line of standard input")
+    add.add_argument("file")
+    add.add_argument("name")
+    add.add_argument("--argon2", action="store_true", help="hash with argon2id instead of bcrypt")
+    add.add_argument("--cost", type=int, default=10, choices=range(4, 32), metavar="4..31",
+                     help="bcrypt cost factor (default 10)")
+    remove = sub.add_parser("remove", help="remove a user")
+    remove.add_argument("file")
+    remove.add_argument("name")
+    return p
+
+
+def _read_password() -> bytes:
+    if sys.stdin.isatty():
+        first = getpass.getpass("Password: ")
+        if getpass.getpass("Repeat password: ") != first:
+            raise ConfigError("the passwords do not match")
+        return first.encode("utf-8")
+    line = sys.stdin.buffer.readline()
+    return line.rstrip(b"\r\n")
+
+
+def _users_main(argv: list[str]) -> int:
+    from .auth import remove_user, set_user
+
+    args = _users_parser().parse_args(argv)
+    try:
+        if args.action == "add":
+            existed = set_user(args.file, args.name, _read_password(),
+                               "argon2id" if args.argon2 else "bcrypt", args.cost)
+            print(f"{'updated' if existed else 'added'} user {args.name!r} in {args.file}",
+                  file=sys.stderr)
+        else:
+            if not remove_user(args.file, args.name):
+                print(f"fastsocks users: no user {args.name!r} in {args.file}", file=sys.stderr)
+                return 1
+            print(f"removed user {args.name!r} from {args.file}", file=sys.stderr)
+    except (ConfigError, ValueError, OSError) as exc:
+        print(f"fastsocks users: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["users"]:
+        return _users_main(argv[1:])
+    if argv[:1] == ["serve"]:
+        argv = argv[1:]
+    args = _serve_parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    settings = Settings(
+        listen=args.listen or [DEFAULT_LISTEN],
+        users_file=args.users,
+        allow_open=args.allow_open,
+        handshake_timeout=args.handshake_timeout,
+        connect_timeout=args.connect_timeout,
+        idle_timeout=args.idle_timeout,
+        loop=args.loop,
+        log_level=args.log_level,
+    )
+    from .server import run
+
+    try:
+        run(settings)
+    except ConfigError as exc:
+        print(f"fastsocks: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"fastsocks: error: cannot listen: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,44 @@
+"""The SOCKS5 codec: the Cython implementation when it is built, else the twin.
+
+``FASTSOCKS_NO_EXTENSIONS=1`` in the environment forces the pure-Python
+implementation even where the extension is installed.
+"""
+
+from __future__ import annotations
+
+import os
+
+from .errors import ProtocolError
+
+if os.environ.get("FASTSOCKS_NO_EXTENSIONS"):
+    from . import _codec_py as _impl
+else:
+    try:
+        from . import _codec as _impl  # type: ignore[no-redef]
+    except ImportError:
+        from . import _codec_py as _impl  # type: ignore[no-redef]
+
+IMPLEMENTATION: str = _impl.IMPLEMENTATION
+NEED_DATA = _impl.NEED_DATA
+Greeting = _impl.Greeting
+UserPass = _impl.UserPass
+Request = _impl.Request
+UdpHeader = _impl.UdpHeader
+ServerCodec = _impl.ServerCodec
+encode_address = _impl.encode_address
+parse_udp_header = _impl.parse_udp_header
+build_udp_header = _impl.build_udp_header
+
+__all__ = [
+    "IMPLEMENTATION",
+    "NEED_DATA",
+    "ProtocolError",
+    "Greeting",
+    "UserPass",
+    "Request",
+    "UdpHeader",
+    "ServerCodec",
+    "encode_address",
+    "parse_udp_header",
+    "build_udp_header",
+]

@@ -1,0 +1,91 @@
+"""Server settings: defaults, validation and the safe-by-default rule."""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from dataclasses import dataclass, field
+
+from .errors import ConfigError
+
+__all__ = ["Settings", "parse_listen", "is_loopback_host", "DEFAULT_LISTEN"]
+
+DEFAULT_LISTEN = ("127.0.0.1", 1080)
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    """``HOST:PORT`` or ``[IPV6]:PORT`` into (host, port)."""
+    fix = "use HOST:PORT, e.g. 127.0.0.1:1080, or [IPV6]:PORT, e.g. [::1]:1080"
+    if value.startswith("["):
+        host, sep, rest = value[1:].partition("]")
+        if not sep or not rest.startswith(":"):
+            raise ConfigError(f"listen address {value!r}: {fix}")
+        port_text = rest[1:]
+        try:
+            ipaddress.IPv6Address(host.partition("%")[0])
+        except ValueError:
+            raise ConfigError(f"listen address {value!r}: {host!r} is not an IPv6 address") from None
+    else:
+        host, sep, port_text = value.rpartition(":")
+        if not sep or not host:
+            raise ConfigError(f"listen address {value!r}: {fix}")
+        if ":" in host:
+            raise ConfigError(f"listen address {value!r}: put IPv6 addresses in brackets, e.g. [::1]:1080")
+    try:
+        port = int(port_text, 10)
+    except ValueError:
+        raise ConfigError(f"listen address {value!r}: port {port_text!r} is not a number") from None
+    if not 0 <= port <= 65535:
+        raise ConfigError(f"listen address {value!r}: port must be 0 to 65535")
+    return host, port
+
+
+def is_loopback_host(host: str) -> bool:
+    """True when every address ``host`` names is a loopback address."""
+    try:
+        return ipaddress.ip_address(host.partition("%")[0]).is_loopback
+    except ValueError:
+        pass
+    try:
+        infos = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+    except OSError:
+        return False
+    return bool(infos) and all(
+        ipaddress.ip_address(str(info[4][0]).partition("%")[0]).is_loopback for info in infos
+    )
+
+
+@dataclass
+class Settings:
+    """Everything a server needs to run; the CLI fills it in."""
+
+    listen: list[tuple[str, int]] = field(default_factory=lambda: [DEFAULT_LISTEN])
+    users_file: str | None = None
+    allow_open: bool = False
+    handshake_timeout: float = 10.0
+    connect_timeout: float = 10.0
+    idle_timeout: float = 300.0
+    loop: str = "auto"
+    log_level: str = "info"
+    backlog: int = 4096
+
+    def validate(self) -> None:
+        for name in ("handshake_timeout", "connect_timeout"):
+            value = getattr(self, name)
+            if not value > 0:
+                raise ConfigError(f"{name.replace('_', '-')} must be a positive number of seconds")
+        if self.idle_timeout < 0:
+            raise ConfigError("idle-timeout must be 0 (never) or a positive number of seconds")
+        if self.loop not in ("auto", "uvloop", "asyncio"):
+            raise ConfigError(f"loop {self.loop!r}: use auto, uvloop or asyncio")
+        if not self.listen:
+            raise ConfigError("no listen address: give at least one --listen HOST:PORT")
+        if self.users_file is None and not self.allow_open:
+            exposed = [f"{h}:{p}" for h, p in self.listen if not is_loopback_host(h)]
+            if exposed:
+                raise ConfigError(
+                    f"refusing to listen on {', '.join(exposed)} without authentication: "
+                    "anyone who can reach it could use this proxy. Require a password with "
+                    "--users FILE (create one with 'fastsocks users add FILE NAME'), or pass "
+                    "--allow-open to run an open proxy knowingly."
+                )

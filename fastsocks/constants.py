@@ -1,0 +1,63 @@
+"""SOCKS5 numbers (RFC 1928, RFC 1929), shared by the pure-Python code.
+
+The Cython codec declares the same values as C enums in ``_codec.pxd``.
+"""
+
+from __future__ import annotations
+
+import enum
+
+SOCKS_VERSION = 0x05
+USERPASS_VERSION = 0x01
+
+
+class Method(enum.IntEnum):
+    """Authentication methods, RFC 1928 §3."""
+
+    NO_AUTH = 0x00
+    GSSAPI = 0x01
+    USERPASS = 0x02
+    NO_ACCEPTABLE = 0xFF
+
+
+class Command(enum.IntEnum):
+    """Request commands, RFC 1928 §4."""
+
+    CONNECT = 0x01
+    BIND = 0x02
+    UDP_ASSOCIATE = 0x03
+
+
+class Atyp(enum.IntEnum):
+    """Address types, RFC 1928 §5."""
+
+    IPV4 = 0x01
+    DOMAIN = 0x03
+    IPV6 = 0x04
+
+
+class Reply(enum.IntEnum):
+    """Reply codes, RFC 1928 §6."""
+
+    SUCCEEDED = 0x00
+    GENERAL_FAILURE = 0x01
+    NOT_ALLOWED = 0x02
+    NETWORK_UNREACHABLE = 0x03
+    HOST_UNREACHABLE = 0x04
+    CONNECTION_REFUSED = 0x05
+    TTL_EXPIRED = 0x06
+    COMMAND_NOT_SUPPORTED = 0x07
+    ATYP_NOT_SUPPORTED = 0x08
+
+
+class Phase(enum.IntEnum):
+    """Where a server-side conversation stands (``ServerCodec.phase``)."""
+
+    GREETING = 0  # waiting for VER NMETHODS METHODS
+    METHOD = 1  # greeting parsed; the session must call send_method()
+    USERPASS = 2  # waiting for the RFC 1929 sub-negotiation
+    USERPASS_STATUS = 3  # credentials parsed; the session must call send_auth_status()
+    REQUEST = 4  # waiting for the request
+    REPLY = 5  # request parsed; the session must call send_reply()
+    ESTABLISHED = 6  # success reply sent; further bytes are payload
+    CLOSED = 7  # a failure was sent or an error raised; nothing more is parsed

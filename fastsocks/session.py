@@ -1,0 +1,249 @@
+"""The control plane of one client connection: negotiation, auth, CONNECT.
+
+A ``Session`` is the asyncio protocol of an accepted connection until the
+request succeeds; then the relay takes the transport over.  It feeds bytes to
+the codec and acts on its events; every failure ends in the reply code the
+RFCs ask for and a closed connection.  Timers bound each wait: the whole
+negotiation (handshake timeout), the outbound connect (connect timeout), and
+the relay's silence (idle timeout).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING, Any
+
+from . import codec
+from .constants import Command, Method, Reply
+from .errors import ProtocolError
+from .relay import Relay
+from .resolver import ConnectError, open_connection, resolve
+
+if TYPE_CHECKING:
+    from .server import Server
+
+__all__ = ["Session"]
+
+log = logging.getLogger("fastsocks.session")
+
+_NEED_DATA = codec.NEED_DATA
+_Greeting = codec.Greeting
+_UserPass = codec.UserPass
+_Request = codec.Request
+_ServerCodec = codec.ServerCodec
+
+
+def _format_peer(peer: Any) -> str:
+    if not peer:
+        return "?"
+    host, port = peer[0], peer[1]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+class Session(asyncio.Protocol):
+    """One accepted client connection, from greeting to relay hand-over."""
+
+    __slots__ = (
+        "server",
+        "transport",
+        "codec",
+        "peer",
+        "user",
+        "request",
+        "relay",
+        "task",
+        "timer",
+        "closed",
+        "started",
+    )
+
+    def __init__(self, server: Server) -> None:
+        self.server = server
+        self.transport: Any = None
+        self.codec = _ServerCodec()
+        self.peer = "?"
+        self.user: str | None = None
+        self.request: Any = None
+        self.relay: Any = None
+        self.task: asyncio.Task[None] | None = None
+        self.timer: asyncio.TimerHandle | None = None
+        self.closed = False
+        self.started = 0.0
+
+    # -- asyncio protocol -------------------------------------------------
+
+    def connection_made(self, transport: Any) -> None:  # type: ignore[override]
+        self.transport = transport
+        self.peer = _format_peer(transport.get_extra_info("peername"))
+        server = self.server
+        self.started = server.loop.time()
+        server.sessions.add(self)
+        self.timer = server.loop.call_later(server.settings.handshake_timeout, self._handshake_timeout)
+
+    def data_received(self, data: bytes) -> None:
+        self.codec.receive_data(data)
+        self._advance()
+
+    def eof_received(self) -> bool:
+        # A client that half-closes before its request is answered has nothing
+        # more to say: drop it (RFC 1928 has no use for a half-open handshake).
+        self._close("client closed during handshake")
+        return False
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        if not self.closed:
+            self._close("client closed during handshake" if exc is None else f"client error: {exc}")
+
+    # -- negotiation ----------------------------------------------------
+
+    def _advance(self) -> None:
+        """Act on every event the buffered bytes make up, in order."""
+        while not self.closed:
+            try:
+                event = self.codec.next_event()
+            except ProtocolError as exc:
+                self._fail(self.codec.send_error(), f"protocol error: {exc}")
+                return
+            if event is _NEED_DATA:
+                return
+            kind = type(event)
+            if kind is _Greeting:
+                self._on_greeting(event)
+            elif kind is _UserPass:
+                self.transport.pause_reading()
+                self.task = asyncio.ensure_future(self._authenticate(event))
+                return
+            elif kind is _Request:
+                self._on_request(event)
+                return
+
+    def _on_greeting(self, event: Any) -> None:
+        users = self.server.users
+        if users is not None:
+            method = Method.USERPASS if Method.USERPASS in event.methods else Method.NO_ACCEPTABLE
+        else:
+            method = Method.NO_AUTH if Method.NO_AUTH in event.methods else Method.NO_ACCEPTABLE
+        data = self.codec.send_method(method)
+        if method == Method.NO_ACCEPTABLE:
+            self._fail(data, "no acceptable authentication method")
+        else:
+            self.transport.write(data)
+
+    async def _authenticate(self, event: Any) -> None:
+        name = event.username.decode("utf-8", "replace")
+        try:
+            ok = await self.server.users.verify(event.username, event.password)
+        except Exception:  # a broken hash must not take the server down
+            log.exception("credential check for user %r failed", name)
+            ok = False
+        if self.closed:
+            return
+        data = self.codec.send_auth_status(ok)
+        if not ok:
+            self._fail(data, f"authentication failed for user {name!r}")
+            return
+        self.user = name
+        self.transport.write(data)
+        self.transport.resume_reading()
+        self._advance()  # the request may already be buffered
+
+    def _on_request(self, request: Any) -> None:
+        self.request = request
+        self.transport.pause_reading()
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        if request.command == Command.CONNECT:
+            self.task = asyncio.ensure_future(self._connect(request))
+        else:
+            self._fail(self.codec.send_reply(Reply.COMMAND_NOT_SUPPORTED),
+                       f"command {Command(request.command).name} not supported")
+
+    # -- CONNECT ----------------------------------------------------------
+
+    async def _connect(self, request: Any) -> None:
+        settings = self.server.settings
+        loop = self.server.loop
+        try:
+            addresses = await resolve(request.host, request.port)
+            sock = await open_connection(addresses, settings.connect_timeout)
+        except ConnectError as exc:
+            if not self.closed:
+                self._fail(self.codec.send_reply(exc.reply),
+                           f"CONNECT {request.host} port {request.port}: {exc.reason}")
+            return
+        if self.closed:
+            sock.close()
+            return
+        self.relay = Relay(loop, self._on_upstream, self._on_relay_closed, settings.idle_timeout)
+        try:
+            await loop.create_connection(lambda: self.relay.upstream, sock=sock)
+            self.task = None  # done: an idle relay should not keep it alive
+        except OSError as exc:
+            sock.close()
+            if not self.closed:
+                self._fail(self.codec.send_reply(Reply.GENERAL_FAILURE),
+                           f"CONNECT {request.host} port {request.port}: {exc}")
+
+    def _on_upstream(self, relay: Any) -> None:
+        """The outbound transport exists: reply, then hand both to the relay."""
+        upstream = relay.upstream.transport
+        if self.closed:
+            upstream.abort()
+            return
+        bound = upstream.get_extra_info("sockname")
+        self.transport.write(self.codec.send_reply(Reply.SUCCEEDED, bound[0], bound[1]))
+        pending = self.codec.trailing_data
+        self.codec = None  # the negotiation is over; free its buffer
+        relay.start(self.transport, pending)
+
+    def _on_relay_closed(self, relay: Any) -> None:
+        self.closed = True
+        self.server.sessions.discard(self)
+        if relay.started:
+            log.debug(
+                "%s CONNECT %s port %d closed (%s): %d bytes up, %d bytes down, %.3f s",
+                self.peer, self.request.host, self.request.port, relay.reason,
+                relay.bytes_up, relay.bytes_down, self.server.loop.time() - self.started,
+            )
+        elif self.transport is not None:
+            self._close("target closed before the relay started")
+
+    # -- ending -----------------------------------------------------------
+
+    def _handshake_timeout(self) -> None:
+        self.timer = None
+        self._close("handshake timeout")
+
+    def _fail(self, data: bytes, reason: str) -> None:
+        """Send the failure answer, if any, then close (RFC 1928 §6)."""
+        if data and not self.transport.is_closing():
+            self.transport.write(data)
+        self._close(reason)
+
+    def _close(self, reason: str) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.server.sessions.discard(self)
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        task = self.task
+        if task is not None and not task.done() and task is not asyncio.current_task():
+            task.cancel()
+        self.task = None
+        if self.relay is not None:
+            self.relay.close(reason)
+        self.transport.close()
+        log.debug("%s closed: %s", self.peer, reason)
+
+    def abort(self, reason: str) -> None:
+        """Server shutdown: end this connection now, relay or not."""
+        if self.relay is not None and self.relay.started:
+            self.relay.close(reason)
+        else:
+            self._close(reason)
+            self.transport.abort()
+
