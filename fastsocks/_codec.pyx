@@ -7,6 +7,7 @@ ProtocolError.  The behaviour, events and bytes are identical to the twin's.
 """
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+from cpython.long cimport PyLong_AsLongLongAndOverflow
 from cpython.unicode cimport PyUnicode_DecodeUTF8, PyUnicode_FromFormat
 from libc.string cimport memcpy
 
@@ -169,17 +170,33 @@ cdef inline bint _parse_ipv4(const char* s, Py_ssize_t n, unsigned char* out) no
     return i == n
 
 
+cdef inline int _uint_arg(object value, int limit, str what) except -1:
+    """``value`` as a C int in 0..limit, else ValueError (TypeError if not an integer).
+
+    Typed ``int`` arguments would raise OverflowError past INT_MAX instead of
+    the documented ValueError the twin raises; like the twin's
+    ``operator.index()``, this takes any integer and refuses floats.
+    """
+    cdef int overflow = 0
+    cdef long long v = PyLong_AsLongLongAndOverflow(value, &overflow)
+    if overflow or v < 0 or v > limit:
+        raise ValueError(f"{what} out of range: {value}")
+    return <int>v
+
+
 cdef bytes _encode_address(str host, int port, const unsigned char* prefix,
                            Py_ssize_t prefix_len):
-    """``prefix`` + ATYP DST.ADDR DST.PORT, built in one allocation."""
+    """``prefix`` + ATYP DST.ADDR DST.PORT, built in one allocation.
+
+    ``port`` is already checked by the caller (``_uint_arg``), before the host
+    is encoded, so that both errors come in the twin's order.
+    """
     cdef Py_ssize_t n
     cdef const char* s = PyUnicode_AsUTF8AndSize(host, &n)
     cdef unsigned char ip4[4]
     cdef bytes out
     cdef unsigned char* p
     cdef bytes packed
-    if port < 0 or port > 0xFFFF:
-        raise ValueError(f"port out of range: {port}")
     if _parse_ipv4(s, n, ip4):
         out = PyBytes_FromStringAndSize(NULL, prefix_len + 7)
         p = <unsigned char*>PyBytes_AS_STRING(out)
@@ -218,14 +235,14 @@ cdef bytes _encode_address(str host, int port, const unsigned char* prefix,
     return out
 
 
-def encode_address(str host, int port):
+def encode_address(str host, port):
     """ATYP DST.ADDR DST.PORT for an IP literal or a domain name (RFC 1928 §5).
 
     A scope suffix on an IPv6 literal (``fe80::1%eth0``) is dropped: SOCKS
     has no field for it.  Raises ValueError for a port or name out of range
     (a programming error, not peer input).
     """
-    return _encode_address(host, port, NULL, 0)
+    return _encode_address(host, _uint_arg(port, 0xFFFF, "port"), NULL, 0)
 
 
 def parse_udp_header(data):
@@ -254,15 +271,13 @@ def parse_udp_header(data):
     return h
 
 
-def build_udp_header(str host, int port, int frag=0):
+def build_udp_header(str host, port, frag=0):
     """RSV FRAG ATYP DST.ADDR DST.PORT for a datagram going back to the client."""
     cdef unsigned char prefix[3]
-    if frag < 0 or frag > 0xFF:
-        raise ValueError(f"frag out of range: {frag}")
     prefix[0] = 0
     prefix[1] = 0
-    prefix[2] = <unsigned char>frag
-    return _encode_address(host, port, prefix, 3)
+    prefix[2] = <unsigned char>_uint_arg(frag, 0xFF, "frag")
+    return _encode_address(host, _uint_arg(port, 0xFFFF, "port"), prefix, 3)
 
 
 cdef class ServerCodec:
@@ -396,19 +411,25 @@ cdef class ServerCodec:
         self._command = cmd
         return ev
 
-    def send_method(self, int method):
+    def send_method(self, method):
         """METHOD selection (RFC 1928 §3); X'FF' ends the conversation."""
+        cdef int overflow = 0
+        cdef long long m
         if self._phase != PHASE_METHOD:
             raise RuntimeError("send_method() is only valid after a Greeting event")
-        if method == 0xFF:
+        # Any integer, as the twin's operator.index(): no OverflowError for a huge one.
+        m = PyLong_AsLongLongAndOverflow(method, &overflow)
+        if overflow:
+            m = -1
+        if m == 0xFF:
             self._phase = PHASE_CLOSED
-        elif method == 0x02:
+        elif m == 0x02:
             self._phase = PHASE_USERPASS
-        elif method == 0x00:
+        elif m == 0x00:
             self._phase = PHASE_REQUEST
         else:
             raise ValueError(f"method {method:#04x} has no sub-negotiation in this codec")
-        return bytes((0x05, method))
+        return bytes((0x05, m))
 
     def send_auth_status(self, bint ok):
         """RFC 1929 status: X'00' success; anything else is failure and the end."""
@@ -420,7 +441,7 @@ cdef class ServerCodec:
         self._phase = PHASE_CLOSED
         return b"\x01\x01"
 
-    def send_reply(self, int rep, str host="0.0.0.0", int port=0):
+    def send_reply(self, rep, str host="0.0.0.0", port=0):
         """VER REP RSV ATYP BND.ADDR BND.PORT (RFC 1928 §6).
 
         A failure reply closes the conversation.  A success reply to BIND
@@ -428,15 +449,15 @@ cdef class ServerCodec:
         """
         cdef unsigned char prefix[3]
         cdef bytes data
+        cdef int code
         if self._phase != PHASE_REPLY:
             raise RuntimeError("send_reply() is only valid after a Request event")
-        if rep < 0 or rep > 0xFF:
-            raise ValueError(f"reply code out of range: {rep}")
+        code = _uint_arg(rep, 0xFF, "reply code")
         prefix[0] = 0x05
-        prefix[1] = <unsigned char>rep
+        prefix[1] = <unsigned char>code
         prefix[2] = 0x00
-        data = _encode_address(host, port, prefix, 3)
-        if rep != 0:
+        data = _encode_address(host, _uint_arg(port, 0xFFFF, "port"), prefix, 3)
+        if code != 0:
             self._phase = PHASE_CLOSED
         elif self._command != CMD_BIND or self._replies == 1:
             self._phase = PHASE_ESTABLISHED

@@ -9,6 +9,7 @@ exception that escapes is ``ProtocolError``.
 
 from __future__ import annotations
 
+import operator
 import socket
 from dataclasses import dataclass
 
@@ -132,6 +133,18 @@ def _parse_address(buf: bytes, pos: int, end: int, atyp: int) -> tuple[str, int,
     return host, port, pos + 2
 
 
+def _uint_arg(value: int, limit: int, what: str) -> int:
+    """``value`` as an int in 0..limit, else ValueError (TypeError if not an integer).
+
+    The C codec reads these arguments as C ints: it must not answer a huge
+    Python int with OverflowError, nor a float with anything but TypeError.
+    """
+    v = operator.index(value)
+    if not 0 <= v <= limit:
+        raise ValueError(f"{what} out of range: {value}")
+    return v
+
+
 def encode_address(host: str, port: int) -> bytes:
     """ATYP DST.ADDR DST.PORT for an IP literal or a domain name (RFC 1928 §5).
 
@@ -139,21 +152,22 @@ def encode_address(host: str, port: int) -> bytes:
     has no field for it.  Raises ValueError for a port or name out of range
     (a programming error, not peer input).
     """
-    if not 0 <= port <= 0xFFFF:
-        raise ValueError(f"port out of range: {port}")
+    port = _uint_arg(port, 0xFFFF, "port")
     try:
         packed = socket.inet_pton(socket.AF_INET, host)
     except (OSError, ValueError):
         pass
     else:
         return b"\x01" + packed + port.to_bytes(2, "big")
+    # A lone surrogate raises UnicodeEncodeError (a ValueError) here, before
+    # the IPv6 attempt, as in the C codec, which encodes the host first.
+    name = host.encode("utf-8")
     if ":" in host:
         try:
             packed = socket.inet_pton(socket.AF_INET6, host.partition("%")[0])
         except (OSError, ValueError):
             raise ValueError(f"not an IPv6 address: {host!r}") from None
         return b"\x04" + packed + port.to_bytes(2, "big")
-    name = host.encode("utf-8")
     if not 0 < len(name) <= 255:
         raise ValueError(f"domain name must be 1 to 255 octets: {host!r}")
     return b"\x03" + bytes((len(name),)) + name + port.to_bytes(2, "big")
@@ -161,6 +175,10 @@ def encode_address(host: str, port: int) -> bytes:
 
 def parse_udp_header(data: bytes) -> UdpHeader:
     """Parse the UDP request header that starts a datagram (RFC 1928 §7)."""
+    # Any bytes-like object, as the C codec takes it (a datagram may come as a
+    # bytearray or a memoryview of a receive buffer; a memoryview has no .decode()).
+    if type(data) is not bytes:
+        data = bytes(data)
     end = len(data)
     if end < 4:
         raise ProtocolError("UDP datagram shorter than its header", _REP_GENERAL_FAILURE)
@@ -175,8 +193,7 @@ def parse_udp_header(data: bytes) -> UdpHeader:
 
 def build_udp_header(host: str, port: int, frag: int = 0) -> bytes:
     """RSV FRAG ATYP DST.ADDR DST.PORT for a datagram going back to the client."""
-    if not 0 <= frag <= 0xFF:
-        raise ValueError(f"frag out of range: {frag}")
+    frag = _uint_arg(frag, 0xFF, "frag")
     return b"\x00\x00" + bytes((frag,)) + encode_address(host, port)
 
 
@@ -299,15 +316,16 @@ class ServerCodec:
         """METHOD selection (RFC 1928 §3); X'FF' ends the conversation."""
         if self._phase != _METHOD:
             raise RuntimeError("send_method() is only valid after a Greeting event")
-        if method == 0xFF:
+        m = operator.index(method)
+        if m == 0xFF:
             self._phase = _CLOSED
-        elif method == 0x02:
+        elif m == 0x02:
             self._phase = _USERPASS
-        elif method == 0x00:
+        elif m == 0x00:
             self._phase = _REQUEST
         else:
             raise ValueError(f"method {method:#04x} has no sub-negotiation in this codec")
-        return bytes((0x05, method))
+        return bytes((0x05, m))
 
     def send_auth_status(self, ok: bool) -> bytes:
         """RFC 1929 status: X'00' success; anything else is failure and the end."""
@@ -327,8 +345,7 @@ class ServerCodec:
         """
         if self._phase != _REPLY:
             raise RuntimeError("send_reply() is only valid after a Request event")
-        if not 0 <= rep <= 0xFF:
-            raise ValueError(f"reply code out of range: {rep}")
+        rep = _uint_arg(rep, 0xFF, "reply code")
         data = bytes((0x05, rep, 0x00)) + encode_address(host, port)
         if rep != 0:
             self._phase = _CLOSED
