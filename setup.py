@@ -1,6 +1,7 @@
 """Build the Cython hot path; FASTSOCKS_NO_EXTENSIONS=1 builds pure Python."""
 
 import os
+import sys
 
 from setuptools import setup
 
@@ -9,11 +10,15 @@ if not os.environ.get("FASTSOCKS_NO_EXTENSIONS"):
     from Cython.Build import cythonize
     from setuptools import Extension
 
+    extensions = [
+        Extension("fastsocks._codec", ["fastsocks/_codec.pyx"]),
+        Extension("fastsocks._relay", ["fastsocks/_relay.pyx"]),
+    ]
+    if sys.platform.startswith("linux"):
+        # epoll + splice(2): Linux only; elsewhere _relay's protocol pair relays.
+        extensions.append(Extension("fastsocks._engine", ["fastsocks/_engine.pyx"]))
     ext_modules = cythonize(
-        [
-            Extension("fastsocks._codec", ["fastsocks/_codec.pyx"]),
-            Extension("fastsocks._relay", ["fastsocks/_relay.pyx"]),
-        ],
+        extensions,
         compiler_directives={"language_level": "3", "embedsignature": True},
     )
 

@@ -74,6 +74,9 @@ def _serve_parser() -> argparse.ArgumentParser:
                    "either direction; 0 disables (default 300)")
     p.add_argument("--loop", choices=("auto", "uvloop", "asyncio"), default="auto",
                    help="event loop: uvloop where installed (auto), or force one")
+    p.add_argument("--relay", choices=("auto", "splice", "protocol"), default="auto",
+                   help="data plane: the splice(2) engine thread where available (auto; "
+                   "Linux with the extension), or the asyncio protocol relay")
     p.add_argument("--log-level", choices=_LOG_LEVELS, default="info",
                    help="log verbosity (default info)")
     return p
@@ -146,6 +149,7 @@ def main(argv: list[str] | None = None) -> int:
         connect_timeout=args.connect_timeout,
         idle_timeout=args.idle_timeout,
         loop=args.loop,
+        relay=args.relay,
         log_level=args.log_level,
     )
     from .server import run

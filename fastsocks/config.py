@@ -66,6 +66,7 @@ class Settings:
     connect_timeout: float = 10.0
     idle_timeout: float = 300.0
     loop: str = "auto"
+    relay: str = "auto"
     log_level: str = "info"
     backlog: int = 4096
 
@@ -78,6 +79,8 @@ class Settings:
             raise ConfigError("idle-timeout must be 0 (never) or a positive number of seconds")
         if self.loop not in ("auto", "uvloop", "asyncio"):
             raise ConfigError(f"loop {self.loop!r}: use auto, uvloop or asyncio")
+        if self.relay not in ("auto", "splice", "protocol"):
+            raise ConfigError(f"relay {self.relay!r}: use auto, splice or protocol")
         if not self.listen:
             raise ConfigError("no listen address: give at least one --listen HOST:PORT")
         if self.users_file is None and not self.allow_open:

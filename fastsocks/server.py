@@ -12,6 +12,8 @@ from typing import Any
 from . import __version__, describe_implementation
 from .auth import Users
 from .config import Settings
+from .errors import ConfigError
+from .relay import Engine
 from .session import Session
 
 __all__ = ["Server", "run", "new_event_loop", "loop_name"]
@@ -52,9 +54,23 @@ class Server:
         self.sessions: set[Session] = set()
         self.listeners: list[asyncio.base_events.Server] = []
         self.addresses: list[str] = []
+        self.engine: Any = None
         self._stopped = asyncio.Event()
 
+    @property
+    def relay_name(self) -> str:
+        return "splice engine" if self.engine is not None else "protocol relay"
+
     async def start(self) -> None:
+        if self.settings.relay in ("auto", "splice"):
+            if Engine is None:
+                if self.settings.relay == "splice":
+                    raise ConfigError("relay 'splice' needs Linux and the compiled extension; "
+                                      "use --relay auto or protocol")
+            else:
+                self.engine = Engine()
+                self.engine.start()
+                self.loop.add_reader(self.engine.done_fileno, self.engine.collect)
         for host, port in self.settings.listen:
             family = socket.AF_INET6 if ":" in host else socket.AF_UNSPEC
             listener = await self.loop.create_server(
@@ -75,6 +91,12 @@ class Server:
             listener.close()
         for session in list(self.sessions):
             session.abort("shutdown")
+        engine, self.engine = self.engine, None
+        if engine is not None:
+            # Close every pair the engine owns, then report them (access log).
+            engine.stop()
+            self.loop.remove_reader(engine.done_fileno)
+            engine.collect()
         self._stopped.set()
 
     async def wait_stopped(self) -> None:
@@ -92,8 +114,9 @@ async def _serve(settings: Settings, users: Users | None) -> None:
             loop.add_signal_handler(signum, server.stop)
     auth = f"username/password ({len(users)} users)" if users is not None else "none"
     log.info(
-        "fastsocks %s listening on %s (auth: %s; %s, %s)",
-        __version__, ", ".join(server.addresses), auth, describe_implementation(), loop_name(loop),
+        "fastsocks %s listening on %s (auth: %s; %s, %s, %s)",
+        __version__, ", ".join(server.addresses), auth, describe_implementation(),
+        server.relay_name, loop_name(loop),
     )
     try:
         await server.wait_stopped()

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import socket
 from typing import TYPE_CHECKING, Any
 
 from . import codec
@@ -56,6 +58,7 @@ class Session(asyncio.Protocol):
         "timer",
         "closed",
         "started",
+        "pair_id",
     )
 
     def __init__(self, server: Server) -> None:
@@ -70,6 +73,7 @@ class Session(asyncio.Protocol):
         self.timer: asyncio.TimerHandle | None = None
         self.closed = False
         self.started = 0.0
+        self.pair_id = 0  # set once the splice engine owns the sockets
 
     # -- asyncio protocol -------------------------------------------------
 
@@ -92,7 +96,7 @@ class Session(asyncio.Protocol):
         return False
 
     def connection_lost(self, exc: BaseException | None) -> None:
-        if not self.closed:
+        if not self.closed and not self.pair_id:
             self._close("client closed during handshake" if exc is None else f"client error: {exc}")
 
     # -- negotiation ----------------------------------------------------
@@ -176,6 +180,10 @@ class Session(asyncio.Protocol):
         if self.closed:
             sock.close()
             return
+        engine = self.server.engine
+        if engine is not None and self.transport.get_write_buffer_size() == 0:
+            self._hand_to_engine(engine, sock)
+            return
         self.relay = Relay(loop, self._on_upstream, self._on_relay_closed, settings.idle_timeout)
         try:
             await loop.create_connection(lambda: self.relay.upstream, sock=sock)
@@ -198,15 +206,48 @@ class Session(asyncio.Protocol):
         self.codec = None  # the negotiation is over; free its buffer
         relay.start(self.transport, pending)
 
+    def _hand_to_engine(self, engine: Any, sock: socket.socket) -> None:
+        """Give both descriptors to the splice engine; the reply goes with them.
+
+        The client transport's write buffer is empty (checked by the caller),
+        so nothing queued in it is lost: the engine sends the reply, then the
+        bytes the client sent early go to the target before anything else.
+        """
+        bound = sock.getsockname()
+        reply = self.codec.send_reply(Reply.SUCCEEDED, bound[0], bound[1])
+        pending = self.codec.trailing_data
+        self.codec = None
+        self.task = None
+        transport = self.transport
+        client_fd = os.dup(transport.get_extra_info("socket").fileno())
+        try:
+            upstream_fd = sock.detach()
+            self.pair_id = engine.add(client_fd, upstream_fd, pending, reply,
+                                      self.server.settings.idle_timeout, self._on_engine_closed)
+        except BaseException:
+            os.close(client_fd)
+            raise
+        # The engine holds a duplicate; closing the transport's own descriptor
+        # removes it from the event loop without touching the connection.
+        transport.abort()
+
+    def _on_engine_closed(self, bytes_up: int, bytes_down: int, reason: str) -> None:
+        self.closed = True
+        self.server.sessions.discard(self)
+        self._log_relayed(reason, bytes_up, bytes_down)
+
+    def _log_relayed(self, reason: str, bytes_up: int, bytes_down: int) -> None:
+        log.debug(
+            "%s CONNECT %s port %d closed (%s): %d bytes up, %d bytes down, %.3f s",
+            self.peer, self.request.host, self.request.port, reason,
+            bytes_up, bytes_down, self.server.loop.time() - self.started,
+        )
+
     def _on_relay_closed(self, relay: Any) -> None:
         self.closed = True
         self.server.sessions.discard(self)
         if relay.started:
-            log.debug(
-                "%s CONNECT %s port %d closed (%s): %d bytes up, %d bytes down, %.3f s",
-                self.peer, self.request.host, self.request.port, relay.reason,
-                relay.bytes_up, relay.bytes_down, self.server.loop.time() - self.started,
-            )
+            self._log_relayed(relay.reason, relay.bytes_up, relay.bytes_down)
         elif self.transport is not None:
             self._close("target closed before the relay started")
 
@@ -241,6 +282,8 @@ class Session(asyncio.Protocol):
 
     def abort(self, reason: str) -> None:
         """Server shutdown: end this connection now, relay or not."""
+        if self.pair_id:
+            return  # the engine closes its pairs itself
         if self.relay is not None and self.relay.started:
             self.relay.close(reason)
         else:

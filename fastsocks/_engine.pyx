@@ -1,0 +1,683 @@
+# cython: language_level=3, embedsignature=True
+"""The Linux relay engine: epoll + splice(2) in a thread that never takes the GIL.
+
+Once a CONNECT succeeds, the session hands the two socket descriptors (and
+any bytes already read, in both directions) to the engine, which owns them
+until both directions have ended.  Bytes move socket → pipe → socket with
+splice(2), so they never enter user space and no Python object is made per
+chunk; the event loop thread only does handshakes.
+
+* Each direction moves bytes only while its pipe is empty enough to read
+  into, and stops reading its source while the destination cannot take more
+  (EAGAIN): backpressure is the kernel's socket buffers plus one pipe.
+* Pipes come from a pool and go back to it as soon as they are empty, so an
+  idle pair holds no pipe: its cost is one ``Pair`` struct.
+* Half-close: EOF from one side becomes shutdown(SHUT_WR) on the other once
+  everything read before it has been written; the other direction goes on.
+* Idle pairs are closed by a scan every quarter second against a coarse clock.
+* Finished pairs are reported (id, bytes each way, reason) through a queue and
+  an eventfd that the event loop watches; commands (add, close, close all,
+  stop) reach the engine through another queue and eventfd.
+
+Pitfalls handled here: an fd is removed from epoll before it is closed, and
+a pair is freed only after the epoll batch that may still name it.
+"""
+
+from libc.errno cimport errno, EAGAIN, EINTR, EPERM
+from libc.stdint cimport uint32_t, uint64_t, int64_t
+from libc.stdlib cimport calloc, free, malloc, realloc
+from libc.string cimport memcpy
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+
+import logging as _logging
+import os as _os
+import threading as _threading
+
+_log = _logging.getLogger("fastsocks.relay")
+
+
+cdef extern from "<sys/epoll.h>" nogil:
+    ctypedef union epoll_data_t:
+        void* ptr
+        int fd
+        uint32_t u32
+        uint64_t u64
+
+    struct epoll_event:
+        uint32_t events
+        epoll_data_t data
+
+    int epoll_create1(int flags)
+    int epoll_ctl(int epfd, int op, int fd, epoll_event* event)
+    int epoll_wait(int epfd, epoll_event* events, int maxevents, int timeout)
+    enum:
+        EPOLL_CLOEXEC
+        EPOLL_CTL_ADD
+        EPOLL_CTL_DEL
+        EPOLLIN
+        EPOLLOUT
+        EPOLLERR
+        EPOLLHUP
+        EPOLLRDHUP
+        EPOLLET
+
+
+cdef extern from "<fcntl.h>" nogil:
+    ssize_t splice(int fd_in, void* off_in, int fd_out, void* off_out, size_t len,
+                   unsigned int flags)
+    int pipe2(int* pipefd, int flags)
+    int fcntl(int fd, int cmd, ...)
+    enum:
+        SPLICE_F_MOVE
+        SPLICE_F_NONBLOCK
+        F_SETPIPE_SZ
+        O_NONBLOCK
+        O_CLOEXEC
+
+
+cdef extern from "<sys/eventfd.h>" nogil:
+    int eventfd(unsigned int initval, int flags)
+    enum:
+        EFD_NONBLOCK
+        EFD_CLOEXEC
+
+
+cdef extern from "<sys/socket.h>" nogil:
+    ssize_t send(int fd, const void* buf, size_t n, int flags)
+    int shutdown(int fd, int how)
+    enum:
+        SHUT_WR
+        MSG_NOSIGNAL
+
+
+cdef extern from "<unistd.h>" nogil:
+    int close(int fd)
+    ssize_t read(int fd, void* buf, size_t n)
+    ssize_t write(int fd, const void* buf, size_t n)
+
+
+cdef extern from "<time.h>" nogil:
+    struct timespec:
+        long tv_sec
+        long tv_nsec
+    int clock_gettime(int clk, timespec* ts)
+    enum:
+        CLOCK_MONOTONIC_COARSE
+
+
+cdef extern from "<pthread.h>" nogil:
+    ctypedef struct pthread_mutex_t:
+        pass
+    int pthread_mutex_init(pthread_mutex_t* m, void* attr)
+    int pthread_mutex_destroy(pthread_mutex_t* m)
+    int pthread_mutex_lock(pthread_mutex_t* m)
+    int pthread_mutex_unlock(pthread_mutex_t* m)
+
+
+# Why a pair ended; the names are in REASONS below.
+cdef enum:
+    R_EOF = 0
+    R_CLIENT_RESET = 1
+    R_UPSTREAM_RESET = 2
+    R_IDLE = 3
+    R_CLOSED = 4
+    R_SHUTDOWN = 5
+    R_ERROR = 6
+
+REASONS = ("eof", "client_reset", "upstream_reset", "idle_timeout", "closed", "shutdown",
+           "error")
+
+cdef enum:
+    CMD_ADD = 1
+    CMD_CLOSE = 2
+    CMD_CLOSE_ALL = 3
+    CMD_STOP = 4
+
+cdef enum:
+    MAX_EVENTS = 256
+    SCAN_MS = 250
+    PIPE_POOL_MAX = 64
+    PIPE_SIZE = 1 << 20
+
+
+cdef struct Pipe:
+    int rfd
+    int wfd
+    Py_ssize_t size
+
+
+# One direction: bytes read from ``src`` go to ``dst``.
+cdef struct Dir:
+    int src
+    int dst
+    Pipe* pipe
+    Py_ssize_t in_pipe        # bytes in the pipe, not yet written to dst
+    char* pend                # bytes handed over with the pair, sent before anything else
+    Py_ssize_t pend_len
+    Py_ssize_t pend_off
+    uint64_t nbytes           # bytes read from src (plus the handed-over ones)
+    bint eof                  # src said EOF
+    bint shut                 # dst was shut down for writing
+
+
+cdef struct Pair:
+    uint64_t id
+    Dir up                    # client → upstream
+    Dir down                  # upstream → client
+    int fds[2]                # client, upstream
+    int64_t last_ms
+    int64_t idle_ms
+    int reason
+    bint dead
+    Pair* prev
+    Pair* next
+
+
+cdef struct Cmd:
+    int kind
+    uint64_t id
+    int reason
+    Pair* pair
+    Cmd* next
+
+
+cdef struct Done:
+    uint64_t id
+    uint64_t up
+    uint64_t down
+    int reason
+
+
+cdef inline int64_t _now_ms() noexcept nogil:
+    cdef timespec ts
+    clock_gettime(CLOCK_MONOTONIC_COARSE, &ts)
+    return <int64_t>ts.tv_sec * 1000 + ts.tv_nsec // 1000000
+
+
+cdef class Engine:
+    """One relay thread and the pairs it owns.  Not thread-safe from Python:
+    call its methods from the event loop thread only."""
+
+    cdef int epfd
+    cdef int cmd_fd               # wakes the engine: commands are queued
+    cdef int done_fd              # wakes the event loop: pairs finished
+    cdef pthread_mutex_t lock
+    cdef Cmd* cmds                # LIFO under lock; reversed when taken
+    cdef Done* done
+    cdef Py_ssize_t done_len
+    cdef Py_ssize_t done_cap
+    cdef Pair* pairs              # all live pairs (engine thread only)
+    cdef Pair* zombies            # closed in this batch, freed after it
+    cdef Pipe* pool[PIPE_POOL_MAX]
+    cdef int pool_len
+    cdef Py_ssize_t pipe_size
+    cdef uint64_t next_id
+    cdef readonly Py_ssize_t active
+    cdef bint stopping
+    cdef object thread
+    cdef object _callbacks        # id -> callable(up, down, reason)
+
+    def __cinit__(self):
+        self.epfd = -1
+        self.cmd_fd = -1
+        self.done_fd = -1
+        pthread_mutex_init(&self.lock, NULL)
+        self.cmds = NULL
+        self.done = NULL
+        self.done_len = 0
+        self.done_cap = 0
+        self.pairs = NULL
+        self.zombies = NULL
+        self.pool_len = 0
+        self.pipe_size = PIPE_SIZE
+        self.next_id = 1
+        self.active = 0
+        self.stopping = False
+        self._callbacks = {}
+
+    def __init__(self):
+        cdef epoll_event ev
+        self.epfd = epoll_create1(EPOLL_CLOEXEC)
+        self.cmd_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)
+        self.done_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)
+        if self.epfd < 0 or self.cmd_fd < 0 or self.done_fd < 0:
+            raise OSError(errno, _os.strerror(errno))
+        ev.events = EPOLLIN
+        ev.data.ptr = NULL        # NULL marks the command eventfd
+        if epoll_ctl(self.epfd, EPOLL_CTL_ADD, self.cmd_fd, &ev) < 0:
+            raise OSError(errno, _os.strerror(errno))
+
+    def __dealloc__(self):
+        cdef Cmd* c
+        cdef int i
+        while self.cmds != NULL:
+            c = self.cmds
+            self.cmds = c.next
+            if c.pair != NULL:
+                _free_pair(c.pair, True)
+            free(c)
+        while self.pairs != NULL:
+            _unlink_free(self, self.pairs)
+        for i in range(self.pool_len):
+            close(self.pool[i].rfd)
+            close(self.pool[i].wfd)
+            free(self.pool[i])
+        free(self.done)
+        for fd in (self.epfd, self.cmd_fd, self.done_fd):
+            if fd >= 0:
+                close(fd)
+        pthread_mutex_destroy(&self.lock)
+
+    @property
+    def done_fileno(self):
+        """Readable when finished pairs wait for ``collect()``."""
+        return self.done_fd
+
+    def start(self):
+        """Run the engine in its own thread (daemon: it never blocks exit)."""
+        self.thread = _threading.Thread(target=self._run, name="fastsocks-relay", daemon=True)
+        self.thread.start()
+
+    def _run(self):
+        with nogil:
+            _engine_loop(self)
+
+    def add(self, int client_fd, int upstream_fd, bytes to_upstream, bytes to_client,
+            double idle_timeout, callback):
+        """Hand over a connected pair; the engine owns (and will close) both fds.
+
+        ``to_upstream`` / ``to_client`` are sent before anything read later;
+        ``callback(bytes_up, bytes_down, reason)`` runs on the event loop
+        once the pair is finished, from ``collect()``.
+        """
+        cdef Pair* p
+        # The engine thread must never block: whatever the fds were, they
+        # are non-blocking from here on.
+        _os.set_blocking(client_fd, False)
+        _os.set_blocking(upstream_fd, False)
+        p = <Pair*>calloc(1, sizeof(Pair))
+        if p == NULL:
+            raise MemoryError()
+        p.id = self.next_id
+        self.next_id += 1
+        p.fds[0] = client_fd
+        p.fds[1] = upstream_fd
+        p.idle_ms = <int64_t>(idle_timeout * 1000) if idle_timeout > 0 else 0
+        p.up.src = client_fd
+        p.up.dst = upstream_fd
+        p.down.src = upstream_fd
+        p.down.dst = client_fd
+        if not _set_pending(&p.up, to_upstream, True) or not _set_pending(&p.down, to_client, False):
+            _free_pair(p, False)
+            raise MemoryError()
+        self._callbacks[p.id] = callback
+        self.active += 1
+        self._command(CMD_ADD, p.id, 0, p)
+        return p.id
+
+    def close(self, uint64_t pair_id, str reason="closed"):
+        """Ask the engine to close one pair (it is reported as usual)."""
+        self._command(CMD_CLOSE, pair_id, REASONS.index(reason), NULL)
+
+    def close_all(self, str reason="shutdown"):
+        self._command(CMD_CLOSE_ALL, 0, REASONS.index(reason), NULL)
+
+    def stop(self):
+        """Close every pair and end the thread; waits for it."""
+        self._command(CMD_STOP, 0, R_SHUTDOWN, NULL)
+        if self.thread is not None:
+            self.thread.join()
+            self.thread = None
+
+    cdef _command(self, int kind, uint64_t pair_id, int reason, Pair* pair):
+        cdef Cmd* c = <Cmd*>malloc(sizeof(Cmd))
+        cdef uint64_t one = 1
+        if c == NULL:
+            raise MemoryError()
+        c.kind = kind
+        c.id = pair_id
+        c.reason = reason
+        c.pair = pair
+        pthread_mutex_lock(&self.lock)
+        c.next = self.cmds
+        self.cmds = c
+        pthread_mutex_unlock(&self.lock)
+        write(self.cmd_fd, &one, 8)
+
+    def collect(self):
+        """Run the callbacks of finished pairs (call when done_fileno is readable)."""
+        cdef uint64_t counter
+        cdef Done* items
+        cdef Py_ssize_t n, i
+        read(self.done_fd, &counter, 8)
+        pthread_mutex_lock(&self.lock)
+        items = self.done
+        n = self.done_len
+        self.done = NULL
+        self.done_len = 0
+        self.done_cap = 0
+        pthread_mutex_unlock(&self.lock)
+        try:
+            for i in range(n):
+                callback = self._callbacks.pop(items[i].id, None)
+                self.active -= 1
+                if callback is not None:
+                    try:
+                        callback(items[i].up, items[i].down, REASONS[items[i].reason])
+                    except Exception:
+                        _log.exception("relay close callback failed")
+        finally:
+            free(items)
+        return n
+
+
+cdef bint _set_pending(Dir* d, bytes data, bint count):
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(data)
+    if n == 0:
+        return True
+    d.pend = <char*>malloc(n)
+    if d.pend == NULL:
+        return False
+    memcpy(d.pend, PyBytes_AS_STRING(data), n)
+    d.pend_len = n
+    if count:  # payload the client sent early, not a protocol reply
+        d.nbytes = n
+    return True
+
+
+cdef void _free_pair(Pair* p, bint close_fds) noexcept nogil:
+    if close_fds:
+        close(p.fds[0])
+        close(p.fds[1])
+    free(p.up.pend)
+    free(p.down.pend)
+    free(p)
+
+
+cdef void _unlink_free(Engine e, Pair* p) noexcept nogil:
+    if p.prev != NULL:
+        p.prev.next = p.next
+    else:
+        e.pairs = p.next
+    if p.next != NULL:
+        p.next.prev = p.prev
+    _free_pair(p, not p.dead)
+
+
+# -- pipes ------------------------------------------------------------------
+
+cdef Pipe* _pipe_get(Engine e) noexcept nogil:
+    cdef int fds[2]
+    cdef Pipe* pipe
+    if e.pool_len > 0:
+        e.pool_len -= 1
+        return e.pool[e.pool_len]
+    if pipe2(fds, O_NONBLOCK | O_CLOEXEC) < 0:
+        return NULL
+    pipe = <Pipe*>malloc(sizeof(Pipe))
+    if pipe == NULL:
+        close(fds[0])
+        close(fds[1])
+        return NULL
+    pipe.rfd = fds[0]
+    pipe.wfd = fds[1]
+    # 1 MiB pipes move more per syscall; unprivileged users may only have a
+    # few (fs.pipe-user-pages-soft): then keep the default 64 KiB, no error.
+    pipe.size = 65536
+    if e.pipe_size > 65536:
+        if fcntl(pipe.wfd, F_SETPIPE_SZ, <int>e.pipe_size) >= 0:
+            pipe.size = e.pipe_size
+        elif errno == EPERM:
+            e.pipe_size = 65536
+    return pipe
+
+
+cdef void _pipe_put(Engine e, Pipe* pipe) noexcept nogil:
+    if e.pool_len < PIPE_POOL_MAX:
+        e.pool[e.pool_len] = pipe
+        e.pool_len += 1
+    else:
+        close(pipe.rfd)
+        close(pipe.wfd)
+        free(pipe)
+
+
+# -- moving bytes -------------------------------------------------------------
+
+cdef enum:
+    PUMP_WAIT = 0     # blocked on EAGAIN; epoll will call again
+    PUMP_DONE = 1     # this direction has ended (EOF relayed)
+    PUMP_SRC_ERR = 2  # reading the source failed
+    PUMP_DST_ERR = 3  # writing the destination failed
+    PUMP_NOMEM = 4
+
+
+cdef int _pump(Engine e, Dir* d) noexcept nogil:
+    """Move what can be moved now in one direction."""
+    cdef ssize_t n
+    if d.shut:
+        return PUMP_DONE
+    while True:
+        # Bytes handed over with the pair go first.
+        while d.pend_off < d.pend_len:
+            n = send(d.dst, d.pend + d.pend_off, d.pend_len - d.pend_off, MSG_NOSIGNAL)
+            if n < 0:
+                if errno == EINTR:
+                    continue
+                return PUMP_WAIT if errno == EAGAIN else PUMP_DST_ERR
+            d.pend_off += n
+        if d.pend != NULL:
+            free(d.pend)
+            d.pend = NULL
+        # Drain the pipe into the destination.
+        while d.in_pipe > 0:
+            n = splice(d.pipe.rfd, NULL, d.dst, NULL, d.in_pipe, SPLICE_F_MOVE | SPLICE_F_NONBLOCK)
+            if n < 0:
+                if errno == EINTR:
+                    continue
+                return PUMP_WAIT if errno == EAGAIN else PUMP_DST_ERR
+            d.in_pipe -= n
+        if d.pipe != NULL:
+            _pipe_put(e, d.pipe)
+            d.pipe = NULL
+        if d.eof:
+            shutdown(d.dst, SHUT_WR)
+            d.shut = True
+            return PUMP_DONE
+        # Read more, but only into an empty pipe: a full pipe and an empty
+        # socket would both say EAGAIN.
+        d.pipe = _pipe_get(e)
+        if d.pipe == NULL:
+            return PUMP_NOMEM
+        n = splice(d.src, NULL, d.pipe.wfd, NULL, d.pipe.size, SPLICE_F_MOVE | SPLICE_F_NONBLOCK)
+        if n > 0:
+            d.in_pipe = n
+            d.nbytes += n
+        elif n == 0:
+            d.eof = True
+        else:
+            if errno == EINTR:
+                continue
+            _pipe_put(e, d.pipe)
+            d.pipe = NULL
+            return PUMP_WAIT if errno == EAGAIN else PUMP_SRC_ERR
+
+
+cdef inline void _drop_pipe(Dir* d) noexcept nogil:
+    # A pipe that may still hold bytes is closed, not pooled.
+    if d.pipe != NULL:
+        close(d.pipe.rfd)
+        close(d.pipe.wfd)
+        free(d.pipe)
+        d.pipe = NULL
+
+
+cdef void _finish(Engine e, Pair* p, int reason) noexcept nogil:
+    """Close a pair now and report it; it is freed after the current batch."""
+    cdef epoll_event dummy
+    cdef Done* grown
+    cdef uint64_t one = 1
+    if p.dead:
+        return
+    p.dead = True
+    p.reason = reason
+    epoll_ctl(e.epfd, EPOLL_CTL_DEL, p.fds[0], &dummy)
+    epoll_ctl(e.epfd, EPOLL_CTL_DEL, p.fds[1], &dummy)
+    close(p.fds[0])
+    close(p.fds[1])
+    _drop_pipe(&p.up)
+    _drop_pipe(&p.down)
+    # Move it from the live list to the zombies.
+    if p.prev != NULL:
+        p.prev.next = p.next
+    else:
+        e.pairs = p.next
+    if p.next != NULL:
+        p.next.prev = p.prev
+    p.prev = NULL
+    p.next = e.zombies
+    e.zombies = p
+    pthread_mutex_lock(&e.lock)
+    if e.done_len == e.done_cap:
+        grown = <Done*>realloc_done(e.done, (e.done_cap * 2) if e.done_cap else 64)
+        if grown != NULL:
+            e.done = grown
+            e.done_cap = (e.done_cap * 2) if e.done_cap else 64
+    if e.done_len < e.done_cap:
+        e.done[e.done_len].id = p.id
+        e.done[e.done_len].up = p.up.nbytes
+        e.done[e.done_len].down = p.down.nbytes
+        e.done[e.done_len].reason = reason
+        e.done_len += 1
+    pthread_mutex_unlock(&e.lock)
+    write(e.done_fd, &one, 8)
+
+
+cdef inline void* realloc_done(Done* items, Py_ssize_t n) noexcept nogil:
+    return realloc(items, n * sizeof(Done))
+
+
+cdef void _service(Engine e, Pair* p, int which, uint32_t events) noexcept nogil:
+    """An epoll event on the client (0) or upstream (1) fd of ``p``."""
+    cdef int r
+    cdef Dir* reading = &p.up if which == 0 else &p.down
+    cdef Dir* writing = &p.down if which == 0 else &p.up
+    if p.dead:
+        return
+    p.last_ms = _now_ms()
+    if events & (EPOLLIN | EPOLLRDHUP | EPOLLERR | EPOLLHUP):
+        r = _pump(e, reading)
+        if _settle(e, p, r, which):
+            return
+    if events & (EPOLLOUT | EPOLLERR | EPOLLHUP):
+        r = _pump(e, writing)
+        if _settle(e, p, r, 1 - which):
+            return
+    if p.up.shut and p.down.shut:
+        _finish(e, p, R_EOF)
+
+
+cdef bint _settle(Engine e, Pair* p, int r, int src_side) noexcept nogil:
+    """Act on a pump result; True when the pair was finished."""
+    if r == PUMP_SRC_ERR:
+        _finish(e, p, R_CLIENT_RESET if src_side == 0 else R_UPSTREAM_RESET)
+    elif r == PUMP_DST_ERR:
+        _finish(e, p, R_UPSTREAM_RESET if src_side == 0 else R_CLIENT_RESET)
+    elif r == PUMP_NOMEM:
+        _finish(e, p, R_ERROR)
+    return p.dead
+
+
+cdef void _register(Engine e, Pair* p) noexcept nogil:
+    cdef epoll_event ev
+    cdef int i
+    p.prev = NULL
+    p.next = e.pairs
+    if e.pairs != NULL:
+        e.pairs.prev = p
+    e.pairs = p
+    p.last_ms = _now_ms()
+    for i in range(2):
+        ev.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET
+        # The low bit of the pointer says which side: Pair is 8-aligned.
+        ev.data.u64 = <uint64_t>p | <uint64_t>i
+        if epoll_ctl(e.epfd, EPOLL_CTL_ADD, p.fds[i], &ev) < 0:
+            _finish(e, p, R_ERROR)
+            return
+    # Edge-triggered: move whatever is already there (handed-over bytes,
+    # data that arrived during the hand-over) now.
+    _service(e, p, 0, EPOLLIN | EPOLLOUT)
+    _service(e, p, 1, EPOLLIN | EPOLLOUT)
+
+
+cdef void _commands(Engine e) noexcept nogil:
+    cdef uint64_t counter
+    cdef Cmd* c
+    cdef Cmd* rev = NULL
+    cdef Cmd* nxt
+    cdef Pair* p
+    read(e.cmd_fd, &counter, 8)
+    pthread_mutex_lock(&e.lock)
+    c = e.cmds
+    e.cmds = NULL
+    pthread_mutex_unlock(&e.lock)
+    while c != NULL:              # oldest first
+        nxt = c.next
+        c.next = rev
+        rev = c
+        c = nxt
+    while rev != NULL:
+        c = rev
+        rev = c.next
+        if c.kind == CMD_ADD:
+            _register(e, c.pair)
+        elif c.kind == CMD_CLOSE:
+            p = e.pairs
+            while p != NULL and p.id != c.id:
+                p = p.next
+            if p != NULL:
+                _finish(e, p, c.reason)
+        elif c.kind == CMD_CLOSE_ALL or c.kind == CMD_STOP:
+            while e.pairs != NULL:
+                _finish(e, e.pairs, c.reason)
+            if c.kind == CMD_STOP:
+                e.stopping = True
+        free(c)
+
+
+cdef void _scan_idle(Engine e, int64_t now) noexcept nogil:
+    cdef Pair* p = e.pairs
+    cdef Pair* nxt
+    while p != NULL:
+        nxt = p.next
+        if p.idle_ms > 0 and now - p.last_ms >= p.idle_ms:
+            _finish(e, p, R_IDLE)
+        p = nxt
+
+
+cdef void _engine_loop(Engine e) noexcept nogil:
+    cdef epoll_event events[MAX_EVENTS]
+    cdef int n, i
+    cdef uint64_t tag
+    cdef Pair* p
+    cdef int64_t now, last_scan = _now_ms()
+    while not e.stopping:
+        n = epoll_wait(e.epfd, events, MAX_EVENTS, SCAN_MS)
+        for i in range(n):
+            tag = events[i].data.u64
+            if tag == 0:
+                _commands(e)
+            else:
+                p = <Pair*>(tag & ~(<uint64_t>1))
+                _service(e, p, <int>(tag & 1), events[i].events)
+        now = _now_ms()
+        if now - last_scan >= SCAN_MS:
+            last_scan = now
+            _scan_idle(e, now)
+        # Nothing in this batch names a zombie any more.
+        while e.zombies != NULL:
+            p = e.zombies
+            e.zombies = p.next
+            free(p.up.pend)
+            free(p.down.pend)
+            free(p)

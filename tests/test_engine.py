@@ -1,0 +1,231 @@
+"""The Linux splice engine on its own: real TCP sockets on loopback, no server.
+
+Each test builds client ⇄ [engine] ⇄ target from two connected TCP pairs and
+hands the middle two descriptors to the engine, as the session does.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import select
+import socket
+import struct
+import sys
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+
+if not sys.platform.startswith("linux"):
+    pytest.skip("the splice engine is Linux-only", allow_module_level=True)
+
+if os.environ.get("FASTSOCKS_NO_EXTENSIONS"):
+    pytest.skip("pure build: no engine", allow_module_level=True)
+
+from fastsocks._engine import REASONS, Engine  # noqa: E402
+
+
+def _tcp_pair() -> tuple[socket.socket, socket.socket]:
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        a = socket.create_connection(listener.getsockname())
+        b, _ = listener.accept()
+    return a, b
+
+
+class Bench:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.results: dict[int, tuple[int, int, str]] = {}
+
+    def pair(self, to_upstream: bytes = b"", to_client: bytes = b"",
+             idle: float = 0.0) -> tuple[socket.socket, socket.socket, int]:
+        client, proxy_client = _tcp_pair()
+        proxy_upstream, target = _tcp_pair()
+        holder: list[int] = []
+        pair_id = self.engine.add(
+            proxy_client.detach(), proxy_upstream.detach(), to_upstream, to_client, idle,
+            lambda up, down, reason: self.results.__setitem__(holder[0], (up, down, reason)),
+        )
+        holder.append(pair_id)
+        return client, target, pair_id
+
+    def wait(self, pair_id: int, timeout: float = 10.0) -> tuple[int, int, str]:
+        deadline = time.monotonic() + timeout
+        while pair_id not in self.results:
+            remaining = deadline - time.monotonic()
+            assert remaining > 0, "the engine never reported the pair"
+            select.select([self.engine.done_fileno], [], [], remaining)
+            self.engine.collect()
+        return self.results[pair_id]
+
+
+@pytest.fixture
+def bench() -> Iterator[Bench]:
+    engine = Engine()
+    engine.start()
+    yield Bench(engine)
+    engine.stop()
+    engine.collect()
+    assert engine.active == 0
+
+
+def _read_all(sock: socket.socket) -> bytes:
+    chunks = []
+    while chunk := sock.recv(1 << 20):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def test_half_close_both_ways_with_handed_over_bytes(bench: Bench) -> None:
+    client, target, pair_id = bench.pair(to_upstream=b"early", to_client=b"REPLY")
+    payload = os.urandom(8 << 20)
+    answer = os.urandom(1 << 20)
+    seen: list[bytes] = []
+
+    def serve() -> None:
+        seen.append(_read_all(target))  # until the client's EOF arrives
+        target.sendall(answer)
+        target.close()
+
+    thread = threading.Thread(target=serve)
+    thread.start()
+    sender = threading.Thread(target=lambda: (client.sendall(payload), client.shutdown(socket.SHUT_WR)))
+    sender.start()
+    received = _read_all(client)
+    sender.join(30)
+    thread.join(30)
+    client.close()
+    assert seen[0] == b"early" + payload
+    assert received == b"REPLY" + answer
+    up, down, reason = bench.wait(pair_id)
+    assert (up, down, reason) == (len(payload) + 5, len(answer), "eof")
+
+
+def test_both_directions_at_once_keep_integrity(bench: Bench) -> None:
+    client, target, pair_id = bench.pair()
+    a, b = os.urandom(16 << 20), os.urandom(16 << 20)
+    got: dict[str, bytes] = {}
+
+    def side(sock: socket.socket, data: bytes, name: str) -> None:
+        t = threading.Thread(target=lambda: (sock.sendall(data), sock.shutdown(socket.SHUT_WR)))
+        t.start()
+        got[name] = _read_all(sock)
+        t.join(30)
+        sock.close()
+
+    threads = [threading.Thread(target=side, args=(client, a, "client")),
+               threading.Thread(target=side, args=(target, b, "target"))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert hashlib.sha256(got["target"]).digest() == hashlib.sha256(a).digest()
+    assert hashlib.sha256(got["client"]).digest() == hashlib.sha256(b).digest()
+    assert bench.wait(pair_id) == (len(a), len(b), "eof")
+
+
+def test_slow_reader_stops_the_fast_writer(bench: Bench) -> None:
+    """Backpressure: with the client not reading, the target soon cannot send."""
+    client, target, pair_id = bench.pair()
+    target.setblocking(False)
+    sent = 0
+    chunk = b"x" * 65536
+    deadline = time.monotonic() + 5
+    stalled_at = None
+    while time.monotonic() < deadline:
+        try:
+            sent += target.send(chunk)
+        except BlockingIOError:
+            if stalled_at is None:
+                stalled_at = time.monotonic()
+            if time.monotonic() - stalled_at > 0.5:
+                break
+            time.sleep(0.01)
+        else:
+            stalled_at = None
+    assert stalled_at is not None, "the target never felt backpressure"
+    # Socket buffers on both sides plus at most one pipe hold the bytes.
+    assert sent < 64 << 20
+    target.setblocking(True)
+    target.shutdown(socket.SHUT_WR)
+    client.shutdown(socket.SHUT_WR)
+    assert len(_read_all(client)) == sent
+    client.close()
+    target.close()
+    assert bench.wait(pair_id)[1:] == (sent, "eof")
+
+
+def test_idle_pair_is_closed(bench: Bench) -> None:
+    client, target, pair_id = bench.pair(idle=0.5)
+    client.settimeout(5)
+    started = time.monotonic()
+    assert client.recv(10) == b""
+    assert 0.4 < time.monotonic() - started < 2.0
+    assert bench.wait(pair_id) == (0, 0, "idle_timeout")
+    client.close()
+    target.close()
+
+
+def test_traffic_keeps_a_pair_alive_past_the_idle_timeout(bench: Bench) -> None:
+    client, target, pair_id = bench.pair(idle=0.6)
+    for _ in range(6):
+        client.sendall(b"ping")
+        assert target.recv(4) == b"ping"
+        time.sleep(0.25)
+    assert pair_id not in bench.results
+    client.close()
+    target.close()
+    assert bench.wait(pair_id)[2] == "eof"
+
+
+def test_client_reset_is_reported_and_target_closed(bench: Bench) -> None:
+    client, target, pair_id = bench.pair()
+    client.sendall(b"abc")
+    assert target.recv(3) == b"abc"
+    client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    client.close()
+    target.settimeout(5)
+    assert bench.wait(pair_id)[2] == "client_reset"
+    with pytest.raises(OSError):  # reset or EOF, never a hang
+        while target.recv(100):
+            pass
+        raise ConnectionResetError
+    target.close()
+
+
+def test_close_and_close_all(bench: Bench) -> None:
+    pairs = [bench.pair() for _ in range(5)]
+    bench.engine.close(pairs[0][2], "closed")
+    assert bench.wait(pairs[0][2])[2] == "closed"
+    bench.engine.close_all("shutdown")
+    for client, target, pair_id in pairs[1:]:
+        assert bench.wait(pair_id)[2] == "shutdown"
+    for client, target, _ in pairs:
+        client.settimeout(5)
+        assert client.recv(1) == b""
+        client.close()
+        target.close()
+
+
+def test_no_descriptor_left_behind(bench: Bench) -> None:
+    before = len(os.listdir("/proc/self/fd"))
+    for _ in range(3):
+        pairs = [bench.pair() for _ in range(50)]
+        for client, target, _ in pairs:
+            client.sendall(b"hello")
+            assert target.recv(5) == b"hello"
+            client.close()
+            target.close()
+        for _, _, pair_id in pairs:
+            bench.wait(pair_id)
+    # The pipe pool keeps at most a few pipes for reuse.
+    assert len(os.listdir("/proc/self/fd")) <= before + 2 * 64
+
+
+def test_reason_names() -> None:
+    assert REASONS == ("eof", "client_reset", "upstream_reset", "idle_timeout", "closed",
+                       "shutdown", "error")
