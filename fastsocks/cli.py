@@ -53,7 +53,8 @@ def _serve_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="SOCKS5 proxy server (RFC 1928, RFC 1929 username/password). "
         "With no arguments it serves on 127.0.0.1:1080 without authentication.",
-        epilog="Other commands: 'fastsocks users add|remove FILE NAME' manages a users file.",
+        epilog="Other commands: 'fastsocks users add|remove FILE NAME' manages a users file; "
+        "'fastsocks bench --proxy HOST:PORT' measures any SOCKS5 server.",
     )
     p.add_argument("--version", action="version", version=_version_text())
     p.add_argument("--listen", metavar="HOST:PORT", action="append", type=_listen,
@@ -72,6 +73,16 @@ def _serve_parser() -> argparse.ArgumentParser:
     p.add_argument("--idle-timeout", metavar="SECONDS", type=_seconds, default=300.0,
                    help="close a relayed connection after this long without traffic in "
                    "either direction; 0 disables (default 300)")
+    p.add_argument("--bind-timeout", metavar="SECONDS", type=_seconds, default=60.0,
+                   help="BIND: how long to wait for the incoming connection; the client then "
+                   "gets X'06' (default 60)")
+    p.add_argument("--bind-address", metavar="IP",
+                   help="BIND: listen on this address instead of the one the client reached")
+    p.add_argument("--udp-public-address", metavar="IP",
+                   help="UDP ASSOCIATE: advertise this address to clients (behind NAT)")
+    p.add_argument("--no-udp-reassembly", dest="udp_reassembly", action="store_false",
+                   help="UDP ASSOCIATE: drop fragmented datagrams (FRAG != 0) instead of "
+                   "reassembling them")
     p.add_argument("--loop", choices=("auto", "uvloop", "asyncio"), default="auto",
                    help="event loop: uvloop where installed (auto), or force one")
     p.add_argument("--relay", choices=("auto", "splice", "protocol"), default="auto",
@@ -133,6 +144,10 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["users"]:
         return _users_main(argv[1:])
+    if argv[:1] == ["bench"]:
+        from .bench import main as bench_main
+
+        return bench_main(argv[1:])
     if argv[:1] == ["serve"]:
         argv = argv[1:]
     args = _serve_parser().parse_args(argv)
@@ -148,6 +163,10 @@ def main(argv: list[str] | None = None) -> int:
         handshake_timeout=args.handshake_timeout,
         connect_timeout=args.connect_timeout,
         idle_timeout=args.idle_timeout,
+        bind_timeout=args.bind_timeout,
+        bind_address=args.bind_address,
+        udp_public_address=args.udp_public_address,
+        udp_reassembly=args.udp_reassembly,
         loop=args.loop,
         relay=args.relay,
         log_level=args.log_level,

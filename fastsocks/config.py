@@ -65,13 +65,17 @@ class Settings:
     handshake_timeout: float = 10.0
     connect_timeout: float = 10.0
     idle_timeout: float = 300.0
+    bind_timeout: float = 60.0
+    bind_address: str | None = None
+    udp_public_address: str | None = None
+    udp_reassembly: bool = True
     loop: str = "auto"
     relay: str = "auto"
     log_level: str = "info"
     backlog: int = 4096
 
     def validate(self) -> None:
-        for name in ("handshake_timeout", "connect_timeout"):
+        for name in ("handshake_timeout", "connect_timeout", "bind_timeout"):
             value = getattr(self, name)
             if not value > 0:
                 raise ConfigError(f"{name.replace('_', '-')} must be a positive number of seconds")
@@ -79,6 +83,14 @@ class Settings:
             raise ConfigError("idle-timeout must be 0 (never) or a positive number of seconds")
         if self.loop not in ("auto", "uvloop", "asyncio"):
             raise ConfigError(f"loop {self.loop!r}: use auto, uvloop or asyncio")
+        for name in ("bind_address", "udp_public_address"):
+            value = getattr(self, name)
+            if value is not None:
+                try:
+                    ipaddress.ip_address(value)
+                except ValueError:
+                    raise ConfigError(f"{name.replace('_', '-')} {value!r}: give an IPv4 or IPv6 "
+                                      "address, e.g. 203.0.113.7") from None
         if self.relay not in ("auto", "splice", "protocol"):
             raise ConfigError(f"relay {self.relay!r}: use auto, splice or protocol")
         if not self.listen:

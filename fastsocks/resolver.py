@@ -9,7 +9,16 @@ from typing import Any
 
 from .constants import Reply
 
-__all__ = ["ConnectError", "resolve", "open_connection", "reply_for_errno"]
+__all__ = [
+    "ConnectError",
+    "resolve",
+    "resolve_cached",
+    "resolve_and_cache",
+    "open_connection",
+    "reply_for_errno",
+    "unmapped",
+    "DNS_CACHE_TTL",
+]
 
 Address = tuple[int, Any]  # (family, sockaddr)
 
@@ -43,6 +52,11 @@ class ConnectError(Exception):
         super().__init__(reason)
         self.reply = reply
         self.reason = reason
+
+
+def unmapped(host: str) -> str:
+    """``::ffff:1.2.3.4`` → ``1.2.3.4``: compare addresses in one form."""
+    return host[7:] if host.startswith("::ffff:") and "." in host else host
 
 
 def reply_for_errno(err: int | None) -> int:
@@ -86,6 +100,45 @@ async def resolve(host: str, port: int) -> list[Address]:
     if not out:
         raise ConnectError(Reply.HOST_UNREACHABLE, f"{host!r} has no IPv4 or IPv6 address")
     return out
+
+
+# A small cache for the UDP path, where every datagram names its target:
+# (host, port) → (expiry, addresses or the ConnectError to raise again).
+DNS_CACHE_TTL = 60.0
+DNS_NEGATIVE_TTL = 5.0
+_CACHE_MAX = 4096
+_cache: dict[tuple[str, int], tuple[float, list[Address] | ConnectError]] = {}
+
+
+def resolve_cached(host: str, port: int) -> list[Address] | None:
+    """Addresses from the literal or the cache; None on a miss."""
+    literal = _literal(host, port)
+    if literal is not None:
+        return literal
+    entry = _cache.get((host, port))
+    if entry is None:
+        return None
+    expiry, value = entry
+    if expiry < asyncio.get_running_loop().time():
+        del _cache[(host, port)]
+        return None
+    if isinstance(value, ConnectError):
+        raise value
+    return value
+
+
+async def resolve_and_cache(host: str, port: int) -> list[Address]:
+    """``resolve()`` and remember the answer (a failure for less long)."""
+    loop = asyncio.get_running_loop()
+    if len(_cache) >= _CACHE_MAX:
+        _cache.pop(next(iter(_cache)))  # oldest first: dicts keep insertion order
+    try:
+        addresses = await resolve(host, port)
+    except ConnectError as exc:
+        _cache[(host, port)] = (loop.time() + DNS_NEGATIVE_TTL, exc)
+        raise
+    _cache[(host, port)] = (loop.time() + DNS_CACHE_TTL, addresses)
+    return addresses
 
 
 async def _connect_one(family: int, sockaddr: Any, timeout: float) -> socket.socket:

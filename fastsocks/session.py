@@ -20,7 +20,8 @@ from . import codec
 from .constants import Command, Method, Reply
 from .errors import ProtocolError
 from .relay import Relay
-from .resolver import ConnectError, open_connection, resolve
+from .resolver import ConnectError, open_connection, resolve, unmapped
+from .udp import UdpAssociation
 
 if TYPE_CHECKING:
     from .server import Server
@@ -59,6 +60,8 @@ class Session(asyncio.Protocol):
         "closed",
         "started",
         "pair_id",
+        "reply_to",
+        "udp",
     )
 
     def __init__(self, server: Server) -> None:
@@ -74,6 +77,8 @@ class Session(asyncio.Protocol):
         self.closed = False
         self.started = 0.0
         self.pair_id = 0  # set once the splice engine owns the sockets
+        self.reply_to: tuple[str, int] = ("0.0.0.0", 0)
+        self.udp: UdpAssociation | None = None
 
     # -- asyncio protocol -------------------------------------------------
 
@@ -86,6 +91,8 @@ class Session(asyncio.Protocol):
         self.timer = server.loop.call_later(server.settings.handshake_timeout, self._handshake_timeout)
 
     def data_received(self, data: bytes) -> None:
+        if self.codec is None:
+            return  # UDP ASSOCIATE: the TCP connection carries nothing more
         self.codec.receive_data(data)
         self._advance()
 
@@ -158,68 +165,165 @@ class Session(asyncio.Protocol):
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
-        if request.command == Command.CONNECT:
+        command = request.command
+        if command == Command.CONNECT:
             self.task = asyncio.ensure_future(self._connect(request))
+        elif command == Command.BIND:
+            self.task = asyncio.ensure_future(self._bind(request))
         else:
-            self._fail(self.codec.send_reply(Reply.COMMAND_NOT_SUPPORTED),
-                       f"command {Command(request.command).name} not supported")
+            self.task = asyncio.ensure_future(self._udp_associate(request))
+
+    def _what(self) -> str:
+        request = self.request
+        return f"{Command(request.command).name} {request.host} port {request.port}"
 
     # -- CONNECT ----------------------------------------------------------
 
     async def _connect(self, request: Any) -> None:
-        settings = self.server.settings
-        loop = self.server.loop
         try:
             addresses = await resolve(request.host, request.port)
-            sock = await open_connection(addresses, settings.connect_timeout)
+            sock = await open_connection(addresses, self.server.settings.connect_timeout)
         except ConnectError as exc:
             if not self.closed:
-                self._fail(self.codec.send_reply(exc.reply),
-                           f"CONNECT {request.host} port {request.port}: {exc.reason}")
+                self._fail(self.codec.send_reply(exc.reply), f"{self._what()}: {exc.reason}")
             return
+        bound = sock.getsockname()
+        await self._relay(sock, bound[0], bound[1])
+
+    # -- BIND (RFC 1928 §4) ---------------------------------------------
+
+    async def _bind(self, request: Any) -> None:
+        """Listen, reply with where; accept one peer, reply with who; relay.
+
+        When DST.ADDR is not all zeros, only a peer from (one of the
+        addresses of) DST.ADDR is accepted; DST.PORT is not checked, since
+        the peer's source port is rarely known in advance (FTP's data
+        connection comes from another port than the control connection).
+        A peer from elsewhere gets the client X'02'; no peer within the
+        BIND timeout gets X'06' (TTL expired: the time ran out).
+        """
+        settings = self.server.settings
+        loop = self.server.loop
+        expected: set[str] | None = None
+        try:
+            if request.host not in ("0.0.0.0", "::"):
+                expected = {unmapped(sockaddr[0]) for _, sockaddr in
+                            await resolve(request.host, request.port)}
+        except ConnectError as exc:
+            if not self.closed:
+                self._fail(self.codec.send_reply(exc.reply), f"{self._what()}: {exc.reason}")
+            return
+        local = settings.bind_address or self.transport.get_extra_info("sockname")[0]
+        try:
+            listener = socket.socket(socket.AF_INET6 if ":" in local else socket.AF_INET)
+        except OSError as exc:
+            self._fail(self.codec.send_reply(Reply.GENERAL_FAILURE), f"{self._what()}: {exc}")
+            return
+        try:
+            listener.setblocking(False)
+            listener.bind((local, 0))
+            listener.listen(1)
+            host, port = listener.getsockname()[:2]
+            self.transport.write(self.codec.send_reply(Reply.SUCCEEDED, unmapped(host), port))
+            sock, peer = await asyncio.wait_for(loop.sock_accept(listener), settings.bind_timeout)
+            if expected is not None and unmapped(peer[0]) not in expected:
+                sock.close()
+                self._fail(self.codec.send_reply(Reply.NOT_ALLOWED),
+                           f"{self._what()}: refused a connection from {peer[0]} port {peer[1]}")
+                return
+        except asyncio.TimeoutError:
+            if not self.closed:
+                self._fail(self.codec.send_reply(Reply.TTL_EXPIRED),
+                           f"{self._what()}: no connection within {settings.bind_timeout:g} s")
+            return
+        except OSError as exc:
+            if not self.closed:
+                self._fail(self.codec.send_reply(Reply.GENERAL_FAILURE), f"{self._what()}: {exc}")
+            return
+        finally:
+            listener.close()
+        sock.setblocking(False)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        await self._relay(sock, unmapped(peer[0]), peer[1])
+
+    # -- UDP ASSOCIATE (RFC 1928 §7) ------------------------------------
+
+    async def _udp_associate(self, request: Any) -> None:
+        settings = self.server.settings
+        client = self.transport.get_extra_info("peername")
+        local = self.transport.get_extra_info("sockname")[0]
+        # DST.PORT, when given, is the port the client will send from; its
+        # DST.ADDR is ignored: datagrams must come from the TCP client's IP.
+        self.udp = UdpAssociation(self.server.loop, client[0], request.port, local,
+                                  settings.idle_timeout, settings.udp_reassembly,
+                                  lambda: self._close("UDP association idle"))
+        try:
+            host, port = await self.udp.open()
+        except OSError as exc:
+            if not self.closed:
+                self._fail(self.codec.send_reply(Reply.GENERAL_FAILURE), f"{self._what()}: {exc}")
+            return
+        if self.closed:
+            return
+        advertised = settings.udp_public_address or unmapped(host)
+        self.transport.write(self.codec.send_reply(Reply.SUCCEEDED, advertised, port))
+        self.codec = None
+        self.task = None
+        # The TCP connection now only says how long the association lives.
+        self.transport.resume_reading()
+
+    # -- relaying ---------------------------------------------------------
+
+    async def _relay(self, sock: socket.socket, reply_host: str, reply_port: int) -> None:
+        """Reply with (reply_host, reply_port), then relay the client and ``sock``."""
         if self.closed:
             sock.close()
             return
         engine = self.server.engine
         if engine is not None and self.transport.get_write_buffer_size() == 0:
-            self._hand_to_engine(engine, sock)
+            try:
+                self._hand_to_engine(engine, sock, reply_host, reply_port)
+            except OSError as exc:  # e.g. EMFILE from dup(): answer, don't crash the task
+                sock.close()
+                if not self.closed:
+                    self._fail(self.codec.send_reply(Reply.GENERAL_FAILURE),
+                               f"{self._what()}: hand-over failed: {exc}")
             return
-        self.relay = Relay(loop, self._on_upstream, self._on_relay_closed, settings.idle_timeout)
+        self.reply_to = (reply_host, reply_port)
+        self.relay = Relay(self.server.loop, self._on_upstream, self._on_relay_closed,
+                           self.server.settings.idle_timeout)
         try:
-            await loop.create_connection(lambda: self.relay.upstream, sock=sock)
+            await self.server.loop.create_connection(lambda: self.relay.upstream, sock=sock)
             self.task = None  # done: an idle relay should not keep it alive
         except OSError as exc:
             sock.close()
             if not self.closed:
-                self._fail(self.codec.send_reply(Reply.GENERAL_FAILURE),
-                           f"CONNECT {request.host} port {request.port}: {exc}")
+                self._fail(self.codec.send_reply(Reply.GENERAL_FAILURE), f"{self._what()}: {exc}")
 
     def _on_upstream(self, relay: Any) -> None:
         """The outbound transport exists: reply, then hand both to the relay."""
-        upstream = relay.upstream.transport
         if self.closed:
-            upstream.abort()
+            relay.upstream.transport.abort()
             return
-        bound = upstream.get_extra_info("sockname")
-        self.transport.write(self.codec.send_reply(Reply.SUCCEEDED, bound[0], bound[1]))
+        self.transport.write(self.codec.send_reply(Reply.SUCCEEDED, *self.reply_to))
         pending = self.codec.trailing_data
         self.codec = None  # the negotiation is over; free its buffer
         relay.start(self.transport, pending)
 
-    def _hand_to_engine(self, engine: Any, sock: socket.socket) -> None:
+    def _hand_to_engine(self, engine: Any, sock: socket.socket, reply_host: str,
+                        reply_port: int) -> None:
         """Give both descriptors to the splice engine; the reply goes with them.
 
         The client transport's write buffer is empty (checked by the caller),
         so nothing queued in it is lost: the engine sends the reply, then the
         bytes the client sent early go to the target before anything else.
         """
-        bound = sock.getsockname()
-        reply = self.codec.send_reply(Reply.SUCCEEDED, bound[0], bound[1])
+        transport = self.transport
+        client_fd = os.dup(transport.get_extra_info("socket").fileno())
+        reply = self.codec.send_reply(Reply.SUCCEEDED, reply_host, reply_port)
         pending = self.codec.trailing_data
         self.codec = None
         self.task = None
-        transport = self.transport
-        client_fd = os.dup(transport.get_extra_info("socket").fileno())
         try:
             upstream_fd = sock.detach()
             self.pair_id = engine.add(client_fd, upstream_fd, pending, reply,
@@ -238,18 +342,18 @@ class Session(asyncio.Protocol):
 
     def _log_relayed(self, reason: str, bytes_up: int, bytes_down: int) -> None:
         log.debug(
-            "%s CONNECT %s port %d closed (%s): %d bytes up, %d bytes down, %.3f s",
-            self.peer, self.request.host, self.request.port, reason,
-            bytes_up, bytes_down, self.server.loop.time() - self.started,
+            "%s %s closed (%s): %d bytes up, %d bytes down, %.3f s",
+            self.peer, self._what(), reason, bytes_up, bytes_down,
+            self.server.loop.time() - self.started,
         )
 
     def _on_relay_closed(self, relay: Any) -> None:
+        if not relay.started:
+            self._close("target closed before the relay started")
+            return
         self.closed = True
         self.server.sessions.discard(self)
-        if relay.started:
-            self._log_relayed(relay.reason, relay.bytes_up, relay.bytes_down)
-        elif self.transport is not None:
-            self._close("target closed before the relay started")
+        self._log_relayed(relay.reason, relay.bytes_up, relay.bytes_down)
 
     # -- ending -----------------------------------------------------------
 
@@ -277,6 +381,12 @@ class Session(asyncio.Protocol):
         self.task = None
         if self.relay is not None:
             self.relay.close(reason)
+        if self.udp is not None:
+            udp = self.udp
+            udp.close()
+            log.debug("%s %s closed (%s): %d datagrams up, %d down, %d bytes up, %d down, "
+                      "%d dropped", self.peer, self._what(), reason, udp.datagrams_up,
+                      udp.datagrams_down, udp.bytes_up, udp.bytes_down, udp.dropped)
         self.transport.close()
         log.debug("%s closed: %s", self.peer, reason)
 
