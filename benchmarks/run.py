@@ -1,0 +1,660 @@
+#!/usr/bin/env python3
+"""End-to-end benchmark: fastsocks against microsocks and Dante, direct TCP as the reference.
+
+    python benchmarks/run.py [--quick] [--servers fastsocks,microsocks,dante]
+                             [--repeat N] [--json PATH]
+
+Starts a sink and an echo target in their own processes, then, for each
+round (``--repeat``, default 3) and each server (direct first), starts the
+server fresh on loopback and measures with ``fastsocks.bench``:
+
+* KiB of server memory per idle relayed connection (first, on the fresh server);
+* Gbit/s with 1 and 8 streams, and server CPU-seconds per GiB relayed;
+* handshakes/s with p50/p99 latency at concurrency 1 and 64, and server
+  CPU-µs per handshake.
+
+It prints a markdown table of the medians with ratios to direct (and to
+microsocks), plus the generator's and the targets' own CPU use as evidence
+that neither was the bottleneck.  See benchmarks/README.md.
+
+Loopback only.  fastsocks listens on 127.0.0.1 port 0; microsocks and Dante
+need a port on their command line, so they get one below the ephemeral range
+on 127.0.0.2 (never a fixed port in the ephemeral range).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import random
+import re
+import shlex
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # run from a checkout without installing
+    sys.path.insert(0, str(ROOT))
+
+from fastsocks import bench  # noqa: E402
+
+SERVERS = ("fastsocks", "microsocks", "dante")
+DANTED = "/usr/sbin/danted"
+REF_HOST = "127.0.0.2"  # microsocks / Dante listen here, on a port below 32768
+START_TIMEOUT = 15.0
+STOP_TIMEOUT = 5.0
+SETUP_HINT = "install it with: bash benchmarks/setup.sh (Debian: apt-get install -y {pkg})"
+
+
+# -- servers under test ---------------------------------------------------------------
+
+
+@dataclass
+class Server:
+    name: str
+    proc: subprocess.Popen[bytes] | None = None
+    address: tuple[str, int] | None = None  # None: direct
+    info: str = ""
+    tmp: tempfile.TemporaryDirectory[str] | None = None
+    log_path: Path | None = None
+    extra_pids: list[int] = field(default_factory=list)
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc is not None else None
+
+    def log_tail(self, n: int = 15) -> str:
+        if self.log_path is None or not self.log_path.exists():
+            return ""
+        lines = self.log_path.read_text(errors="replace").splitlines()
+        return "\n".join(lines[-n:])
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            tree = bench.ProcessTree(self.proc.pid)
+            descendants = [p for p in tree.pids() if p != self.proc.pid]
+            if self.proc.poll() is None:
+                self.proc.send_signal(signal.SIGTERM)
+                try:
+                    self.proc.wait(STOP_TIMEOUT)
+                except subprocess.TimeoutExpired:
+                    self.proc.kill()
+                    self.proc.wait(STOP_TIMEOUT)
+            # Forked workers (Dante's children) must not outlive their mother.
+            deadline = time.monotonic() + STOP_TIMEOUT
+            for pid in descendants:
+                while _is_alive_child_of_ours(pid) and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                if _is_alive_child_of_ours(pid):
+                    try:
+                        os.kill(pid, signal.SIGKILL)
+                    except OSError:
+                        pass
+            self.proc = None
+        if self.tmp is not None:
+            self.tmp.cleanup()
+            self.tmp = None
+
+
+def _is_alive_child_of_ours(pid: int) -> bool:
+    fields = bench.ProcessTree._stat(pid)
+    return fields is not None and fields[0] not in ("Z", "X")
+
+
+def _free_port(host: str) -> int:
+    """A free port below the ephemeral range (32768) on ``host``."""
+    rng = random.Random()
+    for _ in range(200):
+        port = rng.randrange(20000, 32000)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind((host, port))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError(f"no free port in 20000-32000 on {host}")
+
+
+def _wait_ready(server: Server, echo: tuple[str, int], parse: Callable[[str], Any] | None = None
+                ) -> None:
+    """Until the server answers a SOCKS CONNECT with an echo round trip (bounded)."""
+    deadline = time.monotonic() + START_TIMEOUT
+    last: BaseException | None = None
+    assert server.proc is not None
+    while time.monotonic() < deadline:
+        if server.proc.poll() is not None:
+            raise RuntimeError(f"{server.name} exited with {server.proc.returncode} "
+                               f"while starting; log:\n{server.log_tail()}")
+        if server.address is None and parse is not None:
+            parse(server.log_tail(50))
+        if server.address is not None:
+            try:
+                with bench.open_connection(server.address, echo, timeout=2.0) as sock:
+                    sock.sendall(b"r")
+                    if sock.recv(1) == b"r":
+                        return
+            except (OSError, bench.SocksError) as exc:
+                last = exc
+        time.sleep(0.05)
+    raise RuntimeError(f"{server.name} not ready within {START_TIMEOUT} s ({last!r}); "
+                       f"log:\n{server.log_tail()}")
+
+
+_LISTENING = re.compile(r"(fastsocks \S+) listening on (\[[^\]]+\]|[^\s:,]+):(\d+)(.*)$",
+                        re.MULTILINE)
+
+
+def start_fastsocks(echo: tuple[str, int]) -> Server:
+    tmp = tempfile.TemporaryDirectory(prefix="fastsocks-bench-")
+    server = Server("fastsocks", tmp=tmp, log_path=Path(tmp.name) / "fastsocks.log")
+    env = {k: v for k, v in os.environ.items()
+           if k.lower() not in ("http_proxy", "https_proxy", "all_proxy")}
+    # The "listening on" line is logged at INFO, so keep the default level;
+    # nothing is logged per connection below DEBUG.
+    with open(server.log_path, "wb") as log:  # type: ignore[arg-type]
+        server.proc = subprocess.Popen(
+            [sys.executable, "-m", "fastsocks", "--listen", "127.0.0.1:0", "--log-level", "info"],
+            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env)
+
+    def parse(text: str) -> None:
+        match = _LISTENING.search(text)
+        if match:
+            server.address = (match.group(2).strip("[]"), int(match.group(3)))
+            server.info = f"{match.group(1)} {match.group(4).strip()}"
+
+    try:
+        _wait_ready(server, echo, parse)
+    except BaseException:
+        server.stop()
+        raise
+    return server
+
+
+def start_microsocks(echo: tuple[str, int]) -> Server:
+    binary = shutil.which("microsocks")
+    assert binary
+    last: BaseException | None = None
+    for _ in range(5):
+        port = _free_port(REF_HOST)
+        tmp = tempfile.TemporaryDirectory(prefix="microsocks-bench-")
+        server = Server("microsocks", tmp=tmp, address=(REF_HOST, port),
+                        log_path=Path(tmp.name) / "microsocks.log")
+        # microsocks logs every connection to stderr; it goes to a file, as
+        # Dante's and fastsocks' logs do.
+        with open(server.log_path, "wb") as log:  # type: ignore[arg-type]
+            server.proc = subprocess.Popen([binary, "-i", REF_HOST, "-p", str(port)],
+                                           stdin=subprocess.DEVNULL, stdout=log,
+                                           stderr=subprocess.STDOUT)
+        try:
+            _wait_ready(server, echo)
+        except RuntimeError as exc:  # e.g. the port was taken meanwhile: another one
+            last = exc
+            server.stop()
+            continue
+        server.info = "microsocks (Debian package)"
+        return server
+    raise RuntimeError(f"microsocks did not start: {last}")
+
+
+DANTE_CONF = """\
+# Generated by benchmarks/run.py: loopback only, no authentication.
+logoutput: stderr
+internal: {host} port = {port}
+external: 127.0.0.1
+socksmethod: none
+clientmethod: none
+user.privileged: {user}
+user.unprivileged: {user}
+client pass {{
+    from: 127.0.0.0/8 to: 127.0.0.0/8
+}}
+socks pass {{
+    from: 127.0.0.0/8 to: 127.0.0.0/8
+}}
+"""
+
+
+def start_dante(echo: tuple[str, int]) -> Server:
+    import pwd
+
+    user = pwd.getpwuid(os.getuid()).pw_name
+    last: BaseException | None = None
+    for _ in range(5):
+        port = _free_port(REF_HOST)
+        tmp = tempfile.TemporaryDirectory(prefix="dante-bench-")
+        conf = Path(tmp.name) / "danted.conf"
+        conf.write_text(DANTE_CONF.format(host=REF_HOST, port=port, user=user))
+        server = Server("dante", tmp=tmp, address=(REF_HOST, port),
+                        log_path=Path(tmp.name) / "danted.log")
+        with open(server.log_path, "wb") as log:  # type: ignore[arg-type]
+            # Foreground (no -D); its pid file goes to the temp dir, not /var/run.
+            server.proc = subprocess.Popen(
+                [DANTED, "-f", str(conf), "-p", str(Path(tmp.name) / "danted.pid")],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            _wait_ready(server, echo)
+        except RuntimeError as exc:
+            last = exc
+            server.stop()
+            continue
+        server.info = _dante_version()
+        return server
+    raise RuntimeError(f"Dante did not start: {last}")
+
+
+def _dante_version() -> str:
+    try:
+        out = subprocess.run([DANTED, "-v"], capture_output=True, timeout=5).stdout.decode()
+    except (OSError, subprocess.TimeoutExpired):
+        return "Dante"
+    return out.split(".  ")[0].strip() or "Dante"
+
+
+STARTERS: dict[str, Callable[[tuple[str, int]], Server]] = {
+    "fastsocks": start_fastsocks,
+    "microsocks": start_microsocks,
+    "dante": start_dante,
+}
+
+
+def missing(name: str) -> str | None:
+    """Why ``name`` cannot be benchmarked here, or None."""
+    if name == "microsocks" and shutil.which("microsocks") is None:
+        return "microsocks is not installed; " + SETUP_HINT.format(pkg="microsocks")
+    if name == "dante" and not os.access(DANTED, os.X_OK):
+        return f"Dante ({DANTED}) is not installed; " + SETUP_HINT.format(pkg="dante-server")
+    return None
+
+
+# -- measurements ----------------------------------------------------------------------
+
+
+@dataclass
+class Plan:
+    duration: float
+    repeat: int
+    idle_connections: int
+    idle_hold: float
+    pause: float = 0.3
+
+
+def _target_cpu(target: bench.LocalTarget) -> float:
+    return bench.ProcessTree(target.pid).cpu_seconds()
+
+
+def _busy_ticks() -> tuple[int, int]:
+    """Clock ticks of the whole machine (/proc/stat): (user+nice+system, irq+softirq).
+
+    Interrupt and softirq time (much of loopback TCP's receive path) is not
+    charged to any process, so it is kept apart instead of counted as others'.
+    """
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:8]]
+    return v[0] + v[1] + v[2], v[5] + v[6]
+
+
+def measure_round(server: Server, sink: bench.LocalTarget, echo: bench.LocalTarget,
+                  plan: Plan, log: Callable[[str], None]) -> list[dict[str, Any]]:
+    """Every measurement once for ``server``; a list of raw results."""
+    out: list[dict[str, Any]] = []
+    proxy = server.address
+    pid = server.pid
+
+    tree = bench.ProcessTree(pid) if pid else None
+
+    def one(key: str, cfg: bench.Config, target: bench.LocalTarget) -> dict[str, Any] | None:
+        # Everything on the machine during the run, to tell how much of it was
+        # someone else's load (this machine is shared and noisy).
+        t_cpu0, busy0, wall0 = _target_cpu(target), _busy_ticks(), time.monotonic()
+        gen0, srv0 = time.process_time(), tree.cpu_seconds() if tree else 0.0
+        try:
+            result = bench.run(cfg)
+        except (OSError, bench.SocksError, RuntimeError) as exc:
+            log(f"  {server.name} {key}: FAILED: {exc}")
+            out.append({"server": server.name, "measurement": key, "run_error": str(exc)})
+            return None
+        wall = time.monotonic() - wall0
+        target_cpu = _target_cpu(target) - t_cpu0
+        ours = (time.process_time() - gen0 + target_cpu
+                + ((tree.cpu_seconds() - srv0) if tree else 0.0))
+        busy1 = _busy_ticks()
+        busy = (busy1[0] - busy0[0]) / bench._CLK_TCK
+        irq = (busy1[1] - busy0[1]) / bench._CLK_TCK
+        result["target_cpu_s"] = round(target_cpu, 3)
+        result["machine_busy_cores"] = round(busy / wall, 3)
+        result["machine_irq_cores"] = round(irq / wall, 3)
+        result["other_load_cores"] = round(max(0.0, busy - ours) / wall, 3)
+        result["server"] = server.name
+        result["measurement"] = key
+        out.append(result)
+        time.sleep(plan.pause)
+        return result
+
+    if proxy is not None:
+        # Warm the server up (lazy imports, first allocations), then measure
+        # memory per idle connection before bulk runs leave freed-but-kept heap.
+        try:
+            for _ in range(20):
+                with bench.open_connection(proxy, echo.address) as sock:
+                    sock.sendall(b"w")
+                    sock.recv(1)
+        except (OSError, bench.SocksError) as exc:
+            log(f"  {server.name} warm-up: FAILED: {exc}")
+            return [{"server": server.name, "measurement": "warm-up", "run_error": str(exc)}]
+        time.sleep(plan.pause)
+        r = one("idle", bench.Config(mode="idle", proxy=proxy, target=echo.address,
+                                     connections=plan.idle_connections, concurrency=32,
+                                     duration=plan.idle_hold, server_pid=pid), echo)
+        if r:
+            log(f"  {server.name} idle: {r['opened']}/{r['requested']} open, "
+                f"{_f(r.get('server_kib_per_connection'), '{:.2f}')} KiB/conn RSS, "
+                f"{_f(r.get('server_pss_kib_per_connection'), '{:.2f}')} KiB/conn PSS")
+    for streams in (1, 8):
+        r = one(f"throughput{streams}", bench.Config(
+            mode="throughput", proxy=proxy, target=sink.address, streams=streams,
+            duration=plan.duration, server_pid=pid), sink)
+        if r:
+            log(f"  {server.name} {streams} stream(s): {r['gbit_per_s']:.2f} Gbit/s"
+                + (f", {_f(r.get('server_cpu_s_per_gib'), '{:.3f}')} CPU-s/GiB" if pid else ""))
+    for conc in (1, 64):
+        r = one(f"handshake{conc}", bench.Config(
+            mode="handshake", proxy=proxy, target=echo.address, concurrency=conc,
+            duration=plan.duration, server_pid=pid), echo)
+        if r:
+            log(f"  {server.name} c={conc}: {r['per_s']:.0f} handshakes/s, p50 "
+                f"{r['p50_ms']:.2f} ms, p99 {r['p99_ms']:.2f} ms"
+                + (f", {_f(r.get('server_cpu_us_per_handshake'), '{:.0f}')} CPU-µs/handshake"
+                   if pid else "")
+                + (f", errors {r['errors']}" if r["errors"] else ""))
+    return out
+
+
+def _f(value: float | None, fmt: str) -> str:
+    return "n/a" if value is None else fmt.format(value)
+
+
+# -- summary -------------------------------------------------------------------------------
+
+
+def _values(runs: list[dict[str, Any]], server: str, key: str,
+            getter: Callable[[dict[str, Any]], float | None]) -> list[float]:
+    vals = []
+    for r in runs:
+        if r.get("server") == server and r.get("measurement") == key and "run_error" not in r:
+            v = getter(r)
+            if v is not None:
+                vals.append(float(v))
+    return vals
+
+
+def _median(vals: list[float]) -> float | None:
+    return statistics.median(vals) if vals else None
+
+
+METRICS: dict[str, tuple[str, Callable[[dict[str, Any]], float | None]]] = {
+    "gbit_1": ("throughput1", lambda r: r["gbit_per_s"]),
+    "gbit_8": ("throughput8", lambda r: r["gbit_per_s"]),
+    "cpu_s_per_gib_1": ("throughput1", lambda r: r.get("server_cpu_s_per_gib")),
+    "cpu_s_per_gib_8": ("throughput8", lambda r: r.get("server_cpu_s_per_gib")),
+    "hs_1": ("handshake1", lambda r: r["per_s"]),
+    "hs_1_p50_ms": ("handshake1", lambda r: r["p50_ms"]),
+    "hs_1_p99_ms": ("handshake1", lambda r: r["p99_ms"]),
+    "hs_64": ("handshake64", lambda r: r["per_s"]),
+    "hs_64_p50_ms": ("handshake64", lambda r: r["p50_ms"]),
+    "hs_64_p99_ms": ("handshake64", lambda r: r["p99_ms"]),
+    "cpu_us_per_hs_1": ("handshake1", lambda r: r.get("server_cpu_us_per_handshake")),
+    "cpu_us_per_hs_64": ("handshake64", lambda r: r.get("server_cpu_us_per_handshake")),
+    "idle_kib_rss": ("idle", lambda r: r.get("server_kib_per_connection")),
+    "idle_kib_pss": ("idle", lambda r: r.get("server_pss_kib_per_connection")),
+    "idle_opened": ("idle", lambda r: r.get("opened")),
+    # Evidence: what the generator and the targets themselves used.
+    "gen_share_8": ("throughput8", lambda r: r["generator_cpu_s"] / r["seconds"]),
+    "gen_cpu_s_per_gib_8": ("throughput8", lambda r: r.get("generator_cpu_s_per_gib")),
+    "sink_share_8": ("throughput8", lambda r: r["target_cpu_s"] / r["seconds"]),
+    "gen_share_1": ("throughput1", lambda r: r["generator_cpu_s"] / r["seconds"]),
+    "sink_share_1": ("throughput1", lambda r: r["target_cpu_s"] / r["seconds"]),
+    "gen_share_hs64": ("handshake64", lambda r: r.get("generator_cpu_share")),
+    "gen_us_per_hs64": ("handshake64", lambda r: r.get("generator_cpu_us_per_handshake")),
+    "gen_sys_share_hs64": ("handshake64", lambda r: r.get("generator_cpu_system_share")),
+    "echo_us_per_hs64": ("handshake64", lambda r: (r["target_cpu_s"] / r["handshakes"] * 1e6)
+                         if r["handshakes"] else None),
+    "hs_errors": ("handshake64", lambda r: sum(r["errors"].values())),
+    "other_load": ("throughput8", lambda r: r.get("other_load_cores")),
+    "other_load_hs64": ("handshake64", lambda r: r.get("other_load_cores")),
+}
+
+
+def summarize(runs: list[dict[str, Any]], names: list[str]) -> dict[str, dict[str, Any]]:
+    summary: dict[str, dict[str, Any]] = {}
+    for name in names:
+        row: dict[str, Any] = {}
+        for metric, (key, getter) in METRICS.items():
+            vals = _values(runs, name, key, getter)
+            row[metric] = _median(vals)
+            row[metric + "_all"] = [round(v, 4) for v in vals]
+        summary[name] = row
+    return summary
+
+
+def _ratio(a: float | None, b: float | None) -> str:
+    if a is None or b is None or b == 0:
+        return ""
+    return f"{a / b:.2f}×"
+
+
+def _num(v: float | None, fmt: str) -> str:
+    return "—" if v is None else fmt.format(v)
+
+
+def markdown(summary: dict[str, dict[str, Any]], names: list[str]) -> str:
+    direct = summary["direct"]
+    micro = summary.get("microsocks")
+    vs = "vs direct / vs microsocks" if micro is not None else "vs direct"
+    head = ("| server | 1 stream Gbit/s (vs direct) | 8 streams Gbit/s (vs direct) "
+            f"| handshakes/s c=1 ({vs}) | p50 / p99 ms c=1 "
+            f"| handshakes/s c=64 ({vs}) | p50 / p99 ms c=64 "
+            "| server CPU-s/GiB 1 / 8 streams | server CPU-µs/handshake c=64 "
+            "| server KiB/idle conn RSS (PSS) |")
+    lines = [head, "|" + "---|" * head.count(" | ") + "---|"]
+    for name in names:
+        s = summary[name]
+
+        def gb(k: str) -> str:
+            r = _ratio(s[k], direct[k]) if name != "direct" else "1.00×"
+            return f"{_num(s[k], '{:.2f}')} ({r})" if s[k] is not None else "—"
+
+        def hs(k: str) -> str:
+            if s[k] is None:
+                return "—"
+            vs_direct = "1.00×" if name == "direct" else _ratio(s[k], direct[k])
+            if micro is None:
+                return f"{s[k]:.0f} ({vs_direct})"
+            vs_micro = _ratio(s[k], micro[k]) if name != "direct" else "—"
+            return f"{s[k]:.0f} ({vs_direct} / {vs_micro or '—'})"
+
+        def lat(c: int) -> str:
+            return f"{_num(s[f'hs_{c}_p50_ms'], '{:.2f}')} / {_num(s[f'hs_{c}_p99_ms'], '{:.2f}')}"
+
+        if name == "direct":
+            cpu, cpu_hs, idle = "—", "—", "—"
+        else:
+            cpu = f"{_num(s['cpu_s_per_gib_1'], '{:.3f}')} / {_num(s['cpu_s_per_gib_8'], '{:.3f}')}"
+            cpu_hs = _num(s["cpu_us_per_hs_64"], "{:.0f}")
+            idle = (f"{_num(s['idle_kib_rss'], '{:.2f}')} "
+                    f"({_num(s['idle_kib_pss'], '{:.2f}')})")
+        lines.append(f"| {name} | {gb('gbit_1')} | {gb('gbit_8')} | {hs('hs_1')} | {lat(1)} "
+                     f"| {hs('hs_64')} | {lat(64)} | {cpu} | {cpu_hs} | {idle} |")
+    return "\n".join(lines)
+
+
+def evidence_markdown(summary: dict[str, dict[str, Any]], names: list[str]) -> str:
+    head = ("| path | generator CPU, 1 / 8 streams (cores) | sink CPU, 1 / 8 streams (cores) "
+            "| generator CPU-s/GiB, 8 streams | generator CPU c=64 (cores) "
+            "| generator CPU-µs/handshake c=64 (kernel share) | echo CPU-µs/handshake c=64 "
+            "| other processes' load, 8 streams / c=64 (cores) |")
+    lines = [head, "|" + "---|" * head.count(" | ") + "---|"]
+    for name in names:
+        s = summary[name]
+        lines.append(
+            f"| {name} | {_num(s['gen_share_1'], '{:.2f}')} / {_num(s['gen_share_8'], '{:.2f}')} "
+            f"| {_num(s['sink_share_1'], '{:.2f}')} / {_num(s['sink_share_8'], '{:.2f}')} "
+            f"| {_num(s['gen_cpu_s_per_gib_8'], '{:.3f}')} "
+            f"| {_num(s['gen_share_hs64'], '{:.2f}')} "
+            f"| {_num(s['gen_us_per_hs64'], '{:.0f}')} ({_num(s['gen_sys_share_hs64'], '{:.0%}')}) "
+            f"| {_num(s['echo_us_per_hs64'], '{:.0f}')} "
+            f"| {_num(s['other_load'], '{:.2f}')} / {_num(s['other_load_hs64'], '{:.2f}')} |")
+    return "\n".join(lines)
+
+
+# -- main ------------------------------------------------------------------------------------
+
+
+def _machine() -> dict[str, Any]:
+    model = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpus": os.cpu_count(), "cpu_model": model, "kernel": platform.release(),
+            "python": platform.python_version(),
+            "loadavg": os.getloadavg()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true",
+                   help="short runs (1 s, 1 round, 300 idle connections) to check the set-up")
+    p.add_argument("--servers", default=",".join(SERVERS),
+                   help=f"comma-separated subset of {','.join(SERVERS)} (all)")
+    p.add_argument("--repeat", type=int, help="rounds; each figure is the median (3; --quick 1)")
+    p.add_argument("--duration", type=float,
+                   help="seconds per throughput / handshake run (3; --quick 1)")
+    p.add_argument("--idle-connections", type=int,
+                   help="idle relayed connections held per server (2000; --quick 300; "
+                   f"at most {bench.MAX_CONNECTIONS})")
+    p.add_argument("--json", metavar="PATH", help="also write every raw result as JSON here")
+    args = p.parse_args(argv)
+
+    names = [n.strip() for n in args.servers.split(",") if n.strip()]
+    unknown = [n for n in names if n not in SERVERS]
+    if unknown:
+        p.error(f"unknown server(s) {unknown}; choose from {','.join(SERVERS)}")
+    plan = Plan(
+        duration=args.duration or (1.0 if args.quick else 3.0),
+        repeat=args.repeat or (1 if args.quick else 3),
+        idle_connections=args.idle_connections or (300 if args.quick else 2000),
+        idle_hold=0.5 if args.quick else 1.0,
+    )
+    if not 1 <= plan.repeat <= 20 or not 0 < plan.duration <= 60:
+        p.error("--repeat must be 1..20 and --duration in (0, 60]")
+    if not 1 <= plan.idle_connections <= bench.MAX_CONNECTIONS:
+        p.error(f"--idle-connections must be 1..{bench.MAX_CONNECTIONS}")
+
+    def log(msg: str) -> None:
+        print(msg, file=sys.stderr, flush=True)
+
+    notes: list[str] = []
+    active: list[str] = []
+    for name in names:
+        why = missing(name)
+        if why:
+            notes.append(f"{name} skipped: {why}")
+            log(f"NOTE: {name} skipped: {why}")
+        else:
+            active.append(name)
+    command = "python benchmarks/run.py" + ("" if argv is None and len(sys.argv) <= 1 else
+                                           " " + shlex.join(sys.argv[1:] if argv is None else argv))
+    started = datetime.datetime.now(datetime.timezone.utc)
+    loadavg_start = os.getloadavg()
+    runs: list[dict[str, Any]] = []
+    infos: dict[str, str] = {}
+    t_start = time.monotonic()
+    with bench.LocalTarget("sink", "process") as sink, bench.LocalTarget("echo", "process") as echo:
+        log(f"targets: sink {sink.address[0]}:{sink.address[1]} (pid {sink.pid}), "
+            f"echo {echo.address[0]}:{echo.address[1]} (pid {echo.pid})")
+        for rnd in range(plan.repeat):
+            for name in ["direct", *active]:
+                log(f"round {rnd + 1}/{plan.repeat}: {name}")
+                if name == "direct":
+                    server = Server("direct")
+                else:
+                    try:
+                        server = STARTERS[name](echo.address)
+                    except RuntimeError as exc:
+                        log(f"  {name}: could not start: {exc}")
+                        notes.append(f"{name} round {rnd + 1}: could not start: {exc}")
+                        continue
+                    infos[name] = server.info
+                try:
+                    for r in measure_round(server, sink, echo, plan, log):
+                        r["round"] = rnd + 1
+                        runs.append(r)
+                        if "run_error" in r:
+                            notes.append(f"{name} round {rnd + 1} {r['measurement']}: "
+                                         f"{r['run_error']}")
+                        elif r.get("errors"):
+                            notes.append(f"{name} round {rnd + 1} {r['measurement']}: errors "
+                                         f"{r['errors']} (first: {r.get('first_error')})")
+                        if r.get("measurement") == "idle" and "run_error" not in r and \
+                                r.get("opened", 0) < r.get("requested", 0):
+                            notes.append(f"{name} round {rnd + 1} idle: only {r['opened']} of "
+                                         f"{r['requested']} connections opened")
+                finally:
+                    server.stop()
+    elapsed = time.monotonic() - t_start
+
+    shown = ["direct", *active]
+    summary = summarize(runs, shown)
+    print(f"## SOCKS5 servers on loopback: {', '.join(active) or 'none'} vs direct TCP\n")
+    print(f"Command: `{command}`  ")
+    m = _machine()
+    print(f"Machine: {m['cpus']} CPUs ({m['cpu_model']}), Linux {m['kernel']}, "
+          f"Python {m['python']}; {started:%Y-%m-%d %H:%M} UTC, took {elapsed:.0f} s.  ")
+    print(f"Each figure is the median of {plan.repeat} round(s); {plan.duration:g} s per "
+          f"throughput/handshake run; {plan.idle_connections} idle connections.  ")
+    for name in active:
+        print(f"{name}: {infos.get(name, '?')}  ")
+    print()
+    print(markdown(summary, shown))
+    print()
+    print("Generator and targets (evidence that the load generator is not the limit; "
+          "CPU in cores = CPU-seconds per second of the run):\n")
+    print(evidence_markdown(summary, shown))
+    if notes:
+        print("\nNotes:\n")
+        for note in notes:
+            print(f"- {note}")
+    if args.json:
+        data = {
+            "command": command,
+            "started_utc": started.isoformat(),
+            "seconds": round(elapsed, 1),
+            "machine": {**m, "loadavg_start": loadavg_start},
+            "plan": plan.__dict__,
+            "servers": {"direct": "no proxy", **infos},
+            "notes": notes,
+            "summary": summary,
+            "runs": runs,
+        }
+        Path(args.json).write_text(json.dumps(data, indent=2) + "\n")
+        log(f"raw results written to {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

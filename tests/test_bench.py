@@ -1,0 +1,164 @@
+"""``fastsocks.bench``, the load generator, against a real fastsocks process.
+
+Each mode runs for a fraction of a second: these tests check that the tool
+works and its results are sane (bytes moved, handshakes counted, connections
+held, server figures read from /proc), not how fast anything is; speed is
+measured by benchmarks/run.py.  Loopback only, port 0 everywhere.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+import threading
+
+import pytest
+
+from fastsocks import bench
+
+
+def _addr(server) -> str:
+    return f"{server.host}:{server.port}"
+
+
+def test_throughput_cli_through_fastsocks(fastsocks_server, capsys):
+    """The command line, a local sink in a child process, two streams, JSON out."""
+    server = fastsocks_server()
+    status = bench.main(["--proxy", _addr(server), "--mode", "throughput", "--streams", "2",
+                         "--duration", "0.3", "--server-pid", str(server.pid),
+                         "--local-target", "process", "--json"])
+    out = capsys.readouterr().out
+    assert status == 0, out
+    result = json.loads(out)
+    assert result["mode"] == "throughput" and result["streams"] == 2
+    assert result["proxy"] == _addr(server)
+    assert result["local_target"] == "process"
+    assert result["bytes"] >= 2 * bench.BUFFER_SIZE
+    assert result["gbit_per_s"] > 0
+    assert all(x > 0 for x in result["per_stream_gbit_per_s"])
+    assert result["errors"] == []
+    assert result["server_cpu_s"] >= 0 and result["server_cpu_s_per_gib"] is not None
+
+
+def test_throughput_direct_table(capsys):
+    """Without --proxy: the direct reference, printed as a table on stdout."""
+    assert bench.main(["--duration", "0.2", "--local-target", "thread"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"^\| proxy +\| none \(direct\) \|$", out, re.MULTILINE), out
+    assert "Gbit/s" in out
+
+
+@pytest.mark.parametrize("engine", ["epoll", "uvloop", "threads"])
+def test_handshakes_counted(fastsocks_server, engine):
+    server = fastsocks_server()
+    result = bench.run(bench.Config(mode="handshake", proxy=server.address, concurrency=4,
+                                    duration=0.3, engine=engine, local_target="thread",
+                                    server_pid=server.pid))
+    assert result["engine"] == engine
+    assert result["handshakes"] > 4, result
+    assert result["errors"] == {}, result["first_error"]
+    assert result["per_s"] > 0
+    assert 0 < result["p50_ms"] <= result["p99_ms"] <= result["max_ms"]
+    assert result["server_cpu_us_per_handshake"] is not None
+
+
+def test_idle_connections_held(fastsocks_server):
+    server = fastsocks_server()
+    seen = {}
+
+    def on_hold(partial):
+        seen["fds"] = server.fd_count()
+        seen.update(partial)
+
+    result = bench.run(bench.Config(mode="idle", proxy=server.address, connections=40,
+                                    concurrency=8, duration=0.2, local_target="thread",
+                                    server_pid=server.pid), on_hold=on_hold)
+    assert result["opened"] == 40 and result["failed"] == 0, result
+    # While held, the server has both sides of every relayed connection open.
+    assert seen["fds"] >= 2 * 40
+    assert result["sampled"] > 0 and result["sampled_alive_after_hold"] == result["sampled"]
+    assert result["server_rss_kib_held"] > 0
+    assert result["server_kib_per_connection"] is not None
+    server.wait_for_fds(seen["fds"] - 2 * 40)
+
+
+def test_refused_target_is_a_clear_error(fastsocks_server, closed_port, capsys):
+    server = fastsocks_server()
+    with pytest.raises(bench.SocksError) as info:
+        bench.open_connection(server.address, ("127.0.0.1", closed_port))
+    assert info.value.reply == 5
+    assert "X'05'" in str(info.value) and "connection refused" in str(info.value)
+    # The command line says the same and exits non-zero, no traceback.
+    status = bench.main(["--proxy", _addr(server), "--target", f"127.0.0.1:{closed_port}",
+                         "--mode", "handshake", "--duration", "0.2"])
+    err = capsys.readouterr().err
+    assert status == 1
+    assert "X'05' (connection refused)" in err and "Traceback" not in err
+
+
+def test_username_password(fastsocks_server, run_cli, tmp_path):
+    users = tmp_path / "users"
+    made = run_cli("users", "add", str(users), "name", input=b"pw\n")
+    assert made.returncode == 0, made.stderr
+    server = fastsocks_server("--users", str(users))
+    result = bench.run(bench.Config(mode="handshake", proxy=server.address, auth=("name", "pw"),
+                                    concurrency=2, duration=0.3, local_target="thread"))
+    assert result["handshakes"] > 0 and result["errors"] == {}, result
+    assert result["auth"] is True
+    # A wrong password and missing credentials are both named clearly.
+    with pytest.raises(bench.SocksError, match=r"username/password rejected"):
+        bench.open_connection(server.address, ("127.0.0.1", 9), auth=("name", "wrong"))
+    with pytest.raises(bench.SocksError, match=r"no acceptable authentication method"):
+        bench.open_connection(server.address, ("127.0.0.1", 9))
+
+
+def _one_shot_server(answer: bytes):
+    """A fake SOCKS server that reads the greeting and request, then sends ``answer``."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            conn.settimeout(5)
+            try:
+                conn.recv(3)
+                conn.sendall(b"\x05\x00")
+                conn.recv(64)
+                conn.sendall(answer)
+                conn.shutdown(socket.SHUT_WR)
+                conn.recv(1)  # until the client gives up (EOF, or a reset)
+            except OSError:
+                pass
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    return listener, thread
+
+
+@pytest.mark.parametrize(("answer", "message"), [
+    (b"\x04\x00\x00\x01" + bytes(6), r"bad version in reply"),
+    (b"\x05\x00\x01\x01" + bytes(6), r"reserved byte"),
+    (b"\x05\x00\x00\x09" + bytes(6), r"unknown address type"),
+    (b"\x05\x00\x00\x01\x7f", r"server closed the connection"),
+    (b"\x05\x02\x00\x01" + bytes(6), r"X'02' \(connection not allowed by ruleset\)"),
+])
+def test_client_is_strict(answer, message):
+    listener, thread = _one_shot_server(answer)
+    try:
+        with pytest.raises(bench.SocksError, match=message):
+            bench.open_connection(listener.getsockname(), ("example.org", 80), timeout=5)
+    finally:
+        thread.join(5)
+        listener.close()
+
+
+def test_client_encodes_addresses():
+    assert bench.connect_request("127.0.0.1", 80) == b"\x05\x01\x00\x01\x7f\x00\x00\x01\x00\x50"
+    assert bench.connect_request("::1", 1) == b"\x05\x01\x00\x04" + bytes(15) + b"\x01\x00\x01"
+    assert bench.connect_request("example.org", 443) == (
+        b"\x05\x01\x00\x03\x0bexample.org\x01\xbb")
+    assert bench.userpass_request(("u", "p")) == b"\x01\x01u\x01p"
+    assert bench.reply_rest(b"\x05\x00\x00\x03\x04") == 6
