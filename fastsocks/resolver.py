@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import _socket
 import asyncio
 import errno
+import os
 import socket
-from typing import Any
+from typing import Any, Callable
 
 from .constants import Reply
 
@@ -14,7 +16,8 @@ __all__ = [
     "resolve",
     "resolve_cached",
     "resolve_and_cache",
-    "open_connection",
+    "Connector",
+    "literal_addresses",
     "reply_for_errno",
     "unmapped",
     "DNS_CACHE_TTL",
@@ -41,6 +44,8 @@ _ERRNO_REPLY = {
     errno.ETIMEDOUT: Reply.HOST_UNREACHABLE,
     errno.EAFNOSUPPORT: Reply.ATYP_NOT_SUPPORTED,
 }
+_IN_PROGRESS = (errno.EINPROGRESS, errno.EAGAIN, getattr(errno, "EWOULDBLOCK", errno.EAGAIN))
+
 if hasattr(errno, "EHOSTDOWN"):
     _ERRNO_REPLY[errno.EHOSTDOWN] = Reply.HOST_UNREACHABLE
 
@@ -63,7 +68,8 @@ def reply_for_errno(err: int | None) -> int:
     return _ERRNO_REPLY.get(err or 0, Reply.GENERAL_FAILURE)
 
 
-def _literal(host: str, port: int) -> list[Address] | None:
+def literal_addresses(host: str, port: int) -> list[Address] | None:
+    """The address of an IP literal, without a lookup; None for a name."""
     try:
         socket.inet_pton(socket.AF_INET, host)
         return [(socket.AF_INET, (host, port))]
@@ -83,7 +89,7 @@ def _literal(host: str, port: int) -> list[Address] | None:
 
 async def resolve(host: str, port: int) -> list[Address]:
     """Addresses for ``host`` in the system's preferred order; off the loop."""
-    literal = _literal(host, port)
+    literal = literal_addresses(host, port)
     if literal is not None:
         return literal
     loop = asyncio.get_running_loop()
@@ -112,7 +118,7 @@ _cache: dict[tuple[str, int], tuple[float, list[Address] | ConnectError]] = {}
 
 def resolve_cached(host: str, port: int) -> list[Address] | None:
     """Addresses from the literal or the cache; None on a miss."""
-    literal = _literal(host, port)
+    literal = literal_addresses(host, port)
     if literal is not None:
         return literal
     entry = _cache.get((host, port))
@@ -141,42 +147,107 @@ async def resolve_and_cache(host: str, port: int) -> list[Address]:
     return addresses
 
 
-async def _connect_one(family: int, sockaddr: Any, timeout: float) -> socket.socket:
-    loop = asyncio.get_running_loop()
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    try:
-        sock.setblocking(False)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        await asyncio.wait_for(loop.sock_connect(sock, sockaddr), timeout)
-    except BaseException:
-        sock.close()
-        raise
-    return sock
-
-
-async def open_connection(addresses: list[Address], timeout: float) -> socket.socket:
-    """Connect to the first address that answers within ``timeout`` in all.
+class Connector:
+    """Connect to the first of ``addresses`` that answers within ``timeout``.
 
     Addresses are tried in order; each gets an equal share of what is left
     of the timeout (the last one all of it), so one black-holed address
     cannot use up the time of the others.  A timeout is reported as X'04'
     (host unreachable), like ETIMEDOUT from the kernel.
+
+    Driven by callbacks (a non-blocking connect() and a writer callback), not
+    a task per attempt: this is on every CONNECT's path.  ``on_done(sock,
+    None)`` gets the connected socket, ``on_done(None, error)`` the
+    ConnectError; ``cancel()`` stops it and closes the socket in flight.
     """
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    failures: list[tuple[int, str]] = []
-    for index, (family, sockaddr) in enumerate(addresses):
-        remaining = deadline - loop.time()
-        if remaining <= 0:
-            break
-        share = remaining / (len(addresses) - index)
-        try:
-            return await _connect_one(family, sockaddr, share)
-        except asyncio.TimeoutError:
-            failures.append((Reply.HOST_UNREACHABLE, f"{sockaddr[0]} port {sockaddr[1]}: connect timed out"))
-        except OSError as exc:
-            failures.append((reply_for_errno(exc.errno), f"{sockaddr[0]} port {sockaddr[1]}: {exc.strerror or exc}"))
-    if not failures:
-        raise ConnectError(Reply.HOST_UNREACHABLE, "connect timed out")
-    reply, reason = min(failures, key=lambda f: _PRECEDENCE.index(f[0]) if f[0] in _PRECEDENCE else 99)
-    raise ConnectError(reply, reason)
+
+    __slots__ = ("loop", "addresses", "on_done", "deadline", "index", "failures", "sock",
+                 "sockaddr", "timer")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, addresses: list[Address],
+                 timeout: float, on_done: Callable[[Any, ConnectError | None], None]) -> None:
+        self.loop = loop
+        self.addresses = addresses
+        self.on_done = on_done
+        self.deadline = loop.time() + timeout
+        self.index = 0
+        self.failures: list[tuple[int, str]] = []
+        self.sock: Any = None
+        self.sockaddr: Any = None
+        self.timer: asyncio.TimerHandle | None = None
+
+    def start(self) -> None:
+        addresses = self.addresses
+        while self.index < len(addresses):
+            remaining = self.deadline - self.loop.time()
+            if remaining <= 0:
+                break
+            family, sockaddr = addresses[self.index]
+            share = remaining / (len(addresses) - self.index)
+            self.index += 1
+            self.sockaddr = sockaddr
+            try:
+                sock = _socket.socket(family, socket.SOCK_STREAM)
+            except OSError as exc:
+                self._failed(reply_for_errno(exc.errno), exc.strerror or str(exc))
+                continue
+            sock.setblocking(False)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            err = sock.connect_ex(sockaddr)
+            if err == 0:
+                self._succeeded(sock)
+                return
+            if err not in _IN_PROGRESS:
+                sock.close()
+                self._failed(reply_for_errno(err), os.strerror(err))
+                continue
+            self.sock = sock
+            self.loop.add_writer(sock.fileno(), self._writable)
+            self.timer = self.loop.call_later(share, self._timed_out)
+            return
+        self._give_up()
+
+    def cancel(self) -> None:
+        self._drop()
+        self.index = len(self.addresses)
+
+    def _writable(self) -> None:
+        sock = self.sock
+        err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        self._drop(close=False)
+        if err == 0:
+            self._succeeded(sock)
+            return
+        sock.close()
+        self._failed(reply_for_errno(err), os.strerror(err))
+        self.start()
+
+    def _timed_out(self) -> None:
+        self.timer = None
+        self._drop()
+        self._failed(Reply.HOST_UNREACHABLE, "connect timed out")
+        self.start()
+
+    def _drop(self, close: bool = True) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        sock, self.sock = self.sock, None
+        if sock is not None:
+            self.loop.remove_writer(sock.fileno())
+            if close:
+                sock.close()
+
+    def _succeeded(self, sock: Any) -> None:
+        self.on_done(sock, None)
+
+    def _failed(self, reply: int, reason: str) -> None:
+        self.failures.append((reply, f"{self.sockaddr[0]} port {self.sockaddr[1]}: {reason}"))
+
+    def _give_up(self) -> None:
+        if not self.failures:
+            self.on_done(None, ConnectError(Reply.HOST_UNREACHABLE, "connect timed out"))
+            return
+        reply, reason = min(self.failures,
+                            key=lambda f: _PRECEDENCE.index(f[0]) if f[0] in _PRECEDENCE else 99)
+        self.on_done(None, ConnectError(reply, reason))

@@ -20,7 +20,7 @@ from . import codec
 from .constants import Command, Method, Reply
 from .errors import ProtocolError
 from .relay import Relay
-from .resolver import ConnectError, open_connection, resolve, unmapped
+from .resolver import ConnectError, Connector, literal_addresses, resolve, unmapped
 from .udp import UdpAssociation
 
 if TYPE_CHECKING:
@@ -62,13 +62,14 @@ class Session(asyncio.Protocol):
         "pair_id",
         "reply_to",
         "udp",
+        "connector",
     )
 
     def __init__(self, server: Server) -> None:
         self.server = server
         self.transport: Any = None
         self.codec = _ServerCodec()
-        self.peer = "?"
+        self.peer: Any = None  # the peername tuple; formatted only for logs
         self.user: str | None = None
         self.request: Any = None
         self.relay: Any = None
@@ -79,12 +80,13 @@ class Session(asyncio.Protocol):
         self.pair_id = 0  # set once the splice engine owns the sockets
         self.reply_to: tuple[str, int] = ("0.0.0.0", 0)
         self.udp: UdpAssociation | None = None
+        self.connector: Connector | None = None
 
     # -- asyncio protocol -------------------------------------------------
 
     def connection_made(self, transport: Any) -> None:  # type: ignore[override]
         self.transport = transport
-        self.peer = _format_peer(transport.get_extra_info("peername"))
+        self.peer = transport.get_extra_info("peername")
         server = self.server
         self.started = server.loop.time()
         server.sessions.add(self)
@@ -167,7 +169,11 @@ class Session(asyncio.Protocol):
             self.timer = None
         command = request.command
         if command == Command.CONNECT:
-            self.task = asyncio.ensure_future(self._connect(request))
+            addresses = literal_addresses(request.host, request.port)
+            if addresses is None:
+                self.task = asyncio.ensure_future(self._resolve_then_connect(request))
+            else:
+                self._connect(addresses)
         elif command == Command.BIND:
             self.task = asyncio.ensure_future(self._bind(request))
         else:
@@ -179,16 +185,29 @@ class Session(asyncio.Protocol):
 
     # -- CONNECT ----------------------------------------------------------
 
-    async def _connect(self, request: Any) -> None:
+    async def _resolve_then_connect(self, request: Any) -> None:
         try:
             addresses = await resolve(request.host, request.port)
-            sock = await open_connection(addresses, self.server.settings.connect_timeout)
         except ConnectError as exc:
             if not self.closed:
                 self._fail(self.codec.send_reply(exc.reply), f"{self._what()}: {exc.reason}")
             return
+        if not self.closed:
+            self._connect(addresses)
+
+    def _connect(self, addresses: list[Any]) -> None:
+        self.connector = Connector(self.server.loop, addresses,
+                                   self.server.settings.connect_timeout, self._on_connected)
+        self.connector.start()
+
+    def _on_connected(self, sock: Any, error: ConnectError | None) -> None:
+        self.connector = None
+        if error is not None:
+            if not self.closed:
+                self._fail(self.codec.send_reply(error.reply), f"{self._what()}: {error.reason}")
+            return
         bound = sock.getsockname()
-        await self._relay(sock, bound[0], bound[1])
+        self._relay(sock, bound[0], bound[1])
 
     # -- BIND (RFC 1928 §4) ---------------------------------------------
 
@@ -244,7 +263,7 @@ class Session(asyncio.Protocol):
             listener.close()
         sock.setblocking(False)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        await self._relay(sock, unmapped(peer[0]), peer[1])
+        self._relay(sock, unmapped(peer[0]), peer[1])
 
     # -- UDP ASSOCIATE (RFC 1928 §7) ------------------------------------
 
@@ -274,7 +293,7 @@ class Session(asyncio.Protocol):
 
     # -- relaying ---------------------------------------------------------
 
-    async def _relay(self, sock: socket.socket, reply_host: str, reply_port: int) -> None:
+    def _relay(self, sock: Any, reply_host: str, reply_port: int) -> None:
         """Reply with (reply_host, reply_port), then relay the client and ``sock``."""
         if self.closed:
             sock.close()
@@ -283,7 +302,7 @@ class Session(asyncio.Protocol):
         if engine is not None and self.transport.get_write_buffer_size() == 0:
             try:
                 self._hand_to_engine(engine, sock, reply_host, reply_port)
-            except OSError as exc:  # e.g. EMFILE from dup(): answer, don't crash the task
+            except OSError as exc:  # e.g. EMFILE from dup(): answer, don't crash
                 sock.close()
                 if not self.closed:
                     self._fail(self.codec.send_reply(Reply.GENERAL_FAILURE),
@@ -292,6 +311,11 @@ class Session(asyncio.Protocol):
         self.reply_to = (reply_host, reply_port)
         self.relay = Relay(self.server.loop, self._on_upstream, self._on_relay_closed,
                            self.server.settings.idle_timeout)
+        self.task = asyncio.ensure_future(self._relay_protocol(sock))
+
+    async def _relay_protocol(self, sock: Any) -> None:
+        if not isinstance(sock, socket.socket):  # the Connector's plain _socket.socket
+            sock = socket.socket(sock.family, sock.type, fileno=sock.detach())
         try:
             await self.server.loop.create_connection(lambda: self.relay.upstream, sock=sock)
             self.task = None  # done: an idle relay should not keep it alive
@@ -341,9 +365,11 @@ class Session(asyncio.Protocol):
         self._log_relayed(reason, bytes_up, bytes_down)
 
     def _log_relayed(self, reason: str, bytes_up: int, bytes_down: int) -> None:
+        if not log.isEnabledFor(logging.DEBUG):
+            return
         log.debug(
             "%s %s closed (%s): %d bytes up, %d bytes down, %.3f s",
-            self.peer, self._what(), reason, bytes_up, bytes_down,
+            _format_peer(self.peer), self._what(), reason, bytes_up, bytes_down,
             self.server.loop.time() - self.started,
         )
 
@@ -375,6 +401,9 @@ class Session(asyncio.Protocol):
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
+        if self.connector is not None:
+            self.connector.cancel()
+            self.connector = None
         task = self.task
         if task is not None and not task.done() and task is not asyncio.current_task():
             task.cancel()
@@ -385,10 +414,11 @@ class Session(asyncio.Protocol):
             udp = self.udp
             udp.close()
             log.debug("%s %s closed (%s): %d datagrams up, %d down, %d bytes up, %d down, "
-                      "%d dropped", self.peer, self._what(), reason, udp.datagrams_up,
+                      "%d dropped", _format_peer(self.peer), self._what(), reason, udp.datagrams_up,
                       udp.datagrams_down, udp.bytes_up, udp.bytes_down, udp.dropped)
         self.transport.close()
-        log.debug("%s closed: %s", self.peer, reason)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("%s closed: %s", _format_peer(self.peer), reason)
 
     def abort(self, reason: str) -> None:
         """Server shutdown: end this connection now, relay or not."""
