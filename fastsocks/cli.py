@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import getpass
 import logging
+import os
 import platform
 import sys
 
@@ -83,6 +84,10 @@ def _serve_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-udp-reassembly", dest="udp_reassembly", action="store_false",
                    help="UDP ASSOCIATE: drop fragmented datagrams (FRAG != 0) instead of "
                    "reassembling them")
+    p.add_argument("--workers", metavar="N", type=int, default=1,
+                   help="worker processes, each with its own SO_REUSEPORT listeners and "
+                   "relay, supervised by a master that restarts one that dies; 0: one "
+                   "per CPU (default 1)")
     p.add_argument("--loop", choices=("auto", "uvloop", "asyncio"), default="auto",
                    help="event loop: uvloop where installed (auto), or force one")
     p.add_argument("--relay", choices=("auto", "splice", "protocol"), default="auto",
@@ -169,12 +174,13 @@ def main(argv: list[str] | None = None) -> int:
         udp_reassembly=args.udp_reassembly,
         loop=args.loop,
         relay=args.relay,
+        workers=args.workers if args.workers != 0 else (os.cpu_count() or 1),
         log_level=args.log_level,
     )
     from .server import run
 
     try:
-        run(settings)
+        return run(settings)
     except ConfigError as exc:
         print(f"fastsocks: error: {exc}", file=sys.stderr)
         return 2

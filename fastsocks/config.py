@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import os
 import socket
 from dataclasses import dataclass, field
 
@@ -71,6 +72,7 @@ class Settings:
     udp_reassembly: bool = True
     loop: str = "auto"
     relay: str = "auto"
+    workers: int = 1
     log_level: str = "info"
     backlog: int = 4096
 
@@ -91,6 +93,12 @@ class Settings:
                 except ValueError:
                     raise ConfigError(f"{name.replace('_', '-')} {value!r}: give an IPv4 or IPv6 "
                                       "address, e.g. 203.0.113.7") from None
+        if not 1 <= self.workers <= 1024:
+            raise ConfigError(f"workers {self.workers}: use 1 to 1024 (0 on the command line: "
+                              "one per CPU)")
+        if self.workers > 1 and not (hasattr(os, "fork") and hasattr(socket, "SO_REUSEPORT")):
+            raise ConfigError("workers > 1 needs fork() and SO_REUSEPORT, which this platform "
+                              "lacks: use --workers 1")
         if self.relay not in ("auto", "splice", "protocol"):
             raise ConfigError(f"relay {self.relay!r}: use auto, splice or protocol")
         if not self.listen:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
+import os
 import signal
 import socket
 import sys
@@ -61,7 +63,7 @@ class Server:
     def relay_name(self) -> str:
         return "splice engine" if self.engine is not None else "protocol relay"
 
-    async def start(self) -> None:
+    async def start(self, reuse_port: bool = False) -> None:
         if self.settings.relay in ("auto", "splice"):
             if Engine is None:
                 if self.settings.relay == "splice":
@@ -79,6 +81,7 @@ class Server:
                 port,
                 family=family,
                 reuse_address=True,
+                reuse_port=reuse_port or None,
                 backlog=self.settings.backlog,
             )
             self.listeners.append(listener)
@@ -105,37 +108,81 @@ class Server:
             await listener.wait_closed()
 
 
-async def _serve(settings: Settings, users: Users | None) -> None:
+async def _serve(settings: Settings, users: Users | None, worker: int | None = None,
+                 ready_fd: int | None = None) -> None:
     server = Server(settings, users)
-    await server.start()
+    await server.start(reuse_port=worker is not None)
     loop = server.loop
     if sys.platform != "win32":
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, server.stop)
-    auth = f"username/password ({len(users)} users)" if users is not None else "none"
-    log.info(
-        "fastsocks %s listening on %s (auth: %s; %s, %s, %s)",
-        __version__, ", ".join(server.addresses), auth, describe_implementation(),
-        server.relay_name, loop_name(loop),
-    )
+    if ready_fd is None:
+        log.info("fastsocks %s listening on %s (%s)", __version__, ", ".join(server.addresses),
+                 _describe(settings, users, server.relay_name, loop_name(loop)))
+    else:
+        try:
+            os.write(ready_fd, b"1")
+        except OSError:
+            pass  # a restarted worker: the master is not waiting for it
+        os.close(ready_fd)
+        log.debug("worker %d (pid %d) listening", worker, os.getpid())
     try:
         await server.wait_stopped()
     finally:
         server.stop()
-    log.info("fastsocks stopped")
+    if worker is None:
+        log.info("fastsocks stopped")
 
 
-def run(settings: Settings) -> None:
-    """Validate ``settings``, load the users file, and serve until stopped."""
-    settings.validate()
-    users = Users.load(settings.users_file) if settings.users_file else None
+def _describe(settings: Settings, users: Users | None, relay: str, loop: str) -> str:
+    auth = f"username/password ({len(users)} users)" if users is not None else "none"
+    workers = f"{settings.workers} workers, " if settings.workers > 1 else ""
+    return f"auth: {auth}; {workers}{describe_implementation()}, {relay}, {loop}"
+
+
+def _run_loop(settings: Settings, users: Users | None, worker: int | None = None,
+              ready_fd: int | None = None) -> None:
     loop = new_event_loop(settings.loop)
     try:
         asyncio.set_event_loop(loop)
-        loop.run_until_complete(_serve(settings, users))
+        loop.run_until_complete(_serve(settings, users, worker, ready_fd))
     except KeyboardInterrupt:  # Windows: no signal handlers on the loop
         log.info("fastsocks stopped")
     finally:
         loop.run_until_complete(loop.shutdown_asyncgens())
         loop.close()
         asyncio.set_event_loop(None)
+
+
+def run(settings: Settings) -> int:
+    """Validate ``settings``, load the users file, and serve until stopped."""
+    settings.validate()
+    users = Users.load(settings.users_file) if settings.users_file else None
+    if settings.workers <= 1:
+        _run_loop(settings, users)
+        return 0
+    from .workers import Master, reserve
+
+    reserved = reserve(settings)
+    addresses = [sock.getsockname()[:2] for sock in reserved]
+    worker_settings = dataclasses.replace(settings, listen=addresses)
+
+    def worker_main(index: int, ready_fd: int) -> None:
+        for sock in reserved:
+            sock.close()
+        _run_loop(worker_settings, users, index, ready_fd)
+
+    master = Master(settings, reserved, worker_main)
+    relay = "splice engine" if Engine is not None and settings.relay != "protocol" else "protocol relay"
+    loop = "uvloop" if settings.loop != "asyncio" and _have_uvloop() else "asyncio"
+    code = master.run_with_announce(
+        lambda: log.info("fastsocks %s listening on %s (%s)", __version__,
+                         ", ".join(_format_address(a) for a in addresses),
+                         _describe(settings, users, relay, loop)))
+    return code
+
+
+def _have_uvloop() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("uvloop") is not None

@@ -1,0 +1,168 @@
+"""--workers N: a master and N SO_REUSEPORT workers, supervised."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from fastsocks import codec as fcodec
+
+
+def _children(pid: int) -> list[int]:
+    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True)
+    return sorted(int(p) for p in out.stdout.split())
+
+
+def _sockets(pid: int) -> int:
+    n = 0
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            if os.readlink(f"/proc/{pid}/fd/{fd}").startswith("socket:"):
+                n += 1
+        except OSError:
+            pass
+    return n
+
+
+class Workers:
+    def __init__(self, n: int) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "fastsocks", "--listen", "127.0.0.1:0", "--workers", str(n)],
+            stderr=subprocess.PIPE, text=True,
+        )
+        assert self.proc.stderr is not None
+        self.log: list[str] = []
+        while True:
+            line = self.proc.stderr.readline()
+            assert line, "".join(self.log)
+            self.log.append(line)
+            match = re.search(r"listening on 127\.0\.0\.1:(\d+) .*(\d+) workers", line)
+            if match:
+                break
+        self.port = int(match.group(1))
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.log.append(line)
+
+    def connect(self, target: tuple[str, int]) -> socket.socket:
+        s = socket.create_connection(("127.0.0.1", self.port), timeout=10)
+        s.sendall(b"\x05\x01\x00" + b"\x05\x01\x00" + fcodec.encode_address(*target))
+        reply = b""
+        while len(reply) < 12:  # method selection (2) + IPv4 reply (10)
+            chunk = s.recv(12 - len(reply))
+            assert chunk, reply
+            reply += chunk
+        assert reply[:2] == b"\x05\x00" and reply[3] == 0, reply
+        return s
+
+    def stop(self) -> int:
+        self.proc.send_signal(signal.SIGTERM)
+        code = self.proc.wait(timeout=20)
+        self._reader.join(5)
+        assert self.proc.stderr is not None
+        self.proc.stderr.close()
+        return code
+
+
+@pytest.fixture
+def echo() -> tuple[str, int]:
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(512)
+    conns: list[socket.socket] = []
+
+    def serve() -> None:
+        while True:
+            try:
+                c, _ = listener.accept()
+            except OSError:
+                return
+            conns.append(c)
+            threading.Thread(target=_echo, args=(c,), daemon=True).start()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    yield listener.getsockname()
+    listener.close()
+    for c in conns:
+        c.close()
+
+
+def _echo(c: socket.socket) -> None:
+    try:
+        while data := c.recv(65536):
+            c.sendall(data)
+    except OSError:
+        pass
+
+
+def test_connections_spread_over_workers_on_one_port(echo: tuple[str, int]) -> None:
+    w = Workers(2)
+    try:
+        children = _children(w.proc.pid)
+        assert len(children) == 2
+        baseline = {pid: _sockets(pid) for pid in children}
+        held = [w.connect(echo) for _ in range(40)]
+        for s in held:
+            s.sendall(b"ping")
+            assert s.recv(4) == b"ping"
+        gained = {pid: _sockets(pid) - baseline[pid] for pid in children}
+        # Each held connection costs its worker two sockets; SO_REUSEPORT
+        # hashes connections over both workers.
+        assert sum(gained.values()) == 80
+        assert all(g >= 10 for g in gained.values()), gained
+        for s in held:
+            s.close()
+    finally:
+        assert w.stop() == 0
+    assert _children(w.proc.pid) == []
+
+
+def test_a_dead_worker_is_replaced(echo: tuple[str, int]) -> None:
+    w = Workers(2)
+    try:
+        first, second = _children(w.proc.pid)
+        os.kill(first, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            now = _children(w.proc.pid)
+            if len(now) == 2 and first not in now:
+                break
+            time.sleep(0.05)
+        now = _children(w.proc.pid)
+        assert len(now) == 2 and first not in now and second in now
+        for _ in range(20):  # every connection is served, whichever worker takes it
+            s = w.connect(echo)
+            s.sendall(b"x")
+            assert s.recv(1) == b"x"
+            s.close()
+        assert any("killed by signal 9; restarting" in line for line in w.log), w.log
+    finally:
+        assert w.stop() == 0
+
+
+def test_sigterm_stops_master_and_workers_with_relays_open(echo: tuple[str, int]) -> None:
+    w = Workers(3)
+    held = [w.connect(echo) for _ in range(10)]
+    children = _children(w.proc.pid)
+    assert len(children) == 3
+    assert w.stop() == 0
+    for pid in children:
+        assert not os.path.exists(f"/proc/{pid}") or open(f"/proc/{pid}/stat").read().split()[2] == "Z"
+    for s in held:
+        s.settimeout(5)
+        assert s.recv(1) == b""
+        s.close()
+    assert any("fastsocks stopped" in line for line in w.log)
