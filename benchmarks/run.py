@@ -2,20 +2,28 @@
 """End-to-end benchmark: fastsocks against microsocks and Dante, direct TCP as the reference.
 
     python benchmarks/run.py [--quick] [--servers fastsocks,microsocks,dante]
+                             [--only idle,throughput,handshake,udp]
                              [--repeat N] [--json PATH]
 
-Starts a sink and an echo target in their own processes, then, for each
-round (``--repeat``, default 3) and each server (direct first), starts the
-server fresh on loopback and measures with ``fastsocks.bench``:
+Starts a sink and an echo target (TCP, and for the UDP rows a UDP echo and a
+UDP sink) in their own processes, then, for each round (``--repeat``,
+default 3) and each server (direct first), starts the server fresh on
+loopback and measures with ``fastsocks.bench``:
 
 * KiB of server memory per idle relayed connection (first, on the fresh server);
 * Gbit/s with 1 and 8 streams, and server CPU-seconds per GiB relayed;
 * handshakes/s with p50/p99 latency at concurrency 1 and 64, and server
-  CPU-µs per handshake.
+  CPU-µs per handshake;
+* UDP ASSOCIATE: 64-byte round trips/s with p50/p99 latency at 1 and 32
+  associations and server CPU-µs per round trip; one association sending
+  1,200-byte datagrams to a sink unpaced and paced (50,000/s): datagrams/s
+  received by the sink, loss, server CPU-µs per datagram.  microsocks has no
+  UDP ASSOCIATE (it replies X'07'), so it has no UDP row.
 
-It prints a markdown table of the medians with ratios to direct (and to
-microsocks), plus the generator's and the targets' own CPU use as evidence
-that neither was the bottleneck.  See benchmarks/README.md.
+``--only`` picks some of these groups (e.g. ``--only udp``).  It prints
+markdown tables of the medians with ratios to direct (and to microsocks),
+plus the generator's and the targets' own CPU use as evidence that neither
+was the bottleneck.  See benchmarks/README.md.
 
 Loopback only.  fastsocks listens on 127.0.0.1 port 0; microsocks and Dante
 need a port on their command line, so they get one below the ephemeral range
@@ -25,6 +33,7 @@ on 127.0.0.2 (never a fixed port in the ephemeral range).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
 import os
@@ -51,6 +60,11 @@ if str(ROOT) not in sys.path:  # run from a checkout without installing
 from fastsocks import bench  # noqa: E402
 
 SERVERS = ("fastsocks", "microsocks", "dante")
+GROUPS = ("idle", "throughput", "handshake", "udp")
+TCP_GROUPS = ("idle", "throughput", "handshake")
+# Servers without UDP ASSOCIATE (checked: microsocks 1.0.3 answers X'07').
+NO_UDP = {"microsocks": "no UDP ASSOCIATE (replies X'07', command not supported)"}
+UDP_RATE = 50_000.0  # datagrams/s of the paced one-way run
 DANTED = "/usr/sbin/danted"
 REF_HOST = "127.0.0.2"  # microsocks / Dante listen here, on a port below 32768
 START_TIMEOUT = 15.0
@@ -222,6 +236,9 @@ client pass {{
 }}
 socks pass {{
     from: 127.0.0.0/8 to: 127.0.0.0/8
+    # Every command, spelled out: UDP ASSOCIATE and the datagrams coming back
+    # (udpreply) must be allowed for the UDP rows.
+    command: bind connect udpassociate bindreply udpreply
 }}
 """
 
@@ -288,6 +305,8 @@ class Plan:
     idle_connections: int
     idle_hold: float
     pause: float = 0.3
+    groups: tuple[str, ...] = GROUPS
+    udp_rate: float = UDP_RATE
 
 
 def _target_cpu(target: bench.LocalTarget) -> float:
@@ -306,8 +325,10 @@ def _busy_ticks() -> tuple[int, int]:
 
 
 def measure_round(server: Server, sink: bench.LocalTarget, echo: bench.LocalTarget,
-                  plan: Plan, log: Callable[[str], None]) -> list[dict[str, Any]]:
-    """Every measurement once for ``server``; a list of raw results."""
+                  plan: Plan, log: Callable[[str], None],
+                  udp_echo: bench.LocalTarget | None = None,
+                  udp_sink: bench.LocalTarget | None = None) -> list[dict[str, Any]]:
+    """Every measurement of ``plan.groups`` once for ``server``; a list of raw results."""
     out: list[dict[str, Any]] = []
     proxy = server.address
     pid = server.pid
@@ -354,6 +375,7 @@ def measure_round(server: Server, sink: bench.LocalTarget, echo: bench.LocalTarg
             log(f"  {server.name} warm-up: FAILED: {exc}")
             return [{"server": server.name, "measurement": "warm-up", "run_error": str(exc)}]
         time.sleep(plan.pause)
+    if proxy is not None and "idle" in plan.groups:
         r = one("idle", bench.Config(mode="idle", proxy=proxy, target=echo.address,
                                      connections=plan.idle_connections, concurrency=32,
                                      duration=plan.idle_hold, server_pid=pid), echo)
@@ -361,14 +383,14 @@ def measure_round(server: Server, sink: bench.LocalTarget, echo: bench.LocalTarg
             log(f"  {server.name} idle: {r['opened']}/{r['requested']} open, "
                 f"{_f(r.get('server_kib_per_connection'), '{:.2f}')} KiB/conn RSS, "
                 f"{_f(r.get('server_pss_kib_per_connection'), '{:.2f}')} KiB/conn PSS")
-    for streams in (1, 8):
+    for streams in (1, 8) if "throughput" in plan.groups else ():
         r = one(f"throughput{streams}", bench.Config(
             mode="throughput", proxy=proxy, target=sink.address, streams=streams,
             duration=plan.duration, server_pid=pid), sink)
         if r:
             log(f"  {server.name} {streams} stream(s): {r['gbit_per_s']:.2f} Gbit/s"
                 + (f", {_f(r.get('server_cpu_s_per_gib'), '{:.3f}')} CPU-s/GiB" if pid else ""))
-    for conc in (1, 64):
+    for conc in (1, 64) if "handshake" in plan.groups else ():
         r = one(f"handshake{conc}", bench.Config(
             mode="handshake", proxy=proxy, target=echo.address, concurrency=conc,
             duration=plan.duration, server_pid=pid), echo)
@@ -378,6 +400,30 @@ def measure_round(server: Server, sink: bench.LocalTarget, echo: bench.LocalTarg
                 + (f", {_f(r.get('server_cpu_us_per_handshake'), '{:.0f}')} CPU-µs/handshake"
                    if pid else "")
                 + (f", errors {r['errors']}" if r["errors"] else ""))
+    if "udp" not in plan.groups or udp_echo is None or udp_sink is None \
+            or server.name in NO_UDP:
+        return out
+    for conc in (1, 32):
+        r = one(f"udp_rtt{conc}", bench.Config(
+            mode="udp-rtt", proxy=proxy, target=udp_echo.address, concurrency=conc,
+            duration=plan.duration, server_pid=pid), udp_echo)
+        if r:
+            log(f"  {server.name} UDP c={conc}: {r['per_s']:.0f} round trips/s, p50 "
+                f"{r['p50_us']:.0f} µs, p99 {r['p99_us']:.0f} µs, {r['lost']} lost"
+                + (f", {_f(r.get('server_cpu_us_per_round_trip'), '{:.1f}')} CPU-µs/round trip"
+                   if pid else "")
+                + (f", errors {r['errors']}" if r["errors"] else ""))
+    for rate in (None, plan.udp_rate):
+        r = one("udp_oneway" if rate is None else "udp_paced", bench.Config(
+            mode="udp-oneway", proxy=proxy, target=udp_sink.address, rate=rate,
+            duration=plan.duration, server_pid=pid), udp_sink)
+        if r:
+            log(f"  {server.name} UDP one-way {'unpaced' if rate is None else f'{rate:g}/s'}: "
+                f"sent {r['sent_per_s']:.0f}/s, received {_f(r.get('received_per_s'), '{:.0f}')}/s"
+                f", loss {_f(r.get('loss_pct'), '{:.2f}')} % (at the relay's socket "
+                f"{r.get('dropped_at_relay')}, at the sink's {r.get('dropped_at_sink')})"
+                + (f", {_f(r.get('server_cpu_us_per_datagram'), '{:.2f}')} CPU-µs/datagram"
+                   if pid else ""))
     return out
 
 
@@ -433,6 +479,36 @@ METRICS: dict[str, tuple[str, Callable[[dict[str, Any]], float | None]]] = {
     "hs_errors": ("handshake64", lambda r: sum(r["errors"].values())),
     "other_load": ("throughput8", lambda r: r.get("other_load_cores")),
     "other_load_hs64": ("handshake64", lambda r: r.get("other_load_cores")),
+    # UDP ASSOCIATE
+    "udp_rtt_1": ("udp_rtt1", lambda r: r["per_s"]),
+    "udp_rtt_1_p50_us": ("udp_rtt1", lambda r: r["p50_us"]),
+    "udp_rtt_1_p99_us": ("udp_rtt1", lambda r: r["p99_us"]),
+    "udp_rtt_32": ("udp_rtt32", lambda r: r["per_s"]),
+    "udp_rtt_32_p50_us": ("udp_rtt32", lambda r: r["p50_us"]),
+    "udp_rtt_32_p99_us": ("udp_rtt32", lambda r: r["p99_us"]),
+    "udp_rtt_32_lost": ("udp_rtt32", lambda r: r["lost"]),
+    "cpu_us_per_rtt_1": ("udp_rtt1", lambda r: r.get("server_cpu_us_per_round_trip")),
+    "cpu_us_per_rtt_32": ("udp_rtt32", lambda r: r.get("server_cpu_us_per_round_trip")),
+    "udp_ow_sent": ("udp_oneway", lambda r: r["sent_per_s"]),
+    "udp_ow_recv": ("udp_oneway", lambda r: r.get("received_per_s")),
+    "udp_ow_loss": ("udp_oneway", lambda r: r.get("loss_pct")),
+    "udp_ow_relay_drops": ("udp_oneway", lambda r: r.get("dropped_at_relay")),
+    "udp_ow_sink_drops": ("udp_oneway", lambda r: r.get("dropped_at_sink")),
+    "cpu_us_per_dgram_ow": ("udp_oneway", lambda r: r.get("server_cpu_us_per_datagram")),
+    "udp_paced_sent": ("udp_paced", lambda r: r["sent_per_s"]),
+    "udp_paced_recv": ("udp_paced", lambda r: r.get("received_per_s")),
+    "udp_paced_loss": ("udp_paced", lambda r: r.get("loss_pct")),
+    "cpu_us_per_dgram_paced": ("udp_paced", lambda r: r.get("server_cpu_us_per_datagram")),
+    "gen_share_rtt32": ("udp_rtt32", lambda r: r.get("generator_cpu_share")),
+    "gen_us_per_rtt32": ("udp_rtt32", lambda r: r.get("generator_cpu_us_per_round_trip")),
+    "echo_us_per_rtt32": ("udp_rtt32", lambda r: (r["target_cpu_s"] / r["round_trips"] * 1e6)
+                          if r["round_trips"] else None),
+    "gen_share_ow": ("udp_oneway", lambda r: r.get("generator_cpu_share")),
+    "gen_us_per_dgram_ow": ("udp_oneway", lambda r: r.get("generator_cpu_us_per_datagram")),
+    "sink_share_ow": ("udp_oneway", lambda r: r["target_cpu_s"] / r["seconds"]),
+    "gen_share_paced": ("udp_paced", lambda r: r.get("generator_cpu_share")),
+    "other_load_rtt32": ("udp_rtt32", lambda r: r.get("other_load_cores")),
+    "other_load_ow": ("udp_oneway", lambda r: r.get("other_load_cores")),
 }
 
 
@@ -518,6 +594,74 @@ def evidence_markdown(summary: dict[str, dict[str, Any]], names: list[str]) -> s
     return "\n".join(lines)
 
 
+def udp_markdown(summary: dict[str, dict[str, Any]], names: list[str], rate: float) -> str:
+    direct = summary["direct"]
+    head = ("| server | round trips/s c=1 (vs direct) | p50 / p99 µs c=1 (p50 vs direct) "
+            "| round trips/s c=32 (vs direct) | p50 / p99 µs c=32 "
+            "| server CPU-µs/round trip c=1 / c=32 "
+            "| one-way unpaced: sent/s → received/s (received vs direct) | loss unpaced "
+            f"| paced {rate:,.0f}/s: received/s | loss paced "
+            "| server CPU-µs/datagram unpaced / paced |")
+    lines = [head, "|" + "---|" * head.count(" | ") + "---|"]
+    for name in names:
+        if name in NO_UDP:
+            lines.append(f"| {name} | {NO_UDP[name]} |" + " — |" * (head.count(" | ") - 1))
+            continue
+        s = summary[name]
+
+        def vs(k: str) -> str:
+            if s[k] is None:
+                return "—"
+            r = "1.00×" if name == "direct" else (_ratio(s[k], direct[k]) or "—")
+            return f"{s[k]:,.0f} ({r})"
+
+        def lat(c: int) -> str:
+            return (f"{_num(s[f'udp_rtt_{c}_p50_us'], '{:.0f}')} / "
+                    f"{_num(s[f'udp_rtt_{c}_p99_us'], '{:.0f}')}")
+
+        p50_delta = ""
+        if name != "direct" and s["udp_rtt_1_p50_us"] is not None \
+                and direct["udp_rtt_1_p50_us"] is not None:
+            p50_delta = f" ({s['udp_rtt_1_p50_us'] - direct['udp_rtt_1_p50_us']:+.0f})"
+        ow = (f"{_num(s['udp_ow_sent'], '{:,.0f}')} → {vs('udp_ow_recv')}"
+              if s["udp_ow_sent"] is not None else "—")
+        if name == "direct":
+            cpu_rtt, cpu_dg = "—", "—"
+        else:
+            cpu_rtt = (f"{_num(s['cpu_us_per_rtt_1'], '{:.1f}')} / "
+                       f"{_num(s['cpu_us_per_rtt_32'], '{:.1f}')}")
+            cpu_dg = (f"{_num(s['cpu_us_per_dgram_ow'], '{:.2f}')} / "
+                      f"{_num(s['cpu_us_per_dgram_paced'], '{:.2f}')}")
+        lines.append(
+            f"| {name} | {vs('udp_rtt_1')} | {lat(1)}{p50_delta} | {vs('udp_rtt_32')} | {lat(32)} "
+            f"| {cpu_rtt} | {ow} | {_num(s['udp_ow_loss'], '{:.1f} %')} "
+            f"| {_num(s['udp_paced_recv'], '{:,.0f}')} | {_num(s['udp_paced_loss'], '{:.2f} %')} "
+            f"| {cpu_dg} |")
+    return "\n".join(lines)
+
+
+def udp_evidence_markdown(summary: dict[str, dict[str, Any]], names: list[str]) -> str:
+    head = ("| path | generator CPU c=32 (cores) | generator CPU-µs/round trip c=32 "
+            "| echo CPU-µs/round trip c=32 | generator CPU unpaced / paced (cores) "
+            "| generator CPU-µs/datagram unpaced | sink CPU unpaced (cores) "
+            "| unpaced loss at the relay's / the sink's socket (datagrams) "
+            "| other processes' load c=32 / unpaced (cores) |")
+    lines = [head, "|" + "---|" * head.count(" | ") + "---|"]
+    for name in names:
+        if name in NO_UDP:
+            continue
+        s = summary[name]
+        lines.append(
+            f"| {name} | {_num(s['gen_share_rtt32'], '{:.2f}')} "
+            f"| {_num(s['gen_us_per_rtt32'], '{:.1f}')} | {_num(s['echo_us_per_rtt32'], '{:.1f}')} "
+            f"| {_num(s['gen_share_ow'], '{:.2f}')} / {_num(s['gen_share_paced'], '{:.2f}')} "
+            f"| {_num(s['gen_us_per_dgram_ow'], '{:.2f}')} | {_num(s['sink_share_ow'], '{:.2f}')} "
+            f"| {_num(s['udp_ow_relay_drops'], '{:,.0f}')} "
+            f"/ {_num(s['udp_ow_sink_drops'], '{:,.0f}')} "
+            f"| {_num(s['other_load_rtt32'], '{:.2f}')} / {_num(s['other_load_ow'], '{:.2f}')} |")
+    return "\n".join(lines)
+
+
 # -- main ------------------------------------------------------------------------------------
 
 
@@ -547,8 +691,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--idle-connections", type=int,
                    help="idle relayed connections held per server (2000; --quick 300; "
                    f"at most {bench.MAX_CONNECTIONS})")
+    p.add_argument("--only", metavar="LIST", default=",".join(GROUPS),
+                   help=f"comma-separated subset of {','.join(GROUPS)} (all): which rows "
+                   "to measure, e.g. --only udp")
+    p.add_argument("--udp-rate", type=float, default=UDP_RATE,
+                   help=f"datagrams/s of the paced UDP one-way run ({UDP_RATE:g})")
     p.add_argument("--json", metavar="PATH", help="also write every raw result as JSON here")
     args = p.parse_args(argv)
+    groups = tuple(g.strip() for g in args.only.split(",") if g.strip())
+    if not groups or any(g not in GROUPS for g in groups):
+        p.error(f"--only takes a comma-separated subset of {','.join(GROUPS)}")
+    if not 1 <= args.udp_rate <= bench.UDP_MAX_RATE:
+        p.error(f"--udp-rate must be 1..{bench.UDP_MAX_RATE}")
 
     names = [n.strip() for n in args.servers.split(",") if n.strip()]
     unknown = [n for n in names if n not in SERVERS]
@@ -559,6 +713,8 @@ def main(argv: list[str] | None = None) -> int:
         repeat=args.repeat or (1 if args.quick else 3),
         idle_connections=args.idle_connections or (300 if args.quick else 2000),
         idle_hold=0.5 if args.quick else 1.0,
+        groups=groups,
+        udp_rate=args.udp_rate,
     )
     if not 1 <= plan.repeat <= 20 or not 0 < plan.duration <= 60:
         p.error("--repeat must be 1..20 and --duration in (0, 60]")
@@ -572,6 +728,8 @@ def main(argv: list[str] | None = None) -> int:
     active: list[str] = []
     for name in names:
         why = missing(name)
+        if name in NO_UDP and not any(g in TCP_GROUPS for g in groups):
+            why = f"{NO_UDP[name]}, and only UDP rows were asked for"
         if why:
             notes.append(f"{name} skipped: {why}")
             log(f"NOTE: {name} skipped: {why}")
@@ -584,9 +742,20 @@ def main(argv: list[str] | None = None) -> int:
     runs: list[dict[str, Any]] = []
     infos: dict[str, str] = {}
     t_start = time.monotonic()
-    with bench.LocalTarget("sink", "process") as sink, bench.LocalTarget("echo", "process") as echo:
+    with contextlib.ExitStack() as stack:
+        sink = stack.enter_context(bench.LocalTarget("sink", "process"))
+        echo = stack.enter_context(bench.LocalTarget("echo", "process"))
         log(f"targets: sink {sink.address[0]}:{sink.address[1]} (pid {sink.pid}), "
             f"echo {echo.address[0]}:{echo.address[1]} (pid {echo.pid})")
+        udp_echo = udp_sink = None
+        if "udp" in groups:
+            # In their own processes: in a thread of this one, a UDP target
+            # shares the GIL with the generator on every datagram (measured
+            # slower; benchmarks/README.md).
+            udp_echo = stack.enter_context(bench.LocalTarget("udp-echo", "process"))
+            udp_sink = stack.enter_context(bench.LocalTarget("udp-sink", "process"))
+            log(f"UDP targets: echo {bench._fmt(udp_echo.address)} (pid {udp_echo.pid}), "
+                f"sink {bench._fmt(udp_sink.address)} (pid {udp_sink.pid})")
         for rnd in range(plan.repeat):
             for name in ["direct", *active]:
                 log(f"round {rnd + 1}/{plan.repeat}: {name}")
@@ -601,7 +770,7 @@ def main(argv: list[str] | None = None) -> int:
                         continue
                     infos[name] = server.info
                 try:
-                    for r in measure_round(server, sink, echo, plan, log):
+                    for r in measure_round(server, sink, echo, plan, log, udp_echo, udp_sink):
                         r["round"] = rnd + 1
                         runs.append(r)
                         if "run_error" in r:
@@ -620,21 +789,39 @@ def main(argv: list[str] | None = None) -> int:
 
     shown = ["direct", *active]
     summary = summarize(runs, shown)
-    print(f"## SOCKS5 servers on loopback: {', '.join(active) or 'none'} vs direct TCP\n")
+    tcp = any(g in TCP_GROUPS for g in groups)
+    udp = "udp" in groups
+    print(f"## SOCKS5 servers on loopback: {', '.join(active) or 'none'} vs direct "
+          f"{'TCP' if not udp else 'UDP' if not tcp else 'TCP and UDP'}\n")
     print(f"Command: `{command}`  ")
     m = _machine()
     print(f"Machine: {m['cpus']} CPUs ({m['cpu_model']}), Linux {m['kernel']}, "
           f"Python {m['python']}; {started:%Y-%m-%d %H:%M} UTC, took {elapsed:.0f} s.  ")
     print(f"Each figure is the median of {plan.repeat} round(s); {plan.duration:g} s per "
-          f"throughput/handshake run; {plan.idle_connections} idle connections.  ")
+          f"throughput/handshake/UDP run"
+          + (f"; {plan.idle_connections} idle connections" if "idle" in groups else "")
+          + f"; rows measured: {', '.join(groups)}.  ")
     for name in active:
         print(f"{name}: {infos.get(name, '?')}  ")
     print()
-    print(markdown(summary, shown))
-    print()
-    print("Generator and targets (evidence that the load generator is not the limit; "
-          "CPU in cores = CPU-seconds per second of the run):\n")
-    print(evidence_markdown(summary, shown))
+    if tcp:
+        print(markdown(summary, shown))
+        print()
+        print("Generator and targets (evidence that the load generator is not the limit; "
+              "CPU in cores = CPU-seconds per second of the run):\n")
+        print(evidence_markdown(summary, shown))
+        print()
+    if udp:
+        udp_names = shown + [n for n in names if n in NO_UDP and n not in shown]
+        print(f"UDP ASSOCIATE: {bench.UDP_RTT_SIZE}-byte round trips to a UDP echo (c "
+              f"associations, one datagram in flight each); one association sending "
+              f"{bench.UDP_ONEWAY_SIZE}-byte datagrams to a UDP sink, unpaced and paced; "
+              "received = counted by the sink; server CPU per datagram received:\n")
+        print(udp_markdown(summary, [n for n in udp_names if n in summary or n in NO_UDP],
+                           plan.udp_rate))
+        print()
+        print("UDP generator and targets (CPU in cores = CPU-seconds per second of the run):\n")
+        print(udp_evidence_markdown(summary, shown))
     if notes:
         print("\nNotes:\n")
         for note in notes:

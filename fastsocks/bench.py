@@ -23,18 +23,38 @@ straight to the target, which is the reference a proxy is compared with:
 ``idle``
     Opens ``--connections N`` relayed connections, does one 1-byte echo round
     trip on each, and holds them idle for ``--duration`` seconds.
+``udp-rtt``
+    ``--concurrency N`` UDP ASSOCIATE associations (RFC 1928 §7), each with
+    its own UDP socket, each keeping one 64-byte datagram (``--size``) in
+    flight to a UDP echo target: send, wait for the echo, send the next.
+    Reports round trips/s and p50/p99 latency in µs.  A datagram not echoed
+    within ``UDP_RTT_TIMEOUT`` is counted lost and the next one is sent.  One
+    thread drives every socket with a level-triggered epoll loop.
+``udp-oneway``
+    One association sends 1,200-byte datagrams (``--size``) to a UDP sink for
+    ``--duration`` seconds: as fast as a blocking ``send`` loop goes
+    (unpaced), or ``--rate N`` datagrams per second (paced in small bursts).
+    Reports datagrams/s sent and received by the sink, and the loss, split
+    where /proc/net/udp can tell (the sink's socket, the proxy's relay socket).
 
 Without ``--target`` the tool starts its own sink or echo server on 127.0.0.1
-port 0, in a thread of this process (``--local-target process`` puts it in a
-child process instead).  On the project's 2-core machine the in-process sink
-was as fast or faster (direct, 1 stream: median 17.5 Gbit/s in a thread,
-14.5 in a long-lived child process, 8.6 in a freshly started one; through
-fastsocks no difference beyond the noise), because the sink's recv_into also
-releases the GIL; benchmarks/README.md has the numbers.
+port 0.  For the TCP modes it runs in a thread of this process by default
+(``--local-target process`` puts it in a child process instead): on the
+project's 2-core machine the in-process sink was as fast or faster (direct,
+1 stream: median 17.5 Gbit/s in a thread, 14.5 in a long-lived child
+process, 8.6 in a freshly started one; through fastsocks no difference
+beyond the noise), because the sink's recv_into releases the GIL.  For the
+UDP modes the target runs in a child process by default: a UDP echo in a
+thread takes the GIL for every datagram from the generator's epoll loop,
+and measured slower (direct, 6 rounds of 1.5 s: 64-byte round trips at c=32
+median 42,300/s in a thread, 58,900/s in a process; one-way 69,500 and
+82,300 datagrams/s, within the noise there).
+benchmarks/README.md has the numbers.
 
 With ``--server-pid PID`` (Linux) it also reads the server's CPU time and RSS
 from /proc (the process and all its descendants) and reports server CPU-s per
-GiB, CPU-µs per handshake and KiB per idle connection.
+GiB, CPU-µs per handshake and KiB per idle connection, CPU-µs per UDP round
+trip and per datagram.
 
 The SOCKS5 client here is written by hand with plain bytes (RFC 1928 §3-§6,
 RFC 1929 §2): small and strict; any deviation raises :class:`SocksError`
@@ -82,7 +102,24 @@ MAX_CONCURRENCY = 4096
 MAX_CONNECTIONS = 9000  # idle mode: the generator holds one fd per connection
 MAX_DURATION = 3600.0
 ENGINES = ("auto", "epoll", "uvloop", "asyncio", "threads")
+MODES = ("throughput", "handshake", "idle", "udp-rtt", "udp-oneway")
 GiB = 1 << 30
+
+UDP_RTT_SIZE = 64  # udp-rtt: payload bytes per datagram (after the SOCKS UDP header)
+UDP_ONEWAY_SIZE = 1200  # udp-oneway: payload bytes per datagram
+UDP_MAX_SIZE = 65000  # payload, leaving room for a SOCKS UDP header under 65,507
+UDP_RTT_TIMEOUT = 0.5  # s: an echo not back by then is counted lost
+UDP_MAX_ASSOCIATIONS = 1024  # udp-rtt: two fds each in the generator
+UDP_MAX_RATE = 10_000_000  # udp-oneway --rate bound (datagrams/s)
+UDP_MAX_DATAGRAMS = 2_000_000_000  # hard bound on datagrams sent in one run
+UDP_SOCKET_BUFFER = 4 << 20  # SO_RCVBUF/SO_SNDBUF of the targets and the generator
+UDP_PACE_BURST = 256  # paced sending: at most this many datagrams back to back
+# The UDP sink answers a statistics query (sent straight to it, not through a
+# proxy): MAGIC + reply port (2 bytes) + nonce (8) -> MAGIC_R + nonce +
+# datagrams (8) + bytes (8).  Control datagrams are not counted.
+UDP_STATS_MAGIC = b"FSBENCH-SINK-STATS?"
+UDP_STATS_REPLY = b"FSBENCH-SINK-STATS!"
+UDP_STATS_QUERY_LEN = len(UDP_STATS_MAGIC) + 2 + 8
 
 # -- the SOCKS5 client ------------------------------------------------------------
 
@@ -170,17 +207,17 @@ def check_auth(answer: bytes) -> None:
         raise SocksError("auth", f"username/password rejected (status {answer[1]})")
 
 
-def reply_rest(head: bytes) -> int:
+def reply_rest(head: bytes, command: str = "CONNECT") -> int:
     """Given the first 5 bytes of a reply, how many more complete it (RFC 1928 §6).
 
-    Raises SocksError for a failure reply or a malformed header.
+    Raises SocksError for a failure reply (naming ``command``) or a malformed header.
     """
     if head[0] != 0x05:
         raise SocksError("reply", f"bad version in reply {head.hex()}")
     rep = head[1]
     if rep != 0x00:
         message = REPLY_MESSAGES.get(rep, "unassigned reply code")
-        raise SocksError("request", f"CONNECT failed with reply X'{rep:02X}' ({message})", rep)
+        raise SocksError("request", f"{command} failed with reply X'{rep:02X}' ({message})", rep)
     if head[2] != 0x00:
         raise SocksError("reply", f"reserved byte is {head[2]:#04x}, not 0")
     atyp = head[3]
@@ -281,6 +318,117 @@ def open_connection(proxy: tuple[str, int] | None, target: tuple[str, int],
         sock.close()
         raise
     return sock
+
+
+# -- the UDP ASSOCIATE client (RFC 1928 §7) -------------------------------------------
+
+
+def udp_associate_request(host: str, port: int) -> bytes:
+    """VER CMD=UDP ASSOCIATE RSV ATYP DST.ADDR DST.PORT: where the client sends from."""
+    return b"\x05\x03\x00" + encode_address(host, port)
+
+
+def udp_header(host: str, port: int) -> bytes:
+    """RSV FRAG=0 ATYP DST.ADDR DST.PORT, the header of every datagram (RFC 1928 §7)."""
+    return b"\x00\x00\x00" + encode_address(host, port)
+
+
+def parse_udp_reply(data: bytes) -> tuple[str, int, bytes]:
+    """(source host, port, payload) of a datagram from the relay; SocksError if malformed."""
+    if len(data) < 4 or data[0] or data[1]:
+        raise SocksError("udp", f"bad UDP header {data[:4].hex()}")
+    if data[2]:
+        raise SocksError("udp", f"fragmented reply (FRAG {data[2]}) not expected here")
+    atyp = data[3]
+    if atyp == 0x01:
+        end = 4 + 4
+        host = socket.inet_ntop(socket.AF_INET, data[4:end]) if len(data) >= end else ""
+    elif atyp == 0x04:
+        end = 4 + 16
+        host = socket.inet_ntop(socket.AF_INET6, data[4:end]) if len(data) >= end else ""
+    elif atyp == 0x03 and len(data) > 4:
+        end = 5 + data[4]
+        host = data[5:end].decode("ascii", "replace")
+    else:
+        raise SocksError("udp", f"unknown address type {atyp:#04x} in a UDP header")
+    if len(data) < end + 2:
+        raise SocksError("udp", "datagram shorter than its UDP header")
+    return host, struct.unpack(">H", data[end:end + 2])[0], data[end + 2:]
+
+
+class UdpPath:
+    """A UDP socket that reaches ``target`` directly or through a SOCKS5 association.
+
+    ``sock`` is connected to the target (direct) or to the relay address of
+    the association (BND.ADDR/BND.PORT, with an unspecified BND.ADDR replaced
+    by the proxy's address, as clients do); ``header`` is what every datagram
+    must start with (empty when direct); ``control`` is the association's TCP
+    connection, which keeps it alive; ``relay`` is the relay address.
+    """
+
+    def __init__(self, proxy: tuple[str, int] | None, target: tuple[str, int],
+                 auth: tuple[str, str] | None = None, timeout: float = IO_TIMEOUT) -> None:
+        self.control: socket.socket | None = None
+        self.header = b""
+        self.reply_header = b""
+        self.relay: tuple[str, int] | None = None
+        first = proxy or target
+        self.sock = socket.socket(_family(first[0]), socket.SOCK_DGRAM)
+        try:
+            for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+                try:
+                    self.sock.setsockopt(socket.SOL_SOCKET, option, UDP_SOCKET_BUFFER)
+                except OSError:
+                    pass
+            self.sock.bind((first[0], 0))
+            if proxy is None:
+                self.sock.connect(target)
+                return
+            self.control = socket.socket(_family(proxy[0]), socket.SOCK_STREAM)
+            self.control.settimeout(timeout)
+            self.control.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self.control.connect(proxy)
+            here = self.sock.getsockname()
+            host, port = socks5_udp_associate(self.control, here[0], here[1], auth)
+            if host in ("0.0.0.0", "::"):
+                host = proxy[0]
+            self.relay = (host, port)
+            self.sock.connect(self.relay)
+            # RFC 1928 §7: replies carry the target's address in the same form.
+            self.header = self.reply_header = udp_header(target[0], target[1])
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        self.sock.close()
+        if self.control is not None:
+            self.control.close()
+
+    def __enter__(self) -> UdpPath:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def socks5_udp_associate(sock: socket.socket, host: str, port: int,
+                         auth: tuple[str, str] | None = None) -> tuple[str, int]:
+    """UDP ASSOCIATE on a connected TCP socket; returns the relay's (BND.ADDR, BND.PORT).
+
+    ``host``/``port`` are where this client will send datagrams from (§4:
+    DST.ADDR/DST.PORT of a UDP ASSOCIATE); the association lives as long as
+    ``sock`` stays open.
+    """
+    sock.sendall(greeting(auth))
+    if check_method(_recv_exact(sock, 2, "greeting"), auth) == 0x02:
+        assert auth is not None
+        sock.sendall(userpass_request(auth))
+        check_auth(_recv_exact(sock, 2, "auth"))
+    sock.sendall(udp_associate_request(host, port))
+    head = _recv_exact(sock, 5, "reply")
+    rest = _recv_exact(sock, reply_rest(head, "UDP ASSOCIATE"), "reply")
+    return parse_bound(head, rest)
 
 
 # -- targets: a sink and an echo server ---------------------------------------------
@@ -408,14 +556,199 @@ class _Echo:
         self.loop.run_until_complete(asyncio.sleep(0))
 
 
+class _UdpTarget:
+    """A UDP echo or sink: one blocking socket, one loop, no per-datagram timer.
+
+    The loop blocks in the receive call with no timeout (a timeout would add
+    a poll() to every datagram); ``stop()`` sets a flag and sends the socket
+    a datagram to wake it.  Large socket buffers (``UDP_SOCKET_BUFFER``, as
+    fastsocks sets on its relay sockets) so that the target's own queue is not
+    where datagrams are lost.
+    """
+
+    MAX_DATAGRAMS = 1 << 40  # a bound on the loop; never reached
+
+    def __init__(self, kind: str, host: str) -> None:
+        self.kind = kind
+        self.sock = socket.socket(_family(host), socket.SOCK_DGRAM)
+        for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+            try:
+                self.sock.setsockopt(socket.SOL_SOCKET, option, UDP_SOCKET_BUFFER)
+            except OSError:
+                pass
+        self.sock.bind((host, 0))
+        self.address: tuple[str, int] = self.sock.getsockname()[:2]
+        self.datagrams = 0
+        self.bytes = 0
+        self._stop = False
+
+    def serve(self) -> None:
+        if self.kind == "udp-echo":
+            self._echo()
+        else:
+            self._sink()
+
+    def _echo(self) -> None:
+        buf = bytearray(65536)
+        view = memoryview(buf)
+        recvfrom_into, sendto = self.sock.recvfrom_into, self.sock.sendto
+        for _ in range(self.MAX_DATAGRAMS):
+            try:
+                n, addr = recvfrom_into(buf)
+                if self._stop:
+                    break
+                sendto(view[:n], addr)
+            except OSError:
+                if self._stop:
+                    break
+                continue  # e.g. ECONNREFUSED from an ICMP error: keep serving
+        view.release()
+
+    def _sink(self) -> None:
+        buf = bytearray(65536)
+        recv_into = self.sock.recv_into
+        qlen = UDP_STATS_QUERY_LEN
+        count = total = 0
+        for _ in range(self.MAX_DATAGRAMS):
+            try:
+                n = recv_into(buf)
+            except OSError:
+                if self._stop:
+                    break
+                continue
+            if self._stop:
+                break
+            if n == qlen and buf.startswith(UDP_STATS_MAGIC):
+                # Counters are kept in locals (faster) and published on request.
+                self.datagrams, self.bytes = count, total
+                self._answer(bytes(buf[:n]))
+                continue
+            count += 1
+            total += n
+        self.datagrams, self.bytes = count, total
+
+    def _answer(self, query: bytes) -> None:
+        m = len(UDP_STATS_MAGIC)
+        port = struct.unpack(">H", query[m:m + 2])[0]
+        nonce = query[m + 2:m + 10]
+        try:
+            answer = UDP_STATS_REPLY + nonce + struct.pack(">QQ", self.datagrams, self.bytes)
+            self.sock.sendto(answer, (self.address[0], port))
+        except OSError:
+            pass
+
+    def stop(self) -> None:
+        self._stop = True
+        try:
+            with socket.socket(_family(self.address[0]), socket.SOCK_DGRAM) as s:
+                s.sendto(b"stop", self.address)
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def udp_sink_stats(address: tuple[str, int], timeout: float = 0.3,
+                   tries: int = 8) -> tuple[int, int] | None:
+    """(datagrams, bytes) a fastsocks-bench UDP sink has received, or None if it does not say.
+
+    Asked straight (not through a proxy) with a datagram carrying a nonce;
+    retried, since a sink whose queue is full may drop the question too.
+    """
+    with socket.socket(_family(address[0]), socket.SOCK_DGRAM) as q:
+        q.bind((address[0], 0))
+        q.settimeout(timeout)
+        port = q.getsockname()[1]
+        for _ in range(tries):
+            nonce = os.urandom(8)
+            try:
+                q.sendto(UDP_STATS_MAGIC + struct.pack(">H", port) + nonce, address)
+            except OSError:
+                return None
+            deadline = time.monotonic() + timeout
+            for _ in range(64):  # skip stale answers to earlier tries
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                q.settimeout(left)
+                try:
+                    answer = q.recv(64)
+                except (socket.timeout, OSError):
+                    break
+                m = len(UDP_STATS_REPLY)
+                if answer[:m] == UDP_STATS_REPLY and answer[m:m + 8] == nonce:
+                    datagrams, nbytes = struct.unpack(">QQ", answer[m + 8:m + 24])
+                    return datagrams, nbytes
+    return None
+
+
+def _proc_net_address(text: str) -> tuple[str, int] | None:
+    """``0100007F:1F90`` (as /proc/net/udp writes it: 32-bit words in host order) as (ip, port)."""
+    try:
+        hexaddr, hexport = text.rsplit(":", 1)
+        raw = bytes.fromhex(hexaddr)
+        port = int(hexport, 16)
+    except ValueError:
+        return None
+    if len(raw) not in (4, 16):
+        return None
+    if sys.byteorder == "little":
+        raw = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))
+    family = socket.AF_INET if len(raw) == 4 else socket.AF_INET6
+    return socket.inet_ntop(family, raw), port
+
+
+def _ip_key(address: tuple[str, int]) -> tuple[str, int] | None:
+    """(canonical IP text, port), or None for a name (only IP literals are looked up)."""
+    try:
+        return ipaddress.ip_address(address[0].partition("%")[0]).compressed, address[1]
+    except ValueError:
+        return None
+
+
+def udp_socket_drops(addresses: list[tuple[str, int]]) -> dict[tuple[str, int], int]:
+    """Receive-queue drops of the UDP sockets bound to ``addresses``, from /proc/net/udp{,6}.
+
+    The kernel counts, per socket, the datagrams it discarded because the
+    receive buffer was full: that is where loss happens on loopback (the
+    sender's own queue is released at once).  A socket bound to the wildcard
+    address matches any address with its port; addresses not found are left out.
+    """
+    wanted = {key for key in map(_ip_key, addresses) if key is not None}
+    by_port = {port: host for host, port in wanted}
+    drops: dict[tuple[str, int], int] = {}
+    for name in ("/proc/net/udp", "/proc/net/udp6"):
+        try:
+            with open(name) as f:
+                lines = f.readlines()[1:]
+        except OSError:
+            continue
+        for line in lines[:100_000]:
+            fields = line.split()
+            if len(fields) < 13:
+                continue
+            local = _proc_net_address(fields[1])
+            if local is None or local[1] not in by_port:
+                continue
+            host, port = local
+            for want in [w for w in wanted if w[1] == port]:
+                if host == want[0] or host in ("0.0.0.0", "::"):
+                    drops[want] = drops.get(want, 0) + int(fields[-1])
+    return drops
+
+
+TARGET_KINDS = ("sink", "echo", "udp-echo", "udp-sink")
+
+
 class LocalTarget:
-    """A sink or echo server on loopback port 0, in a thread or in a child process.
+    """A sink or echo server (TCP or UDP) on loopback port 0, in a thread or a child process.
 
     Use as a context manager; ``address`` is where it listens.
     """
 
     def __init__(self, kind: str, where: str = "process", host: str = "127.0.0.1") -> None:
-        if kind not in ("sink", "echo"):
+        if kind not in TARGET_KINDS:
             raise ValueError(f"target kind {kind!r}")
         if where not in ("process", "thread"):
             raise ValueError(f"target placement {where!r}")
@@ -426,6 +759,7 @@ class LocalTarget:
         self._sink: _Sink | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._echo: _Echo | None = None
+        self._udp: _UdpTarget | None = None
 
     @property
     def pid(self) -> int:
@@ -441,6 +775,11 @@ class LocalTarget:
     def start(self) -> None:
         if self.where == "process":
             self.address = self._start_process()
+        elif self.kind in ("udp-echo", "udp-sink"):
+            self._udp = _UdpTarget(self.kind, self.host)
+            self.address = self._udp.address
+            self._thread = threading.Thread(target=self._udp.serve, daemon=True)
+            self._thread.start()
         elif self.kind == "sink":
             self._sink = _Sink(self.host)
             self.address = self._sink.address
@@ -504,6 +843,12 @@ class LocalTarget:
                 self._thread.join(IO_TIMEOUT)
             self._sink.close()
             self._sink = None
+        if self._udp is not None:
+            self._udp.stop()
+            if self._thread is not None:
+                self._thread.join(IO_TIMEOUT)
+            self._udp.close()
+            self._udp = None
         if self._loop is not None and self._echo is not None:
             if not self._loop.is_closed():
                 self._loop.call_soon_threadsafe(self._loop.stop)
@@ -524,7 +869,17 @@ def _readline_timeout(stream: Any, timeout: float) -> bytes:
 
 
 def serve(kind: str, host: str = "127.0.0.1") -> int:
-    """``--serve sink|echo``: run one target in the foreground until SIGTERM/SIGINT."""
+    """``--serve KIND``: run one target in the foreground until SIGTERM/SIGINT."""
+    if kind in ("udp-echo", "udp-sink"):
+        udp = _UdpTarget(kind, host)
+        signal.signal(signal.SIGTERM, lambda *_: udp.stop())
+        signal.signal(signal.SIGINT, lambda *_: udp.stop())
+        print(f"fastsocks-bench {kind} listening on {_fmt(udp.address)}", flush=True)
+        try:
+            udp.serve()
+        finally:
+            udp.close()
+        return 0
     if kind == "sink":
         sink = _Sink(host)
         signal.signal(signal.SIGTERM, lambda *_: sink.stop())
@@ -646,7 +1001,7 @@ class ProcessTree:
 
 @dataclasses.dataclass
 class Config:
-    mode: str = "throughput"  # throughput | handshake | idle
+    mode: str = "throughput"  # throughput | handshake | idle | udp-rtt | udp-oneway
     proxy: tuple[str, int] | None = None
     auth: tuple[str, str] | None = None
     target: tuple[str, int] | None = None  # None: start a local sink/echo
@@ -658,10 +1013,30 @@ class Config:
     local_target: str = "thread"  # thread | process (see the module docstring)
     server_pid: int | None = None
     progress: bool = False
+    rate: float | None = None  # udp-oneway: datagrams/s; None: unpaced
+    size: int | None = None  # UDP payload bytes; None: 64 (udp-rtt) or 1200 (udp-oneway)
+
+    @property
+    def udp(self) -> bool:
+        return self.mode.startswith("udp-")
+
+    @property
+    def payload_size(self) -> int:
+        if self.size is not None:
+            return self.size
+        return UDP_RTT_SIZE if self.mode == "udp-rtt" else UDP_ONEWAY_SIZE
 
     def validate(self) -> None:
-        if self.mode not in ("throughput", "handshake", "idle"):
+        if self.mode not in MODES:
             raise ValueError(f"unknown mode {self.mode!r}")
+        if self.mode == "udp-rtt" and not 1 <= self.concurrency <= UDP_MAX_ASSOCIATIONS:
+            raise ValueError(f"--concurrency must be 1..{UDP_MAX_ASSOCIATIONS} in udp-rtt mode "
+                             "(one association, two fds, each)")
+        if self.rate is not None and (self.mode != "udp-oneway"
+                                      or not 1 <= self.rate <= UDP_MAX_RATE):
+            raise ValueError(f"--rate is for udp-oneway only, 1..{UDP_MAX_RATE} datagrams/s")
+        if self.size is not None and (not self.udp or not 16 <= self.size <= UDP_MAX_SIZE):
+            raise ValueError(f"--size is for the UDP modes only, 16..{UDP_MAX_SIZE} bytes")
         if not 0 < self.duration <= MAX_DURATION:
             raise ValueError(f"--duration must be in (0, {MAX_DURATION:g}] seconds")
         if not 1 <= self.streams <= MAX_STREAMS:
@@ -1298,6 +1673,275 @@ def _idle(cfg: Config, target: tuple[str, int],
     return result
 
 
+# -- UDP: round trips and one-way datagrams ------------------------------------------------
+
+
+class _RttConn:
+    __slots__ = ("path", "sock", "index", "seq", "t0", "expected")
+
+    def __init__(self, path: UdpPath, index: int) -> None:
+        self.path = path
+        self.sock = path.sock
+        self.index = index
+        self.seq = 0
+        self.t0 = 0.0
+        self.expected = b""
+
+
+def _open_paths(cfg: Config, target: tuple[str, int], n: int) -> list[UdpPath]:
+    paths: list[UdpPath] = []
+    try:
+        for _ in range(n):
+            paths.append(UdpPath(cfg.proxy, target, cfg.auth))
+    except BaseException:
+        for path in paths:
+            path.close()
+        raise
+    return paths
+
+
+def _udp_rtt(cfg: Config, target: tuple[str, int]) -> dict[str, Any]:
+    """C associations, one datagram in flight on each, driven by one epoll loop."""
+    import select
+
+    size = cfg.payload_size
+    filler = os.urandom(size - 12)
+    stamp = struct.Struct(">IQ").pack  # association index, sequence number: 12 bytes
+    paths = _open_paths(cfg, target, cfg.concurrency)
+    stats = _HandshakeStats()
+    latencies = stats.latencies
+    perf, monotonic = time.perf_counter, time.monotonic
+    conns: dict[int, _RttConn] = {}
+    ep = select.epoll()
+    counters = {"lost": 0, "late": 0}
+    tree = ProcessTree(cfg.server_pid) if cfg.server_pid else None
+
+    def send(c: _RttConn) -> None:
+        c.seq += 1
+        body = stamp(c.index, c.seq) + filler
+        c.expected = c.path.reply_header + body
+        c.t0 = perf()
+        try:
+            c.sock.send(c.path.header + body)
+        except OSError as exc:  # e.g. ECONNREFUSED from an earlier ICMP error
+            stats.error(exc)  # the timeout sends the next one
+
+    def odd_reply(c: _RttConn, data: bytes) -> bool:
+        """A datagram that is not the awaited echo verbatim: True if it still is it."""
+        payload = data
+        if c.path.control is not None:
+            try:
+                payload = parse_udp_reply(data)[2]
+            except SocksError as exc:
+                stats.error(exc)
+                return False
+        body = c.expected[len(c.path.reply_header):]
+        if payload == body:
+            # The relay writes the target's address in another (valid) form:
+            # expect that form from now on.
+            c.path.reply_header = data[:len(data) - len(payload)]
+            return True
+        if payload[:4] == body[:4] and payload[12:] == body[12:]:
+            counters["late"] += 1  # an echo of a datagram already counted lost
+        else:
+            stats.error(SocksError("udp", "a datagram that is no echo of ours"))
+        return False
+
+    progress = _Progress(cfg.progress, cfg.duration, lambda: "")
+    last = [0, monotonic()]
+
+    def text() -> str:
+        n, now = len(latencies), monotonic()
+        rate = (n - last[0]) / max(now - last[1], 1e-9)
+        last[0], last[1] = n, now
+        return f"{rate:9.0f} round trips/s  {n} done  {counters['lost']} lost"
+
+    progress.text = text
+    try:
+        for i, path in enumerate(paths):
+            path.sock.setblocking(False)
+            conns[path.sock.fileno()] = _RttConn(path, i)
+            ep.register(path.sock.fileno(), select.EPOLLIN)
+        server0 = tree.cpu_seconds() if tree is not None else None
+        cpu0, split0 = _cpu_now(), _cpu_split()
+        t0 = monotonic()
+        deadline = t0 + cfg.duration
+        progress.start = t0
+        for c in conns.values():
+            send(c)
+        next_check = t0 + 0.05
+        now = t0
+        while now < deadline and len(latencies) < MAX_HANDSHAKES:
+            for fd, _ev in ep.poll(0.05):
+                c = conns[fd]
+                try:
+                    data = c.sock.recv(65536)
+                except BlockingIOError:
+                    continue
+                except OSError as exc:
+                    stats.error(exc)
+                    continue
+                if data == c.expected or odd_reply(c, data):
+                    latencies.append(perf() - c.t0)
+                    send(c)
+            now = monotonic()
+            if now >= next_check:
+                next_check = now + 0.05
+                limit = perf() - UDP_RTT_TIMEOUT
+                for c in conns.values():
+                    if c.t0 < limit:
+                        counters["lost"] += 1
+                        send(c)
+                progress.tick()
+        elapsed = monotonic() - t0
+        cpu1, split1 = _cpu_now(), _cpu_split()
+        server1 = tree.cpu_seconds() if tree is not None else None
+        progress.done()
+    finally:
+        ep.close()
+        for path in paths:
+            path.close()
+    lat = sorted(latencies)
+    n = len(lat)
+    gen = cpu1 - cpu0
+    result: dict[str, Any] = {
+        "size": size,
+        "relay": _fmt(paths[0].relay) if paths[0].relay else None,
+        "round_trips": n,
+        "seconds": round(elapsed, 4),
+        "per_s": n / elapsed if elapsed > 0 else 0.0,
+        "p50_us": _percentile(lat, 50) * 1e6,
+        "p99_us": _percentile(lat, 99) * 1e6,
+        "max_us": lat[-1] * 1e6 if lat else 0.0,
+        "lost": counters["lost"],
+        "late": counters["late"],
+        "errors": stats.errors,
+        "first_error": stats.first_error,
+        "generator_cpu_s": round(gen, 3),
+        "generator_cpu_us_per_round_trip": gen / n * 1e6 if n else None,
+        "generator_cpu_share": gen / elapsed if elapsed > 0 else None,
+        "generator_cpu_system_share": (split1[1] - split0[1]) / gen if gen > 0 else None,
+    }
+    if server0 is not None and server1 is not None:
+        result["server_cpu_s"] = round(server1 - server0, 3)
+        result["server_cpu_us_per_round_trip"] = (server1 - server0) / n * 1e6 if n else None
+    return result
+
+
+def _sink_settled(target: tuple[str, int], seen: tuple[int, int] | None,
+                  timeout: float = 3.0) -> tuple[int, int] | None:
+    """The sink's counters once they stop moving (datagrams still queued in a proxy land)."""
+    if seen is None:
+        return None
+    deadline = time.monotonic() + timeout
+    last = udp_sink_stats(target)
+    while last is not None and time.monotonic() < deadline:
+        time.sleep(0.1)
+        now = udp_sink_stats(target)
+        if now == last:
+            break
+        last = now
+    return last
+
+
+def _udp_oneway(cfg: Config, target: tuple[str, int]) -> dict[str, Any]:
+    """One association sending datagrams to a sink, unpaced or at ``cfg.rate``."""
+    size = cfg.payload_size
+    tree = ProcessTree(cfg.server_pid) if cfg.server_pid else None
+    with UdpPath(cfg.proxy, target, cfg.auth) as path:
+        packet = path.header + os.urandom(size)
+        watched = [target] + ([path.relay] if path.relay else [])
+        before = udp_sink_stats(target)
+        drops0 = udp_socket_drops(watched)
+        server0 = tree.cpu_seconds() if tree is not None else None
+        cpu0, split0 = _cpu_now(), _cpu_split()
+        send = path.sock.send
+        monotonic = time.monotonic
+        sent = errors = 0
+        first_error: str | None = None
+        progress = _Progress(cfg.progress, cfg.duration, lambda: f"{sent} datagrams sent")
+        t0 = monotonic()
+        deadline = t0 + cfg.duration
+        progress.start = t0
+        if cfg.rate is None:
+            # As fast as one blocking send() loop goes (the GIL is released in it).
+            while sent < UDP_MAX_DATAGRAMS:
+                for _ in range(64):
+                    try:
+                        send(packet)
+                        sent += 1
+                    except OSError as exc:  # ENOBUFS, or ECONNREFUSED from an ICMP error
+                        errors += 1
+                        first_error = first_error or repr(exc)
+                if monotonic() >= deadline:
+                    break
+                progress.tick()
+        else:
+            # Paced: send what is due, in bursts of at most UDP_PACE_BURST, and
+            # sleep until the next one is due (sleeps are ~60 µs at the least,
+            # so at 50,000/s a burst is a few datagrams).
+            rate = cfg.rate
+            while sent < UDP_MAX_DATAGRAMS:
+                now = monotonic()
+                if now >= deadline:
+                    break
+                due = int((now - t0) * rate) + 1
+                if due > sent:
+                    for _ in range(min(due - sent, UDP_PACE_BURST)):
+                        try:
+                            send(packet)
+                            sent += 1
+                        except OSError as exc:
+                            errors += 1
+                            first_error = first_error or repr(exc)
+                            sent += 1  # counted as sent and lost: keep the pace
+                else:
+                    time.sleep(max(0.0, t0 + sent / rate - now))
+                progress.tick()
+        t1 = monotonic()
+        progress.done()
+        after = _sink_settled(target, before)
+        cpu1, split1 = _cpu_now(), _cpu_split()
+        server1 = tree.cpu_seconds() if tree is not None else None
+        drops1 = udp_socket_drops(watched)
+        relay = path.relay
+    elapsed = t1 - t0
+    received = (after[0] - before[0]) if (before is not None and after is not None) else None
+    gen = cpu1 - cpu0
+
+    def dropped(address: tuple[str, int]) -> int | None:
+        key = _ip_key(address)
+        if key is not None and key in drops0 and key in drops1:
+            return drops1[key] - drops0[key]
+        return None
+
+    result: dict[str, Any] = {
+        "size": size,
+        "rate": cfg.rate,
+        "relay": _fmt(relay) if relay else None,
+        "seconds": round(elapsed, 4),
+        "sent": sent,
+        "send_errors": errors,
+        "first_error": first_error,
+        "sent_per_s": sent / elapsed if elapsed > 0 else 0.0,
+        "received": received,
+        "received_per_s": received / elapsed if received is not None and elapsed > 0 else None,
+        "loss_pct": (100.0 * (sent - received) / sent) if received is not None and sent else None,
+        "dropped_at_sink": dropped(target),
+        "dropped_at_relay": dropped(relay) if relay else None,
+        "generator_cpu_s": round(gen, 3),
+        "generator_cpu_us_per_datagram": gen / sent * 1e6 if sent else None,
+        "generator_cpu_share": gen / elapsed if elapsed > 0 else None,
+        "generator_cpu_system_share": (split1[1] - split0[1]) / gen if gen > 0 else None,
+        "errors": {"OSError": errors} if errors else {},
+    }
+    if server0 is not None and server1 is not None:
+        result["server_cpu_s"] = round(server1 - server0, 3)
+        result["server_cpu_us_per_datagram"] = ((server1 - server0) / received * 1e6
+                                                if received else None)
+    return result
+
+
 # -- running it ---------------------------------------------------------------------------
 
 
@@ -1312,7 +1956,9 @@ def run(cfg: Config, on_hold: Callable[[dict[str, Any]], None] | None = None) ->
     local: LocalTarget | None = None
     target = cfg.target
     if target is None:
-        local = LocalTarget("sink" if cfg.mode == "throughput" else "echo", cfg.local_target)
+        kind = {"throughput": "sink", "udp-rtt": "udp-echo",
+                "udp-oneway": "udp-sink"}.get(cfg.mode, "echo")
+        local = LocalTarget(kind, cfg.local_target)
         local.start()
         target = local.address
     try:
@@ -1321,6 +1967,10 @@ def run(cfg: Config, on_hold: Callable[[dict[str, Any]], None] | None = None) ->
             data = _throughput(cfg, target)
         elif cfg.mode == "handshake":
             data = _handshake(cfg, target)
+        elif cfg.mode == "udp-rtt":
+            data = _udp_rtt(cfg, target)
+        elif cfg.mode == "udp-oneway":
+            data = _udp_oneway(cfg, target)
         else:
             data = _idle(cfg, target, on_hold)
     finally:
@@ -1332,7 +1982,7 @@ def run(cfg: Config, on_hold: Callable[[dict[str, Any]], None] | None = None) ->
         "target": _fmt(target),
         "auth": cfg.auth is not None,
         "streams": cfg.streams if cfg.mode == "throughput" else None,
-        "concurrency": cfg.concurrency if cfg.mode != "throughput" else None,
+        "concurrency": cfg.concurrency if cfg.mode not in ("throughput", "udp-oneway") else None,
         "connections": cfg.connections if cfg.mode == "idle" else None,
         "duration": cfg.duration,
         "local_target": cfg.local_target if local is not None else None,
@@ -1346,11 +1996,47 @@ def _probe(cfg: Config, target: tuple[str, int]) -> None:
     A wrong address, a refused CONNECT or a target that does not echo is then
     one clear error instead of thousands of counted failures.
     """
+    if cfg.udp:
+        _probe_udp(cfg, target)
+        return
     with open_connection(cfg.proxy, target, cfg.auth) as sock:
         if cfg.mode != "throughput":
             sock.sendall(b"p")
             if _recv_exact(sock, 1, "echo") != b"p":
                 raise SocksError("echo", f"the target {_fmt(target)} does not echo")
+
+
+def _probe_udp(cfg: Config, target: tuple[str, int]) -> None:
+    """One association and one datagram: echoed (udp-rtt) or counted by the sink."""
+    with UdpPath(cfg.proxy, target, cfg.auth) as path:
+        path.sock.settimeout(0.5)
+        if cfg.mode == "udp-rtt":
+            body = b"probe" + os.urandom(11)
+            for _ in range(4):  # a datagram may be lost: a few tries, 2 s in all
+                path.sock.send(path.header + body)
+                try:
+                    data = path.sock.recv(65536)
+                except socket.timeout:
+                    continue
+                payload = parse_udp_reply(data)[2] if path.control is not None else data
+                if payload != body:
+                    raise SocksError("udp", f"the target {_fmt(target)} does not echo datagrams")
+                return
+            raise SocksError("udp", f"no echo from {_fmt(target)} within 2 s"
+                             + (f" through the relay at {_fmt(path.relay)}" if path.relay else ""))
+        before = udp_sink_stats(target)
+        if before is None:
+            return  # not a fastsocks-bench sink: what it receives cannot be told
+        for _ in range(4):
+            path.sock.send(path.header + b"probe")
+            deadline = time.monotonic() + 0.5
+            while time.monotonic() < deadline:
+                now = udp_sink_stats(target)
+                if now is not None and now[0] > before[0]:
+                    return
+                time.sleep(0.02)
+        raise SocksError("udp", f"the sink {_fmt(target)} received nothing within 2 s"
+                         + (f" through the relay at {_fmt(path.relay)}" if path.relay else ""))
 
 
 def _address(text: str) -> tuple[str, int]:
@@ -1378,33 +2064,41 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="fastsocks bench",
         description="Load generator for SOCKS5 servers: bulk throughput, handshake rate, "
-        "idle connections. Without --proxy it measures the direct path (the reference).",
+        "idle connections, UDP ASSOCIATE round trips and one-way datagrams. Without --proxy "
+        "it measures the direct path (the reference).",
         epilog="Loopback only: point --proxy and --target at addresses on this machine.")
     p.add_argument("--proxy", metavar="HOST:PORT", type=_address,
                    help="the SOCKS5 server under test (omit to connect directly)")
     p.add_argument("--user", help="RFC 1929 username")
     p.add_argument("--password", help="RFC 1929 password")
     p.add_argument("--target", metavar="HOST:PORT", type=_address,
-                   help="where to CONNECT: a sink (throughput) or an echo server "
-                   "(handshake, idle); omitted: start one on 127.0.0.1 port 0")
-    p.add_argument("--mode", choices=("throughput", "handshake", "idle"), default="throughput")
+                   help="where to CONNECT (or send datagrams): a sink (throughput), an echo "
+                   "server (handshake, idle), a UDP echo (udp-rtt) or a UDP sink (udp-oneway); "
+                   "omitted: start one on 127.0.0.1 port 0")
+    p.add_argument("--mode", choices=MODES, default="throughput")
     p.add_argument("--streams", type=int, default=1, help="throughput: parallel streams (1)")
     p.add_argument("--concurrency", type=int, default=1,
-                   help="handshake: parallel workers (1); idle: connections opened at once")
+                   help="handshake: parallel workers (1); idle: connections opened at once; "
+                   "udp-rtt: associations, each with one datagram in flight")
     p.add_argument("--connections", type=int, default=1000,
                    help=f"idle: connections to open and hold (1000, at most {MAX_CONNECTIONS})")
     p.add_argument("--duration", type=_positive_float, default=5.0,
                    help="seconds to send / loop / hold (5)")
     p.add_argument("--engine", choices=ENGINES, default="auto",
                    help="handshake/idle client engine: uvloop where installed (auto)")
-    p.add_argument("--local-target", choices=("thread", "process"), default="thread",
+    p.add_argument("--rate", type=float, metavar="N",
+                   help="udp-oneway: send N datagrams/s (paced); omitted: as fast as possible")
+    p.add_argument("--size", type=int, metavar="BYTES",
+                   help=f"UDP payload per datagram ({UDP_RTT_SIZE} for udp-rtt, "
+                   f"{UDP_ONEWAY_SIZE} for udp-oneway)")
+    p.add_argument("--local-target", choices=("thread", "process"),
                    help="without --target: run the sink/echo in a thread of this process "
-                   "(default) or in a child process")
+                   "(default for TCP) or in a child process (default for UDP)")
     p.add_argument("--server-pid", type=int, metavar="PID",
                    help="also report this server's CPU and RSS from /proc "
                    "(the process, its threads and descendants)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
-    p.add_argument("--serve", choices=("sink", "echo"), help=argparse.SUPPRESS)
+    p.add_argument("--serve", choices=TARGET_KINDS, help=argparse.SUPPRESS)
     p.add_argument("--serve-host", default="127.0.0.1", help=argparse.SUPPRESS)
     return p
 
@@ -1447,6 +2141,45 @@ def format_table(result: dict[str, Any]) -> str:
         if "server_cpu_s" in result:
             rows.append(("server CPU", _opt(result.get("server_cpu_us_per_handshake"),
                                             "{:.1f} CPU-µs/handshake")))
+    elif result["mode"] == "udp-rtt":
+        rows += [
+            ("associations", f"{result['concurrency']}, one {result['size']}-byte datagram "
+             "in flight on each" + (f"; relay {result['relay']}" if result.get("relay") else "")),
+            ("seconds", f"{result['seconds']:.2f}"),
+            ("round trips", f"{result['round_trips']} ({result['lost']} lost, "
+             f"{result['late']} late)"),
+            ("rate", f"{result['per_s']:.0f} round trips/s"),
+            ("latency p50", f"{result['p50_us']:.1f} µs"),
+            ("latency p99", f"{result['p99_us']:.1f} µs"),
+            ("generator CPU", _opt(result.get("generator_cpu_us_per_round_trip"),
+                                   "{:.1f} CPU-µs/round trip")
+             + _opt(result.get("generator_cpu_share"), " ({:.0%} of a core)")),
+        ]
+        if "server_cpu_s" in result:
+            rows.append(("server CPU", _opt(result.get("server_cpu_us_per_round_trip"),
+                                            "{:.1f} CPU-µs/round trip")))
+    elif result["mode"] == "udp-oneway":
+        pace = "unpaced" if result["rate"] is None else f"paced at {result['rate']:g}/s"
+        rows += [
+            ("datagrams", f"{result['size']} bytes, {pace}"
+             + (f"; relay {result['relay']}" if result.get("relay") else "")),
+            ("seconds", f"{result['seconds']:.2f}"),
+            ("sent", f"{result['sent']} = {result['sent_per_s']:.0f}/s"
+             + (f" ({result['send_errors']} send errors)" if result["send_errors"] else "")),
+            ("received by sink", "n/a (the target does not report)" if result["received"] is None
+             else f"{result['received']} = {result['received_per_s']:.0f}/s"),
+            ("loss", _opt(result.get("loss_pct"), "{:.2f} %")
+             + ("" if result.get("dropped_at_sink") is None
+                else f"; dropped at the sink's socket: {result['dropped_at_sink']}")
+             + ("" if result.get("dropped_at_relay") is None
+                else f"; at the relay's socket: {result['dropped_at_relay']}")),
+            ("generator CPU", _opt(result.get("generator_cpu_us_per_datagram"),
+                                   "{:.2f} CPU-µs/datagram")
+             + _opt(result.get("generator_cpu_share"), " ({:.0%} of a core)")),
+        ]
+        if "server_cpu_s" in result:
+            rows.append(("server CPU", _opt(result.get("server_cpu_us_per_datagram"),
+                                            "{:.2f} CPU-µs/datagram received")))
     else:
         rows += [
             ("connections", f"{result['opened']} open of {result['requested']} "
@@ -1486,12 +2219,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.user is not None and args.proxy is None:
         print("fastsocks bench: error: --user/--password need --proxy", file=sys.stderr)
         return 2
+    local_target = args.local_target or ("process" if args.mode.startswith("udp-") else "thread")
     cfg = Config(
-        mode=args.mode, proxy=args.proxy,
+        mode=args.mode, proxy=args.proxy, rate=args.rate, size=args.size,
         auth=(args.user, args.password) if args.user is not None else None,
         target=args.target, streams=args.streams, concurrency=args.concurrency,
         connections=args.connections, duration=args.duration, engine=args.engine,
-        local_target=args.local_target, server_pid=args.server_pid,
+        local_target=local_target, server_pid=args.server_pid,
         progress=sys.stderr.isatty(),
     )
     try:
@@ -1513,7 +2247,10 @@ def main(argv: list[str] | None = None) -> int:
     else:
         print(format_table(result))
     # Non-zero when nothing at all was measured (every attempt failed).
-    return 0 if (result.get("handshakes") or result.get("opened") or result.get("bytes")) else 1
+    return 0 if (result.get("handshakes") or result.get("opened") or result.get("bytes")
+                 or result.get("round_trips") or result.get("received")
+                 or (result["mode"] == "udp-oneway" and result.get("received") is None
+                     and result.get("sent"))) else 1
 
 
 if __name__ == "__main__":

@@ -162,3 +162,110 @@ def test_client_encodes_addresses():
         b"\x05\x01\x00\x03\x0bexample.org\x01\xbb")
     assert bench.userpass_request(("u", "p")) == b"\x01\x01u\x01p"
     assert bench.reply_rest(b"\x05\x00\x00\x03\x04") == 6
+
+
+# -- UDP ASSOCIATE modes ------------------------------------------------------------
+
+
+def test_udp_rtt_through_fastsocks(fastsocks_server):
+    """Four associations, each with a datagram in flight, echoed through the proxy."""
+    server = fastsocks_server()
+    fds = server.fd_count()
+    result = bench.run(bench.Config(mode="udp-rtt", proxy=server.address, concurrency=4,
+                                    duration=0.3, local_target="thread",
+                                    server_pid=server.pid))
+    assert result["mode"] == "udp-rtt" and result["concurrency"] == 4
+    assert result["size"] == bench.UDP_RTT_SIZE
+    assert result["round_trips"] > 4, result
+    assert result["errors"] == {}, result["first_error"]
+    assert result["relay"] and result["relay"].startswith("127.0.0.1:")
+    assert 0 < result["p50_us"] <= result["p99_us"] <= result["max_us"]
+    assert result["server_cpu_us_per_round_trip"] is not None
+    # Every association was torn down with its TCP connection (no fds left behind).
+    assert server.wait_for_fds(fds) <= fds
+
+
+def test_udp_rtt_direct_cli_with_a_target_process(capsys):
+    """Without --proxy: the reference; a UDP mode starts its echo in a child process."""
+    assert bench.main(["--mode", "udp-rtt", "--concurrency", "2", "--duration", "0.2",
+                       "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["proxy"] is None and result["local_target"] == "process"
+    assert result["round_trips"] > 2 and result["errors"] == {}
+    assert result["relay"] is None
+
+
+def test_udp_oneway_paced_counts_every_datagram(fastsocks_server):
+    """At 2,000 datagrams/s nothing is lost: the sink counts what was sent."""
+    server = fastsocks_server()
+    result = bench.run(bench.Config(mode="udp-oneway", proxy=server.address, rate=2000,
+                                    duration=0.3, local_target="thread",
+                                    server_pid=server.pid))
+    assert result["size"] == bench.UDP_ONEWAY_SIZE and result["rate"] == 2000
+    assert 300 <= result["sent"] <= 700, result
+    assert result["send_errors"] == 0
+    assert result["received"] == result["sent"] and result["loss_pct"] == 0.0, result
+    assert result["dropped_at_relay"] == 0 and result["dropped_at_sink"] == 0
+    assert result["server_cpu_us_per_datagram"] is not None
+
+
+def test_udp_oneway_unpaced_table(fastsocks_server, capsys):
+    server = fastsocks_server()
+    status = bench.main(["--proxy", _addr(server), "--mode", "udp-oneway", "--duration", "0.2",
+                         "--size", "100", "--local-target", "thread",
+                         "--server-pid", str(server.pid)])
+    out = capsys.readouterr().out
+    assert status == 0, out
+    assert re.search(r"^\| datagrams +\| 100 bytes, unpaced; relay 127\.0\.0\.1:\d+ \|$", out,
+                     re.MULTILINE), out
+    assert re.search(r"^\| received by sink +\| [1-9]\d* = \d+/s \|$", out, re.MULTILINE), out
+    assert "CPU-µs/datagram received" in out
+
+
+def test_udp_sink_reports_counts_and_drops_are_read():
+    with bench.LocalTarget("udp-sink", "thread") as sink:
+        assert bench.udp_sink_stats(sink.address) == (0, 0)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            for size in (10, 20, 30):
+                s.sendto(bytes(size), sink.address)
+        stats = None
+        for _ in range(50):  # bounded: until the sink has seen all three
+            stats = bench.udp_sink_stats(sink.address)
+            if stats == (3, 60):
+                break
+        assert stats == (3, 60)
+        assert bench.udp_socket_drops([sink.address]) == {sink.address: 0}
+        assert bench.udp_socket_drops([("127.0.0.2", sink.address[1])]) == {}
+
+
+def test_udp_associate_refused_is_a_clear_error(capsys):
+    answer = b"\x05\x07\x00\x01" + bytes(6)
+    listener, thread = _one_shot_server(answer)
+    try:
+        with pytest.raises(bench.SocksError, match=r"UDP ASSOCIATE failed with reply X'07' "
+                           r"\(command not supported\)") as info:
+            bench.UdpPath(listener.getsockname(), ("127.0.0.1", 9), timeout=5)
+        assert info.value.reply == 7
+    finally:
+        thread.join(5)
+        listener.close()
+
+
+def test_udp_options_are_checked(capsys):
+    assert bench.main(["--mode", "udp-rtt", "--rate", "100"]) == 2
+    assert "--rate is for udp-oneway only" in capsys.readouterr().err
+    assert bench.main(["--mode", "handshake", "--size", "100"]) == 2
+    assert "--size is for the UDP modes only" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="--concurrency"):
+        bench.Config(mode="udp-rtt", concurrency=bench.UDP_MAX_ASSOCIATIONS + 1).validate()
+
+
+def test_udp_reply_parsing():
+    assert bench.udp_header("127.0.0.1", 9000) == b"\x00\x00\x00\x01\x7f\x00\x00\x01\x23\x28"
+    assert bench.udp_associate_request("0.0.0.0", 0) == b"\x05\x03\x00\x01" + bytes(6)
+    assert bench.parse_udp_reply(bench.udp_header("::1", 53) + b"x") == ("::1", 53, b"x")
+    assert bench.parse_udp_reply(bench.udp_header("localhost", 7) + b"") == ("localhost", 7, b"")
+    for bad in (b"\x00\x00", b"\x01\x00\x00\x01" + bytes(6), b"\x00\x00\x01\x01" + bytes(6),
+                b"\x00\x00\x00\x09" + bytes(6), b"\x00\x00\x00\x01\x7f\x00"):
+        with pytest.raises(bench.SocksError):
+            bench.parse_udp_reply(bad)
