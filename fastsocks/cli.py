@@ -8,9 +8,10 @@ import logging
 import os
 import platform
 import sys
+from typing import Any
 
 from . import __version__, describe_implementation
-from .config import DEFAULT_LISTEN, Settings, parse_listen
+from .config import DEFAULT_LISTEN, Settings, load_config, parse_listen
 from .errors import ConfigError
 
 __all__ = ["main"]
@@ -48,6 +49,11 @@ def _listen(text: str) -> tuple[str, int]:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _format_listen(address: tuple[str, int]) -> str:
+    host, port = address
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 def _serve_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="fastsocks",
@@ -55,46 +61,61 @@ def _serve_parser() -> argparse.ArgumentParser:
         description="SOCKS5 proxy server (RFC 1928, RFC 1929 username/password). "
         "With no arguments it serves on 127.0.0.1:1080 without authentication.",
         epilog="Other commands: 'fastsocks users add|remove FILE NAME' manages a users file; "
-        "'fastsocks bench --proxy HOST:PORT' measures any SOCKS5 server.",
+        "'fastsocks check CONFIG' validates a config file and prints the effective "
+        "configuration; 'fastsocks bench --proxy HOST:PORT' measures any SOCKS5 server.",
     )
     p.add_argument("--version", action="version", version=_version_text())
+    # Every other flag defaults to None, so that only flags actually given
+    # override the config file (see _overrides).
+    p.add_argument("--config", metavar="FILE",
+                   help="read settings, groups and access rules from this TOML file; flags "
+                   "given on the command line override it ('fastsocks check FILE' validates it)")
     p.add_argument("--listen", metavar="HOST:PORT", action="append", type=_listen,
                    help="address to listen on; repeatable; IPv6 as [::1]:1080 "
                    "(default 127.0.0.1:1080)")
     p.add_argument("--users", metavar="FILE",
                    help="require username/password (RFC 1929) checked against FILE: "
                    "'name:hash' lines with bcrypt (htpasswd -B) or argon2id hashes")
-    p.add_argument("--allow-open", action="store_true",
+    p.add_argument("--allow-open", action="store_true", default=None,
                    help="allow listening on a non-loopback address without authentication")
-    p.add_argument("--handshake-timeout", metavar="SECONDS", type=_seconds, default=10.0,
+    p.add_argument("--handshake-timeout", metavar="SECONDS", type=_seconds,
                    help="drop a client that has not sent a complete request in time (default 10)")
-    p.add_argument("--connect-timeout", metavar="SECONDS", type=_seconds, default=10.0,
+    p.add_argument("--connect-timeout", metavar="SECONDS", type=_seconds,
                    help="give up connecting to a target after this long; the client gets "
                    "X'04' host unreachable (default 10)")
-    p.add_argument("--idle-timeout", metavar="SECONDS", type=_seconds, default=300.0,
+    p.add_argument("--idle-timeout", metavar="SECONDS", type=_seconds,
                    help="close a relayed connection after this long without traffic in "
                    "either direction; 0 disables (default 300)")
-    p.add_argument("--bind-timeout", metavar="SECONDS", type=_seconds, default=60.0,
+    p.add_argument("--bind-timeout", metavar="SECONDS", type=_seconds,
                    help="BIND: how long to wait for the incoming connection; the client then "
                    "gets X'06' (default 60)")
     p.add_argument("--bind-address", metavar="IP",
                    help="BIND: listen on this address instead of the one the client reached")
     p.add_argument("--udp-public-address", metavar="IP",
                    help="UDP ASSOCIATE: advertise this address to clients (behind NAT)")
-    p.add_argument("--no-udp-reassembly", dest="udp_reassembly", action="store_false",
+    p.add_argument("--no-udp-reassembly", dest="udp_reassembly", action="store_false", default=None,
                    help="UDP ASSOCIATE: drop fragmented datagrams (FRAG != 0) instead of "
                    "reassembling them")
-    p.add_argument("--workers", metavar="N", type=int, default=1,
+    p.add_argument("--workers", metavar="N", type=int,
                    help="worker processes, each with its own SO_REUSEPORT listeners and "
                    "relay, supervised by a master that restarts one that dies; 0: one "
                    "per CPU (default 1)")
-    p.add_argument("--loop", choices=("auto", "uvloop", "asyncio"), default="auto",
+    p.add_argument("--loop", choices=("auto", "uvloop", "asyncio"),
                    help="event loop: uvloop where installed (auto), or force one")
-    p.add_argument("--relay", choices=("auto", "splice", "protocol"), default="auto",
+    p.add_argument("--relay", choices=("auto", "splice", "protocol"),
                    help="data plane: the splice(2) engine thread where available (auto; "
                    "Linux with the extension), or the asyncio protocol relay")
-    p.add_argument("--log-level", choices=_LOG_LEVELS, default="info",
+    p.add_argument("--log-level", choices=_LOG_LEVELS,
                    help="log verbosity (default info)")
+    p.add_argument("--access-log", metavar="PATH|-",
+                   help="write one line per connection, when it ends, to PATH (appended), "
+                   "or to standard output with '-' (default: none)")
+    p.add_argument("--access-log-format", choices=("text", "json"),
+                   help="access log lines as space-separated text or as JSON objects "
+                   "(default text)")
+    p.add_argument("--metrics", metavar="HOST:PORT", type=_listen,
+                   help="serve Prometheus metrics on http://HOST:PORT/metrics and a health "
+                   "check on /healthz; keep it on loopback (default: off)")
     return p
 
 
@@ -145,6 +166,41 @@ def _users_main(argv: list[str]) -> int:
     return 0
 
 
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The Settings fields set by flags actually given (argparse default None: not given)."""
+    given = {
+        "listen": args.listen,
+        "users_file": args.users,
+        "allow_open": args.allow_open,
+        "handshake_timeout": args.handshake_timeout,
+        "connect_timeout": args.connect_timeout,
+        "idle_timeout": args.idle_timeout,
+        "bind_timeout": args.bind_timeout,
+        "bind_address": args.bind_address,
+        "udp_public_address": args.udp_public_address,
+        "udp_reassembly": args.udp_reassembly,
+        "loop": args.loop,
+        "relay": args.relay,
+        "workers": args.workers,
+        "log_level": args.log_level,
+        "access_log": args.access_log,
+        "access_log_format": args.access_log_format,
+        "metrics_listen": _format_listen(args.metrics) if args.metrics else None,
+    }
+    overrides = {name: value for name, value in given.items() if value is not None}
+    if overrides.get("workers") == 0:
+        overrides["workers"] = os.cpu_count() or 1
+    return overrides
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    """The config file (if any) with the command line on top; defaults for the rest."""
+    overrides = _overrides(args)
+    if args.config:
+        return load_config(args.config, overrides)
+    return Settings(**overrides)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["users"]:
@@ -153,29 +209,23 @@ def main(argv: list[str] | None = None) -> int:
         from .bench import main as bench_main
 
         return bench_main(argv[1:])
+    if argv[:1] == ["check"]:
+        from .configfile import check_main
+
+        return check_main(argv[1:])
     if argv[:1] == ["serve"]:
         argv = argv[1:]
     args = _serve_parser().parse_args(argv)
+    try:
+        settings = _settings(args)
+    except ConfigError as exc:
+        for line in str(exc).splitlines():
+            print(f"fastsocks: error: {line}", file=sys.stderr)
+        return 2
     logging.basicConfig(
-        level=args.log_level.upper(),
+        level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
-    )
-    settings = Settings(
-        listen=args.listen or [DEFAULT_LISTEN],
-        users_file=args.users,
-        allow_open=args.allow_open,
-        handshake_timeout=args.handshake_timeout,
-        connect_timeout=args.connect_timeout,
-        idle_timeout=args.idle_timeout,
-        bind_timeout=args.bind_timeout,
-        bind_address=args.bind_address,
-        udp_public_address=args.udp_public_address,
-        udp_reassembly=args.udp_reassembly,
-        loop=args.loop,
-        relay=args.relay,
-        workers=args.workers if args.workers != 0 else (os.cpu_count() or 1),
-        log_level=args.log_level,
     )
     from .server import run
 

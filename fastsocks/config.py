@@ -6,6 +6,7 @@ import ipaddress
 import os
 import socket
 from dataclasses import dataclass, field
+from typing import Any
 
 from .errors import ConfigError
 
@@ -75,6 +76,14 @@ class Settings:
     workers: int = 1
     log_level: str = "info"
     backlog: int = 4096
+    # [log] access / access_format and [metrics] in the config file.
+    access_log: str | None = None  # a path, "-" for stdout, or None: no access log
+    access_log_format: str = "text"  # "text" or "json"
+    metrics_listen: str | None = None  # HOST:PORT of the metrics listener, None: off
+    # [[rules]] (compiled fastsocks.rules.Rule objects, in order) and [groups].
+    rules: list[Any] = field(default_factory=list)
+    groups: dict[str, list[str]] = field(default_factory=dict)
+    config_file: str | None = None  # where these settings came from, if a file
 
     def validate(self) -> None:
         for name in ("handshake_timeout", "connect_timeout", "bind_timeout"):
@@ -112,3 +121,14 @@ class Settings:
                     "--users FILE (create one with 'fastsocks users add FILE NAME'), or pass "
                     "--allow-open to run an open proxy knowingly."
                 )
+
+
+def load_config(path: str | os.PathLike[str], overrides: dict[str, Any] | None = None) -> Settings:
+    """Settings from a TOML config file, ``overrides`` (Settings fields) on top.
+
+    Raises ConfigError naming the file, the key and what is allowed; see
+    ``fastsocks.configfile`` for the schema.  Reusable for a reload.
+    """
+    from .configfile import load_config as _load
+
+    return _load(path, overrides)

@@ -12,10 +12,14 @@ import sys
 from typing import Any
 
 from . import __version__, describe_implementation
+from .accesslog import AccessLog, check_access_log
 from .auth import Users
-from .config import Settings
+from .config import Settings, parse_listen
 from .errors import ConfigError
+from .metrics import (cleanup_multiprocess, get_metrics, serve_metrics, setup_multiprocess,
+                      worker_exited)
 from .relay import Engine
+from .rules import Policy, build_policy
 from .session import Session
 
 __all__ = ["Server", "run", "new_event_loop", "loop_name"]
@@ -58,6 +62,16 @@ class Server:
         self.addresses: list[str] = []
         self.engine: Any = None
         self._stopped = asyncio.Event()
+        # Access rules and the SSRF-safe default; None when there is nothing to
+        # check (no rules, loopback listeners only): one attribute test per request.
+        self.policy: Policy | None = build_policy(settings)
+        # Observers; None when not configured, which is all a session checks.
+        self.metrics: Any = get_metrics() if settings.metrics_listen else None
+        if self.metrics is not None:
+            self.metrics.start_flushing(self.loop)
+        self.access_log: AccessLog | None = None
+        if settings.access_log:
+            self.access_log = AccessLog(settings.access_log, settings.access_log_format, self.loop)
 
     @property
     def relay_name(self) -> str:
@@ -100,6 +114,10 @@ class Server:
             engine.stop()
             self.loop.remove_reader(engine.done_fileno)
             engine.collect()
+        if self.access_log is not None:
+            self.access_log.flush()
+        if self.metrics is not None:
+            self.metrics.stop_flushing()  # a worker's last counts, before it exits
         self._stopped.set()
 
     async def wait_stopped(self) -> None:
@@ -107,11 +125,35 @@ class Server:
         for listener in self.listeners:
             await listener.wait_closed()
 
+    @property
+    def serving(self) -> bool:
+        """Listening and not stopping (``/healthz``; read from another thread)."""
+        return bool(self.listeners) and not self._stopped.is_set()
+
+    async def close_observers(self, timeout: float = 1.0) -> None:
+        """After ``stop()``: let relays still closing report; last metrics; close the log."""
+        deadline = self.loop.time() + timeout
+        while self.sessions and self.loop.time() < deadline:
+            await asyncio.sleep(0.01)
+        if self.metrics is not None:
+            self.metrics.flush()
+        if self.access_log is not None:
+            self.access_log.close()
+            self.access_log = None
+
 
 async def _serve(settings: Settings, users: Users | None, worker: int | None = None,
                  ready_fd: int | None = None) -> None:
     server = Server(settings, users)
     await server.start(reuse_port=worker is not None)
+    exporter = None
+    if worker is None and settings.metrics_listen:  # workers: the master serves them
+        try:
+            exporter = serve_metrics(parse_listen(settings.metrics_listen), lambda: server.serving)
+        except BaseException:
+            server.stop()
+            await server.close_observers(0)
+            raise
     loop = server.loop
     if sys.platform != "win32":
         for signum in (signal.SIGINT, signal.SIGTERM):
@@ -130,6 +172,9 @@ async def _serve(settings: Settings, users: Users | None, worker: int | None = N
         await server.wait_stopped()
     finally:
         server.stop()
+        if exporter is not None:
+            exporter.close()
+        await server.close_observers()
     if worker is None:
         log.info("fastsocks stopped")
 
@@ -158,6 +203,12 @@ def run(settings: Settings) -> int:
     """Validate ``settings``, load the users file, and serve until stopped."""
     settings.validate()
     users = Users.load(settings.users_file) if settings.users_file else None
+    if settings.access_log:
+        check_access_log(settings.access_log)  # fail now, not in each worker
+    if settings.access_log_format not in ("text", "json"):
+        raise ConfigError(f"access log format {settings.access_log_format!r}: use text or json")
+    if settings.metrics_listen:
+        parse_listen(settings.metrics_listen)  # a bad address is a start-up error
     if settings.workers <= 1:
         _run_loop(settings, users)
         return 0
@@ -167,18 +218,50 @@ def run(settings: Settings) -> int:
     addresses = [sock.getsockname()[:2] for sock in reserved]
     worker_settings = dataclasses.replace(settings, listen=addresses)
 
+    # Metrics across workers: each writes its values to files in this
+    # directory (set before any fork), the master serves their sum from a
+    # thread started once the workers are forked.
+    metrics_dir = setup_multiprocess() if settings.metrics_listen else None
+    exporter: list[Any] = []
+    try:
+        if settings.metrics_listen:
+            exporter.append(serve_metrics(parse_listen(settings.metrics_listen),
+                                          lambda: bool(master.pids) and not master.stopping,
+                                          start=False))
+    except BaseException:
+        for sock in reserved:
+            sock.close()
+        if metrics_dir is not None:
+            cleanup_multiprocess(metrics_dir)
+        raise
+
     def worker_main(index: int, ready_fd: int) -> None:
         for sock in reserved:
             sock.close()
+        for listener in exporter:  # the master's metrics listener, not ours
+            listener.httpd.socket.close()
         _run_loop(worker_settings, users, index, ready_fd)
 
     master = Master(settings, reserved, worker_main)
     relay = "splice engine" if Engine is not None and settings.relay != "protocol" else "protocol relay"
     loop = "uvloop" if settings.loop != "asyncio" and _have_uvloop() else "asyncio"
-    code = master.run_with_announce(
-        lambda: log.info("fastsocks %s listening on %s (%s)", __version__,
-                         ", ".join(_format_address(a) for a in addresses),
-                         _describe(settings, users, relay, loop)))
+
+    def announce() -> None:
+        for listener in exporter:
+            listener.start()
+        log.info("fastsocks %s listening on %s (%s)", __version__,
+                 ", ".join(_format_address(a) for a in addresses),
+                 _describe(settings, users, relay, loop))
+
+    if metrics_dir is not None:
+        master.on_exit = worker_exited
+    try:
+        code = master.run_with_announce(announce)
+    finally:
+        for listener in exporter:
+            listener.close()
+        if metrics_dir is not None:
+            cleanup_multiprocess(metrics_dir)
     return code
 
 

@@ -17,10 +17,13 @@ import socket
 from typing import TYPE_CHECKING, Any
 
 from . import codec
+from .accesslog import close_reason
 from .constants import Command, Method, Reply
 from .errors import ProtocolError
 from .relay import Relay
 from .resolver import ConnectError, Connector, literal_addresses, resolve, unmapped
+from .rules import UNKNOWN, TargetFilter, describe_target
+from .rules import log as rules_log
 from .udp import UdpAssociation
 
 if TYPE_CHECKING:
@@ -63,6 +66,9 @@ class Session(asyncio.Protocol):
         "reply_to",
         "udp",
         "connector",
+        "reply",
+        "dialled",
+        "targets",
     )
 
     def __init__(self, server: Server) -> None:
@@ -81,6 +87,12 @@ class Session(asyncio.Protocol):
         self.reply_to: tuple[str, int] = ("0.0.0.0", 0)
         self.udp: UdpAssociation | None = None
         self.connector: Connector | None = None
+        # For the access log and metrics: the last reply code sent (None: none)
+        # and the sockaddr connected to (CONNECT) or accepted from (BIND).
+        self.reply: int | None = None
+        self.dialled: Any = None
+        # Access rules for this request (None: the server has no policy).
+        self.targets: TargetFilter | None = None
 
     # -- asyncio protocol -------------------------------------------------
 
@@ -91,6 +103,8 @@ class Session(asyncio.Protocol):
         self.started = server.loop.time()
         server.sessions.add(self)
         self.timer = server.loop.call_later(server.settings.handshake_timeout, self._handshake_timeout)
+        if server.metrics is not None:
+            server.metrics.opened()
 
     def data_received(self, data: bytes) -> None:
         if self.codec is None:
@@ -154,6 +168,7 @@ class Session(asyncio.Protocol):
             return
         data = self.codec.send_auth_status(ok)
         if not ok:
+            self.user = name  # only for the access log: the session ends here
             self._fail(data, f"authentication failed for user {name!r}")
             return
         self.user = name
@@ -168,6 +183,11 @@ class Session(asyncio.Protocol):
             self.timer.cancel()
             self.timer = None
         command = request.command
+        if self.server.metrics is not None:
+            self.server.metrics.requested(command)
+        policy = self.server.policy
+        if policy is not None and not self._admit(policy, request):
+            return
         if command == Command.CONNECT:
             addresses = literal_addresses(request.host, request.port)
             if addresses is None:
@@ -183,6 +203,49 @@ class Session(asyncio.Protocol):
         request = self.request
         return f"{Command(request.command).name} {request.host} port {request.port}"
 
+    # -- access rules (fastsocks/rules.py has the semantics) ------------------
+
+    def _admit(self, policy: Any, request: Any) -> bool:
+        """Pass 1 on the request; False when denied (X'02' sent, closing).
+
+        An IP literal is judged completely here; a name again per resolved
+        address (``_allowed``).  A BIND to 0.0.0.0 (any peer) and a UDP
+        ASSOCIATE name no destination yet: their peer and each datagram's
+        target are judged when they are known.
+        """
+        peer = self.peer
+        command = request.command
+        targets = self.targets = TargetFilter(
+            policy, policy.subject(peer[0] if peer else None, self.user), command)
+        if command == Command.UDP_ASSOCIATE:  # DST is where the client sends from
+            denial = policy.check(command, targets.subject, UNKNOWN, UNKNOWN, UNKNOWN)
+        elif command == Command.BIND and request.host in ("0.0.0.0", "::"):
+            denial = policy.check(command, targets.subject, None, UNKNOWN, request.port)
+        else:
+            denial = targets.early(request.host, request.port)
+        if denial is None:
+            return True
+        self._deny(denial)
+        return False
+
+    def _allowed(self, addresses: list[Any]) -> list[Any]:
+        """Pass 2: the resolved addresses the rules allow; none: denied (X'02')."""
+        request = self.request
+        targets = self.targets
+        allowed = targets.allowed(request.host, request.port, addresses)
+        if not allowed:
+            self._deny(targets.denial, addresses[0][1][0] if addresses else None)
+        return allowed
+
+    def _deny(self, denial: Any, address: str | None = None) -> None:
+        """A rule or the SSRF default refused: log at INFO, reply X'02', close."""
+        request = self.request
+        what = describe_target(request.command, request.host, request.port, address)
+        if rules_log.isEnabledFor(logging.INFO):
+            user = f" user {self.user!r}" if self.user is not None else ""
+            rules_log.info("%s%s %s: %s", _format_peer(self.peer), user, what, denial)
+        self._fail(self.codec.send_reply(Reply.NOT_ALLOWED), f"{what}: {denial}")
+
     # -- CONNECT ----------------------------------------------------------
 
     async def _resolve_then_connect(self, request: Any) -> None:
@@ -193,6 +256,10 @@ class Session(asyncio.Protocol):
                 self._fail(self.codec.send_reply(exc.reply), f"{self._what()}: {exc.reason}")
             return
         if not self.closed:
+            if self.targets is not None:
+                addresses = self._allowed(addresses)
+                if not addresses:
+                    return
             self._connect(addresses)
 
     def _connect(self, addresses: list[Any]) -> None:
@@ -201,7 +268,9 @@ class Session(asyncio.Protocol):
         self.connector.start()
 
     def _on_connected(self, sock: Any, error: ConnectError | None) -> None:
-        self.connector = None
+        connector, self.connector = self.connector, None
+        if error is None and connector is not None:
+            self.dialled = connector.sockaddr
         if error is not None:
             if not self.closed:
                 self._fail(self.codec.send_reply(error.reply), f"{self._what()}: {error.reason}")
@@ -244,12 +313,20 @@ class Session(asyncio.Protocol):
             listener.listen(1)
             host, port = listener.getsockname()[:2]
             self.transport.write(self.codec.send_reply(Reply.SUCCEEDED, unmapped(host), port))
+            self._replied(Reply.SUCCEEDED)
             sock, peer = await asyncio.wait_for(loop.sock_accept(listener), settings.bind_timeout)
+            self.dialled = peer
             if expected is not None and unmapped(peer[0]) not in expected:
                 sock.close()
                 self._fail(self.codec.send_reply(Reply.NOT_ALLOWED),
                            f"{self._what()}: refused a connection from {peer[0]} port {peer[1]}")
                 return
+            if self.targets is not None:  # access rules: dst is the peer for BIND
+                denial = self.targets.judge(request.host, request.port, peer[0])
+                if denial is not None:
+                    sock.close()
+                    self._deny(denial, unmapped(peer[0]))
+                    return
         except asyncio.TimeoutError:
             if not self.closed:
                 self._fail(self.codec.send_reply(Reply.TTL_EXPIRED),
@@ -276,6 +353,7 @@ class Session(asyncio.Protocol):
         self.udp = UdpAssociation(self.server.loop, client[0], request.port, local,
                                   settings.idle_timeout, settings.udp_reassembly,
                                   lambda: self._close("UDP association idle"))
+        self.udp.targets = self.targets  # access rules per datagram target
         try:
             host, port = await self.udp.open()
         except OSError as exc:
@@ -286,6 +364,7 @@ class Session(asyncio.Protocol):
             return
         advertised = settings.udp_public_address or unmapped(host)
         self.transport.write(self.codec.send_reply(Reply.SUCCEEDED, advertised, port))
+        self._replied(Reply.SUCCEEDED)
         self.codec = None
         self.task = None
         # The TCP connection now only says how long the association lives.
@@ -330,6 +409,7 @@ class Session(asyncio.Protocol):
             relay.upstream.transport.abort()
             return
         self.transport.write(self.codec.send_reply(Reply.SUCCEEDED, *self.reply_to))
+        self._replied(Reply.SUCCEEDED)
         pending = self.codec.trailing_data
         self.codec = None  # the negotiation is over; free its buffer
         relay.start(self.transport, pending)
@@ -355,6 +435,7 @@ class Session(asyncio.Protocol):
         except BaseException:
             os.close(client_fd)
             raise
+        self._replied(Reply.SUCCEEDED)  # the engine sends it first thing
         # The engine holds a duplicate; closing the transport's own descriptor
         # removes it from the event loop without touching the connection.
         transport.abort()
@@ -363,6 +444,7 @@ class Session(asyncio.Protocol):
         self.closed = True
         self.server.sessions.discard(self)
         self._log_relayed(reason, bytes_up, bytes_down)
+        self._report(reason, bytes_up, bytes_down)
 
     def _log_relayed(self, reason: str, bytes_up: int, bytes_down: int) -> None:
         if not log.isEnabledFor(logging.DEBUG):
@@ -380,6 +462,23 @@ class Session(asyncio.Protocol):
         self.closed = True
         self.server.sessions.discard(self)
         self._log_relayed(relay.reason, relay.bytes_up, relay.bytes_down)
+        self._report(relay.reason, relay.bytes_up, relay.bytes_down)
+
+    def _replied(self, code: int) -> None:
+        """A reply to the request went out (access log, metrics)."""
+        first = self.reply is None
+        self.reply = code
+        metrics = self.server.metrics
+        if metrics is not None:
+            metrics.replied(self, code, first)
+
+    def _report(self, reason: str, bytes_up: int, bytes_down: int) -> None:
+        """The connection ended: one access log line, the metrics; only where configured."""
+        server = self.server
+        if server.metrics is not None:
+            server.metrics.closed(self, close_reason(self, reason), bytes_up, bytes_down)
+        if server.access_log is not None:
+            server.access_log.write(self, reason, bytes_up, bytes_down)
 
     # -- ending -----------------------------------------------------------
 
@@ -391,6 +490,8 @@ class Session(asyncio.Protocol):
         """Send the failure answer, if any, then close (RFC 1928 §6)."""
         if data and not self.transport.is_closing():
             self.transport.write(data)
+        if len(data) >= 10 and data[0] == 5:  # a SOCKS5 reply, not 05 FF or 01 01
+            self._replied(data[1])
         self._close(reason)
 
     def _close(self, reason: str) -> None:
@@ -419,6 +520,9 @@ class Session(asyncio.Protocol):
         self.transport.close()
         if log.isEnabledFor(logging.DEBUG):
             log.debug("%s closed: %s", _format_peer(self.peer), reason)
+        if self.relay is None or not self.relay.started:  # else the relay reports
+            udp = self.udp
+            self._report(reason, udp.bytes_up if udp else 0, udp.bytes_down if udp else 0)
 
     def abort(self, reason: str) -> None:
         """Server shutdown: end this connection now, relay or not."""

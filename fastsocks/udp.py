@@ -114,6 +114,9 @@ class UdpAssociation:
         self._frag_high = 0
         self._frag_timer: asyncio.TimerHandle | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        # Access rules (a rules.TargetFilter), set by the session; None: none.
+        self.targets: Any = None
+        self._denials_logged = False
 
     async def open(self) -> tuple[str, int]:
         """Bind the client-facing socket; returns its address."""
@@ -209,7 +212,11 @@ class UdpAssociation:
         except ConnectError:
             self.dropped += 1
             return
+        targets = self.targets
         if addresses is None:
+            # Access rules, pass 1: a name denied whatever its addresses is not looked up.
+            if targets is not None and self._denied(targets.early(host, port), host, port):
+                return
             if self._pending_resolves >= MAX_PENDING_RESOLVES:
                 self.dropped += 1
                 return
@@ -218,6 +225,11 @@ class UdpAssociation:
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
             return
+        if targets is not None:  # pass 2: only an allowed address is sent to
+            addresses = targets.allowed(host, port, addresses)
+            if not addresses:
+                self._denied(targets.denial, host, port)
+                return
         family, sockaddr = addresses[0]
         transport = self.outbound.get(family)
         if transport is None:
@@ -226,6 +238,18 @@ class UdpAssociation:
             task.add_done_callback(self._tasks.discard)
             return
         self._sendto(transport, payload, sockaddr)
+
+    def _denied(self, denial: Any, host: str, port: int) -> bool:
+        """Drop a datagram the access rules refuse (silently: UDP has no reply)."""
+        if denial is None:
+            return False
+        self.dropped += 1
+        level = logging.DEBUG if self._denials_logged else logging.INFO
+        self._denials_logged = True  # one INFO line per association, then DEBUG
+        if log.isEnabledFor(level):
+            log.log(level, "UDP from %s to %s port %d dropped: %s", self.client_host, host, port,
+                    denial)
+        return True
 
     def _sendto(self, transport: Any, payload: Any, sockaddr: Any) -> None:
         if len(self.peers) < MAX_PEERS:

@@ -76,6 +76,7 @@ class Master:
         self.restarts: dict[int, list[float]] = {}
         self.stopping = False
         self.signalled: list[int] = []
+        self.on_exit: Callable[[int], None] | None = None  # (pid): after a worker is reaped
 
     def run_with_announce(self, announce: Callable[[], None]) -> int:
         """Start every worker, ``announce()`` once all listen, then supervise."""
@@ -141,6 +142,8 @@ class Master:
                 time.sleep(0.05)
                 continue
             index = self.pids.pop(pid, None)
+            if self.on_exit is not None:
+                self.on_exit(pid)
             if index is None or self.stopping:
                 continue
             log.warning("worker %d (pid %d) %s; restarting it", index, pid, _describe(status))

@@ -117,9 +117,18 @@ def test_non_loopback_without_users_refuses_to_start(run_cli):
     assert "Traceback" not in message
 
 
-def test_non_loopback_with_allow_open_starts(fastsocks_server, socks, echo_target):
+def test_non_loopback_with_allow_open_starts(fastsocks_server, socks, echo_target, tmp_path):
+    """--allow-open starts on 0.0.0.0; its SSRF-safe default still keeps
+    loopback targets out unless a rule lets them in."""
     server = fastsocks_server("--listen", "0.0.0.0:0", "--allow-open")
     assert server.host == "0.0.0.0"
+    sock, (rep, _, _) = socks.connect(("127.0.0.1", server.port), *echo_target.address)
+    with sock:
+        assert rep == 0x02
+        assert socks.read_until_closed(sock) == b""
+    config = tmp_path / "allow-loopback.toml"
+    config.write_text('[[rules]]\naction = "allow"\ndst = ["127.0.0.1/32"]\n')
+    server = fastsocks_server("--config", str(config), "--listen", "0.0.0.0:0", "--allow-open")
     sock, (rep, _, _) = socks.connect(("127.0.0.1", server.port), *echo_target.address)
     with sock:
         assert rep == 0

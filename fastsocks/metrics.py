@@ -1,0 +1,419 @@
+"""Prometheus metrics, and the HTTP listener that serves them.
+
+The session reports to ``Metrics`` at four points only: accept, request,
+reply and close, each a few increments of plain integers (no label lookup, no
+lock, no formatting), and only when ``--metrics`` is given; otherwise the
+session sees ``server.metrics is None`` and pays one attribute test per point.
+The integers reach prometheus_client's objects in batches (``flush()``).
+
+Byte counts come from the relay, which reports them when a connection ends:
+``fastsocks_bytes_total`` grows when a connection closes, so the bytes of a
+long-lived connection appear when it ends, all at once.
+
+Across workers (``--workers N``) prometheus_client's multiprocess mode keeps
+the numbers right: the master points ``PROMETHEUS_MULTIPROC_DIR`` at a fresh
+temporary directory before forking, each worker writes its values to
+memory-mapped files there, the master serves the sum of them all (a dead
+worker's counters stay counted; its live gauges are dropped), and removes the
+directory when it exits.
+
+prometheus_client is imported lazily: whether its values live in memory or in
+files is decided when it is first imported, so the master must set the
+directory first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import http.server
+import ipaddress
+import logging
+import os
+import shutil
+import socket
+import tempfile
+import threading
+from typing import TYPE_CHECKING, Any, Callable
+
+if TYPE_CHECKING:
+    from .session import Session
+
+__all__ = ["Metrics", "get_metrics", "MetricsServer", "serve_metrics", "multiprocess_dir",
+           "setup_multiprocess", "worker_exited", "cleanup_multiprocess", "NAMES"]
+
+log = logging.getLogger("fastsocks.metrics")
+
+#: Every metric fastsocks exports (counters without their ``_total`` suffix
+#: are exposed with it, as Prometheus names counters).
+NAMES = (
+    "fastsocks_connections_total",
+    "fastsocks_connections_active",
+    "fastsocks_handshake_duration_seconds",
+    "fastsocks_replies_total",
+    "fastsocks_bytes_total",
+    "fastsocks_auth_failures_total",
+    "fastsocks_rule_denials_total",
+    "fastsocks_timeouts_total",
+    "fastsocks_udp_datagrams_total",
+)
+
+_COMMANDS = {1: "connect", 2: "bind", 3: "udp_associate"}
+# Seconds; a loopback handshake takes a few hundred microseconds, one that
+# resolves a name and connects across the world tens to hundreds of ms.
+_HANDSHAKE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+                      1.0, 2.5, 5.0, 10.0)
+# Close reasons (see ``accesslog.close_reason``) that are timeouts, by kind.
+_TIMEOUT_KINDS = {
+    "handshake_timeout": "handshake",
+    "connect_timeout": "connect",
+    "idle_timeout": "idle",
+    "bind_timeout": "bind",
+}
+
+_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+# Slots of ``Metrics.counts``: commands (none, connect, bind, udp_associate),
+# reply codes 0 to 8, then the single counters, the timeouts, the buckets.
+_REPLY_CODES = 9
+_REPLY = 4
+_BYTES_UP = _REPLY + _REPLY_CODES
+_BYTES_DOWN = _BYTES_UP + 1
+_DGRAMS_UP = _BYTES_UP + 2
+_DGRAMS_DOWN = _BYTES_UP + 3
+_AUTH_FAILURES = _BYTES_UP + 4
+_RULE_DENIALS = _BYTES_UP + 5
+_TIMEOUT_SLOTS = {reason: _RULE_DENIALS + 1 + i for i, reason in enumerate(_TIMEOUT_KINDS)}
+_BUCKET = _RULE_DENIALS + 1 + len(_TIMEOUT_KINDS)
+
+
+class Metrics:
+    """The fastsocks metrics of this process.
+
+    The event loop counts in plain Python integers (a list increment per
+    event, well under a microsecond per connection); ``flush()`` moves what
+    changed into the prometheus_client objects, under a lock: from a timer on
+    the loop once a second, when the server stops, and (one process) right
+    before each scrape, so a scrape sees every connection closed before it.
+    In multiprocess mode the master cannot ask a worker to flush, so a scrape
+    there may be up to a second behind, and a worker that crashes loses at
+    most its last second of counts.
+    """
+
+    def __init__(self, registry: Any) -> None:
+        from prometheus_client import Counter, Gauge, Histogram
+
+        self.connections_total = Counter(
+            "fastsocks_connections_total", "Client connections accepted, by SOCKS command "
+            "(none: closed before a valid request)", ["command"], registry=registry)
+        self.connections_active = Gauge(
+            "fastsocks_connections_active", "Client connections open now",
+            registry=registry, multiprocess_mode="livesum")
+        self.handshake_duration = Histogram(
+            "fastsocks_handshake_duration_seconds", "From accepting a connection to the "
+            "reply to its request (first reply for BIND)", buckets=_HANDSHAKE_BUCKETS,
+            registry=registry)
+        self.replies_total = Counter(
+            "fastsocks_replies_total", "SOCKS5 replies sent, by reply code (RFC 1928 section 6)",
+            ["code"], registry=registry)
+        self.bytes_total = Counter(
+            "fastsocks_bytes_total", "Payload bytes relayed (up: client to target; counted "
+            "when a connection or UDP association ends)", ["direction"], registry=registry)
+        self.auth_failures_total = Counter(
+            "fastsocks_auth_failures_total", "Failed username/password authentications",
+            registry=registry)
+        self.rule_denials_total = Counter(
+            "fastsocks_rule_denials_total", "Requests denied by an access rule (reply X'02')",
+            registry=registry)
+        self.timeouts_total = Counter(
+            "fastsocks_timeouts_total", "Connections ended by a timeout, by kind",
+            ["kind"], registry=registry)
+        self.udp_datagrams_total = Counter(
+            "fastsocks_udp_datagrams_total", "UDP ASSOCIATE datagrams relayed (counted when "
+            "the association ends)", ["direction"], registry=registry)
+
+        # What each slot of ``counts`` feeds; binding every label child now
+        # also makes every series visible (at 0) from the first scrape.
+        children: list[Any] = [self.connections_total.labels(name)
+                               for name in ("none", *_COMMANDS.values())]
+        children += [self.replies_total.labels(str(code)) for code in range(_REPLY_CODES)]
+        children += [self.bytes_total.labels("up"), self.bytes_total.labels("down"),
+                     self.udp_datagrams_total.labels("up"),
+                     self.udp_datagrams_total.labels("down"),
+                     self.auth_failures_total, self.rule_denials_total]
+        children += [self.timeouts_total.labels(kind) for kind in _TIMEOUT_KINDS.values()]
+        # The histogram takes whole bucket counts at a flush, through its own
+        # per-bucket values (non-cumulative, as observe() keeps them); where a
+        # prometheus_client lacks them, each handshake is observed directly.
+        hist = self.handshake_duration
+        buckets, hist_sum = getattr(hist, "_buckets", None), getattr(hist, "_sum", None)
+        self._batch_histogram = (isinstance(buckets, list) and hasattr(hist_sum, "inc")
+                                 and len(buckets) == len(_HANDSHAKE_BUCKETS) + 1)
+        if self._batch_histogram:
+            children += buckets
+            self._hist_sum = hist_sum
+        self._children = children
+        self.counts = [0] * len(children)  # written by the event loop only
+        self._flushed = [0] * len(children)
+        self.handshake_sum = 0.0
+        self._flushed_sum = 0.0
+        self.active = 0
+        self._lock = threading.Lock()
+        self._timer: Any = None
+
+    # -- what a session reports: accept, request, reply, close ------------------
+
+    def opened(self) -> None:
+        self.active += 1
+
+    def requested(self, command: int) -> None:
+        self.counts[command if 0 < command <= 3 else 0] += 1
+
+    def replied(self, session: Session, code: int, first: bool) -> None:
+        if code < _REPLY_CODES:
+            self.counts[_REPLY + code] += 1
+        else:  # not a code fastsocks sends; counted all the same
+            self.replies_total.labels(str(code)).inc()
+        if first:
+            seconds = session.server.loop.time() - session.started
+            if self._batch_histogram:
+                # le: the first bucket whose bound is >= seconds (+Inf last).
+                self.counts[_BUCKET + bisect.bisect_left(_HANDSHAKE_BUCKETS, seconds)] += 1
+                self.handshake_sum += seconds
+            else:
+                self.handshake_duration.observe(seconds)
+
+    def closed(self, session: Session, reason: str, bytes_up: int, bytes_down: int) -> None:
+        counts = self.counts
+        self.active -= 1
+        if session.request is None:
+            counts[0] += 1
+        counts[_BYTES_UP] += bytes_up
+        counts[_BYTES_DOWN] += bytes_down
+        udp = session.udp
+        if udp is not None:
+            counts[_DGRAMS_UP] += udp.datagrams_up
+            counts[_DGRAMS_DOWN] += udp.datagrams_down
+        if reason in _TIMEOUT_SLOTS:
+            counts[_TIMEOUT_SLOTS[reason]] += 1
+        elif reason == "auth_failed":
+            counts[_AUTH_FAILURES] += 1
+        elif reason == "rule_denied":
+            counts[_RULE_DENIALS] += 1
+
+    # -- into prometheus_client -------------------------------------------------
+
+    def flush(self) -> None:
+        """Move what changed since the last flush into the exported values."""
+        with self._lock:
+            counts, flushed = self.counts, self._flushed
+            for i, child in enumerate(self._children):
+                delta = counts[i] - flushed[i]
+                if delta:
+                    child.inc(delta)
+                    flushed[i] += delta
+            if self._batch_histogram:
+                total = self.handshake_sum
+                if total != self._flushed_sum:
+                    self._hist_sum.inc(total - self._flushed_sum)
+                    self._flushed_sum = total
+            self.connections_active.set(self.active)
+
+    def start_flushing(self, loop: asyncio.AbstractEventLoop, interval: float = 1.0) -> None:
+        """Flush from a timer on ``loop`` until ``stop_flushing()``."""
+        if self._timer is not None:
+            return
+
+        def tick() -> None:
+            self.flush()
+            self._timer = loop.call_later(interval, tick)
+
+        self._timer = loop.call_later(interval, tick)
+
+    def stop_flushing(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self.flush()
+
+
+# -- one set of metrics per process -------------------------------------------
+
+_metrics: Metrics | None = None
+_registry: Any = None
+
+
+def _process_registry() -> Any:
+    """The registry to serve from this process (aggregated in multiprocess mode)."""
+    global _registry
+    if _registry is None:
+        from prometheus_client import (CollectorRegistry, ProcessCollector,
+                                       disable_created_metrics, multiprocess)
+
+        # No *_created series: half the exposition, and nothing a dashboard uses.
+        disable_created_metrics()
+
+        registry = CollectorRegistry()
+        path = os.environ.get(_ENV)
+        if path:
+            multiprocess.MultiProcessCollector(registry, path=path)
+        else:
+            ProcessCollector(registry=registry)
+        _registry = registry
+    return _registry
+
+
+def get_metrics() -> Metrics:
+    """This process's metrics, created on first use (in a worker: after the fork)."""
+    global _metrics
+    if _metrics is None:
+        # In multiprocess mode values live in files and the master aggregates
+        # them; registering them here too would only serve this worker's part.
+        _metrics = Metrics(None if os.environ.get(_ENV) else _process_registry())
+    return _metrics
+
+
+# -- multiprocess mode (the master of --workers N) ----------------------------
+
+
+def setup_multiprocess() -> str:
+    """Point prometheus_client at a fresh directory; before forking workers."""
+    path = tempfile.mkdtemp(prefix="fastsocks-metrics-")
+    os.environ[_ENV] = path
+    from prometheus_client import values
+
+    # If prometheus_client was imported before (by an embedding application),
+    # its value class was chosen without the directory: choose again.
+    values.ValueClass = values.get_value_class()
+    return path
+
+
+def multiprocess_dir() -> str | None:
+    return os.environ.get(_ENV)
+
+
+def worker_exited(pid: int) -> None:
+    """A worker died: drop its live gauges (its counters stay in the totals)."""
+    path = os.environ.get(_ENV)
+    if path:
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(pid, path)
+
+
+def cleanup_multiprocess(path: str) -> None:
+    shutil.rmtree(path, ignore_errors=True)
+    if os.environ.get(_ENV) == path:
+        del os.environ[_ENV]
+
+
+# -- the HTTP listener ---------------------------------------------------------
+
+
+def is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host.partition("%")[0]).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    server: _HTTPServer
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+        path = self.path.partition("?")[0]
+        if path == "/metrics":
+            from prometheus_client.exposition import choose_encoder
+
+            if _metrics is not None:  # this process counts (one process): be current
+                _metrics.flush()
+
+            # Text format 0.0.4 unless the scraper asks for OpenMetrics.
+            encoder, content_type = choose_encoder(self.headers.get("Accept") or "")
+            try:
+                body = encoder(self.server.registry)
+            except Exception:  # a torn file from a dying worker: say so, don't die
+                log.exception("collecting metrics failed")
+                self._send(500, b"collecting metrics failed\n", "text/plain; charset=utf-8")
+                return
+            self._send(200, body, content_type)
+        elif path == "/healthz":
+            if self.server.healthy():
+                self._send(200, b"ok\n", "text/plain; charset=utf-8")
+            else:
+                self._send(503, b"stopping\n", "text/plain; charset=utf-8")
+        else:
+            self._send(404, b"not found: try /metrics or /healthz\n", "text/plain; charset=utf-8")
+
+    def do_HEAD(self) -> None:  # noqa: N802
+        self.do_GET()
+
+    def _send(self, status: int, body: bytes, content_type: str) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+        pass  # scrapes every few seconds would flood the log
+
+
+class _HTTPServer(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+    registry: Any
+    healthy: Callable[[], bool]
+
+
+class MetricsServer:
+    """``/metrics`` and ``/healthz`` on their own listener, served by a thread."""
+
+    def __init__(self, host: str, port: int, registry: Any, healthy: Callable[[], bool]) -> None:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        cls = type("_MetricsHTTPServer", (_HTTPServer,), {"address_family": family})
+        self.httpd: _HTTPServer = cls((host, port), _Handler)
+        self.httpd.registry = registry
+        self.httpd.healthy = healthy
+        self.address = self.httpd.server_address[:2]
+        self.thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        """Serve from a thread (the master: only after forking its workers)."""
+        self.thread = threading.Thread(target=self.httpd.serve_forever,
+                                       kwargs={"poll_interval": 0.2},
+                                       name="fastsocks-metrics", daemon=True)
+        self.thread.start()
+
+    @property
+    def url(self) -> str:
+        host, port = self.address
+        return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+    def close(self) -> None:
+        if self.thread is not None:
+            self.httpd.shutdown()
+            self.thread.join(5)
+            self.thread = None
+        self.httpd.server_close()
+
+
+def serve_metrics(listen: tuple[str, int], healthy: Callable[[], bool],
+                  start: bool = True) -> MetricsServer:
+    """Listen for this process's registry; warn when it is not loopback."""
+    from .errors import ConfigError
+
+    host, port = listen
+    try:
+        server = MetricsServer(host, port, _process_registry(), healthy)
+    except OSError as exc:
+        raise ConfigError(f"metrics listen {host}:{port}: cannot listen: "
+                          f"{exc.strerror or exc}") from None
+    if not is_loopback(host):
+        log.warning("metrics listen on %s, which is not a loopback address: anyone who can "
+                    "reach it can read the metrics; put it behind a firewall", server.url)
+    if start:
+        server.start()
+    log.info("metrics on %s/metrics", server.url)
+    return server

@@ -1,0 +1,657 @@
+"""Access rules: ordered allow/deny, first match wins, and the SSRF-safe default.
+
+What a rule sees
+----------------
+Every decision is about one attempt: the command (connect, bind, udp), the
+client's IP address, the authenticated user (None without authentication)
+and that user's groups, the destination as requested (a name, or an IP
+literal) and its port, and the IP address actually dialled.
+
+A rule matches when every matcher it has matches (a missing matcher matches
+anything; a list matches when any of its entries does):
+
+* ``src``: the client's address is in one of the CIDRs.
+* ``dst``: the address dialled is in one of the CIDRs.  For an IP-literal
+  request that is the literal; for a name it is each address the name
+  resolves to (so ``dst`` rules are judged after resolution); for BIND it is
+  the peer that connects in; for UDP, each datagram's target.
+* ``domain``: a name was requested and it equals an entry (``example.com``)
+  or is a subdomain of a wildcard entry (``*.example.com``: ``a.example.com``
+  and ``a.b.example.com``, not ``example.com`` itself).  Case-insensitive, a
+  trailing dot ignored.  It never matches an IP-literal request, nor a name
+  that is an IP literal written as text.
+* ``ports``: the requested DST.PORT is one of the ports or in a range.
+* ``users`` / ``groups``: the authenticated user is listed, or is a member of
+  a listed group (``[groups]`` in the config).  Never matches without auth.
+* ``commands``: connect, bind or udp.
+
+Addresses are compared in one form: an IPv4-mapped IPv6 address
+(``::ffff:127.0.0.1``) is its IPv4 address, in rules and in traffic alike.
+
+Two passes
+----------
+The first match among the rules decides.  For a name, the answer may depend
+on its addresses, so the request is judged twice:
+
+1. On the request, before resolution, with the address unknown.  If the first
+   rule that can match is a deny that does not depend on the address (it has
+   no ``dst``), the request is denied without a DNS lookup.
+2. For each resolved address, with the name *and* the address known: the
+   first matching rule decides for that address.  Only allowed addresses are
+   dialled; none allowed is a denial.
+
+An IP-literal request is judged once, completely.  So ``allow domain
+*.corp`` followed by ``deny dst 10.0.0.0/8`` lets names under corp reach
+10/8 while an IP literal in 10/8 (or any other name resolving there) is
+denied; put the deny first and nothing reaches 10/8, names included.
+
+Defaults and the SSRF-safe default
+----------------------------------
+No rule matches: allowed.  But while any listener is on a non-loopback
+address, destinations in loopback, link-local, private, shared (CGNAT) and
+unspecified ranges (``PROTECTED``, IPv4-mapped forms included) are denied
+unless an *explicit* allow rule matches them: an allow rule with a ``dst`` or
+``domain`` matcher.  An allow rule without either (``allow users = [...]``)
+does not open them; it is skipped for such a destination and the search goes
+on.  Deny rules apply as usual.  The SSRF default covers CONNECT and UDP
+targets; BIND dials nothing, so its peer is judged by the rules only.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import socket
+from typing import Any, Iterable, Mapping
+
+from .constants import Command
+
+__all__ = [
+    "Rule",
+    "Policy",
+    "Subject",
+    "Denial",
+    "TargetFilter",
+    "UNKNOWN",
+    "COMMANDS",
+    "RULE_KEYS",
+    "PROTECTED",
+    "ip_key",
+    "compile_rule",
+    "build_policy",
+    "ssrf_default_applies",
+]
+
+log = logging.getLogger("fastsocks.rules")
+
+COMMANDS: dict[str, int] = {
+    "connect": Command.CONNECT,
+    "bind": Command.BIND,
+    "udp": Command.UDP_ASSOCIATE,
+}
+_COMMAND_NAMES = {value: name for name, value in COMMANDS.items()}
+
+RULE_KEYS = ("action", "src", "dst", "domain", "ports", "users", "groups", "commands")
+
+# Destinations the SSRF-safe default protects: (network, what it is).
+PROTECTED: tuple[tuple[str, str], ...] = (
+    ("127.0.0.0/8", "loopback"),
+    ("::1/128", "loopback"),
+    ("169.254.0.0/16", "link-local"),
+    ("fe80::/10", "link-local"),
+    ("10.0.0.0/8", "private"),
+    ("172.16.0.0/12", "private"),
+    ("192.168.0.0/16", "private"),
+    ("fc00::/7", "private"),
+    ("fec0::/10", "private (site-local)"),
+    ("100.64.0.0/10", "shared address space"),
+    ("0.0.0.0/8", "unspecified"),
+    ("::/128", "unspecified"),
+)
+
+
+class _Unknown:
+    """The value of an input not known yet (the address before resolution)."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "UNKNOWN"
+
+
+UNKNOWN: Any = _Unknown()
+
+IpKey = tuple[int, int]  # (4 or 6, the address as an integer)
+Ranges = tuple[tuple[tuple[int, int], ...], tuple[tuple[int, int], ...]]  # (IPv4, IPv6)
+
+_inet_pton = socket.inet_pton
+_AF_INET = socket.AF_INET
+_AF_INET6 = socket.AF_INET6
+_MAPPED = b"\0" * 10 + b"\xff\xff"
+
+
+def ip_key(host: str) -> IpKey | None:
+    """``(4, int)`` or ``(6, int)`` for an IP literal, None for anything else.
+
+    IPv4-mapped IPv6 (``::ffff:a.b.c.d``) becomes IPv4; a scope (``%eth0``) is
+    dropped.  Strict forms only: ``127.1`` is a name here (the resolver turns
+    it into 127.0.0.1, and the second pass judges that address).
+    """
+    try:
+        return (4, int.from_bytes(_inet_pton(_AF_INET, host), "big"))
+    except (OSError, ValueError):
+        pass
+    try:
+        packed = _inet_pton(_AF_INET6, host.partition("%")[0])
+    except (OSError, ValueError):
+        return None
+    if packed[:12] == _MAPPED:
+        return (4, int.from_bytes(packed[12:], "big"))
+    return (6, int.from_bytes(packed, "big"))
+
+
+def _normal_network(net: ipaddress.IPv4Network | ipaddress.IPv6Network
+                    ) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    """``::ffff:10.0.0.0/104`` → ``10.0.0.0/8``: rules and traffic in one form."""
+    if (isinstance(net, ipaddress.IPv6Network) and net.prefixlen >= 96
+            and net.network_address.ipv4_mapped is not None):
+        return ipaddress.IPv4Network((net.network_address.ipv4_mapped, net.prefixlen - 96))
+    return net
+
+
+def _ranges(networks: Iterable[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> Ranges:
+    v4: list[tuple[int, int]] = []
+    v6: list[tuple[int, int]] = []
+    for net in networks:
+        bounds = (int(net.network_address), int(net.broadcast_address))
+        (v4 if net.version == 4 else v6).append(bounds)
+    return tuple(v4), tuple(v6)
+
+
+def _in(ranges: Ranges, key: IpKey) -> bool:
+    n = key[1]
+    for lo, hi in ranges[0] if key[0] == 4 else ranges[1]:
+        if lo <= n <= hi:
+            return True
+    return False
+
+
+def _protected_table(version: int) -> tuple[tuple[int, int, str], ...]:
+    out = []
+    for text, what in PROTECTED:
+        net = ipaddress.ip_network(text)
+        if net.version == version:
+            out.append((int(net.network_address), int(net.broadcast_address), what))
+    return tuple(out)
+
+
+_PROTECTED_V4 = _protected_table(4)
+_PROTECTED_V6 = _protected_table(6)
+
+
+def protected_kind(key: IpKey) -> str | None:
+    """What kind of protected destination ``key`` is, or None."""
+    n = key[1]
+    for lo, hi, what in _PROTECTED_V4 if key[0] == 4 else _PROTECTED_V6:
+        if lo <= n <= hi:
+            return what
+    return None
+
+
+def normal_name(host: str) -> str:
+    """A requested name as rules compare it: lower case, no trailing dot."""
+    return host.lower().rstrip(".")
+
+
+class Subject:
+    """Who is asking: the client's address, the user and the user's groups."""
+
+    __slots__ = ("client", "user", "groups")
+
+    def __init__(self, client: IpKey | None, user: str | None, groups: frozenset[str]) -> None:
+        self.client = client
+        self.user = user
+        self.groups = groups
+
+
+class Denial:
+    """Why an attempt was denied: ``rule`` is the index in [[rules]], None for the SSRF default."""
+
+    __slots__ = ("rule", "kind")
+
+    def __init__(self, rule: int | None, kind: str | None = None) -> None:
+        self.rule = rule
+        self.kind = kind  # for the SSRF default: "loopback", "private", ...
+
+    def __str__(self) -> str:
+        if self.rule is not None:
+            return f"denied by rules[{self.rule}]"
+        return (f"denied by the SSRF-safe default ({self.kind} destination; "
+                "an allow rule with dst or domain can permit it)")
+
+    def __repr__(self) -> str:
+        return f"Denial({self.rule!r}, {self.kind!r})"
+
+
+class Rule:
+    """One compiled ``[[rules]]`` entry."""
+
+    __slots__ = ("index", "allow", "src", "dst", "exact", "suffixes", "has_domain", "ports",
+                 "users", "groups", "commands", "explicit", "spec")
+
+    def __init__(
+        self,
+        index: int,
+        allow: bool,
+        *,
+        src: Iterable[Any] | None = None,
+        dst: Iterable[Any] | None = None,
+        domains: Iterable[str] | None = None,
+        ports: Iterable[tuple[int, int]] | None = None,
+        users: Iterable[str] | None = None,
+        groups: Iterable[str] | None = None,
+        commands: Iterable[int] | None = None,
+        spec: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.index = index
+        self.allow = allow
+        self.src = None if src is None else _ranges(_normal_network(n) for n in src)
+        self.dst = None if dst is None else _ranges(_normal_network(n) for n in dst)
+        self.has_domain = domains is not None
+        exact: set[str] = set()
+        suffixes: set[str] = set()
+        for domain in domains or ():
+            if domain.startswith("*."):
+                suffixes.add(domain[2:])
+            else:
+                exact.add(domain)
+        self.exact = frozenset(exact)
+        self.suffixes = frozenset(suffixes)
+        self.ports = None if ports is None else tuple(ports)
+        self.users = None if users is None else frozenset(users)
+        self.groups = None if groups is None else frozenset(groups)
+        self.commands = None if commands is None else frozenset(commands)
+        # Only a rule that names the destination may open a protected one.
+        self.explicit = self.dst is not None or self.has_domain
+        self.spec = dict(spec or {"action": "allow" if allow else "deny"})
+
+    def __repr__(self) -> str:
+        return f"<Rule rules[{self.index}] {self.spec!r}>"
+
+    def domain_matches(self, name: str) -> bool:
+        if name in self.exact:
+            return True
+        suffixes = self.suffixes
+        if suffixes:
+            i = name.find(".")
+            while i >= 0:
+                if name[i + 1:] in suffixes:
+                    return True
+                i = name.find(".", i + 1)
+        return False
+
+    def match(self, command: int, subject: Subject, name: Any, ip: Any, port: Any) -> bool | None:
+        """True, False, or None when the answer depends on an input still UNKNOWN.
+
+        ``name`` is the normalised requested name, None for an IP-literal
+        request, or UNKNOWN; ``ip`` an ``ip_key`` or UNKNOWN; ``port`` an int
+        or UNKNOWN.
+        """
+        if self.commands is not None and command not in self.commands:
+            return False
+        if self.src is not None and (subject.client is None or not _in(self.src, subject.client)):
+            return False
+        if self.users is not None and subject.user not in self.users:
+            return False
+        if self.groups is not None and self.groups.isdisjoint(subject.groups):
+            return False
+        undecided = False
+        if self.ports is not None:
+            if port is UNKNOWN:
+                undecided = True
+            else:
+                for lo, hi in self.ports:
+                    if lo <= port <= hi:
+                        break
+                else:
+                    return False
+        if self.has_domain:
+            if name is UNKNOWN:
+                undecided = True
+            elif name is None or not self.domain_matches(name):
+                return False
+        if self.dst is not None:
+            if ip is UNKNOWN:
+                undecided = True
+            elif not _in(self.dst, ip):
+                return False
+        return None if undecided else True
+
+
+class Policy:
+    """The compiled rules, the groups, and whether the SSRF default is on.
+
+    A server without rules whose listeners are all loopback has no Policy
+    at all (``build_policy`` returns None), so sessions pay one attribute
+    test.
+    """
+
+    __slots__ = ("rules", "ssrf", "user_groups")
+
+    def __init__(self, rules: Iterable[Rule], groups: Mapping[str, Iterable[str]] | None = None,
+                 ssrf: bool = False) -> None:
+        self.rules = tuple(rules)
+        self.ssrf = ssrf
+        user_groups: dict[str, set[str]] = {}
+        for group, members in (groups or {}).items():
+            for member in members:
+                user_groups.setdefault(member, set()).add(group)
+        self.user_groups = {user: frozenset(g) for user, g in user_groups.items()}
+
+    def subject(self, client_host: str | None, user: str | None) -> Subject:
+        client = ip_key(client_host) if client_host else None
+        groups = self.user_groups.get(user, frozenset()) if user is not None else frozenset()
+        return Subject(client, user, groups)
+
+    def check(self, command: int, subject: Subject, name: Any, ip: Any, port: Any) -> Denial | None:
+        """The first match decides; None: allowed (or not denied before the address is known)."""
+        protected = None
+        if self.ssrf and ip is not UNKNOWN and command != Command.BIND:
+            protected = protected_kind(ip)
+        for rule in self.rules:
+            matched = rule.match(command, subject, name, ip, port)
+            if matched is False:
+                continue
+            if matched is None:
+                return None  # depends on the address: judged again once it is known
+            if rule.allow:
+                if protected is not None and not rule.explicit:
+                    continue  # only an allow that names the destination opens it
+                return None
+            return Denial(rule.index)
+        if protected is not None:
+            return Denial(None, protected)
+        return None
+
+    def check_request(self, command: int, subject: Subject, host: str, port: Any) -> Denial | None:
+        """Pass 1, on the request as sent: complete for an IP literal, early for a name."""
+        key = ip_key(host)
+        if key is not None:
+            return self.check(command, subject, None, key, port)
+        return self.check(command, subject, normal_name(host), UNKNOWN, port)
+
+    def check_address(self, command: int, subject: Subject, host: str, address: str,
+                      port: Any) -> Denial | None:
+        """Pass 2: ``host`` as requested, now dialling ``address`` (an IP literal)."""
+        key = ip_key(address)
+        if key is None:  # not an IP: nothing a dst rule or the SSRF default can judge
+            return Denial(None, "unparsable")
+        name = None if ip_key(host) is not None else normal_name(host)
+        return self.check(command, subject, name, key, port)
+
+
+class TargetFilter:
+    """One session's view of the policy: its subject and command, bound once.
+
+    ``early(host, port)`` is pass 1 (before resolution); ``allowed(host, port,
+    addresses)`` is pass 2: the (family, sockaddr) entries that may be
+    dialled, in order; ``denial`` is then why the first refused one was refused.
+    """
+
+    __slots__ = ("policy", "subject", "command", "denial")
+
+    def __init__(self, policy: Policy, subject: Subject, command: int) -> None:
+        self.policy = policy
+        self.subject = subject
+        self.command = command
+        self.denial: Denial | None = None
+
+    def early(self, host: str, port: Any) -> Denial | None:
+        return self.policy.check_request(self.command, self.subject, host, port)
+
+    def judge(self, host: str, port: Any, address: str) -> Denial | None:
+        """Pass 2 for one address (``host`` as requested)."""
+        return self.policy.check_address(self.command, self.subject, host, address, port)
+
+    def allowed(self, host: str, port: int, addresses: list[Any]) -> list[Any]:
+        policy, subject, command = self.policy, self.subject, self.command
+        self.denial = None
+        out = []
+        for entry in addresses:
+            denial = policy.check_address(command, subject, host, entry[1][0], port)
+            if denial is None:
+                out.append(entry)
+            elif self.denial is None:
+                self.denial = denial
+        return out
+
+
+def ssrf_default_applies(listen: Iterable[tuple[str, int]]) -> bool:
+    """True when any listener is on a non-loopback address."""
+    from .config import is_loopback_host
+
+    return any(not is_loopback_host(host) for host, _ in listen)
+
+
+def build_policy(settings: Any) -> Policy | None:
+    """The Policy for ``settings``, or None when there is nothing to check."""
+    ssrf = ssrf_default_applies(settings.listen)
+    if not settings.rules and not ssrf:
+        return None
+    return Policy(settings.rules, settings.groups, ssrf)
+
+
+# -- compiling [[rules]] entries ------------------------------------------------------
+
+
+def _show(value: Any) -> str:
+    import json
+
+    try:
+        return json.dumps(value, ensure_ascii=False, default=str)
+    except (TypeError, ValueError):
+        return repr(value)
+
+
+def _network(text: str) -> tuple[Any, str | None]:
+    """(network, None) or (None, why)."""
+    try:
+        return ipaddress.ip_network(text, strict=True), None
+    except ValueError:
+        pass
+    try:
+        loose = ipaddress.ip_network(text, strict=False)
+    except ValueError:
+        return None, (f"must be an IP address or a CIDR such as \"10.0.0.0/8\" or \"fd00::/8\", "
+                      f"got {_show(text)}")
+    return None, (f"{_show(text)} has host bits set: write the network, "
+                  f"\"{loose.with_prefixlen}\"")
+
+
+def _port_range(item: Any) -> tuple[tuple[int, int] | None, str | None]:
+    why = f"must be a port (0-65535) or a range \"LOW-HIGH\" such as \"8000-8999\", got {_show(item)}"
+    if isinstance(item, bool):
+        return None, why
+    if isinstance(item, int):
+        return ((item, item), None) if 0 <= item <= 65535 else (None, why)
+    if isinstance(item, str):
+        low, sep, high = item.partition("-")
+        try:
+            lo = int(low.strip(), 10)
+            hi = int(high.strip(), 10) if sep else lo
+        except ValueError:
+            return None, why
+        if 0 <= lo <= hi <= 65535:
+            return (lo, hi), None
+        if 0 <= hi < lo <= 65535:
+            return None, f"the range {_show(item)} is backwards: write \"{hi}-{lo}\""
+    return None, why
+
+
+_LABEL_OK = set("abcdefghijklmnopqrstuvwxyz0123456789-_")
+
+
+def _domain(item: Any) -> tuple[list[str] | None, str | None]:
+    """The normalised forms of a domain entry (Unicode and IDNA), or why not."""
+    why = (f"must be a domain name (\"example.com\") or a wildcard for its subdomains "
+           f"(\"*.example.com\"), got {_show(item)}")
+    if not isinstance(item, str):
+        return None, why
+    text = item.strip().lower()
+    if text.endswith("."):
+        text = text[:-1]
+    wildcard = text.startswith("*.")
+    base = text[2:] if wildcard else text
+    if not base or "*" in base:
+        return None, why
+    if ip_key(base) is not None or ip_key(base.strip("[]")) is not None:
+        return None, f"{_show(item)} is an IP address: match addresses with dst instead"
+    forms = [base]
+    if not base.isascii():
+        try:
+            forms.append(base.encode("idna").decode("ascii"))
+        except UnicodeError:
+            return None, f"{_show(item)} is not a valid internationalised domain name"
+    ascii_form = forms[-1]
+    if len(ascii_form) > 253:
+        return None, f"{_show(item)} is longer than 253 characters"
+    for label in ascii_form.split("."):
+        if not label or len(label) > 63 or not set(label) <= _LABEL_OK:
+            return None, why
+    prefix = "*." if wildcard else ""
+    return [prefix + form for form in dict.fromkeys(forms)], None
+
+
+def _list(value: Any, path: str, what: str, errors: list[tuple[str, str]]) -> list[Any] | None:
+    """A matcher's value as a list (a single value is a list of one)."""
+    if isinstance(value, (list, tuple)):
+        if not value:
+            errors.append((path, f"must not be empty (leave {path.rpartition('.')[2]} out "
+                                 f"to match any {what})"))
+            return None
+        return list(value)
+    if isinstance(value, dict):
+        errors.append((path, f"must be a list of {what}s, got a table"))
+        return None
+    return [value]
+
+
+def _suggest(key: str, allowed: Iterable[str]) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(key, list(allowed), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def compile_rule(index: int, table: Any, groups: Mapping[str, Any],
+                 errors: list[tuple[str, str]]) -> Rule | None:
+    """Compile ``rules[index]``; problems go to ``errors`` as (dotted key, message)."""
+    here = f"rules[{index}]"
+    if not isinstance(table, dict):
+        errors.append((here, f"must be a table with an action, got {_show(table)}"))
+        return None
+    before = len(errors)
+    for key in table:
+        if key not in RULE_KEYS:
+            errors.append((f"{here}.{key}", f"unknown key{_suggest(key, RULE_KEYS)}; a rule has "
+                                            f"{', '.join(RULE_KEYS)}"))
+    action = table.get("action")
+    if action is None:
+        errors.append((f"{here}.action", "missing: every rule needs action = \"allow\" or \"deny\""))
+    elif action not in ("allow", "deny"):
+        errors.append((f"{here}.action", f"must be \"allow\" or \"deny\", got {_show(action)}"))
+    spec: dict[str, Any] = {"action": action}
+    kwargs: dict[str, Any] = {}
+
+    for key in ("src", "dst"):
+        if key not in table:
+            continue
+        items = _list(table[key], f"{here}.{key}", "CIDR", errors)
+        if items is None:
+            continue
+        nets = []
+        for i, item in enumerate(items):
+            if not isinstance(item, str):
+                errors.append((f"{here}.{key}[{i}]", "must be a CIDR string such as "
+                                                     f"\"10.0.0.0/8\", got {_show(item)}"))
+                continue
+            net, why = _network(item.strip())
+            if why is not None:
+                errors.append((f"{here}.{key}[{i}]", why))
+            else:
+                nets.append(_normal_network(net))
+        kwargs[key] = nets
+        spec[key] = [net.with_prefixlen for net in nets]
+
+    if "domain" in table:
+        items = _list(table["domain"], f"{here}.domain", "domain", errors)
+        if items is not None:
+            domains: list[str] = []
+            for i, item in enumerate(items):
+                forms, why = _domain(item)
+                if why is not None:
+                    errors.append((f"{here}.domain[{i}]", why))
+                else:
+                    domains.extend(forms or ())
+            kwargs["domains"] = domains
+            spec["domain"] = list(dict.fromkeys(domains))
+
+    if "ports" in table:
+        items = _list(table["ports"], f"{here}.ports", "port", errors)
+        if items is not None:
+            ports = []
+            for i, item in enumerate(items):
+                bounds, why = _port_range(item)
+                if why is not None:
+                    errors.append((f"{here}.ports[{i}]", why))
+                else:
+                    ports.append(bounds)
+            kwargs["ports"] = ports
+            spec["ports"] = [lo if lo == hi else f"{lo}-{hi}" for lo, hi in ports]
+
+    if "users" in table:
+        items = _list(table["users"], f"{here}.users", "user name", errors)
+        if items is not None:
+            for i, item in enumerate(items):
+                if not isinstance(item, str) or not item:
+                    errors.append((f"{here}.users[{i}]", f"must be a user name, got {_show(item)}"))
+            kwargs["users"] = items
+            spec["users"] = items
+
+    if "groups" in table:
+        items = _list(table["groups"], f"{here}.groups", "group", errors)
+        if items is not None:
+            for i, item in enumerate(items):
+                if not isinstance(item, str) or item not in groups:
+                    defined = ", ".join(sorted(groups)) or "none"
+                    errors.append((f"{here}.groups[{i}]",
+                                   f"must name a group defined in [groups] (defined: {defined}), "
+                                   f"got {_show(item)}"))
+            kwargs["groups"] = items
+            spec["groups"] = items
+
+    if "commands" in table:
+        items = _list(table["commands"], f"{here}.commands", "command", errors)
+        if items is not None:
+            commands = []
+            for i, item in enumerate(items):
+                if item not in COMMANDS:
+                    errors.append((f"{here}.commands[{i}]", "must be \"connect\", \"bind\" or "
+                                                            f"\"udp\", got {_show(item)}"))
+                else:
+                    commands.append(COMMANDS[item])
+            kwargs["commands"] = commands
+            spec["commands"] = [_COMMAND_NAMES[c] for c in commands]
+
+    if len(errors) > before:
+        return None
+    return Rule(index, action == "allow", spec=spec, **kwargs)
+
+
+def describe_target(command: int, host: str, port: int, address: str | None = None) -> str:
+    """``CONNECT example.com port 443 (10.0.0.5)`` for log lines."""
+    name = Command(command).name if command in _COMMAND_NAMES else str(command)
+    text = f"{name} {host} port {port}"
+    if address is not None and address != host:
+        text += f" ({address})"
+    return text

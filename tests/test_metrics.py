@@ -1,0 +1,339 @@
+"""Prometheus metrics on ``--metrics HOST:PORT``: /metrics and /healthz.
+
+Real ``fastsocks`` processes, scraped over HTTP with http.client and parsed
+with prometheus_client's own exposition parser; loopback only.  Counters of a
+relayed connection move when it closes, so checks poll (bounded).
+"""
+
+from __future__ import annotations
+
+import http.client
+import os
+import re
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from fastsocks.metrics import NAMES, is_loopback
+
+WAIT = 10.0
+
+_METRICS_RE = re.compile(r"metrics on http://(?:\[(?P<v6>[^\]]+)\]|(?P<v4>[^:/]+)):(?P<port>\d+)/metrics")
+
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def _metrics_address(server: Any) -> tuple[str, int]:
+    match = _METRICS_RE.search(server.log)
+    assert match, server.log
+    return match.group("v6") or match.group("v4"), int(match.group("port"))
+
+
+def _get(address: tuple[str, int], path: str) -> tuple[int, str, str]:
+    conn = http.client.HTTPConnection(*address, timeout=10)
+    try:
+        conn.request("GET", path)
+        response = conn.getresponse()
+        return response.status, response.getheader("Content-Type") or "", response.read().decode()
+    finally:
+        conn.close()
+
+
+def _scrape(address: tuple[str, int]) -> Samples:
+    status, content_type, body = _get(address, "/metrics")
+    assert status == 200 and content_type.startswith("text/plain"), (status, content_type)
+    out: Samples = {}
+    for family in text_string_to_metric_families(body):
+        for sample in family.samples:
+            out[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return out
+
+
+def _value(samples: Samples, name: str, **labels: str) -> float:
+    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+def _until(address: tuple[str, int], check: Callable[[Samples], bool],
+           timeout: float = WAIT) -> Samples:
+    """Scrape until ``check(samples)`` holds (bounded); the last samples."""
+    deadline = time.monotonic() + timeout
+    while True:
+        samples = _scrape(address)
+        if check(samples) or time.monotonic() > deadline:
+            return samples
+        time.sleep(0.05)
+
+
+def _echo_once(socks: Any, proxy: tuple[str, int], target: tuple[str, int], payload: bytes) -> None:
+    sock, (rep, _, _) = socks.connect(proxy, *target)
+    try:
+        assert rep == 0
+        sock.sendall(payload)
+        assert socks.recv_exact(sock, len(payload)) == payload
+    finally:
+        sock.close()
+
+
+def test_counters_move_after_traffic(fastsocks_server: Callable[..., Any], socks: Any,
+                                     echo_target: Any, closed_port: int) -> None:
+    server = fastsocks_server("--metrics", "127.0.0.1:0", "--handshake-timeout", "0.3")
+    address = _metrics_address(server)
+    before = _scrape(address)
+    assert _value(before, "fastsocks_connections_total", command="connect") == 0
+    for _ in range(3):
+        _echo_once(socks, server.address, echo_target.address, b"p" * 100)
+    sock, (rep, _, _) = socks.connect(server.address, "127.0.0.1", closed_port)
+    sock.close()
+    assert rep == 5
+    silent = socks.open(server.address)
+    assert socks.read_until_closed(silent) == b""
+    silent.close()
+
+    def settled(s: Samples) -> bool:
+        return (_value(s, "fastsocks_bytes_total", direction="down") == 300
+                and _value(s, "fastsocks_connections_active") == 0
+                and _value(s, "fastsocks_timeouts_total", kind="handshake") == 1)
+
+    s = _until(address, settled)
+    assert _value(s, "fastsocks_connections_total", command="connect") == 4
+    assert _value(s, "fastsocks_connections_total", command="none") == 1
+    assert _value(s, "fastsocks_replies_total", code="0") == 3
+    assert _value(s, "fastsocks_replies_total", code="5") == 1
+    assert _value(s, "fastsocks_bytes_total", direction="up") == 300
+    assert _value(s, "fastsocks_bytes_total", direction="down") == 300
+    assert _value(s, "fastsocks_handshake_duration_seconds_count") == 4
+    assert 0 < _value(s, "fastsocks_handshake_duration_seconds_sum") < 4 * 10
+    assert _value(s, "fastsocks_timeouts_total", kind="handshake") == 1
+    assert _value(s, "fastsocks_timeouts_total", kind="connect") == 0
+    assert _value(s, "fastsocks_connections_active") == 0
+    assert _value(s, "fastsocks_auth_failures_total") == 0
+
+
+def test_active_gauge_counts_open_connections(fastsocks_server: Callable[..., Any], socks: Any,
+                                             echo_target: Any) -> None:
+    server = fastsocks_server("--metrics", "127.0.0.1:0", "--relay", "protocol")
+    address = _metrics_address(server)
+    held = []
+    try:
+        for _ in range(5):
+            sock, (rep, _, _) = socks.connect(server.address, *echo_target.address)
+            assert rep == 0
+            held.append(sock)
+        s = _scrape(address)
+        assert _value(s, "fastsocks_connections_active") == 5
+        assert _value(s, "fastsocks_connections_total", command="connect") == 5
+    finally:
+        for sock in held:
+            sock.close()
+    s = _until(address, lambda s: _value(s, "fastsocks_connections_active") == 0)
+    assert _value(s, "fastsocks_connections_active") == 0
+
+
+def test_healthz_and_names(fastsocks_server: Callable[..., Any]) -> None:
+    server = fastsocks_server("--metrics", "[::1]:0", "--listen", "[::1]:0")
+    address = _metrics_address(server)
+    assert address[0] == "::1"
+    assert _get(address, "/healthz")[::2] == (200, "ok\n")
+    assert _get(address, "/nothing")[0] == 404
+    status, content_type, body = _get(address, "/metrics")
+    assert status == 200 and "version=0.0.4" in content_type
+    families = {f.name: f for f in text_string_to_metric_families(body)}
+    ours = {name for name in families if name.startswith("fastsocks")}
+    # The parser names counter families without their _total suffix.
+    expected = {name[:-len("_total")] if name.endswith("_total") else name for name in NAMES}
+    assert ours == expected, ours ^ expected
+    assert families["fastsocks_connections"].type == "counter"
+    assert families["fastsocks_connections_active"].type == "gauge"
+    assert families["fastsocks_handshake_duration_seconds"].type == "histogram"
+    for family in families.values():
+        for sample in family.samples:
+            # No per-user or per-destination labels.
+            assert set(sample.labels) <= {"command", "code", "direction", "kind", "le"}, sample
+    assert "_created" not in body
+
+
+def test_auth_failures_counted(fastsocks_server: Callable[..., Any], socks: Any,
+                               users_file: Path) -> None:
+    server = fastsocks_server("--metrics", "127.0.0.1:0", "--users", str(users_file))
+    address = _metrics_address(server)
+    for _ in range(2):
+        bad = socks.open(server.address)
+        bad.sendall(b"\x05\x01\x02" + socks.userpass("alice", "wrong"))
+        assert socks.recv_exact(bad, 4) == b"\x05\x02\x01\x01"
+        bad.close()
+    s = _until(address, lambda s: _value(s, "fastsocks_auth_failures_total") == 2)
+    assert _value(s, "fastsocks_auth_failures_total") == 2
+    assert _value(s, "fastsocks_connections_total", command="none") == 2
+
+
+def test_bind_timeout_and_udp_datagrams(fastsocks_server: Callable[..., Any], socks: Any) -> None:
+    server = fastsocks_server("--metrics", "127.0.0.1:0", "--bind-timeout", "0.3")
+    address = _metrics_address(server)
+    ctrl = socks.open(server.address)
+    ctrl.sendall(b"\x05\x01\x00" + socks.request(0x02, "0.0.0.0", 0))
+    assert socks.recv_exact(ctrl, 2) == b"\x05\x00"
+    assert socks.read_reply(ctrl)[0] == 0
+    assert socks.read_reply(ctrl)[0] == 6
+    ctrl.close()
+    target = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    ctrl = socks.open(server.address)
+    try:
+        target.bind(("127.0.0.1", 0))
+        client.bind(("127.0.0.1", 0))
+        client.settimeout(5)
+        target.settimeout(5)
+        ctrl.sendall(b"\x05\x01\x00" + socks.request(0x03, "0.0.0.0", client.getsockname()[1]))
+        assert socks.recv_exact(ctrl, 2) == b"\x05\x00"
+        rep, host, port = socks.read_reply(ctrl)
+        assert rep == 0
+        header = b"\x00\x00\x00" + socks.encode_address(*target.getsockname())
+        for _ in range(3):
+            client.sendto(header + b"ping", (host, port))
+            data, addr = target.recvfrom(100)
+            target.sendto(b"pong!", addr)
+            assert client.recvfrom(100)[0].endswith(b"pong!")
+    finally:
+        ctrl.close()
+        client.close()
+        target.close()
+    s = _until(address, lambda s: _value(s, "fastsocks_udp_datagrams_total", direction="up") == 3)
+    assert _value(s, "fastsocks_timeouts_total", kind="bind") == 1
+    assert _value(s, "fastsocks_replies_total", code="6") == 1
+    assert _value(s, "fastsocks_connections_total", command="bind") == 1
+    assert _value(s, "fastsocks_connections_total", command="udp_associate") == 1
+    assert _value(s, "fastsocks_udp_datagrams_total", direction="up") == 3
+    assert _value(s, "fastsocks_udp_datagrams_total", direction="down") == 3
+    assert _value(s, "fastsocks_bytes_total", direction="up") == 12
+    assert _value(s, "fastsocks_bytes_total", direction="down") == 15
+
+
+def test_rule_denials_counted(fastsocks_server: Callable[..., Any], socks: Any,
+                              tmp_path: Path) -> None:
+    config = tmp_path / "fastsocks.toml"
+    config.write_text('[[rules]]\naction = "deny"\nports = [9]\n')
+    server = fastsocks_server("--config", str(config), "--metrics", "127.0.0.1:0")
+    address = _metrics_address(server)
+    sock, (rep, _, _) = socks.connect(server.address, "127.0.0.1", 9)
+    sock.close()
+    assert rep == 2
+    s = _until(address, lambda s: _value(s, "fastsocks_rule_denials_total") == 1)
+    assert _value(s, "fastsocks_rule_denials_total") == 1
+    assert _value(s, "fastsocks_replies_total", code="2") == 1
+
+
+# -- --workers N: one registry over all workers ------------------------------------
+
+
+def _children(pid: int) -> list[int]:
+    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True)
+    return sorted(int(p) for p in out.stdout.split())
+
+
+def _sockets(pid: int) -> int:
+    n = 0
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            if os.readlink(f"/proc/{pid}/fd/{fd}").startswith("socket:"):
+                n += 1
+        except OSError:
+            pass
+    return n
+
+
+def test_workers_aggregate(fastsocks_server: Callable[..., Any], socks: Any, echo_target: Any,
+                           tmp_path: Path) -> None:
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    server = fastsocks_server("--metrics", "127.0.0.1:0", "--workers", "2",
+                              env={"TMPDIR": str(tmp)})
+    address = _metrics_address(server)
+    assert len(os.listdir(tmp)) == 1  # the master's multiprocess directory
+    workers = _children(server.pid)
+    assert len(workers) == 2
+    assert _get(address, "/healthz")[::2] == (200, "ok\n")
+
+    # 20 connections, held open so both workers are seen serving some.
+    baseline = {pid: _sockets(pid) for pid in workers}
+    held = []
+    try:
+        for _ in range(20):
+            sock, (rep, _, _) = socks.connect(server.address, *echo_target.address)
+            assert rep == 0
+            sock.sendall(b"12345")
+            assert socks.recv_exact(sock, 5) == b"12345"
+            held.append(sock)
+        served = {pid: (_sockets(pid) - baseline[pid]) // 2 for pid in workers}
+        assert sum(served.values()) == 20 and all(served.values()), served
+        # Workers hand their counts over once a second.
+        s = _until(address, lambda s: _value(s, "fastsocks_connections_active") == 20)
+        assert _value(s, "fastsocks_connections_active") == 20
+        assert _value(s, "fastsocks_connections_total", command="connect") == 20
+    finally:
+        for sock in held:
+            sock.close()
+    s = _until(address, lambda s: _value(s, "fastsocks_bytes_total", direction="down") == 100)
+    assert _value(s, "fastsocks_connections_total", command="connect") == 20
+    assert _value(s, "fastsocks_replies_total", code="0") == 20
+    assert _value(s, "fastsocks_handshake_duration_seconds_count") == 20
+    assert _value(s, "fastsocks_bytes_total", direction="up") == 100
+    assert _value(s, "fastsocks_connections_active") == 0
+
+    # A worker killed with connections open: its live gauge goes, its counts stay.
+    baseline = {pid: _sockets(pid) for pid in workers}
+    held = []
+    try:
+        for _ in range(10):
+            sock, (rep, _, _) = socks.connect(server.address, *echo_target.address)
+            assert rep == 0
+            held.append(sock)
+        victim = max(workers, key=lambda pid: _sockets(pid) - baseline[pid])
+        lost = (_sockets(victim) - baseline[victim]) // 2
+        assert lost > 0
+        s = _until(address, lambda s: _value(s, "fastsocks_connections_active") == 10)
+        assert _value(s, "fastsocks_connections_active") == 10
+        os.kill(victim, signal.SIGKILL)
+        s = _until(address, lambda s: _value(s, "fastsocks_connections_active") == 10 - lost)
+        assert _value(s, "fastsocks_connections_active") == 10 - lost
+        assert _value(s, "fastsocks_connections_total", command="connect") == 30
+        deadline = time.monotonic() + WAIT
+        while len(_children(server.pid)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(_children(server.pid)) == 2  # restarted
+    finally:
+        for sock in held:
+            sock.close()
+    s = _until(address, lambda s: _value(s, "fastsocks_connections_active") == 0)
+    assert _value(s, "fastsocks_connections_active") == 0
+    assert server.stop() == 0
+    assert "Traceback" not in server.log and " ERROR " not in server.log, server.log
+    assert os.listdir(tmp) == []  # the multiprocess directory is gone
+
+
+def test_metrics_address_in_use_is_a_start_up_error(run_cli: Callable[..., Any]) -> None:
+    taken = socket.socket()
+    try:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        for workers in ("1", "2"):
+            result = run_cli("--listen", "127.0.0.1:0", "--workers", workers,
+                             "--metrics", f"127.0.0.1:{port}", timeout=20)
+            assert result.returncode == 2, result.stderr
+            assert b"metrics listen 127.0.0.1:" in result.stderr, result.stderr
+    finally:
+        taken.close()
+
+
+@pytest.mark.parametrize("host, loopback", [
+    ("127.0.0.1", True), ("127.0.0.2", True), ("::1", True), ("localhost", True),
+    ("0.0.0.0", False), ("::", False), ("192.0.2.1", False),
+])
+def test_is_loopback(host: str, loopback: bool) -> None:
+    assert is_loopback(host) is loopback
