@@ -86,6 +86,10 @@ def _serve_parser() -> argparse.ArgumentParser:
     p.add_argument("--idle-timeout", metavar="SECONDS", type=_seconds,
                    help="close a relayed connection after this long without traffic in "
                    "either direction; 0 disables (default 300)")
+    p.add_argument("--drain-timeout", metavar="SECONDS", type=_seconds,
+                   help="on SIGTERM/SIGINT stop accepting and let open connections finish for "
+                   "up to this long before closing them; a second signal closes at once "
+                   "(default 0: close at once)")
     p.add_argument("--bind-timeout", metavar="SECONDS", type=_seconds,
                    help="BIND: how long to wait for the incoming connection; the client then "
                    "gets X'06' (default 60)")
@@ -175,6 +179,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
         "handshake_timeout": args.handshake_timeout,
         "connect_timeout": args.connect_timeout,
         "idle_timeout": args.idle_timeout,
+        "drain_timeout": args.drain_timeout,
         "bind_timeout": args.bind_timeout,
         "bind_address": args.bind_address,
         "udp_public_address": args.udp_public_address,
@@ -229,8 +234,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     from .server import run
 
+    def reload() -> Settings:
+        # SIGHUP: the same sources again, the command line still on top.
+        return _settings(args)
+
     try:
-        return run(settings)
+        return run(settings, reload)
     except ConfigError as exc:
         print(f"fastsocks: error: {exc}", file=sys.stderr)
         return 2

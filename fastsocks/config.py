@@ -68,6 +68,7 @@ class Settings:
     connect_timeout: float = 10.0
     idle_timeout: float = 300.0
     bind_timeout: float = 60.0
+    drain_timeout: float = 0.0
     bind_address: str | None = None
     udp_public_address: str | None = None
     udp_reassembly: bool = True
@@ -86,6 +87,8 @@ class Settings:
     config_file: str | None = None  # where these settings came from, if a file
 
     def validate(self) -> None:
+        if not self.drain_timeout >= 0:
+            raise ConfigError("drain-timeout must be 0 (close at once) or a positive number of seconds")
         for name in ("handshake_timeout", "connect_timeout", "bind_timeout"):
             value = getattr(self, name)
             if not value > 0:

@@ -12,7 +12,7 @@ The schema (deploy/fastsocks.toml is the commented example)::
 
     listen = ["127.0.0.1:1080"]      users = "users.txt"     allow_open = false
     workers = 1   loop = "auto"   relay = "auto"   backlog = 4096
-    [timeouts]  handshake connect idle bind
+    [timeouts]  handshake connect idle bind drain
     [bind]      address
     [udp]       public_address reassembly
     [log]       level access access_format
@@ -276,6 +276,7 @@ def _parse(path: str) -> tuple[dict[str, Any], _Loader]:
         "connect": ("connect_timeout", _seconds(True)),
         "idle": ("idle_timeout", _seconds(False)),
         "bind": ("bind_timeout", _seconds(True)),
+        "drain": ("drain_timeout", _seconds(False)),
     })
     loader.fields("bind", loader.table(doc, "bind"), {"address": ("bind_address", _ip)})
     loader.fields("udp", loader.table(doc, "udp"), {
@@ -387,6 +388,7 @@ def render(settings: Settings) -> str:
     put("connect", settings.connect_timeout)
     put("idle", settings.idle_timeout)
     put("bind", settings.bind_timeout)
+    put("drain", settings.drain_timeout)
     lines += ["", "[bind]"]
     put("address", settings.bind_address, "the address the client reached")
     lines += ["", "[udp]"]

@@ -9,7 +9,7 @@ import os
 import signal
 import socket
 import sys
-from typing import Any
+from typing import Any, Callable
 
 from . import __version__, describe_implementation
 from .accesslog import AccessLog, check_access_log
@@ -53,9 +53,13 @@ def _format_address(sockname: Any) -> str:
 class Server:
     """The listeners and the sessions they accepted."""
 
-    def __init__(self, settings: Settings, users: Users | None = None) -> None:
+    def __init__(self, settings: Settings, users: Users | None = None,
+                 reload: Callable[[], Settings] | None = None) -> None:
         self.settings = settings
         self.users = users
+        self.reload_source = reload  # SIGHUP: where fresh settings come from
+        self.draining = False
+        self._drain_timer: asyncio.TimerHandle | None = None
         self.loop = asyncio.get_running_loop()
         self.sessions: set[Session] = set()
         self.listeners: list[asyncio.base_events.Server] = []
@@ -102,8 +106,69 @@ class Server:
             for sock in listener.sockets:
                 self.addresses.append(_format_address(sock.getsockname()))
 
+    def shutdown(self) -> None:
+        """SIGTERM/SIGINT: stop accepting; drain, or stop at once.
+
+        With a drain timeout, open connections may finish for that long and
+        the server stops as soon as the last one has; a second signal stops
+        it at once.
+        """
+        timeout = self.settings.drain_timeout
+        if self.draining or timeout <= 0 or not self.sessions:
+            self.stop()
+            return
+        self.draining = True
+        for listener in self.listeners:
+            listener.close()
+        log.info("draining %d connections for up to %g s (a second signal closes them now)",
+                 len(self.sessions), timeout)
+        self._drain_timer = self.loop.call_later(timeout, self.stop)
+        self._drain_tick()
+
+    def _drain_tick(self) -> None:
+        if self._stopped.is_set():
+            return
+        if not self.sessions:
+            log.info("drained: every connection finished")
+            self.stop()
+            return
+        self.loop.call_later(0.1, self._drain_tick)
+
+    def reload(self) -> None:
+        """SIGHUP: re-read the configuration and the users file for new connections.
+
+        Established connections keep going untouched.  An invalid new
+        configuration is rejected with its reason and the old one kept.
+        Listen addresses, workers, the relay and the event loop are fixed
+        at start-up: a change to them is reported and needs a restart.
+        """
+        try:
+            settings = self.reload_source() if self.reload_source else self.settings
+            settings.validate()
+            users = Users.load(settings.users_file) if settings.users_file else None
+            policy = build_policy(settings)
+        except (ConfigError, OSError, ValueError) as exc:
+            log.error("reload rejected, keeping the running configuration: %s", exc)
+            return
+        fixed = [name for name in ("listen", "workers", "relay", "loop", "backlog", "metrics_listen",
+                                   "access_log", "access_log_format")
+                 if getattr(settings, name) != getattr(self.settings, name)]
+        if fixed:
+            log.warning("reload: %s cannot change while running; restart to apply",
+                        ", ".join(fixed))
+            settings = dataclasses.replace(settings, **{n: getattr(self.settings, n) for n in fixed})
+        self.settings = settings
+        self.users = users
+        self.policy = policy
+        log.info("configuration reloaded%s (%s)",
+                 f" from {settings.config_file}" if settings.config_file else "",
+                 f"{len(users)} users" if users is not None else "no authentication")
+
     def stop(self) -> None:
         """Stop accepting and end every connection; ``wait_stopped`` returns."""
+        if self._drain_timer is not None:
+            self._drain_timer.cancel()
+            self._drain_timer = None
         for listener in self.listeners:
             listener.close()
         for session in list(self.sessions):
@@ -143,8 +208,9 @@ class Server:
 
 
 async def _serve(settings: Settings, users: Users | None, worker: int | None = None,
-                 ready_fd: int | None = None) -> None:
-    server = Server(settings, users)
+                 ready_fd: int | None = None,
+                 reload: Callable[[], Settings] | None = None) -> None:
+    server = Server(settings, users, reload)
     await server.start(reuse_port=worker is not None)
     exporter = None
     if worker is None and settings.metrics_listen:  # workers: the master serves them
@@ -157,7 +223,8 @@ async def _serve(settings: Settings, users: Users | None, worker: int | None = N
     loop = server.loop
     if sys.platform != "win32":
         for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(signum, server.stop)
+            loop.add_signal_handler(signum, server.shutdown)
+        loop.add_signal_handler(signal.SIGHUP, server.reload)
     if ready_fd is None:
         log.info("fastsocks %s listening on %s (%s)", __version__, ", ".join(server.addresses),
                  _describe(settings, users, server.relay_name, loop_name(loop)))
@@ -186,11 +253,11 @@ def _describe(settings: Settings, users: Users | None, relay: str, loop: str) ->
 
 
 def _run_loop(settings: Settings, users: Users | None, worker: int | None = None,
-              ready_fd: int | None = None) -> None:
+              ready_fd: int | None = None, reload: Callable[[], Settings] | None = None) -> None:
     loop = new_event_loop(settings.loop)
     try:
         asyncio.set_event_loop(loop)
-        loop.run_until_complete(_serve(settings, users, worker, ready_fd))
+        loop.run_until_complete(_serve(settings, users, worker, ready_fd, reload))
     except KeyboardInterrupt:  # Windows: no signal handlers on the loop
         log.info("fastsocks stopped")
     finally:
@@ -199,8 +266,12 @@ def _run_loop(settings: Settings, users: Users | None, worker: int | None = None
         asyncio.set_event_loop(None)
 
 
-def run(settings: Settings) -> int:
-    """Validate ``settings``, load the users file, and serve until stopped."""
+def run(settings: Settings, reload: Callable[[], Settings] | None = None) -> int:
+    """Validate ``settings``, load the users file, and serve until stopped.
+
+    ``reload`` gives fresh settings on SIGHUP (the config file and command
+    line read again); without it SIGHUP re-reads the users file only.
+    """
     settings.validate()
     users = Users.load(settings.users_file) if settings.users_file else None
     if settings.access_log:
@@ -210,7 +281,7 @@ def run(settings: Settings) -> int:
     if settings.metrics_listen:
         parse_listen(settings.metrics_listen)  # a bad address is a start-up error
     if settings.workers <= 1:
-        _run_loop(settings, users)
+        _run_loop(settings, users, reload=reload)
         return 0
     from .workers import Master, reserve
 
@@ -240,7 +311,9 @@ def run(settings: Settings) -> int:
             sock.close()
         for listener in exporter:  # the master's metrics listener, not ours
             listener.httpd.socket.close()
-        _run_loop(worker_settings, users, index, ready_fd)
+        # A worker's settings always listen where the master reserved.
+        worker_reload = (lambda: dataclasses.replace(reload(), listen=addresses)) if reload else None
+        _run_loop(worker_settings, users, index, ready_fd, worker_reload)
 
     master = Master(settings, reserved, worker_main)
     relay = "splice engine" if Engine is not None and settings.relay != "protocol" else "protocol relay"

@@ -131,7 +131,9 @@ class Master:
                 elif not self.stopping:
                     self.stopping = True
                     self._forward(signal.SIGTERM)
-                    deadline = time.monotonic() + STOP_GRACE
+                    deadline = time.monotonic() + self.settings.drain_timeout + STOP_GRACE
+                else:  # a second signal: the workers stop draining and close now
+                    self._forward(signal.SIGTERM)
             try:
                 pid, status = os.waitpid(-1, os.WNOHANG)
             except ChildProcessError:
