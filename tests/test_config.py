@@ -461,7 +461,7 @@ def test_example_config_covers_every_key(tmp_path):
     doc = tomllib.loads(_example_copy(tmp_path, uncomment=True).read_text())
     assert set(doc) == {"listen", "users", "allow_open", "workers", "loop", "relay", "backlog",
                         "timeouts", "bind", "udp", "log", "metrics", "groups", "rules"}
-    assert set(doc["timeouts"]) == {"handshake", "connect", "idle", "bind"}
+    assert set(doc["timeouts"]) == {"handshake", "connect", "idle", "bind", "drain"}
     assert set(doc["bind"]) == {"address"}
     assert set(doc["udp"]) == {"public_address", "reassembly"}
     assert set(doc["log"]) == {"level", "access", "access_format"}
