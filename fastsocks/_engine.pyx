@@ -84,6 +84,7 @@ cdef extern from "<sys/eventfd.h>" nogil:
 
 cdef extern from "<sys/socket.h>" nogil:
     ssize_t send(int fd, const void* buf, size_t n, int flags)
+    ssize_t recv(int fd, void* buf, size_t n, int flags)
     int shutdown(int fd, int how)
     enum:
         SHUT_WR
@@ -138,6 +139,7 @@ cdef enum:
     SCAN_MS = 250
     PIPE_POOL_MAX = 64
     PIPE_SIZE = 1 << 20
+    COPY_SIZE = 65536
 
 
 cdef struct Pipe:
@@ -488,7 +490,28 @@ cdef int _pump(Engine e, Dir* d) noexcept nogil:
         # socket would both say EAGAIN.
         d.pipe = _pipe_get(e)
         if d.pipe == NULL:
-            return PUMP_NOMEM
+            # No pipe to be had (the descriptor limit): copy through a small
+            # buffer instead, sent by the loop above like handed-over bytes.
+            # Slower, but the connection goes on.
+            d.pend = <char*>malloc(COPY_SIZE)
+            if d.pend == NULL:
+                return PUMP_NOMEM
+            n = recv(d.src, d.pend, COPY_SIZE, 0)
+            if n > 0:
+                d.pend_len = n
+                d.pend_off = 0
+                d.nbytes += n
+                continue
+            free(d.pend)
+            d.pend = NULL
+            d.pend_len = 0
+            d.pend_off = 0
+            if n == 0:
+                d.eof = True
+                continue
+            if errno == EINTR:
+                continue
+            return PUMP_WAIT if errno == EAGAIN else PUMP_SRC_ERR
         n = splice(d.src, NULL, d.pipe.wfd, NULL, d.pipe.size, SPLICE_F_MOVE | SPLICE_F_NONBLOCK)
         if n > 0:
             d.in_pipe = n

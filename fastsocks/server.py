@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import errno
 import logging
 import os
 import signal
@@ -60,6 +61,9 @@ class Server:
         self.reload_source = reload  # SIGHUP: where fresh settings come from
         self.draining = False
         self._drain_timer: asyncio.TimerHandle | None = None
+        self.fd_exhausted = False
+        self._fd_exhausted_at = 0.0
+        self._fd_probe_timer: asyncio.TimerHandle | None = None
         self.loop = asyncio.get_running_loop()
         self.sessions: set[Session] = set()
         self.listeners: list[asyncio.base_events.Server] = []
@@ -81,7 +85,56 @@ class Server:
     def relay_name(self) -> str:
         return "splice engine" if self.engine is not None else "protocol relay"
 
+    # -- descriptor exhaustion -------------------------------------------------
+    #
+    # At the open-file limit, uvloop accepts and drops new connections without
+    # a word and the stdlib loop reports every failed accept() with a
+    # traceback.  Either way the operator gets one warning per episode, and one
+    # line when descriptors are available again: a probe opens /dev/null once
+    # a second, and failed accepts on the stdlib loop are caught here.
+
+    def _watch_descriptors(self) -> None:
+        self.loop.set_exception_handler(self._loop_exception)
+        self._fd_probe_timer = self.loop.call_later(1.0, self._fd_probe)
+
+    def _loop_exception(self, loop: Any, context: dict[str, Any]) -> None:
+        exc = context.get("exception")
+        if isinstance(exc, OSError) and exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS,
+                                                      errno.ENOMEM):
+            self._descriptors_exhausted(exc)
+            return
+        loop.default_exception_handler(context)
+
+    def _descriptors_exhausted(self, exc: OSError | None = None) -> None:
+        self._fd_exhausted_at = self.loop.time()
+        if not self.fd_exhausted:
+            self.fd_exhausted = True
+            try:
+                import resource
+
+                limit = f" (RLIMIT_NOFILE {resource.getrlimit(resource.RLIMIT_NOFILE)[0]})"
+            except (ImportError, OSError, ValueError):
+                limit = ""
+            log.warning("out of file descriptors%s%s: new connections are refused until some "
+                        "close; raise the limit (ulimit -n, systemd LimitNOFILE=) or add workers",
+                        limit, f" ({exc.strerror})" if exc is not None and exc.strerror else "")
+
+    def _fd_probe(self) -> None:
+        try:
+            fd = os.open(os.devnull, os.O_RDONLY)
+        except OSError as exc:
+            if exc.errno in (errno.EMFILE, errno.ENFILE):
+                self._descriptors_exhausted(exc)
+        else:
+            os.close(fd)
+            if self.fd_exhausted and self.loop.time() - self._fd_exhausted_at > 2.0:
+                self.fd_exhausted = False
+                log.info("file descriptors available again: accepting new connections")
+        if not self._stopped.is_set():
+            self._fd_probe_timer = self.loop.call_later(1.0, self._fd_probe)
+
     async def start(self, reuse_port: bool = False) -> None:
+        self._watch_descriptors()
         if self.settings.relay in ("auto", "splice"):
             if Engine is None:
                 if self.settings.relay == "splice":
@@ -166,6 +219,9 @@ class Server:
 
     def stop(self) -> None:
         """Stop accepting and end every connection; ``wait_stopped`` returns."""
+        if self._fd_probe_timer is not None:
+            self._fd_probe_timer.cancel()
+            self._fd_probe_timer = None
         if self._drain_timer is not None:
             self._drain_timer.cancel()
             self._drain_timer = None
