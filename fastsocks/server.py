@@ -103,6 +103,12 @@ class Server:
                                                       errno.ENOMEM):
             self._descriptors_exhausted(exc)
             return
+        callback = getattr(context.get("handle"), "_callback", None)
+        if isinstance(exc, ValueError) and getattr(callback, "__name__", "") == "_start_serving":
+            # The stdlib loop schedules an accept retry for every accept() that
+            # failed with EMFILE (up to the backlog's worth); those that fire
+            # after the listener closed find no descriptor.  Nothing to report.
+            return
         loop.default_exception_handler(context)
 
     def _descriptors_exhausted(self, exc: OSError | None = None) -> None:
