@@ -27,6 +27,8 @@ from typing import Any, Callable, Iterator
 
 import pytest
 
+from builds import HAVE_EXTENSION, IMPLS
+
 START_TIMEOUT = 10.0  # seconds to wait for the "listening on" line
 STOP_TIMEOUT = 5.0  # seconds a SIGTERM'd server gets to exit
 
@@ -264,11 +266,12 @@ class Combo:
 
 
 #: The main matrix: every e2e test runs on each of these.
-COMBOS = [Combo(loop, impl) for loop in ("uvloop", "asyncio") for impl in ("c", "py")]
+COMBOS = [Combo(loop, impl) for loop in ("uvloop", "asyncio") for impl in IMPLS]
 #: With the extension built on Linux, "auto" relays with the splice engine, so
 #: modules that set ``ALSO_PROTOCOL_RELAY = True`` also run on the Cython
 #: protocol relay, which would otherwise go untested end to end.
-PROTOCOL_RELAY_COMBOS = [Combo(loop, "c", "protocol") for loop in ("uvloop", "asyncio")]
+PROTOCOL_RELAY_COMBOS = ([Combo(loop, "c", "protocol") for loop in ("uvloop", "asyncio")]
+                         if HAVE_EXTENSION else [])
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:

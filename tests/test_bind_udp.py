@@ -15,6 +15,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
+from builds import RELAYS
 import socks  # PySocks: the UDP client
 
 from fastsocks import codec as fcodec
@@ -53,7 +54,7 @@ class Proxy:
         self.proc.stderr.close()
 
 
-@pytest.fixture(params=["splice", "protocol"])
+@pytest.fixture(params=RELAYS)
 def proxy(request: pytest.FixtureRequest) -> Iterator[Proxy]:
     p = Proxy("--relay", request.param, "--bind-timeout", "2", "--idle-timeout", "30")
     yield p

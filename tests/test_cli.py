@@ -13,6 +13,7 @@ import time
 
 import bcrypt
 import pytest
+from builds import IMPLS
 
 import fastsocks
 from fastsocks.config import DEFAULT_LISTEN, Settings
@@ -52,7 +53,7 @@ def _login(socks, proxy, username: str, password: str, target) -> bytes:
 # -- version, help, defaults ------------------------------------------------------
 
 
-@pytest.mark.parametrize("impl", ["c", "py"])
+@pytest.mark.parametrize("impl", IMPLS)
 def test_version(run_cli, impl):
     env = {"FASTSOCKS_NO_EXTENSIONS": "1"} if impl == "py" else {}
     result = run_cli("--version", env=env)

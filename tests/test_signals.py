@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from builds import RELAYS
 
 from fastsocks import codec as fcodec
 
@@ -119,7 +120,7 @@ def _echo(c: socket.socket) -> None:
         pass
 
 
-@pytest.mark.parametrize("relay", ["splice", "protocol"])
+@pytest.mark.parametrize("relay", RELAYS)
 def test_sigterm_drains_open_connections(echo: tuple[str, int], relay: str) -> None:
     server = Server("--drain-timeout", "8", "--relay", relay)
     s, rep = server.request(echo)

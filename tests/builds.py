@@ -1,0 +1,16 @@
+"""Which compiled parts this installation has, for parametrising the suite.
+
+The suite runs against a compiled install (every case on both the Cython and
+the pure implementation, both relays) and against a pure-Python install
+(``FASTSOCKS_NO_EXTENSIONS=1 pip install .``), where only the pure cases can
+exist.
+"""
+
+from __future__ import annotations
+
+from importlib.util import find_spec
+
+HAVE_EXTENSION = find_spec("fastsocks._codec") is not None and find_spec("fastsocks._relay") is not None
+HAVE_ENGINE = find_spec("fastsocks._engine") is not None
+IMPLS = ("c", "py") if HAVE_EXTENSION else ("py",)
+RELAYS = ("splice", "protocol") if HAVE_ENGINE else ("protocol",)
