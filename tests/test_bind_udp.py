@@ -15,6 +15,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
+from procs import recv_exact as _exact
 from builds import RELAYS
 import socks  # PySocks: the UDP client
 
@@ -87,15 +88,6 @@ def _read_reply(s: socket.socket) -> tuple[str, int]:
         return socket.inet_ntop(socket.AF_INET, rest[:4]), struct.unpack(">H", rest[4:])[0]
     rest = _exact(s, 18)
     return socket.inet_ntop(socket.AF_INET6, rest[:16]), struct.unpack(">H", rest[16:])[0]
-
-
-def _exact(s: socket.socket, n: int) -> bytes:
-    data = b""
-    while len(data) < n:
-        chunk = s.recv(n - len(data))
-        assert chunk, f"closed after {data!r}"
-        data += chunk
-    return data
 
 
 def _reply_code(s: socket.socket) -> int:

@@ -12,12 +12,12 @@ import os
 import re
 import signal
 import socket
-import subprocess
 import time
 from pathlib import Path
 from typing import Any, Callable
 
 import pytest
+from procs import children as _children, sockets as _sockets
 from prometheus_client.parser import text_string_to_metric_families
 
 from fastsocks.metrics import NAMES, is_loopback
@@ -229,22 +229,6 @@ def test_rule_denials_counted(fastsocks_server: Callable[..., Any], socks: Any,
 
 
 # -- --workers N: one registry over all workers ------------------------------------
-
-
-def _children(pid: int) -> list[int]:
-    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True)
-    return sorted(int(p) for p in out.stdout.split())
-
-
-def _sockets(pid: int) -> int:
-    n = 0
-    for fd in os.listdir(f"/proc/{pid}/fd"):
-        try:
-            if os.readlink(f"/proc/{pid}/fd/{fd}").startswith("socket:"):
-                n += 1
-        except OSError:
-            pass
-    return n
 
 
 def test_workers_aggregate(fastsocks_server: Callable[..., Any], socks: Any, echo_target: Any,

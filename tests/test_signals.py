@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from procs import recv_exact as _exact
 from builds import RELAYS
 
 from fastsocks import codec as fcodec
@@ -77,15 +78,6 @@ class Server:
         assert self.proc.stderr is not None
         self.proc.stderr.close()
         return code, elapsed
-
-
-def _exact(s: socket.socket, n: int) -> bytes:
-    data = b""
-    while len(data) < n:
-        chunk = s.recv(n - len(data))
-        assert chunk, f"closed after {data!r}"
-        data += chunk
-    return data
 
 
 @pytest.fixture

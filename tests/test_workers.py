@@ -12,24 +12,9 @@ import threading
 import time
 
 import pytest
+from procs import children as _children, sockets as _sockets
 
 from fastsocks import codec as fcodec
-
-
-def _children(pid: int) -> list[int]:
-    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True)
-    return sorted(int(p) for p in out.stdout.split())
-
-
-def _sockets(pid: int) -> int:
-    n = 0
-    for fd in os.listdir(f"/proc/{pid}/fd"):
-        try:
-            if os.readlink(f"/proc/{pid}/fd/{fd}").startswith("socket:"):
-                n += 1
-        except OSError:
-            pass
-    return n
 
 
 class Workers:
