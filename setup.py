@@ -17,6 +17,8 @@ if not os.environ.get("FASTSOCKS_NO_EXTENSIONS"):
     if sys.platform.startswith("linux"):
         # epoll + splice(2): Linux only; elsewhere _relay's protocol pair relays.
         extensions.append(Extension("fastsocks._engine", ["fastsocks/_engine.pyx"]))
+        # recvmmsg/sendmmsg: Linux only; elsewhere udp.py's asyncio endpoints.
+        extensions.append(Extension("fastsocks._datagram", ["fastsocks/_datagram.pyx"]))
     ext_modules = cythonize(
         extensions,
         compiler_directives={"language_level": "3", "embedsignature": True},

@@ -179,7 +179,8 @@ def start_fastsocks(echo: tuple[str, int]) -> Server:
     # nothing is logged per connection below DEBUG.
     with open(server.log_path, "wb") as log:  # type: ignore[arg-type]
         server.proc = subprocess.Popen(
-            [sys.executable, "-m", "fastsocks", "--listen", "127.0.0.1:0", "--log-level", "info"],
+            [sys.executable, "-m", "fastsocks", "--listen", "127.0.0.1:0", "--workers", "1",
+             "--log-level", "info"],
             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env)
 
     def parse(text: str) -> None:

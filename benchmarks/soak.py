@@ -91,7 +91,7 @@ def _env() -> dict[str, str]:
 class Server:
     def __init__(self, args: list[str], log_path: Path) -> None:
         self.log_path = log_path
-        argv = [sys.executable, "-m", "fastsocks", "--listen", "127.0.0.1:0",
+        argv = [sys.executable, "-m", "fastsocks", "--listen", "127.0.0.1:0", "--workers", "1",
                 "--handshake-timeout", str(HANDSHAKE_TIMEOUT), *args]
         self.command = " ".join(argv[1:])
         with open(log_path, "wb") as log:

@@ -21,10 +21,11 @@ import subprocess
 import sys
 
 
-def start(workers: int) -> tuple[subprocess.Popen[str], int]:
+def start(workers: int, *args: str) -> tuple[subprocess.Popen[str], int]:
+    """fastsocks on 127.0.0.1 port 0 with ``args``: the process and its port."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "fastsocks", "--listen", "127.0.0.1:0", "--workers", str(workers),
-         "--log-level", "info"],
+         "--log-level", "info", *args],
         stderr=subprocess.PIPE, text=True,
     )
     assert proc.stderr is not None

@@ -6,6 +6,7 @@ from . import codec, relay
 from ._version import __version__
 from .constants import Atyp, Command, Method, Reply
 from .errors import ConfigError, ProtocolError
+from .hooks import RequestInfo
 
 #: "accelerated" when both the Cython codec and relay are loaded, else "pure".
 IMPLEMENTATION = "accelerated" if codec.IMPLEMENTATION == relay.IMPLEMENTATION == "c" else "pure"
@@ -20,8 +21,25 @@ def describe_implementation() -> str:
     return f"pure ({', '.join(parts)})"
 
 
+def __getattr__(name: str) -> object:
+    # The server pulls in the event-loop side (uvloop, the relay engine):
+    # imported on first use, so the codec alone stays cheap to import.
+    if name in ("Server", "Settings", "LimitSettings", "Users"):
+        from . import auth, config, limits, server
+
+        found = {"Server": server.Server, "Settings": config.Settings,
+                 "LimitSettings": limits.LimitSettings, "Users": auth.Users}
+        return found[name]
+    raise AttributeError(f"module 'fastsocks' has no attribute {name!r}")
+
+
 __all__ = [
     "__version__",
+    "Server",
+    "Settings",
+    "LimitSettings",
+    "Users",
+    "RequestInfo",
     "IMPLEMENTATION",
     "describe_implementation",
     "Atyp",

@@ -9,6 +9,7 @@ cdef enum:
     PHASE_REPLY = 5
     PHASE_ESTABLISHED = 6
     PHASE_CLOSED = 7
+    PHASE_GSSAPI = 8
 
 cdef enum:
     CMD_CONNECT = 0x01
@@ -47,9 +48,12 @@ cdef class UdpHeader:
     cdef readonly Py_ssize_t length
 
 
-cdef class ServerCodec:
+cdef class _Buffer:
     cdef bytes _buf
     cdef Py_ssize_t _pos
+
+
+cdef class ServerCodec(_Buffer):
     cdef int _phase
     cdef int _command
     cdef int _replies
@@ -59,3 +63,26 @@ cdef class ServerCodec:
     cdef object _parse_greeting(self)
     cdef object _parse_userpass(self)
     cdef object _parse_request(self)
+
+
+# PROXY protocol header (HAProxy's proxy-protocol.txt), see parse_proxy_header().
+cdef class ProxyHeader:
+    cdef readonly int version
+    cdef readonly bint local
+    cdef readonly int family
+    cdef readonly object src_host
+    cdef readonly int src_port
+    cdef readonly object dst_host
+    cdef readonly int dst_port
+    cdef readonly tuple tlvs
+    cdef readonly Py_ssize_t length
+
+
+# GSSAPI message framing (RFC 1961), see GssFramer.
+cdef class GssMessage:
+    cdef readonly int mtyp
+    cdef readonly bytes token
+
+
+cdef class GssFramer(_Buffer):
+    pass

@@ -9,7 +9,7 @@ ProtocolError.  The behaviour, events and bytes are identical to the twin's.
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.long cimport PyLong_AsLongLongAndOverflow
 from cpython.unicode cimport PyUnicode_DecodeASCII, PyUnicode_DecodeUTF8
-from libc.string cimport memcpy
+from libc.string cimport memcmp, memcpy
 
 import socket as _socket
 
@@ -299,26 +299,12 @@ def build_udp_header(str host, port, frag=0):
     return _encode_address(host, _uint_arg(port, 0xFFFF, "port"), prefix, 3)
 
 
-cdef class ServerCodec:
-    """The server side of one SOCKS5 conversation, as a state machine."""
+cdef class _Buffer:
+    """The bytes received and how far they are parsed: what every parser here shares."""
 
     def __cinit__(self):
         self._buf = b""
         self._pos = 0
-        self._phase = PHASE_GREETING
-        self._command = 0
-        self._replies = 0
-        self._failed = PHASE_CLOSED
-        self._error_code = REP_GENERAL_FAILURE
-
-    @property
-    def phase(self):
-        return self._phase
-
-    @property
-    def command(self):
-        """The command of the parsed request (0 before it)."""
-        return self._command
 
     @property
     def trailing_data(self):
@@ -334,6 +320,26 @@ cdef class ServerCodec:
         else:
             self._buf = self._buf[self._pos:] + b
         self._pos = 0
+
+
+cdef class ServerCodec(_Buffer):
+    """The server side of one SOCKS5 conversation, as a state machine."""
+
+    def __cinit__(self):
+        self._phase = PHASE_GREETING
+        self._command = 0
+        self._replies = 0
+        self._failed = PHASE_CLOSED
+        self._error_code = REP_GENERAL_FAILURE
+
+    @property
+    def phase(self):
+        return self._phase
+
+    @property
+    def command(self):
+        """The command of the parsed request (0 before it)."""
+        return self._command
 
     def next_event(self):
         cdef int phase = self._phase
@@ -446,9 +452,31 @@ cdef class ServerCodec:
             self._phase = PHASE_USERPASS
         elif m == 0x00:
             self._phase = PHASE_REQUEST
+        elif m == 0x01:
+            # RFC 1961: the sub-negotiation is VER MTYP LEN TOKEN messages,
+            # which GssFramer parses; this codec waits in GSSAPI until
+            # gssapi_established(), then takes the unwrapped request.
+            self._phase = PHASE_GSSAPI
         else:
             raise ValueError(f"method {method:#04x} has no sub-negotiation in this codec")
         return bytes((0x05, m))
+
+    def take_trailing_data(self):
+        """Remove and return the unparsed bytes (after X'01': the first RFC 1961 messages)."""
+        cdef bytes data = self._buf[self._pos:]
+        self._buf = b""
+        self._pos = 0
+        return data
+
+    def gssapi_established(self):
+        """The RFC 1961 context and protection level are agreed: expect the request.
+
+        From here ``receive_data()`` takes the request as unwrapped from its
+        MTYP 3 messages (RFC 1961 §5); the replies are wrapped by the caller.
+        """
+        if self._phase != PHASE_GSSAPI:
+            raise RuntimeError("gssapi_established() is only valid after send_method(0x01)")
+        self._phase = PHASE_REQUEST
 
     def send_auth_status(self, bint ok):
         """RFC 1929 status: X'00' success; anything else is failure and the end."""
@@ -500,3 +528,386 @@ cdef class ServerCodec:
                 and (<const unsigned char*>PyBytes_AS_STRING(self._buf))[self._pos] == 0x04):
             return b"\x00\x5b\x00\x00\x00\x00\x00\x00"
         return b""
+
+
+# -- PROXY protocol (HAProxy's proxy-protocol.txt, versions 1 and 2) ----------------
+#
+# What a load balancer sends before the client's first byte, saying who the
+# client really is.  The spec forbids guessing: a listener that expects the
+# header requires it (the session decides that), and anything malformed is a
+# ProtocolError; the connection is then closed without a SOCKS reply, since
+# nothing valid was said yet.  Not on the hot path (once per connection from
+# a balancer), but every length is checked on the cursor all the same.
+
+cdef enum:
+    _V1_MAX = 107  # §2.1: the longest v1 line, "PROXY" to CRLF inclusive
+PROXY_V1_MAX = _V1_MAX
+PROXY_V2_SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"  # §2.2: the 12-byte v2 signature
+cdef const char* _V2_SIG = b"\r\n\r\n\x00\r\nQUIT\n"
+cdef const char* _V1_PREFIX = b"PROXY "
+cdef int _PP_AF_UNSPEC = 0
+cdef int _PP_AF_INET = _socket.AF_INET
+cdef int _PP_AF_INET6 = _socket.AF_INET6
+cdef int _PP_AF_UNIX = getattr(_socket, "AF_UNIX", 1)
+cdef object _PP_FAMILY_NAMES = ("AF_UNSPEC", "AF_INET", "AF_INET6", "AF_UNIX")
+
+
+cdef class ProxyHeader:
+    """A parsed PROXY protocol header; the client's bytes start at ``length``.
+
+    ``local`` is true for a v2 LOCAL command (a balancer's health check) and a
+    v1 ``UNKNOWN`` line: the spec says to use the connection's own endpoints
+    then, so ``family`` is AF_UNSPEC (0) and there are no addresses.  A v2
+    PROXY header for AF_UNSPEC or AF_UNIX carries no IP address either
+    (``src_host`` None).  ``tlvs`` holds the v2 TLVs as (type, value) pairs,
+    walked with bounds checks and otherwise not interpreted.
+    """
+
+    def __init__(self, int version, bint local, int family, src_host, int src_port, dst_host,
+                 int dst_port, tuple tlvs, Py_ssize_t length):
+        self.version = version
+        self.local = local
+        self.family = family
+        self.src_host = src_host
+        self.src_port = src_port
+        self.dst_host = dst_host
+        self.dst_port = dst_port
+        self.tlvs = tlvs
+        self.length = length
+
+    def __repr__(self):
+        return (f"ProxyHeader(version={self.version}, local={self.local}, family={self.family}, "
+                f"src_host={self.src_host!r}, src_port={self.src_port}, "
+                f"dst_host={self.dst_host!r}, dst_port={self.dst_port}, tlvs={self.tlvs!r}, "
+                f"length={self.length})")
+
+    def __eq__(self, other):
+        if type(other) is not ProxyHeader:
+            return False
+        cdef ProxyHeader o = <ProxyHeader>other
+        return (o.version == self.version and o.local == self.local and o.family == self.family
+                and o.src_host == self.src_host and o.src_port == self.src_port
+                and o.dst_host == self.dst_host and o.dst_port == self.dst_port
+                and o.tlvs == self.tlvs and o.length == self.length)
+
+
+cdef ProxyHeader _proxy_header(int version, bint local, int family, object src, int sport,
+                               object dst, int dport, tuple tlvs, Py_ssize_t length):
+    cdef ProxyHeader h = ProxyHeader.__new__(ProxyHeader)
+    h.version = version
+    h.local = local
+    h.family = family
+    h.src_host = src
+    h.src_port = sport
+    h.dst_host = dst
+    h.dst_port = dport
+    h.tlvs = tlvs
+    h.length = length
+    return h
+
+
+cdef inline Py_ssize_t _find(const unsigned char* buf, Py_ssize_t limit, unsigned char c) noexcept:
+    cdef Py_ssize_t i
+    for i in range(limit):
+        if buf[i] == c:
+            return i
+    return -1
+
+
+cdef str _v1_address(const unsigned char* s, Py_ssize_t n, int family, str proto):
+    cdef unsigned char ip4[4]
+    cdef str text
+    if family == _PP_AF_INET:
+        if _parse_ipv4(<const char*>s, n, ip4):
+            return PyUnicode_DecodeASCII(<const char*>s, n, NULL)
+    else:
+        try:
+            text = PyUnicode_DecodeASCII(<const char*>s, n, NULL)
+            return _inet_ntop(_AF_INET6, _inet_pton(_AF_INET6, text))
+        except (UnicodeDecodeError, OSError, ValueError):
+            pass
+    raise ProtocolError(f"PROXY v1 header: bad {proto} address "
+                        f"{PyBytes_FromStringAndSize(<const char*>s, n).decode('latin-1')!r}",
+                        REP_GENERAL_FAILURE)
+
+
+cdef int _v1_port(const unsigned char* s, Py_ssize_t n) except -1:
+    # §2.1: a decimal integer in 0..65535, digits only.
+    cdef Py_ssize_t i
+    cdef int value = 0
+    cdef bint ok = 1 <= n <= 5
+    if ok:
+        for i in range(n):
+            if s[i] < c'0' or s[i] > c'9':
+                ok = False
+                break
+            value = value * 10 + (s[i] - c'0')
+    if not ok or value > 0xFFFF:
+        raise ProtocolError(f"PROXY v1 header: bad port "
+                            f"{PyBytes_FromStringAndSize(<const char*>s, n).decode('latin-1')!r}",
+                            REP_GENERAL_FAILURE)
+    return value
+
+
+cdef object _parse_proxy_v1(const unsigned char* buf, Py_ssize_t end):
+    # §2.1: "PROXY" SP ("TCP4" | "TCP6" | "UNKNOWN") [SP src SP dst SP sport SP dport] CRLF
+    cdef Py_ssize_t i, n = end if end < 6 else 6
+    cdef Py_ssize_t limit = end if end < _V1_MAX else _V1_MAX
+    cdef Py_ssize_t cr, lf, start, count
+    cdef Py_ssize_t tok_start[5]
+    cdef Py_ssize_t tok_len[5]
+    cdef int family, sport, dport
+    cdef str name, src, dst
+    for i in range(n):
+        if buf[i] != <unsigned char>_V1_PREFIX[i]:
+            raise ProtocolError("PROXY v1 header: it must start with 'PROXY '",
+                                REP_GENERAL_FAILURE)
+    cr = _find(buf, limit, c'\r')
+    lf = _find(buf, limit, c'\n')
+    if lf >= 0 and (cr < 0 or lf < cr):
+        raise ProtocolError("PROXY v1 header: LF without CR", REP_GENERAL_FAILURE)
+    if (cr < 0 and end >= _V1_MAX) or cr >= _V1_MAX - 1:  # no room for the LF
+        raise ProtocolError(f"PROXY v1 header longer than {PROXY_V1_MAX} bytes",
+                            REP_GENERAL_FAILURE)
+    if cr < 0 or cr + 1 >= end:
+        return _NEED_DATA
+    if buf[cr + 1] != c'\n':
+        raise ProtocolError("PROXY v1 header: CR not followed by LF", REP_GENERAL_FAILURE)
+    # Split buf[6:cr] on single spaces; only the first five fields are kept,
+    # and ``count`` says how many there were (up to six: "too many").
+    count = 0
+    start = 6
+    for i in range(6, cr + 1):
+        if i == cr or buf[i] == c' ':
+            if count < 5:
+                tok_start[count] = start
+                tok_len[count] = i - start
+            count += 1
+            start = i + 1
+            if count > 5:
+                break
+    if tok_len[0] == 7 and memcmp(buf + 6, b"UNKNOWN", 7) == 0:
+        return _proxy_header(1, True, _PP_AF_UNSPEC, None, 0, None, 0, (), cr + 2)
+    if tok_len[0] == 4 and memcmp(buf + 6, b"TCP4", 4) == 0:
+        family, name = _PP_AF_INET, "TCP4"
+    elif tok_len[0] == 4 and memcmp(buf + 6, b"TCP6", 4) == 0:
+        family, name = _PP_AF_INET6, "TCP6"
+    else:
+        raise ProtocolError(
+            f"PROXY v1 header: unknown protocol "
+            f"{PyBytes_FromStringAndSize(<const char*>buf + 6, tok_len[0]).decode('latin-1')!r}",
+            REP_GENERAL_FAILURE)
+    if count != 5:
+        raise ProtocolError(f"PROXY v1 header: expected 'PROXY {name} SRC DST SPORT DPORT'",
+                            REP_GENERAL_FAILURE)
+    src = _v1_address(buf + tok_start[1], tok_len[1], family, name)
+    dst = _v1_address(buf + tok_start[2], tok_len[2], family, name)
+    sport = _v1_port(buf + tok_start[3], tok_len[3])
+    dport = _v1_port(buf + tok_start[4], tok_len[4])
+    return _proxy_header(1, False, family, src, sport, dst, dport, (), cr + 2)
+
+
+cdef object _parse_proxy_v2(const unsigned char* buf, Py_ssize_t end):
+    cdef Py_ssize_t i, n = end if end < 12 else 12
+    cdef Py_ssize_t size, total, need, pos, length
+    cdef int ver_cmd, fam, command, family
+    cdef object src = None, dst = None
+    cdef int sport = 0, dport = 0
+    cdef list tlvs
+    for i in range(n):
+        if buf[i] != <unsigned char>_V2_SIG[i]:
+            raise ProtocolError("PROXY v2 header: bad signature", REP_GENERAL_FAILURE)
+    if end < 16:
+        return _NEED_DATA
+    # §2.2: ver_cmd (version 2 in the high nibble; LOCAL 0 or PROXY 1), then
+    # fam (address family high, transport protocol low), then the length of
+    # what follows the 16 bytes: the address block and the TLVs.
+    ver_cmd = buf[12]
+    fam = buf[13]
+    if ver_cmd >> 4 != 2:
+        raise ProtocolError(f"PROXY v2 header: version {ver_cmd >> 4} is not 2",
+                            REP_GENERAL_FAILURE)
+    command = ver_cmd & 0x0F
+    if command > 1:
+        raise ProtocolError(f"PROXY v2 header: command {command:#x} is neither LOCAL nor PROXY",
+                            REP_GENERAL_FAILURE)
+    size = (buf[14] << 8) | buf[15]
+    total = 16 + size
+    if end < total:
+        return _NEED_DATA
+    if command == 0:  # LOCAL: "must discard the protocol block including the family"
+        return _proxy_header(2, True, _PP_AF_UNSPEC, None, 0, None, 0, (), total)
+    if fam >> 4 > 3:
+        raise ProtocolError(f"PROXY v2 header: address family {fam >> 4:#x} unknown",
+                            REP_GENERAL_FAILURE)
+    if fam & 0x0F > 2:
+        raise ProtocolError(f"PROXY v2 header: transport protocol {fam & 0x0F:#x} unknown",
+                            REP_GENERAL_FAILURE)
+    if fam >> 4 == 0:  # unknown or unsupported: no address, nothing to walk
+        return _proxy_header(2, False, _PP_AF_UNSPEC, None, 0, None, 0, (), total)
+    if fam >> 4 == 1:
+        family, need = _PP_AF_INET, 12
+    elif fam >> 4 == 2:
+        family, need = _PP_AF_INET6, 36
+    else:
+        family, need = _PP_AF_UNIX, 216
+    if size < need:
+        raise ProtocolError(f"PROXY v2 header: {size}-byte address block too short for "
+                            f"{_PP_FAMILY_NAMES[fam >> 4]} (needs {need})", REP_GENERAL_FAILURE)
+    if family == _PP_AF_INET:
+        src = _format_ipv4(buf + 16)
+        dst = _format_ipv4(buf + 20)
+        sport = (buf[24] << 8) | buf[25]
+        dport = (buf[26] << 8) | buf[27]
+    elif family == _PP_AF_INET6:
+        src = _inet_ntop(_AF_INET6, PyBytes_FromStringAndSize(<const char*>buf + 16, 16))
+        dst = _inet_ntop(_AF_INET6, PyBytes_FromStringAndSize(<const char*>buf + 32, 16))
+        sport = (buf[48] << 8) | buf[49]
+        dport = (buf[50] << 8) | buf[51]
+    # AF_UNIX: two 108-byte paths, no IP address to report.
+    # §2.2.7: TLVs fill the rest, each type, a 16-bit length and the value.
+    tlvs = []
+    pos = 16 + need
+    while pos < total:
+        if total - pos < 3:
+            raise ProtocolError("PROXY v2 header: TLV runs past the header", REP_GENERAL_FAILURE)
+        length = (buf[pos + 1] << 8) | buf[pos + 2]
+        if total - pos - 3 < length:
+            raise ProtocolError("PROXY v2 header: TLV runs past the header", REP_GENERAL_FAILURE)
+        tlvs.append((<int>buf[pos], PyBytes_FromStringAndSize(<const char*>buf + pos + 3, length)))
+        pos += 3 + length
+    return _proxy_header(2, False, family, src, sport, dst, dport, tuple(tlvs), total)
+
+
+def parse_proxy_header(data):
+    """The PROXY protocol header (v1 or v2) at the start of ``data``, or NEED_DATA.
+
+    Raises ProtocolError when ``data`` cannot be the start of a valid header;
+    that is decided as early as the bytes allow (a SOCKS greeting fails on its
+    first byte).  Bytes after ``length`` belong to the client.
+    """
+    cdef bytes b = data if type(data) is bytes else bytes(data)
+    cdef const unsigned char* buf = <const unsigned char*>PyBytes_AS_STRING(b)
+    cdef Py_ssize_t end = PyBytes_GET_SIZE(b)
+    if end == 0:
+        return _NEED_DATA
+    if buf[0] == 0x50:  # "P"
+        return _parse_proxy_v1(buf, end)
+    if buf[0] == 0x0D:
+        return _parse_proxy_v2(buf, end)
+    raise ProtocolError(f"no PROXY protocol header (first byte {buf[0]:#04x})",
+                        REP_GENERAL_FAILURE)
+
+
+# -- GSSAPI message framing (RFC 1961) -----------------------------------------------
+#
+# After the server selects method X'01', every message either way is
+# VER MTYP LEN TOKEN (RFC 1961 §3.3-§5): context establishment (MTYP 1), the
+# protection-level sub-negotiation (MTYP 2), encapsulated data (MTYP 3); an
+# abort (MTYP X'FF', §3.8) is VER MTYP alone.  The framer only frames: the
+# tokens go to python-gssapi (fastsocks/gssapi.py), and which MTYP is valid
+# when is the session's business.
+
+cdef enum:
+    GSS_VERSION_1 = 0x01
+    GSS_AUTH = 0x01
+    GSS_PROTECTION = 0x02
+    GSS_DATA = 0x03
+    GSS_ABORT_MTYP = 0xFF
+
+GSS_MTYP_AUTH = GSS_AUTH
+GSS_MTYP_PROTECTION = GSS_PROTECTION
+GSS_MTYP_DATA = GSS_DATA
+GSS_MTYP_ABORT = GSS_ABORT_MTYP
+GSS_ABORT = b"\x01\xff"  # §3.8: the whole abort message
+GSS_TOKEN_MAX = 0xFFFF  # LEN is two octets
+cdef bytes _GSS_ABORT = GSS_ABORT
+
+
+cdef class GssMessage:
+    """One RFC 1961 message; ``token`` is empty for an abort (MTYP X'FF')."""
+
+    def __init__(self, int mtyp, bytes token):
+        self.mtyp = mtyp
+        self.token = token
+
+    def __repr__(self):  # never show a token: it may carry a ticket
+        return f"GssMessage(mtyp={self.mtyp:#04x}, token=<{len(self.token)} bytes>)"
+
+    def __eq__(self, other):
+        return (type(other) is GssMessage and (<GssMessage>other).mtyp == self.mtyp
+                and (<GssMessage>other).token == self.token)
+
+    def __hash__(self):
+        return hash((self.mtyp, self.token))
+
+
+cdef class GssFramer(_Buffer):
+    """Splits a byte stream into RFC 1961 messages, sans-I/O like ServerCodec.
+
+    A malformed header (VER other than 1, an unknown MTYP) raises
+    ProtocolError, and raises it again on every later call: nothing after a
+    bad header can be trusted to be a message boundary.
+    """
+
+    # RFC 1961 §3.3, §3.8, §4.3, §5: VER MTYP [LEN TOKEN]
+    def next_message(self):
+        cdef const unsigned char* buf = <const unsigned char*>PyBytes_AS_STRING(self._buf)
+        cdef Py_ssize_t pos = self._pos, end = PyBytes_GET_SIZE(self._buf), n
+        cdef int mtyp
+        cdef GssMessage ev
+        if end - pos < 1:
+            return _NEED_DATA
+        if buf[pos] != GSS_VERSION_1:
+            raise ProtocolError(f"GSSAPI message version {buf[pos]:#04x}, expected 0x01",
+                                REP_GENERAL_FAILURE)
+        if end - pos < 2:
+            return _NEED_DATA
+        mtyp = buf[pos + 1]
+        ev = GssMessage.__new__(GssMessage)
+        ev.mtyp = mtyp
+        if mtyp == GSS_ABORT_MTYP:
+            ev.token = b""
+            self._pos = pos + 2
+            return ev
+        if mtyp < GSS_AUTH or mtyp > GSS_DATA:
+            raise ProtocolError(f"GSSAPI message type {mtyp:#04x} unknown", REP_GENERAL_FAILURE)
+        if end - pos < 4:
+            return _NEED_DATA
+        n = (<Py_ssize_t>buf[pos + 2] << 8) | buf[pos + 3]
+        if end - pos < 4 + n:
+            return _NEED_DATA
+        ev.token = PyBytes_FromStringAndSize(<const char*>buf + pos + 4, n)
+        self._pos = pos + 4 + n
+        return ev
+
+
+def gss_frame(mtyp, token):
+    """VER MTYP LEN TOKEN for ``token``; MTYP X'FF' gives the two-octet abort.
+
+    ValueError for an MTYP other than 1, 2, 3 or X'FF', a token over 65,535
+    octets, or a token with an abort; TypeError unless ``token`` is bytes.
+    """
+    cdef int m = _uint_arg(mtyp, 0xFF, "GSSAPI message type")
+    cdef Py_ssize_t n
+    cdef bytes out
+    cdef unsigned char* p
+    if type(token) is not bytes:
+        raise TypeError(f"token must be bytes, not {type(token).__name__}")
+    n = PyBytes_GET_SIZE(token)
+    if m == GSS_ABORT_MTYP:
+        if n:
+            raise ValueError("a GSSAPI abort carries no token")
+        return _GSS_ABORT
+    if m < GSS_AUTH or m > GSS_DATA:
+        raise ValueError(f"GSSAPI message type out of range: {mtyp}")
+    if n > GSS_TOKEN_MAX:
+        raise ValueError(f"GSSAPI token of {n} octets: at most {GSS_TOKEN_MAX}")
+    out = PyBytes_FromStringAndSize(NULL, 4 + n)
+    p = <unsigned char*>PyBytes_AS_STRING(out)
+    p[0] = GSS_VERSION_1
+    p[1] = <unsigned char>m
+    p[2] = <unsigned char>(n >> 8)
+    p[3] = <unsigned char>(n & 0xFF)
+    memcpy(p + 4, PyBytes_AS_STRING(token), n)
+    return out

@@ -27,6 +27,10 @@ __all__ = [
     "encode_address",
     "parse_udp_header",
     "build_udp_header",
+    "ProxyHeader",
+    "parse_proxy_header",
+    "PROXY_V1_MAX",
+    "PROXY_V2_SIGNATURE",
 ]
 
 IMPLEMENTATION = "py"
@@ -39,6 +43,7 @@ _REQUEST = Phase.REQUEST.value
 _REPLY = Phase.REPLY.value
 _ESTABLISHED = Phase.ESTABLISHED.value
 _CLOSED = Phase.CLOSED.value
+_GSSAPI = Phase.GSSAPI.value
 
 _CMD_BIND = 0x02
 _ATYP_IPV4 = 0x01
@@ -197,14 +202,35 @@ def build_udp_header(host: str, port: int, frag: int = 0) -> bytes:
     return b"\x00\x00" + bytes((frag,)) + encode_address(host, port)
 
 
-class ServerCodec:
-    """The server side of one SOCKS5 conversation, as a state machine."""
+class _Buffer:
+    """The bytes received and how far they are parsed: what every parser here shares."""
 
-    __slots__ = ("_buf", "_pos", "_phase", "_command", "_replies", "_failed", "_error_code")
+    __slots__ = ("_buf", "_pos")
 
     def __init__(self) -> None:
         self._buf = b""
         self._pos = 0
+
+    @property
+    def trailing_data(self) -> bytes:
+        """Bytes received after the last parsed message, not yet consumed."""
+        return self._buf[self._pos :]
+
+    def receive_data(self, data: bytes) -> None:
+        if self._pos == len(self._buf):
+            self._buf = bytes(data)
+        else:
+            self._buf = self._buf[self._pos :] + data
+        self._pos = 0
+
+
+class ServerCodec(_Buffer):
+    """The server side of one SOCKS5 conversation, as a state machine."""
+
+    __slots__ = ("_phase", "_command", "_replies", "_failed", "_error_code")
+
+    def __init__(self) -> None:
+        super().__init__()
         self._phase = _GREETING
         self._command = 0
         self._replies = 0
@@ -219,18 +245,6 @@ class ServerCodec:
     def command(self) -> int:
         """The command of the parsed request (0 before it)."""
         return self._command
-
-    @property
-    def trailing_data(self) -> bytes:
-        """Bytes received after the last parsed message, not yet consumed."""
-        return self._buf[self._pos :]
-
-    def receive_data(self, data: bytes) -> None:
-        if self._pos == len(self._buf):
-            self._buf = bytes(data)
-        else:
-            self._buf = self._buf[self._pos :] + data
-        self._pos = 0
 
     def next_event(self) -> Greeting | UserPass | Request | _NeedData:
         phase = self._phase
@@ -323,9 +337,31 @@ class ServerCodec:
             self._phase = _USERPASS
         elif m == 0x00:
             self._phase = _REQUEST
+        elif m == 0x01:
+            # RFC 1961: the sub-negotiation is VER MTYP LEN TOKEN messages,
+            # which GssFramer parses; this codec waits in GSSAPI until
+            # gssapi_established(), then takes the unwrapped request.
+            self._phase = _GSSAPI
         else:
             raise ValueError(f"method {method:#04x} has no sub-negotiation in this codec")
         return bytes((0x05, m))
+
+    def take_trailing_data(self) -> bytes:
+        """Remove and return the unparsed bytes (after X'01': the first RFC 1961 messages)."""
+        data = self._buf[self._pos :]
+        self._buf = b""
+        self._pos = 0
+        return data
+
+    def gssapi_established(self) -> None:
+        """The RFC 1961 context and protection level are agreed: expect the request.
+
+        From here ``receive_data()`` takes the request as unwrapped from its
+        MTYP 3 messages (RFC 1961 §5); the replies are wrapped by the caller.
+        """
+        if self._phase != _GSSAPI:
+            raise RuntimeError("gssapi_established() is only valid after send_method(0x01)")
+        self._phase = _REQUEST
 
     def send_auth_status(self, ok: bool) -> bytes:
         """RFC 1929 status: X'00' success; anything else is failure and the end."""
@@ -370,3 +406,273 @@ class ServerCodec:
         if failed == _GREETING and self._pos < len(self._buf) and self._buf[self._pos] == 0x04:
             return b"\x00\x5b\x00\x00\x00\x00\x00\x00"
         return b""
+
+
+# -- PROXY protocol (HAProxy's proxy-protocol.txt, versions 1 and 2) ----------------
+#
+# What a load balancer sends before the client's first byte, saying who the
+# client really is.  The spec forbids guessing: a listener that expects the
+# header requires it (the session decides that), and anything malformed is a
+# ProtocolError; the connection is then closed without a SOCKS reply, since
+# nothing valid was said yet.
+
+PROXY_V1_MAX = 107  # §2.1: the longest v1 line, "PROXY" to CRLF inclusive
+PROXY_V2_SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"  # §2.2: the 12-byte v2 signature
+_V1_PREFIX = b"PROXY "
+_AF_UNSPEC = 0
+_AF_INET = int(socket.AF_INET)
+_AF_INET6 = int(socket.AF_INET6)
+_AF_UNIX = int(getattr(socket, "AF_UNIX", 1))
+_V2_ADDRESS_BLOCK = ((_AF_UNSPEC, 0), (_AF_INET, 12), (_AF_INET6, 36), (_AF_UNIX, 216))
+_V2_FAMILY_NAMES = ("AF_UNSPEC", "AF_INET", "AF_INET6", "AF_UNIX")
+
+
+@dataclass(frozen=True, slots=True)
+class ProxyHeader:
+    """A parsed PROXY protocol header; the client's bytes start at ``length``.
+
+    ``local`` is true for a v2 LOCAL command (a balancer's health check) and a
+    v1 ``UNKNOWN`` line: the spec says to use the connection's own endpoints
+    then, so ``family`` is AF_UNSPEC (0) and there are no addresses.  A v2
+    PROXY header for AF_UNSPEC or AF_UNIX carries no IP address either
+    (``src_host`` None).  ``tlvs`` holds the v2 TLVs as (type, value) pairs,
+    walked with bounds checks and otherwise not interpreted.
+    """
+
+    version: int
+    local: bool
+    family: int
+    src_host: str | None
+    src_port: int
+    dst_host: str | None
+    dst_port: int
+    tlvs: tuple[tuple[int, bytes], ...]
+    length: int
+
+
+def _v1_address(token: bytes, family: int, proto: str) -> str:
+    try:
+        text = token.decode("ascii")
+        if family == _AF_INET:
+            socket.inet_pton(socket.AF_INET, text)
+            return text
+        return socket.inet_ntop(socket.AF_INET6, socket.inet_pton(socket.AF_INET6, text))
+    except (UnicodeDecodeError, OSError, ValueError):
+        raise ProtocolError(f"PROXY v1 header: bad {proto} address "
+                            f"{token.decode('latin-1')!r}", _REP_GENERAL_FAILURE) from None
+
+
+def _v1_port(token: bytes) -> int:
+    # §2.1: a decimal integer in 0..65535; digits only (int() would take "+1", " 1", "1_0").
+    if not 1 <= len(token) <= 5 or not token.isdigit() or int(token) > 0xFFFF:
+        raise ProtocolError(f"PROXY v1 header: bad port {token.decode('latin-1')!r}",
+                            _REP_GENERAL_FAILURE)
+    return int(token)
+
+
+def _parse_proxy_v1(buf: bytes, end: int) -> ProxyHeader | _NeedData:
+    # §2.1: "PROXY" SP ("TCP4" | "TCP6" | "UNKNOWN") [SP src SP dst SP sport SP dport] CRLF
+    n = min(end, 6)
+    if buf[:n] != _V1_PREFIX[:n]:
+        raise ProtocolError("PROXY v1 header: it must start with 'PROXY '", _REP_GENERAL_FAILURE)
+    limit = min(end, PROXY_V1_MAX)
+    cr = buf.find(b"\r", 0, limit)
+    lf = buf.find(b"\n", 0, limit)
+    if lf >= 0 and (cr < 0 or lf < cr):
+        raise ProtocolError("PROXY v1 header: LF without CR", _REP_GENERAL_FAILURE)
+    if (cr < 0 and end >= PROXY_V1_MAX) or cr >= PROXY_V1_MAX - 1:  # no room for the LF
+        raise ProtocolError(f"PROXY v1 header longer than {PROXY_V1_MAX} bytes",
+                            _REP_GENERAL_FAILURE)
+    if cr < 0 or cr + 1 >= end:
+        return NEED_DATA
+    if buf[cr + 1] != 0x0A:
+        raise ProtocolError("PROXY v1 header: CR not followed by LF", _REP_GENERAL_FAILURE)
+    tokens = buf[6:cr].split(b" ")
+    proto = tokens[0]
+    if proto == b"UNKNOWN":  # the receiver must ignore the rest of the line
+        return ProxyHeader(1, True, _AF_UNSPEC, None, 0, None, 0, (), cr + 2)
+    if proto == b"TCP4":
+        family, name = _AF_INET, "TCP4"
+    elif proto == b"TCP6":
+        family, name = _AF_INET6, "TCP6"
+    else:
+        raise ProtocolError(f"PROXY v1 header: unknown protocol {proto.decode('latin-1')!r}",
+                            _REP_GENERAL_FAILURE)
+    if len(tokens) != 5:
+        raise ProtocolError(f"PROXY v1 header: expected 'PROXY {name} SRC DST SPORT DPORT'",
+                            _REP_GENERAL_FAILURE)
+    src = _v1_address(tokens[1], family, name)
+    dst = _v1_address(tokens[2], family, name)
+    return ProxyHeader(1, False, family, src, _v1_port(tokens[3]), dst, _v1_port(tokens[4]),
+                       (), cr + 2)
+
+
+def _parse_proxy_v2(buf: bytes, end: int) -> ProxyHeader | _NeedData:
+    n = min(end, 12)
+    if buf[:n] != PROXY_V2_SIGNATURE[:n]:
+        raise ProtocolError("PROXY v2 header: bad signature", _REP_GENERAL_FAILURE)
+    if end < 16:
+        return NEED_DATA
+    # §2.2: ver_cmd (version 2 in the high nibble; LOCAL 0 or PROXY 1), then
+    # fam (address family high, transport protocol low), then the length of
+    # what follows the 16 bytes: the address block and the TLVs.
+    ver_cmd, fam = buf[12], buf[13]
+    if ver_cmd >> 4 != 2:
+        raise ProtocolError(f"PROXY v2 header: version {ver_cmd >> 4} is not 2",
+                            _REP_GENERAL_FAILURE)
+    command = ver_cmd & 0x0F
+    if command > 1:
+        raise ProtocolError(f"PROXY v2 header: command {command:#x} is neither LOCAL nor PROXY",
+                            _REP_GENERAL_FAILURE)
+    size = (buf[14] << 8) | buf[15]
+    total = 16 + size
+    if end < total:
+        return NEED_DATA
+    if command == 0:  # LOCAL: "must discard the protocol block including the family"
+        return ProxyHeader(2, True, _AF_UNSPEC, None, 0, None, 0, (), total)
+    if fam >> 4 > 3:
+        raise ProtocolError(f"PROXY v2 header: address family {fam >> 4:#x} unknown",
+                            _REP_GENERAL_FAILURE)
+    if fam & 0x0F > 2:
+        raise ProtocolError(f"PROXY v2 header: transport protocol {fam & 0x0F:#x} unknown",
+                            _REP_GENERAL_FAILURE)
+    family, need = _V2_ADDRESS_BLOCK[fam >> 4]
+    if family == _AF_UNSPEC:  # unknown or unsupported: no address, nothing to walk
+        return ProxyHeader(2, False, _AF_UNSPEC, None, 0, None, 0, (), total)
+    if size < need:
+        raise ProtocolError(f"PROXY v2 header: {size}-byte address block too short for "
+                            f"{_V2_FAMILY_NAMES[fam >> 4]} (needs {need})", _REP_GENERAL_FAILURE)
+    src: str | None = None
+    dst: str | None = None
+    sport = dport = 0
+    if family == _AF_INET:
+        src = "%d.%d.%d.%d" % (buf[16], buf[17], buf[18], buf[19])
+        dst = "%d.%d.%d.%d" % (buf[20], buf[21], buf[22], buf[23])
+        sport = (buf[24] << 8) | buf[25]
+        dport = (buf[26] << 8) | buf[27]
+    elif family == _AF_INET6:
+        src = socket.inet_ntop(socket.AF_INET6, buf[16:32])
+        dst = socket.inet_ntop(socket.AF_INET6, buf[32:48])
+        sport = (buf[48] << 8) | buf[49]
+        dport = (buf[50] << 8) | buf[51]
+    # AF_UNIX: two 108-byte paths, no IP address to report.
+    # §2.2.7: TLVs fill the rest, each type, a 16-bit length and the value.
+    tlvs = []
+    pos = 16 + need
+    while pos < total:
+        if total - pos < 3:
+            raise ProtocolError("PROXY v2 header: TLV runs past the header", _REP_GENERAL_FAILURE)
+        length = (buf[pos + 1] << 8) | buf[pos + 2]
+        if total - pos - 3 < length:
+            raise ProtocolError("PROXY v2 header: TLV runs past the header", _REP_GENERAL_FAILURE)
+        tlvs.append((buf[pos], buf[pos + 3 : pos + 3 + length]))
+        pos += 3 + length
+    return ProxyHeader(2, False, family, src, sport, dst, dport, tuple(tlvs), total)
+
+
+def parse_proxy_header(data: bytes) -> ProxyHeader | _NeedData:
+    """The PROXY protocol header (v1 or v2) at the start of ``data``, or NEED_DATA.
+
+    Raises ProtocolError when ``data`` cannot be the start of a valid header;
+    that is decided as early as the bytes allow (a SOCKS greeting fails on its
+    first byte).  Bytes after ``length`` belong to the client.
+    """
+    if type(data) is not bytes:
+        data = bytes(data)
+    end = len(data)
+    if end == 0:
+        return NEED_DATA
+    first = data[0]
+    if first == 0x50:  # "P"
+        return _parse_proxy_v1(data, end)
+    if first == 0x0D:
+        return _parse_proxy_v2(data, end)
+    raise ProtocolError(f"no PROXY protocol header (first byte {first:#04x})", _REP_GENERAL_FAILURE)
+
+
+# -- GSSAPI message framing (RFC 1961) -----------------------------------------------
+#
+# After the server selects method X'01', every message either way is
+# VER MTYP LEN TOKEN (RFC 1961 §3.3-§5): context establishment (MTYP 1), the
+# protection-level sub-negotiation (MTYP 2), encapsulated data (MTYP 3); an
+# abort (MTYP X'FF', §3.8) is VER MTYP alone.  The framer only frames: the
+# tokens go to python-gssapi (fastsocks/gssapi.py), and which MTYP is valid
+# when is the session's business.
+
+GSS_VERSION = 0x01
+GSS_MTYP_AUTH = 0x01
+GSS_MTYP_PROTECTION = 0x02
+GSS_MTYP_DATA = 0x03
+GSS_MTYP_ABORT = 0xFF
+GSS_ABORT = b"\x01\xff"  # §3.8: the whole abort message
+GSS_TOKEN_MAX = 0xFFFF  # LEN is two octets
+
+__all__ += ["GssMessage", "GssFramer", "gss_frame", "GSS_ABORT", "GSS_TOKEN_MAX",
+            "GSS_MTYP_AUTH", "GSS_MTYP_PROTECTION", "GSS_MTYP_DATA", "GSS_MTYP_ABORT"]
+
+
+@dataclass(frozen=True, slots=True)
+class GssMessage:
+    """One RFC 1961 message; ``token`` is empty for an abort (MTYP X'FF')."""
+
+    mtyp: int
+    token: bytes
+
+    def __repr__(self) -> str:  # never show a token: it may carry a ticket
+        return f"GssMessage(mtyp={self.mtyp:#04x}, token=<{len(self.token)} bytes>)"
+
+
+class GssFramer(_Buffer):
+    """Splits a byte stream into RFC 1961 messages, sans-I/O like ServerCodec.
+
+    A malformed header (VER other than 1, an unknown MTYP) raises
+    ProtocolError, and raises it again on every later call: nothing after a
+    bad header can be trusted to be a message boundary.
+    """
+
+    __slots__ = ()
+
+    # RFC 1961 §3.3, §3.8, §4.3, §5: VER MTYP [LEN TOKEN]
+    def next_message(self) -> GssMessage | _NeedData:
+        buf, pos, end = self._buf, self._pos, len(self._buf)
+        if end - pos < 1:
+            return NEED_DATA
+        if buf[pos] != GSS_VERSION:
+            raise ProtocolError(f"GSSAPI message version {buf[pos]:#04x}, expected 0x01",
+                                _REP_GENERAL_FAILURE)
+        if end - pos < 2:
+            return NEED_DATA
+        mtyp = buf[pos + 1]
+        if mtyp == GSS_MTYP_ABORT:
+            self._pos = pos + 2
+            return GssMessage(mtyp, b"")
+        if mtyp < GSS_MTYP_AUTH or mtyp > GSS_MTYP_DATA:
+            raise ProtocolError(f"GSSAPI message type {mtyp:#04x} unknown", _REP_GENERAL_FAILURE)
+        if end - pos < 4:
+            return NEED_DATA
+        n = (buf[pos + 2] << 8) | buf[pos + 3]
+        if end - pos < 4 + n:
+            return NEED_DATA
+        self._pos = pos + 4 + n
+        return GssMessage(mtyp, buf[pos + 4 : pos + 4 + n])
+
+
+def gss_frame(mtyp: int, token: bytes) -> bytes:
+    """VER MTYP LEN TOKEN for ``token``; MTYP X'FF' gives the two-octet abort.
+
+    ValueError for an MTYP other than 1, 2, 3 or X'FF', a token over 65,535
+    octets, or a token with an abort; TypeError unless ``token`` is bytes.
+    """
+    m = _uint_arg(mtyp, 0xFF, "GSSAPI message type")
+    if type(token) is not bytes:
+        raise TypeError(f"token must be bytes, not {type(token).__name__}")
+    n = len(token)
+    if m == GSS_MTYP_ABORT:
+        if n:
+            raise ValueError("a GSSAPI abort carries no token")
+        return GSS_ABORT
+    if m < GSS_MTYP_AUTH or m > GSS_MTYP_DATA:
+        raise ValueError(f"GSSAPI message type out of range: {mtyp}")
+    if n > GSS_TOKEN_MAX:
+        raise ValueError(f"GSSAPI token of {n} octets: at most {GSS_TOKEN_MAX}")
+    return bytes((GSS_VERSION, m, n >> 8, n & 0xFF)) + token

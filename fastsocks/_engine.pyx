@@ -15,6 +15,10 @@ chunk; the event loop thread only does handshakes.
 * Half-close: EOF from one side becomes shutdown(SHUT_WR) on the other once
   everything read before it has been written; the other direction goes on.
 * Idle pairs are closed by a scan every quarter second against a coarse clock.
+* Bandwidth limits are token buckets (``Throttle``: one per connection, or
+  one shared by a user's connections) checked before each read: a direction
+  over its rate stops reading until its bucket refills, so TCP flow control
+  slows the sender, and the engine wakes it on a timer; no Python runs.
 * Finished pairs are reported (id, bytes each way, reason) through a queue and
   an eventfd that the event loop watches; commands (add, close, close all,
   stop) reach the engine through another queue and eventfd.
@@ -104,6 +108,16 @@ cdef extern from "<time.h>" nogil:
     int clock_gettime(int clk, timespec* ts)
     enum:
         CLOCK_MONOTONIC_COARSE
+        CLOCK_MONOTONIC
+
+
+cdef extern from *:
+    """
+    static inline int fastsocks_ref_add(int* p, int d) {
+        return __atomic_add_fetch(p, d, __ATOMIC_ACQ_REL);
+    }
+    """
+    int fastsocks_ref_add(int* p, int d) nogil
 
 
 cdef extern from "<pthread.h>" nogil:
@@ -148,6 +162,23 @@ cdef struct Pipe:
     Py_ssize_t size
 
 
+# A token bucket: ``rate`` bytes per microsecond, at most ``burst`` saved up.
+cdef struct Bucket:
+    double rate
+    double burst
+    double tokens
+    double wake               # read again once this many tokens are there
+    int64_t stamp_us
+
+
+# A rate for both directions, shared by the pairs (and the Python Throttle)
+# that hold a reference to it; freed by the last.
+cdef struct Shared:
+    Bucket up
+    Bucket down
+    int refs
+
+
 # One direction: bytes read from ``src`` go to ``dst``.
 cdef struct Dir:
     int src
@@ -160,6 +191,9 @@ cdef struct Dir:
     uint64_t nbytes           # bytes read from src (plus the handed-over ones)
     bint eof                  # src said EOF
     bint shut                 # dst was shut down for writing
+    Bucket* buckets[2]        # rate limits on reading src (NULL: none)
+    bint throttled            # over its rate: waits for wake_us, not for epoll
+    int64_t wake_us
 
 
 cdef struct Pair:
@@ -171,6 +205,9 @@ cdef struct Pair:
     int64_t idle_ms
     int reason
     bint dead
+    Shared* shared[2]         # the throttles this pair holds a reference to
+    bint tlisted              # on the engine's list of throttled pairs
+    Pair* tnext
     Pair* prev
     Pair* next
 
@@ -196,6 +233,58 @@ cdef inline int64_t _now_ms() noexcept nogil:
     return <int64_t>ts.tv_sec * 1000 + ts.tv_nsec // 1000000
 
 
+cdef inline int64_t _now_us() noexcept nogil:
+    cdef timespec ts
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return <int64_t>ts.tv_sec * 1000000 + ts.tv_nsec // 1000
+
+
+cdef void _unref(Shared* s) noexcept nogil:
+    if s != NULL and fastsocks_ref_add(&s.refs, -1) == 0:
+        free(s)
+
+
+cdef void _bucket_init(Bucket* b, double rate) noexcept nogil:
+    # The same shape as limits.TokenBucket: a tenth of a second of burst (at
+    # least 16 KiB).  A throttled reader waits for 20 ms worth (at least
+    # 512 B): fewer, larger splices; waking for every 16 KiB cost 5.5 times
+    # the CPU per byte (benchmarks/RESULTS.md, limits).
+    b.rate = rate / 1e6
+    b.burst = rate / 10.0 if rate / 10.0 > 16384.0 else 16384.0
+    b.tokens = b.burst
+    b.wake = rate / 50.0
+    if b.wake < 512.0:
+        b.wake = 512.0
+    b.stamp_us = _now_us()
+
+
+cdef class Throttle:
+    """A bandwidth limit (bytes per second, each direction) for engine pairs.
+
+    Pass it to ``Engine.add(..., throttles)``: one per connection, or one
+    for all of a user's connections.  The C state lives until the last pair
+    using it and this object are gone.
+    """
+
+    cdef Shared* s
+    cdef readonly double rate
+
+    def __cinit__(self, double rate):
+        if not rate > 0:
+            raise ValueError("rate must be positive")
+        self.s = <Shared*>calloc(1, sizeof(Shared))
+        if self.s == NULL:
+            raise MemoryError()
+        self.rate = rate
+        _bucket_init(&self.s.up, rate)
+        _bucket_init(&self.s.down, rate)
+        self.s.refs = 1
+
+    def __dealloc__(self):
+        _unref(self.s)
+        self.s = NULL
+
+
 cdef class Engine:
     """One relay thread and the pairs it owns.  Not thread-safe from Python:
     call its methods from the event loop thread only."""
@@ -210,6 +299,7 @@ cdef class Engine:
     cdef Py_ssize_t done_cap
     cdef Pair* pairs              # all live pairs (engine thread only)
     cdef Pair* zombies            # closed in this batch, freed after it
+    cdef Pair* throttled          # pairs with a direction waiting for its rate
     cdef Pipe* pool[PIPE_POOL_MAX]
     cdef int pool_len
     cdef Py_ssize_t pipe_size
@@ -230,6 +320,7 @@ cdef class Engine:
         self.done_cap = 0
         self.pairs = NULL
         self.zombies = NULL
+        self.throttled = NULL
         self.pool_len = 0
         self.pipe_size = PIPE_SIZE
         self.next_id = 1
@@ -284,15 +375,24 @@ cdef class Engine:
         with nogil:
             _engine_loop(self)
 
+    def throttle(self, double rate):
+        """A bandwidth limit of ``rate`` bytes per second for ``add()``."""
+        return Throttle(rate)
+
     def add(self, int client_fd, int upstream_fd, bytes to_upstream, bytes to_client,
-            double idle_timeout, callback):
+            double idle_timeout, callback, tuple throttles=()):
         """Hand over a connected pair; the engine owns (and will close) both fds.
 
         ``to_upstream`` / ``to_client`` are sent before anything read later;
         ``callback(bytes_up, bytes_down, reason)`` runs on the event loop
-        once the pair is finished, from ``collect()``.
+        once the pair is finished, from ``collect()``.  ``throttles``: up to
+        two ``Throttle`` objects limiting both directions.
         """
         cdef Pair* p
+        cdef Throttle t
+        cdef int i
+        if len(throttles) > 2:
+            raise ValueError("at most two throttles per pair")
         # The engine thread must never block: whatever the fds were, they
         # are non-blocking from here on.
         _os.set_blocking(client_fd, False)
@@ -309,6 +409,12 @@ cdef class Engine:
         p.up.dst = upstream_fd
         p.down.src = upstream_fd
         p.down.dst = client_fd
+        for i in range(len(throttles)):
+            t = <Throttle?>throttles[i]
+            fastsocks_ref_add(&t.s.refs, 1)
+            p.shared[i] = t.s
+            p.up.buckets[i] = &t.s.up
+            p.down.buckets[i] = &t.s.down
         if not _set_pending(&p.up, to_upstream, True) or not _set_pending(&p.down, to_client, False):
             _free_pair(p, False)
             raise MemoryError()
@@ -391,6 +497,8 @@ cdef void _free_pair(Pair* p, bint close_fds) noexcept nogil:
     if close_fds:
         close(p.fds[0])
         close(p.fds[1])
+    _unref(p.shared[0])
+    _unref(p.shared[1])
     free(p.up.pend)
     free(p.down.pend)
     free(p)
@@ -452,11 +560,45 @@ cdef enum:
     PUMP_SRC_ERR = 2  # reading the source failed
     PUMP_DST_ERR = 3  # writing the destination failed
     PUMP_NOMEM = 4
+    PUMP_THROTTLED = 5  # over its rate: d.wake_us says when to try again
+
+
+cdef Py_ssize_t _allowance(Dir* d, Py_ssize_t want) noexcept nogil:
+    """How much ``d`` may read now (0: throttled, ``d.wake_us`` set)."""
+    cdef int64_t now = _now_us()
+    cdef int64_t wait_us = 0, w
+    cdef Bucket* b
+    cdef int i
+    for i in range(2):
+        b = d.buckets[i]
+        if b == NULL:
+            break
+        b.tokens += (now - b.stamp_us) * b.rate
+        if b.tokens > b.burst:
+            b.tokens = b.burst
+        b.stamp_us = now
+        if b.tokens < b.wake:
+            w = <int64_t>((b.wake - b.tokens) / b.rate) + 1
+            if w > wait_us:
+                wait_us = w
+        elif b.tokens < want:
+            want = <Py_ssize_t>b.tokens
+    if wait_us > 0:
+        d.wake_us = now + wait_us
+        return 0
+    return want
+
+
+cdef inline void _charge(Dir* d, Py_ssize_t n) noexcept nogil:
+    d.buckets[0].tokens -= n
+    if d.buckets[1] != NULL:
+        d.buckets[1].tokens -= n
 
 
 cdef int _pump(Engine e, Dir* d) noexcept nogil:
     """Move what can be moved now in one direction."""
     cdef ssize_t n
+    cdef Py_ssize_t want
     if d.shut:
         return PUMP_DONE
     while True:
@@ -486,6 +628,12 @@ cdef int _pump(Engine e, Dir* d) noexcept nogil:
             shutdown(d.dst, SHUT_WR)
             d.shut = True
             return PUMP_DONE
+        # Over its rate: wait for the bucket, not for epoll.
+        want = PIPE_SIZE
+        if d.buckets[0] != NULL:
+            want = _allowance(d, want)
+            if want == 0:
+                return PUMP_THROTTLED
         # Read more, but only into an empty pipe: a full pipe and an empty
         # socket would both say EAGAIN.
         d.pipe = _pipe_get(e)
@@ -496,11 +644,13 @@ cdef int _pump(Engine e, Dir* d) noexcept nogil:
             d.pend = <char*>malloc(COPY_SIZE)
             if d.pend == NULL:
                 return PUMP_NOMEM
-            n = recv(d.src, d.pend, COPY_SIZE, 0)
+            n = recv(d.src, d.pend, want if want < COPY_SIZE else COPY_SIZE, 0)
             if n > 0:
                 d.pend_len = n
                 d.pend_off = 0
                 d.nbytes += n
+                if d.buckets[0] != NULL:
+                    _charge(d, n)
                 continue
             free(d.pend)
             d.pend = NULL
@@ -512,10 +662,13 @@ cdef int _pump(Engine e, Dir* d) noexcept nogil:
             if errno == EINTR:
                 continue
             return PUMP_WAIT if errno == EAGAIN else PUMP_SRC_ERR
-        n = splice(d.src, NULL, d.pipe.wfd, NULL, d.pipe.size, SPLICE_F_MOVE | SPLICE_F_NONBLOCK)
+        n = splice(d.src, NULL, d.pipe.wfd, NULL, want if want < d.pipe.size else d.pipe.size,
+                   SPLICE_F_MOVE | SPLICE_F_NONBLOCK)
         if n > 0:
             d.in_pipe = n
             d.nbytes += n
+            if d.buckets[0] != NULL:
+                _charge(d, n)
         elif n == 0:
             d.eof = True
         else:
@@ -544,6 +697,8 @@ cdef void _finish(Engine e, Pair* p, int reason) noexcept nogil:
         return
     p.dead = True
     p.reason = reason
+    if p.tlisted:
+        _untrottle(e, p)
     epoll_ctl(e.epfd, EPOLL_CTL_DEL, p.fds[0], &dummy)
     epoll_ctl(e.epfd, EPOLL_CTL_DEL, p.fds[1], &dummy)
     close(p.fds[0])
@@ -574,6 +729,52 @@ cdef void _finish(Engine e, Pair* p, int reason) noexcept nogil:
         e.done_len += 1
     pthread_mutex_unlock(&e.lock)
     write(e.done_fd, &one, 8)
+
+
+cdef void _untrottle(Engine e, Pair* p) noexcept nogil:
+    cdef Pair** link = &e.throttled
+    while link[0] != NULL and link[0] != p:
+        link = &link[0].tnext
+    if link[0] == p:
+        link[0] = p.tnext
+    p.tnext = NULL
+    p.tlisted = False
+
+
+cdef int64_t _wake_throttled(Engine e) noexcept nogil:
+    """Pump the directions whose rate allows reading again; the next wake-up (µs)."""
+    cdef int64_t now = _now_us()
+    cdef int64_t next_us = 0
+    cdef Pair* p = e.throttled
+    cdef Pair* nxt
+    cdef Dir* d
+    cdef int which
+    # Take the list: pairs still over their rate put themselves back.
+    e.throttled = NULL
+    while p != NULL:
+        nxt = p.tnext
+        p.tnext = NULL
+        p.tlisted = False
+        for which in range(2):
+            d = &p.up if which == 0 else &p.down
+            if p.dead or not d.throttled:
+                continue
+            if d.wake_us <= now:
+                d.throttled = False
+                _service(e, p, which, EPOLLIN)
+            elif not p.tlisted:
+                p.tlisted = True
+                p.tnext = e.throttled
+                e.throttled = p
+        p = nxt
+    p = e.throttled
+    while p != NULL:
+        for which in range(2):
+            d = &p.up if which == 0 else &p.down
+            if d.throttled and (next_us == 0 or d.wake_us < next_us):
+                next_us = d.wake_us
+        p = p.tnext
+    return next_us
 
 
 cdef inline void* realloc_done(Done* items, Py_ssize_t n) noexcept nogil:
@@ -608,6 +809,12 @@ cdef bint _settle(Engine e, Pair* p, int r, int src_side) noexcept nogil:
         _finish(e, p, R_UPSTREAM_RESET if src_side == 0 else R_CLIENT_RESET)
     elif r == PUMP_NOMEM:
         _finish(e, p, R_ERROR)
+    elif r == PUMP_THROTTLED:
+        (&p.up if src_side == 0 else &p.down).throttled = True
+        if not p.tlisted:
+            p.tlisted = True
+            p.tnext = e.throttled
+            e.throttled = p
     return p.dead
 
 
@@ -684,8 +891,14 @@ cdef void _engine_loop(Engine e) noexcept nogil:
     cdef uint64_t tag
     cdef Pair* p
     cdef int64_t now, last_scan = _now_ms()
+    cdef int64_t wake_us = 0, left
+    cdef int timeout
     while not e.stopping:
-        n = epoll_wait(e.epfd, events, MAX_EVENTS, SCAN_MS)
+        timeout = SCAN_MS
+        if wake_us:
+            left = (wake_us - _now_us() + 999) // 1000
+            timeout = 0 if left < 0 else (<int>left if left < SCAN_MS else SCAN_MS)
+        n = epoll_wait(e.epfd, events, MAX_EVENTS, timeout)
         for i in range(n):
             tag = events[i].data.u64
             if tag == 0:
@@ -693,6 +906,7 @@ cdef void _engine_loop(Engine e) noexcept nogil:
             else:
                 p = <Pair*>(tag & ~(<uint64_t>1))
                 _service(e, p, <int>(tag & 1), events[i].events)
+        wake_us = _wake_throttled(e) if e.throttled != NULL else 0
         now = _now_ms()
         if now - last_scan >= SCAN_MS:
             last_scan = now
@@ -701,6 +915,4 @@ cdef void _engine_loop(Engine e) noexcept nogil:
         while e.zombies != NULL:
             p = e.zombies
             e.zombies = p.next
-            free(p.up.pend)
-            free(p.down.pend)
-            free(p)
+            _free_pair(p, False)

@@ -8,6 +8,11 @@ cdef class Half:
     cdef readonly bint eof
     cdef readonly bint lost
     cdef readonly str name
+    cdef public object buckets
+    cdef readonly bint held
+    cdef readonly bint blocked
+
+    cdef _charge(self, Py_ssize_t n)
 
 
 cdef class Relay:
@@ -23,6 +28,7 @@ cdef class Relay:
     cdef int _idle_ticks
     cdef unsigned long long _last_total
     cdef bint _closed
+    cdef public tuple throttles
 
     cdef _half_made(self, Half half)
     cdef _half_eof(self, Half half)

@@ -13,7 +13,10 @@ what its transport reads into the peer transport:
   both directions have ended, or when either side resets;
 * idle timeout: a timer ticks every quarter of the timeout and closes the
   pair once no byte has moved for four ticks, so the hot path touches only
-  the byte counters.
+  the byte counters;
+* bandwidth limits (``Relay.throttles``, set before ``start()``): token
+  buckets charged per chunk; a direction over its rate stops reading until
+  its bucket has refilled (limits.TokenBucket says how long).
 
 The per-chunk path (``data_received``) is C apart from the transport's own
 ``write()``: it creates no Python object.
@@ -40,6 +43,9 @@ cdef class Half:
         self.nbytes = 0
         self.eof = False
         self.lost = False
+        self.buckets = None
+        self.held = False
+        self.blocked = False
 
     def connection_made(self, transport):
         self.transport = transport
@@ -50,6 +56,24 @@ cdef class Half:
         cdef Half peer = self.peer
         if peer is not None and not peer.lost:
             peer.transport.write(data)
+        if self.buckets is not None:
+            self._charge(len(data))
+
+    cdef _charge(self, Py_ssize_t n):
+        cdef double delay = 0.0, d
+        for bucket in self.buckets:
+            d = bucket.take(n)
+            if d > delay:
+                delay = d
+        if delay > 0 and not self.held and not self.lost:
+            self.held = True
+            self.transport.pause_reading()
+            self.relay.loop.call_later(delay, self._release)
+
+    def _release(self):
+        self.held = False
+        if not self.lost and not self.eof and not self.blocked:
+            self.transport.resume_reading()
 
     def eof_received(self):
         self.eof = True
@@ -63,12 +87,15 @@ cdef class Half:
     def pause_writing(self):
         cdef Half peer = self.peer
         if peer is not None and not peer.lost:
+            peer.blocked = True
             peer.transport.pause_reading()
 
     def resume_writing(self):
         cdef Half peer = self.peer
-        if peer is not None and not peer.lost and not peer.eof:
-            peer.transport.resume_reading()
+        if peer is not None:
+            peer.blocked = False
+            if not peer.lost and not peer.eof and not peer.held:
+                peer.transport.resume_reading()
 
 
 cdef class Relay:
@@ -95,6 +122,7 @@ cdef class Relay:
         self._idle_ticks = 0
         self._last_total = <unsigned long long>-1
         self._closed = False
+        self.throttles = ()
 
     @property
     def bytes_up(self):
@@ -113,6 +141,9 @@ cdef class Relay:
         self.client.transport = client_transport
         client_transport.set_write_buffer_limits(HIGH_WATER, LOW_WATER)
         self.upstream.transport.set_write_buffer_limits(HIGH_WATER, LOW_WATER)
+        if self.throttles:
+            self.client.buckets = [t.up for t in self.throttles]
+            self.upstream.buckets = [t.down for t in self.throttles]
         if PyBytes_GET_SIZE(pending):
             self.client.data_received(pending)
         client_transport.resume_reading()

@@ -12,7 +12,10 @@ what its transport reads into the peer transport:
   both directions have ended, or when either side resets;
 * idle timeout: a timer ticks every quarter of the timeout and closes the
   pair once no byte has moved for four ticks, so the hot path touches only
-  the byte counters.
+  the byte counters;
+* bandwidth limits (``Relay.throttles``, set before ``start()``): token
+  buckets charged per chunk; a direction over its rate stops reading until
+  its bucket has refilled (limits.TokenBucket says how long).
 """
 
 from __future__ import annotations
@@ -32,7 +35,8 @@ _IDLE_TICKS = 4
 class Half:
     """One direction: reads from ``transport`` and writes into the peer's."""
 
-    __slots__ = ("relay", "transport", "peer", "nbytes", "eof", "lost", "name")
+    __slots__ = ("relay", "transport", "peer", "nbytes", "eof", "lost", "name", "buckets",
+                 "held", "blocked")
 
     def __init__(self, relay: Relay, name: str) -> None:
         self.relay = relay
@@ -42,6 +46,9 @@ class Half:
         self.nbytes = 0
         self.eof = False
         self.lost = False
+        self.buckets: list[Any] | None = None  # rate limits on what this side sends
+        self.held = False  # reading paused: over its rate
+        self.blocked = False  # reading paused: the peer's write buffer is full
 
     def connection_made(self, transport: Any) -> None:
         self.transport = transport
@@ -52,6 +59,20 @@ class Half:
         peer = self.peer
         if peer is not None and not peer.lost:
             peer.transport.write(data)
+        if self.buckets is not None:
+            self._charge(len(data))
+
+    def _charge(self, n: int) -> None:
+        delay = max(bucket.take(n) for bucket in self.buckets)  # type: ignore[union-attr]
+        if delay > 0 and not self.held and not self.lost:
+            self.held = True
+            self.transport.pause_reading()
+            self.relay.loop.call_later(delay, self._release)
+
+    def _release(self) -> None:
+        self.held = False
+        if not self.lost and not self.eof and not self.blocked:
+            self.transport.resume_reading()
 
     def eof_received(self) -> bool:
         self.eof = True
@@ -65,12 +86,15 @@ class Half:
     def pause_writing(self) -> None:
         peer = self.peer
         if peer is not None and not peer.lost:
+            peer.blocked = True
             peer.transport.pause_reading()
 
     def resume_writing(self) -> None:
         peer = self.peer
-        if peer is not None and not peer.lost and not peer.eof:
-            peer.transport.resume_reading()
+        if peer is not None:
+            peer.blocked = False
+            if not peer.lost and not peer.eof and not peer.held:
+                peer.transport.resume_reading()
 
 
 class Relay:
@@ -95,6 +119,7 @@ class Relay:
         "_idle_ticks",
         "_last_total",
         "_closed",
+        "throttles",
     )
 
     def __init__(
@@ -118,6 +143,7 @@ class Relay:
         self._idle_ticks = 0
         self._last_total = -1
         self._closed = False
+        self.throttles: tuple[Any, ...] = ()  # limits.TokenBuckets, set before start()
 
     @property
     def bytes_up(self) -> int:
@@ -136,6 +162,9 @@ class Relay:
         self.client.transport = client_transport
         for half in (self.client, self.upstream):
             half.transport.set_write_buffer_limits(HIGH_WATER, LOW_WATER)
+        if self.throttles:
+            self.client.buckets = [t.up for t in self.throttles]
+            self.upstream.buckets = [t.down for t in self.throttles]
         if pending:
             self.client.data_received(pending)
         client_transport.resume_reading()

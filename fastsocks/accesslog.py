@@ -62,6 +62,9 @@ _REPLY_REASONS = {
 # The session's own reasons (free text, for its debug log) as short tokens.
 _PREFIXES = (
     ("handshake timeout", "handshake_timeout"),
+    ("PROXY protocol header timeout", "proxy_protocol_timeout"),
+    ("PROXY protocol: not from a trusted", "proxy_protocol_untrusted"),
+    ("PROXY protocol", "proxy_protocol_error"),
     ("client closed", "client_closed"),
     ("client error", "client_reset"),
     ("no acceptable authentication method", "no_acceptable_method"),
@@ -70,6 +73,7 @@ _PREFIXES = (
     ("UDP association idle", "idle_timeout"),
     ("target closed before", "upstream_closed"),
     ("shutdown", "shutdown"),
+    ("limit ", "limit_reached"),
 )
 
 

@@ -28,6 +28,13 @@ ServerCodec = _impl.ServerCodec
 encode_address = _impl.encode_address
 parse_udp_header = _impl.parse_udp_header
 build_udp_header = _impl.build_udp_header
+GssMessage = _impl.GssMessage
+GssFramer = _impl.GssFramer
+gss_frame = _impl.gss_frame
+GSS_ABORT: bytes = _impl.GSS_ABORT
+GSS_TOKEN_MAX: int = _impl.GSS_TOKEN_MAX
+ProxyHeader = _impl.ProxyHeader
+parse_proxy_header = _impl.parse_proxy_header
 
 __all__ = [
     "IMPLEMENTATION",
@@ -41,4 +48,11 @@ __all__ = [
     "encode_address",
     "parse_udp_header",
     "build_udp_header",
+    "GssMessage",
+    "GssFramer",
+    "gss_frame",
+    "GSS_ABORT",
+    "GSS_TOKEN_MAX",
+    "ProxyHeader",
+    "parse_proxy_header",
 ]

@@ -5,12 +5,15 @@ from __future__ import annotations
 import ipaddress
 import os
 import socket
+import sys
 from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import ConfigError
+from .limits import LimitSettings
 
-__all__ = ["Settings", "parse_listen", "is_loopback_host", "DEFAULT_LISTEN"]
+__all__ = ["Settings", "parse_listen", "is_loopback_host", "DEFAULT_LISTEN", "cpu_count",
+           "default_workers"]
 
 DEFAULT_LISTEN = ("127.0.0.1", 1080)
 
@@ -40,6 +43,19 @@ def parse_listen(value: str) -> tuple[str, int]:
     if not 0 <= port <= 65535:
         raise ConfigError(f"listen address {value!r}: port must be 0 to 65535")
     return host, port
+
+
+def cpu_count() -> int:
+    """The CPUs this process may run on (its affinity: taskset, cgroup cpusets)."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def default_workers() -> int:
+    """One worker per CPU where SO_REUSEPORT spreads connections (Linux), else one."""
+    return cpu_count() if sys.platform.startswith("linux") else 1
 
 
 def is_loopback_host(host: str) -> bool:
@@ -74,7 +90,7 @@ class Settings:
     udp_reassembly: bool = True
     loop: str = "auto"
     relay: str = "auto"
-    workers: int = 1
+    workers: int = field(default_factory=default_workers)
     log_level: str = "info"
     backlog: int = 4096
     # [log] access / access_format and [metrics] in the config file.
@@ -84,6 +100,28 @@ class Settings:
     # [[rules]] (compiled fastsocks.rules.Rule objects, in order) and [groups].
     rules: list[Any] = field(default_factory=list)
     groups: dict[str, list[str]] = field(default_factory=dict)
+    # [limits]: connection counts, handshake rate, bandwidth (fastsocks/limits.py).
+    limits: LimitSettings = field(default_factory=LimitSettings)
+    # [proxy_protocol]: trusted balancer CIDRs (empty: off), which listeners
+    # (None: all of them) and how long to wait for the header.
+    proxy_protocol_from: list[str] = field(default_factory=list)
+    proxy_protocol_listen: list[tuple[str, int]] | None = None
+    proxy_protocol_timeout: float = 5.0
+    # [upstreams.NAME] (fastsocks.upstream.Upstream) and [outbound]: source
+    # addresses (one per family) globally and per user, and a device.
+    upstreams: dict[str, Any] = field(default_factory=dict)
+    outbound_address: list[str] = field(default_factory=list)
+    outbound_users: dict[str, list[str]] = field(default_factory=dict)
+    outbound_interface: str | None = None
+    # [gssapi] (RFC 1961, fastsocks/gssapi.py): on or off, the keytab (None:
+    # KRB5_KTNAME or the system's), the acceptor principal (None: any key in
+    # the keytab), the lowest protection level accepted ("clear" is Dante's,
+    # outside the RFC), and principal → user name exceptions.
+    gssapi: bool = False
+    gssapi_keytab: str | None = None
+    gssapi_principal: str | None = None
+    gssapi_min_protection: str = "integrity"
+    gssapi_principal_map: dict[str, str] = field(default_factory=dict)
     config_file: str | None = None  # where these settings came from, if a file
 
     def validate(self) -> None:
@@ -111,11 +149,21 @@ class Settings:
         if self.workers > 1 and not (hasattr(os, "fork") and hasattr(socket, "SO_REUSEPORT")):
             raise ConfigError("workers > 1 needs fork() and SO_REUSEPORT, which this platform "
                               "lacks: use --workers 1")
+        self.limits.validate()
         if self.relay not in ("auto", "splice", "protocol"):
             raise ConfigError(f"relay {self.relay!r}: use auto, splice or protocol")
         if not self.listen:
             raise ConfigError("no listen address: give at least one --listen HOST:PORT")
-        if self.users_file is None and not self.allow_open:
+        from .upstream import check_outbound, check_proxy_protocol
+
+        check_proxy_protocol(self)
+        check_outbound(self)
+        if self.gssapi_min_protection not in ("clear", "integrity", "confidentiality"):
+            raise ConfigError(f"gssapi min_protection {self.gssapi_min_protection!r}: use "
+                              "integrity, confidentiality, or clear (Dante's, no protection)")
+        # GSSAPI is authentication too: with it on, clients that do not offer
+        # it get no-auth only with --allow-open (session._on_greeting).
+        if self.users_file is None and not self.allow_open and not self.gssapi:
             exposed = [f"{h}:{p}" for h, p in self.listen if not is_loopback_host(h)]
             if exposed:
                 raise ConfigError(

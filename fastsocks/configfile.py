@@ -11,14 +11,21 @@ back to the same settings.
 The schema (deploy/fastsocks.toml is the commented example)::
 
     listen = ["127.0.0.1:1080"]      users = "users.txt"     allow_open = false
-    workers = 1   loop = "auto"   relay = "auto"   backlog = 4096
+    workers = CPUs   loop = "auto"   relay = "auto"   backlog = 4096
     [timeouts]  handshake connect idle bind drain
     [bind]      address
     [udp]       public_address reassembly
     [log]       level access access_format
     [metrics]   enabled listen
+    [limits]    connections connections_per_ip connections_per_user
+                handshake_rate_per_ip bandwidth_per_connection bandwidth_per_user
+    [limits.users.NAME]  connections bandwidth
+    [gssapi]    enabled keytab principal min_protection     [gssapi.principal_map]  "P@REALM" = "user"
     [groups]    NAME = ["user", ...]
-    [[rules]]   action src dst domain ports users groups commands
+    [[rules]]   action src dst domain ports users groups commands upstream source
+    [proxy_protocol]   trusted listeners timeout
+    [upstreams.NAME]   address user password
+    [outbound]  address interface     [outbound.users]  NAME = "IP" or ["IPv4", "IPv6"]
 """
 
 from __future__ import annotations
@@ -30,9 +37,11 @@ import os
 import sys
 from typing import Any, Callable, Mapping
 
-from .config import Settings, is_loopback_host, parse_listen
+from .config import Settings, cpu_count, is_loopback_host, parse_listen
 from .errors import ConfigError
+from .limits import LimitSettings, UserLimits, format_rate, parse_rate
 from .rules import compile_rule
+from .upstream import MIN_PROXY_PROTOCOL_TIMEOUT, Upstream, _source_list
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -109,6 +118,21 @@ def _integer(low: int, high: int, note: str = "") -> Check:
     return check
 
 
+def _rate(value: Any) -> tuple[Any, str | None]:
+    try:
+        return parse_rate(value, "rate"), None
+    except ConfigError:
+        return None, ("must be bytes per second (0: no limit), or a string with a unit such as "
+                      f"\"10MiB\", \"500kB\" or \"100Mbit\", got {_show(value)}")
+
+
+def _per_second(value: Any) -> tuple[Any, str | None]:
+    if (isinstance(value, bool) or not isinstance(value, (int, float))
+            or not math.isfinite(value) or not 0 <= value < 1e9):
+        return None, f"must be 0 (no limit) or a positive number per second, got {_show(value)}"
+    return float(value), None
+
+
 def _ip(value: Any) -> tuple[Any, str | None]:
     import ipaddress
 
@@ -119,6 +143,36 @@ def _ip(value: Any) -> tuple[Any, str | None]:
     except ValueError:
         pass
     return None, f"must be an IPv4 or IPv6 address such as \"203.0.113.7\", got {_show(value)}"
+
+
+def _cidr(value: Any) -> tuple[Any, str | None]:
+    import ipaddress
+
+    try:
+        if isinstance(value, str):
+            return ipaddress.ip_network(value.strip(), strict=True).with_prefixlen, None
+    except ValueError:
+        pass
+    return None, ("must be a CIDR (a balancer's address or network) such as \"10.0.0.0/8\" or "
+                  f"\"192.0.2.7/32\", host bits unset, got {_show(value)}")
+
+
+def _principal(value: Any) -> tuple[Any, str | None]:
+    if isinstance(value, str) and value.strip() and not any(c.isspace() for c in value):
+        return value, None
+    return None, ("must be a Kerberos principal such as \"socks/proxy.example.com@EXAMPLE.COM\" "
+                  f"(leave it out to accept any principal in the keytab), got {_show(value)}")
+
+
+def _principal_map(value: Any) -> tuple[Any, str | None]:
+    why = ("must be a table of principal = user name, e.g. { \"alice@EXAMPLE.COM\" = "
+           "\"alice\" }, each name 1 to 255 bytes")
+    if not isinstance(value, dict):
+        return None, f"{why}, got {_show(value)}"
+    for principal, user in value.items():
+        if not isinstance(user, str) or not 0 < len(user.encode("utf-8")) <= 255:
+            return None, f"{why}; {principal!r} maps to {_show(user)}"
+    return dict(value), None
 
 
 def _host_port(value: Any) -> tuple[Any, str | None]:
@@ -239,9 +293,166 @@ class _Loader:
             enabled = "listen" in table
         self.values["metrics_listen"] = (listen or DEFAULT_METRICS_LISTEN) if enabled else None
 
+    def proxy_protocol(self, table: Mapping[str, Any]) -> None:
+        for key, value in table.items():
+            dotted = f"proxy_protocol.{key}"
+            if key == "trusted":
+                items = value if isinstance(value, list) else [value]
+                nets = []
+                for i, item in enumerate(items):
+                    net, why = _cidr(item)
+                    if why is not None:
+                        self.error(f"{dotted}[{i}]" if isinstance(value, list) else dotted, why)
+                    else:
+                        nets.append(net)
+                self.values["proxy_protocol_from"] = nets
+            elif key == "listeners":
+                items = value if isinstance(value, list) else [value]
+                out = []
+                for i, item in enumerate(items):
+                    try:
+                        out.append(parse_listen(item if isinstance(item, str) else ""))
+                    except ConfigError:
+                        self.error(f"{dotted}[{i}]", "must be one of the listen addresses, "
+                                                     f"\"HOST:PORT\", got {_show(item)}")
+                self.values["proxy_protocol_listen"] = out
+            elif key == "timeout":
+                seconds, why = _seconds(True)(value)
+                if why is None and seconds < MIN_PROXY_PROTOCOL_TIMEOUT:
+                    why = (f"must be at least {MIN_PROXY_PROTOCOL_TIMEOUT:g} seconds (the PROXY "
+                           f"protocol spec's minimum), got {_show(value)}")
+                if why is not None:
+                    self.error(dotted, why)
+                else:
+                    self.values["proxy_protocol_timeout"] = seconds
+            else:
+                self.unknown(dotted, key, ["trusted", "listeners", "timeout"], "[proxy_protocol]")
+        if "listeners" in table and "trusted" not in table:
+            self.error("proxy_protocol.trusted", "missing: list the balancers' addresses, e.g. "
+                                                 "trusted = [\"10.0.0.0/8\"]; the header is "
+                                                 "only accepted from them")
+
+    def gssapi(self, table: Mapping[str, Any]) -> None:
+        """[gssapi]: RFC 1961 authentication; on when the section has keys, unless enabled = false."""
+        schema: dict[str, tuple[str, Check]] = {
+            "enabled": ("gssapi", _boolean),
+            "keytab": ("gssapi_keytab", _Path(self.base)),
+            "principal": ("gssapi_principal", _principal),
+            "min_protection": ("gssapi_min_protection",
+                               _choice("integrity", "confidentiality", "clear")),
+            "principal_map": ("gssapi_principal_map", _principal_map),
+        }
+        self.fields("gssapi", table, schema)
+        if table and "enabled" not in table:
+            self.values["gssapi"] = True
+
+    def upstreams(self, table: Mapping[str, Any]) -> dict[str, Upstream]:
+        upstreams: dict[str, Upstream] = {}
+        for name, own in table.items():
+            key = f"upstreams.{name}"
+            if not isinstance(own, dict):
+                self.error(key, "must be a table: [upstreams.NAME] with address, and user and "
+                                f"password for RFC 1929, got {_show(own)}")
+                continue
+            fields: dict[str, Any] = {}
+            for field_name, value in own.items():
+                if field_name == "address":
+                    if not isinstance(value, str):
+                        self.error(f"{key}.address", "must be \"HOST:PORT\" such as "
+                                                     f"\"10.0.0.2:1080\", got {_show(value)}")
+                        continue
+                    try:
+                        fields["host"], fields["port"] = parse_listen(value)
+                    except ConfigError as exc:
+                        self.error(f"{key}.address", str(exc))
+                elif field_name in ("user", "password"):
+                    if (not isinstance(value, str) or not value
+                            or len(value.encode("utf-8")) > 255):
+                        self.error(f"{key}.{field_name}", "must be 1 to 255 bytes of text "
+                                                          f"(RFC 1929), got {_show(value)}")
+                    else:
+                        fields[field_name] = value
+                else:
+                    self.unknown(f"{key}.{field_name}", field_name,
+                                 ["address", "user", "password"], f"[{key}]")
+            if "address" not in own:
+                self.error(f"{key}.address", "missing: where the upstream SOCKS5 proxy listens, "
+                                             "e.g. address = \"10.0.0.2:1080\"")
+            elif ("user" in own) != ("password" in own):
+                self.error(key, "give both user and password, or neither")
+            elif "host" in fields:
+                upstreams[name] = Upstream(name, **fields)
+            if name not in upstreams:
+                upstreams[name] = Upstream(name, "0.0.0.0", 0)  # known: rules get no second error
+        self.values["upstreams"] = upstreams
+        return upstreams
+
+    def outbound(self, table: Mapping[str, Any]) -> None:
+        for key, value in table.items():
+            dotted = f"outbound.{key}"
+            if key == "address":
+                try:
+                    self.values["outbound_address"] = _source_list(value, dotted)
+                except ConfigError as exc:
+                    self.error(dotted, str(exc).partition(": ")[2])
+            elif key == "interface":
+                if not isinstance(value, str) or not value:
+                    self.error(dotted, f"must be a network interface name such as \"eth1\", "
+                                       f"got {_show(value)}")
+                else:
+                    self.values["outbound_interface"] = value
+            elif key == "users":
+                if not isinstance(value, dict):
+                    self.error(dotted, "must be a table of NAME = \"IP\" (or [\"IPv4\", "
+                                       f"\"IPv6\"]), got {_show(value)}")
+                    continue
+                users = {}
+                for user, sources in value.items():
+                    try:
+                        users[user] = _source_list(sources, f"{dotted}.{user}")
+                    except ConfigError as exc:
+                        self.error(f"{dotted}.{user}", str(exc).partition(": ")[2])
+                self.values["outbound_users"] = users
+            else:
+                self.unknown(dotted, key, ["address", "interface", "users"], "[outbound]")
+
+    def limits(self, table: Mapping[str, Any]) -> None:
+        count = _integer(0, 10 ** 9, " (0: no limit)")
+        schema: dict[str, tuple[str, Check]] = {
+            "connections": ("connections", count),
+            "connections_per_ip": ("connections_per_ip", count),
+            "connections_per_user": ("connections_per_user", count),
+            "handshake_rate_per_ip": ("handshake_rate_per_ip", _per_second),
+            "bandwidth_per_connection": ("bandwidth_per_connection", _rate),
+            "bandwidth_per_user": ("bandwidth_per_user", _rate),
+            "users": ("users", lambda v: (v, None)),
+        }
+        saved, self.values = self.values, {}
+        self.fields("limits", table, schema)
+        found, self.values = self.values, saved
+        users: dict[str, UserLimits] = {}
+        given = found.pop("users", {})
+        if not isinstance(given, dict):
+            self.error("limits.users", "must be a table of [limits.users.NAME] sections, "
+                                       f"got {_show(given)}")
+            given = {}
+        for name, own in given.items():
+            key = f"limits.users.{name}"
+            if not isinstance(own, dict):
+                self.error(key, "must be a table with connections and/or bandwidth, e.g. "
+                                f"{{ connections = 10, bandwidth = \"1MiB\" }}, got {_show(own)}")
+                continue
+            saved, self.values = self.values, {}
+            self.fields(key, own, {"connections": ("connections", count),
+                                   "bandwidth": ("bandwidth", _rate)})
+            fields, self.values = self.values, saved
+            users[name] = UserLimits(**fields)
+        self.values["limits"] = LimitSettings(**found, users=users)
+
 
 _TOP_LEVEL = ["listen", "users", "allow_open", "workers", "loop", "relay", "backlog",
-              "timeouts", "bind", "udp", "log", "metrics", "groups", "rules"]
+              "timeouts", "bind", "udp", "log", "metrics", "limits", "groups", "rules",
+              "proxy_protocol", "upstreams", "outbound", "gssapi"]
 
 
 def _parse(path: str) -> tuple[dict[str, Any], _Loader]:
@@ -262,7 +473,8 @@ def _parse(path: str) -> tuple[dict[str, Any], _Loader]:
         "relay": ("relay", _choice("auto", "splice", "protocol")),
         "backlog": ("backlog", _integer(1, 65535)),
     }
-    sections = ("timeouts", "bind", "udp", "log", "metrics", "groups", "rules")
+    sections = ("timeouts", "bind", "udp", "log", "metrics", "limits", "groups", "rules",
+                "proxy_protocol", "upstreams", "outbound", "gssapi")
     for key, value in doc.items():
         if key == "listen":
             loader.listen(value)
@@ -289,6 +501,11 @@ def _parse(path: str) -> tuple[dict[str, Any], _Loader]:
         "access_format": ("access_log_format", _choice("text", "json")),
     })
     loader.metrics(loader.table(doc, "metrics"))
+    loader.limits(loader.table(doc, "limits"))
+    loader.proxy_protocol(loader.table(doc, "proxy_protocol"))
+    upstreams = loader.upstreams(loader.table(doc, "upstreams"))
+    loader.outbound(loader.table(doc, "outbound"))
+    loader.gssapi(loader.table(doc, "gssapi"))
     groups = loader.groups(loader.table(doc, "groups"))
     loader.values["groups"] = groups
 
@@ -300,7 +517,7 @@ def _parse(path: str) -> tuple[dict[str, Any], _Loader]:
     else:
         problems: list[tuple[str, str]] = []
         for index, table in enumerate(rules_value):
-            rule = compile_rule(index, table, groups, problems)
+            rule = compile_rule(index, table, groups, problems, upstreams)
             if rule is not None:
                 rules.append(rule)
         for key, message in problems:
@@ -308,7 +525,7 @@ def _parse(path: str) -> tuple[dict[str, Any], _Loader]:
     loader.values["rules"] = rules
 
     if loader.values.get("workers") == 0:
-        loader.values["workers"] = os.cpu_count() or 1
+        loader.values["workers"] = cpu_count()
     return loader.values, loader
 
 
@@ -329,7 +546,7 @@ def load_config(path: str | os.PathLike[str], overrides: Mapping[str, Any] | Non
         allow_open = values.get("allow_open", False)
         exposed = [f"[{h}]:{p}" if ":" in h else f"{h}:{p}"
                    for h, p in listen if not is_loopback_host(h)]
-        if exposed and users is None and not allow_open:
+        if exposed and users is None and not allow_open and not values.get("gssapi"):
             key = "listen" if "listen" in values else "listen (default 127.0.0.1:1080)"
             loader.error(key, f"refusing to listen on {', '.join(exposed)} without authentication: "
                               "anyone who can reach it could use this proxy. Set users = \"FILE\" "
@@ -402,6 +619,52 @@ def render(settings: Settings) -> str:
     put("enabled", settings.metrics_listen is not None)
     if settings.metrics_listen is not None:
         put("listen", settings.metrics_listen)
+    limits = settings.limits
+    lines += ["", "[limits]  # 0: no limit"]
+    put("connections", limits.connections)
+    put("connections_per_ip", limits.connections_per_ip)
+    put("connections_per_user", limits.connections_per_user)
+    put("handshake_rate_per_ip", limits.handshake_rate_per_ip)
+    put("bandwidth_per_connection", format_rate(limits.bandwidth_per_connection))
+    put("bandwidth_per_user", format_rate(limits.bandwidth_per_user))
+    for name, own in limits.users.items():
+        lines += ["", f"[limits.users.{_toml(name)}]"]
+        if own.connections is not None:
+            put("connections", own.connections)
+        if own.bandwidth is not None:
+            put("bandwidth", format_rate(own.bandwidth))
+    lines += ["", "[proxy_protocol]"]
+    if not settings.proxy_protocol_from:
+        lines.append("# trusted: none (PROXY protocol off)")
+    else:
+        put("trusted", settings.proxy_protocol_from)
+        if settings.proxy_protocol_listen is None:
+            lines.append("# listeners: all of them")
+        else:
+            put("listeners", [_address(h, p) for h, p in settings.proxy_protocol_listen])
+    put("timeout", settings.proxy_protocol_timeout)
+    for name, upstream in settings.upstreams.items():
+        lines += ["", f"[upstreams.{_toml(name)}]"]
+        put("address", upstream.address)
+        if upstream.user is not None:
+            put("user", upstream.user)
+            put("password", upstream.password)
+    lines += ["", "[outbound]"]
+    put("address", settings.outbound_address or None, "the system chooses")
+    put("interface", settings.outbound_interface, "any")
+    if settings.outbound_users:
+        lines += ["", "[outbound.users]"]
+        for user, sources in settings.outbound_users.items():
+            lines.append(f"{_toml(user)} = {_toml(sources)}")
+    lines += ["", "[gssapi]"]
+    put("enabled", settings.gssapi)
+    put("keytab", settings.gssapi_keytab, "KRB5_KTNAME or the system's keytab")
+    put("principal", settings.gssapi_principal, "any principal in the keytab")
+    put("min_protection", settings.gssapi_min_protection)
+    if settings.gssapi_principal_map:
+        lines += ["", "[gssapi.principal_map]"]
+        for principal, user in settings.gssapi_principal_map.items():
+            lines.append(f"{_toml(principal)} = {_toml(user)}")
     lines += ["", "[groups]"]
     for name, members in settings.groups.items():
         lines.append(f"{_toml(name)} = {_toml(members)}")

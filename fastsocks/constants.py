@@ -61,3 +61,4 @@ class Phase(enum.IntEnum):
     REPLY = 5  # request parsed; the session must call send_reply()
     ESTABLISHED = 6  # success reply sent; further bytes are payload
     CLOSED = 7  # a failure was sent or an error raised; nothing more is parsed
+    GSSAPI = 8  # method X'01' chosen: RFC 1961 messages go to a GssFramer, not here

@@ -36,6 +36,8 @@ import tempfile
 import threading
 from typing import TYPE_CHECKING, Any, Callable
 
+from .limits import LIMIT_NAMES
+
 if TYPE_CHECKING:
     from .session import Session
 
@@ -56,6 +58,7 @@ NAMES = (
     "fastsocks_rule_denials_total",
     "fastsocks_timeouts_total",
     "fastsocks_udp_datagrams_total",
+    "fastsocks_limit_rejections_total",
 )
 
 _COMMANDS = {1: "connect", 2: "bind", 3: "udp_associate"}
@@ -84,7 +87,9 @@ _DGRAMS_DOWN = _BYTES_UP + 3
 _AUTH_FAILURES = _BYTES_UP + 4
 _RULE_DENIALS = _BYTES_UP + 5
 _TIMEOUT_SLOTS = {reason: _RULE_DENIALS + 1 + i for i, reason in enumerate(_TIMEOUT_KINDS)}
-_BUCKET = _RULE_DENIALS + 1 + len(_TIMEOUT_KINDS)
+_LIMIT_SLOTS = {name: _RULE_DENIALS + 1 + len(_TIMEOUT_KINDS) + i
+                for i, name in enumerate(LIMIT_NAMES)}
+_BUCKET = _RULE_DENIALS + 1 + len(_TIMEOUT_KINDS) + len(LIMIT_NAMES)
 
 
 class Metrics:
@@ -132,6 +137,10 @@ class Metrics:
             "fastsocks_udp_datagrams_total", "UDP ASSOCIATE datagrams relayed (counted when "
             "the association ends)", ["direction"], registry=registry)
 
+        self.limit_rejections_total = Counter(
+            "fastsocks_limit_rejections_total", "Connections refused by a limit, by limit "
+            "(see [limits])", ["limit"], registry=registry)
+
         # What each slot of ``counts`` feeds; binding every label child now
         # also makes every series visible (at 0) from the first scrape.
         children: list[Any] = [self.connections_total.labels(name)
@@ -142,6 +151,7 @@ class Metrics:
                      self.udp_datagrams_total.labels("down"),
                      self.auth_failures_total, self.rule_denials_total]
         children += [self.timeouts_total.labels(kind) for kind in _TIMEOUT_KINDS.values()]
+        children += [self.limit_rejections_total.labels(name) for name in LIMIT_NAMES]
         # The histogram takes whole bucket counts at a flush, through its own
         # per-bucket values (non-cumulative, as observe() keeps them); where a
         # prometheus_client lacks them, each handshake is observed directly.
@@ -177,11 +187,16 @@ class Metrics:
         if first:
             seconds = session.server.loop.time() - session.started
             if self._batch_histogram:
+                # The sum first: a flush in the scrape thread reads the counts
+                # before the sum, so a handshake it counts has its time summed.
+                self.handshake_sum += seconds
                 # le: the first bucket whose bound is >= seconds (+Inf last).
                 self.counts[_BUCKET + bisect.bisect_left(_HANDSHAKE_BUCKETS, seconds)] += 1
-                self.handshake_sum += seconds
             else:
                 self.handshake_duration.observe(seconds)
+
+    def limited(self, limit: str) -> None:
+        self.counts[_LIMIT_SLOTS[limit]] += 1
 
     def closed(self, session: Session, reason: str, bytes_up: int, bytes_down: int) -> None:
         counts = self.counts

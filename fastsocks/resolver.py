@@ -7,7 +7,7 @@ import asyncio
 import errno
 import os
 import socket
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from .constants import Reply
 
@@ -48,6 +48,12 @@ _IN_PROGRESS = (errno.EINPROGRESS, errno.EAGAIN, getattr(errno, "EWOULDBLOCK", e
 
 if hasattr(errno, "EHOSTDOWN"):
     _ERRNO_REPLY[errno.EHOSTDOWN] = Reply.HOST_UNREACHABLE
+
+# Linux: bind() to a source address without reserving a port; connect() picks
+# the port, so the 4-tuple, not the source port alone, must be unique (many
+# more outgoing connections from one address).  Python lacks the name.
+_IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT",
+                                   24 if os.uname().sysname == "Linux" else None)
 
 
 class ConnectError(Exception):
@@ -159,13 +165,20 @@ class Connector:
     a task per attempt: this is on every CONNECT's path.  ``on_done(sock,
     None)`` gets the connected socket, ``on_done(None, error)`` the
     ConnectError; ``cancel()`` stops it and closes the socket in flight.
+
+    ``sources`` are (family, sockaddr) source addresses (the outbound
+    address): each socket is bound to the one of its target's family, if
+    any, before connecting; ``interface`` binds it to a device.
     """
 
     __slots__ = ("loop", "addresses", "on_done", "deadline", "index", "failures", "sock",
-                 "sockaddr", "timer")
+                 "sockaddr", "timer", "sources", "interface")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, addresses: list[Address],
-                 timeout: float, on_done: Callable[[Any, ConnectError | None], None]) -> None:
+                 timeout: float, on_done: Callable[[Any, ConnectError | None], None],
+                 sources: Sequence[Address] = (), interface: str | None = None) -> None:
+        self.sources = sources
+        self.interface = interface
         self.loop = loop
         self.addresses = addresses
         self.on_done = on_done
@@ -193,6 +206,14 @@ class Connector:
                 continue
             sock.setblocking(False)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if self.sources or self.interface:
+                try:
+                    self._bind_source(sock, family)
+                except OSError as exc:
+                    sock.close()
+                    self._failed(reply_for_errno(exc.errno),
+                                 f"binding the outbound address: {exc.strerror or exc}")
+                    continue
             err = sock.connect_ex(sockaddr)
             if err == 0:
                 self._succeeded(sock)
@@ -206,6 +227,20 @@ class Connector:
             self.timer = self.loop.call_later(share, self._timed_out)
             return
         self._give_up()
+
+    def _bind_source(self, sock: Any, family: int) -> None:
+        if self.interface:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE,
+                            self.interface.encode() + b"\0")
+        for source_family, source in self.sources:
+            if source_family == family:
+                if _IP_BIND_ADDRESS_NO_PORT is not None:
+                    try:
+                        sock.setsockopt(socket.IPPROTO_IP, _IP_BIND_ADDRESS_NO_PORT, 1)
+                    except OSError:
+                        pass  # an old kernel: bind() reserves a port, still correct
+                sock.bind(source)
+                return
 
     def cancel(self) -> None:
         self._drop()

@@ -91,7 +91,8 @@ COMMANDS: dict[str, int] = {
 }
 _COMMAND_NAMES = {value: name for name, value in COMMANDS.items()}
 
-RULE_KEYS = ("action", "src", "dst", "domain", "ports", "users", "groups", "commands")
+RULE_KEYS = ("action", "src", "dst", "domain", "ports", "users", "groups", "commands",
+             "upstream", "source")
 
 # Destinations the SSRF-safe default protects: (network, what it is).
 PROTECTED: tuple[tuple[str, str], ...] = (
@@ -237,7 +238,7 @@ class Rule:
     """One compiled ``[[rules]]`` entry."""
 
     __slots__ = ("index", "allow", "src", "dst", "exact", "suffixes", "has_domain", "ports",
-                 "users", "groups", "commands", "explicit", "spec")
+                 "users", "groups", "commands", "explicit", "spec", "upstream", "source")
 
     def __init__(
         self,
@@ -252,7 +253,13 @@ class Rule:
         groups: Iterable[str] | None = None,
         commands: Iterable[int] | None = None,
         spec: Mapping[str, Any] | None = None,
+        upstream: str | None = None,
+        source: Iterable[str] | None = None,
     ) -> None:
+        # What an allow rule does besides allowing: the upstream proxy to go
+        # through ([upstreams.NAME]) and the outbound address(es) to dial from.
+        self.upstream = upstream
+        self.source = None if source is None else tuple(source)
         self.index = index
         self.allow = allow
         self.src = None if src is None else _ranges(_normal_network(n) for n in src)
@@ -355,6 +362,12 @@ class Policy:
 
     def check(self, command: int, subject: Subject, name: Any, ip: Any, port: Any) -> Denial | None:
         """The first match decides; None: allowed (or not denied before the address is known)."""
+        decision = self.decide(command, subject, name, ip, port)
+        return decision if type(decision) is Denial else None
+
+    def decide(self, command: int, subject: Subject, name: Any, ip: Any,
+               port: Any) -> Denial | Rule | None:
+        """Like ``check``, but an allow by a rule returns that rule (its upstream, source)."""
         protected = None
         if self.ssrf and ip is not UNKNOWN and command != Command.BIND:
             protected = protected_kind(ip)
@@ -367,27 +380,32 @@ class Policy:
             if rule.allow:
                 if protected is not None and not rule.explicit:
                     continue  # only an allow that names the destination opens it
-                return None
+                return rule
             return Denial(rule.index)
         if protected is not None:
             return Denial(None, protected)
         return None
 
-    def check_request(self, command: int, subject: Subject, host: str, port: Any) -> Denial | None:
-        """Pass 1, on the request as sent: complete for an IP literal, early for a name."""
+    def check_request(self, command: int, subject: Subject, host: str,
+                      port: Any) -> Denial | Rule | None:
+        """Pass 1, on the request as sent: complete for an IP literal, early for a name.
+
+        A Denial, the allow Rule that decided, or None (allowed by default, or
+        undecided until the address is known).
+        """
         key = ip_key(host)
         if key is not None:
-            return self.check(command, subject, None, key, port)
-        return self.check(command, subject, normal_name(host), UNKNOWN, port)
+            return self.decide(command, subject, None, key, port)
+        return self.decide(command, subject, normal_name(host), UNKNOWN, port)
 
     def check_address(self, command: int, subject: Subject, host: str, address: str,
-                      port: Any) -> Denial | None:
+                      port: Any) -> Denial | Rule | None:
         """Pass 2: ``host`` as requested, now dialling ``address`` (an IP literal)."""
         key = ip_key(address)
         if key is None:  # not an IP: nothing a dst rule or the SSRF default can judge
             return Denial(None, "unparsable")
         name = None if ip_key(host) is not None else normal_name(host)
-        return self.check(command, subject, name, key, port)
+        return self.decide(command, subject, name, key, port)
 
 
 class TargetFilter:
@@ -396,33 +414,69 @@ class TargetFilter:
     ``early(host, port)`` is pass 1 (before resolution); ``allowed(host, port,
     addresses)`` is pass 2: the (family, sockaddr) entries that may be
     dialled, in order; ``denial`` is then why the first refused one was refused.
+    ``rule`` is the allow rule that decided (pass 1, or pass 2 for the first
+    allowed address), None when the default allowed: it carries the
+    upstream and the outbound address to use.
     """
 
-    __slots__ = ("policy", "subject", "command", "denial")
+    __slots__ = ("policy", "subject", "command", "denial", "rule")
 
     def __init__(self, policy: Policy, subject: Subject, command: int) -> None:
         self.policy = policy
         self.subject = subject
         self.command = command
         self.denial: Denial | None = None
+        self.rule: Rule | None = None
+
+    def _verdict(self, decision: Denial | Rule | None) -> Denial | Rule | None:
+        if (decision is not None and type(decision) is not Denial
+                and decision.upstream is not None and self.command != Command.CONNECT):
+            # Only CONNECT goes through an upstream: a BIND peer or a datagram
+            # that rule sends there must not go out directly instead.
+            return Denial(decision.index)
+        return decision
+
+    def decide(self, name: Any, ip: Any, port: Any) -> Denial | None:
+        """``Policy.decide`` for this subject and command (the rule is kept in ``rule``)."""
+        decision = self.policy.decide(self.command, self.subject, name, ip, port)
+        if type(decision) is Denial:
+            return decision
+        self.rule = decision  # the session answers X'07' for an upstream rule
+        return None
 
     def early(self, host: str, port: Any) -> Denial | None:
-        return self.policy.check_request(self.command, self.subject, host, port)
+        decision = self.policy.check_request(self.command, self.subject, host, port)
+        if self.command == Command.UDP_ASSOCIATE:  # a datagram's target
+            decision = self._verdict(decision)
+        if type(decision) is Denial:
+            return decision
+        self.rule = decision
+        return None
 
     def judge(self, host: str, port: Any, address: str) -> Denial | None:
         """Pass 2 for one address (``host`` as requested)."""
-        return self.policy.check_address(self.command, self.subject, host, address, port)
+        decision = self._verdict(
+            self.policy.check_address(self.command, self.subject, host, address, port))
+        if type(decision) is Denial:
+            return decision
+        self.rule = decision
+        return None
 
     def allowed(self, host: str, port: int, addresses: list[Any]) -> list[Any]:
         policy, subject, command = self.policy, self.subject, self.command
         self.denial = None
         out = []
         for entry in addresses:
-            denial = policy.check_address(command, subject, host, entry[1][0], port)
-            if denial is None:
-                out.append(entry)
-            elif self.denial is None:
-                self.denial = denial
+            decision = policy.check_address(command, subject, host, entry[1][0], port)
+            if command != Command.CONNECT:
+                decision = self._verdict(decision)
+            if type(decision) is Denial:
+                if self.denial is None:
+                    self.denial = decision
+                continue
+            if not out:
+                self.rule = decision
+            out.append(entry)
         return out
 
 
@@ -544,7 +598,8 @@ def _suggest(key: str, allowed: Iterable[str]) -> str:
 
 
 def compile_rule(index: int, table: Any, groups: Mapping[str, Any],
-                 errors: list[tuple[str, str]]) -> Rule | None:
+                 errors: list[tuple[str, str]],
+                 upstreams: Mapping[str, Any] | None = None) -> Rule | None:
     """Compile ``rules[index]``; problems go to ``errors`` as (dotted key, message)."""
     here = f"rules[{index}]"
     if not isinstance(table, dict):
@@ -642,6 +697,35 @@ def compile_rule(index: int, table: Any, groups: Mapping[str, Any],
                     commands.append(COMMANDS[item])
             kwargs["commands"] = commands
             spec["commands"] = [_COMMAND_NAMES[c] for c in commands]
+
+    if "upstream" in table:
+        name = table["upstream"]
+        defined = ", ".join(sorted(upstreams or ())) or "none"
+        if action == "deny":
+            errors.append((f"{here}.upstream", "only an allow rule can send traffic to an "
+                                               "upstream; remove upstream or make it allow"))
+        elif not isinstance(name, str) or name not in (upstreams or {}):
+            errors.append((f"{here}.upstream", f"must name an [upstreams.NAME] section "
+                                               f"(defined: {defined}), got {_show(name)}"))
+        else:
+            kwargs["upstream"] = name
+            spec["upstream"] = name
+
+    if "source" in table:
+        from .upstream import _source_list
+        from .errors import ConfigError
+
+        if action == "deny":
+            errors.append((f"{here}.source", "only an allow rule dials out; remove source or "
+                                             "make it allow"))
+        else:
+            try:
+                sources = _source_list(table["source"], f"{here}.source")
+            except ConfigError as exc:
+                errors.append((f"{here}.source", str(exc).partition(": ")[2]))
+            else:
+                kwargs["source"] = sources
+                spec["source"] = sources
 
     if len(errors) > before:
         return None

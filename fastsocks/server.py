@@ -12,16 +12,20 @@ import socket
 import sys
 from typing import Any, Callable
 
-from . import __version__, describe_implementation
+from . import __version__, describe_implementation, systemd
 from .accesslog import AccessLog, check_access_log
 from .auth import Users
 from .config import Settings, parse_listen
 from .errors import ConfigError
+from .gssapi import Acceptor, acceptor_from_settings
+from .hooks import AuthenticateHook, AuthorizeHook
+from .limits import Limits, SharedCounts
 from .metrics import (cleanup_multiprocess, get_metrics, serve_metrics, setup_multiprocess,
                       worker_exited)
 from .relay import Engine
 from .rules import Policy, build_policy
 from .session import Session
+from .upstream import trusted_ranges
 
 __all__ = ["Server", "run", "new_event_loop", "loop_name"]
 
@@ -52,12 +56,25 @@ def _format_address(sockname: Any) -> str:
 
 
 class Server:
-    """The listeners and the sessions they accepted."""
+    """The listeners and the sessions they accepted.
+
+    Embedding (README, "Embedding"): create it inside a running event loop,
+    ``await server.start()`` (or ``async with Server(...) as server:``), read
+    ``server.addresses``, and end it with ``server.stop()`` (or
+    ``server.shutdown()`` to drain) and ``await server.wait_stopped()``.
+    ``authenticate`` and ``authorize`` are the coroutine hooks described in
+    ``fastsocks.hooks``.
+    """
 
     def __init__(self, settings: Settings, users: Users | None = None,
-                 reload: Callable[[], Settings] | None = None) -> None:
+                 reload: Callable[[], Settings] | None = None,
+                 counts: SharedCounts | None = None, *,
+                 authenticate: AuthenticateHook | None = None,
+                 authorize: AuthorizeHook | None = None) -> None:
         self.settings = settings
         self.users = users
+        self.authenticate = authenticate
+        self.authorize = authorize
         self.reload_source = reload  # SIGHUP: where fresh settings come from
         self.draining = False
         self._drain_timer: asyncio.TimerHandle | None = None
@@ -73,6 +90,10 @@ class Server:
         # Access rules and the SSRF-safe default; None when there is nothing to
         # check (no rules, loopback listeners only): one attribute test per request.
         self.policy: Policy | None = build_policy(settings)
+        # GSSAPI (RFC 1961): the acceptor credentials; None when it is off.
+        self.gssapi: Acceptor | None = acceptor_from_settings(settings)
+        # PROXY protocol: the balancers trusted to send the header.
+        self.proxy_trusted = trusted_ranges(settings.proxy_protocol_from)
         # Observers; None when not configured, which is all a session checks.
         self.metrics: Any = get_metrics() if settings.metrics_listen else None
         if self.metrics is not None:
@@ -80,6 +101,23 @@ class Server:
         self.access_log: AccessLog | None = None
         if settings.access_log:
             self.access_log = AccessLog(settings.access_log, settings.access_log_format, self.loop)
+        # Limits; None when none is set.  The counts are shared with the other
+        # workers (mapped by the master before forking) and outlive reloads.
+        self.counts = counts
+        self.limits: Limits | None = None
+        self.limits = self._limits(settings)
+
+    def _limits(self, settings: Settings) -> Limits | None:
+        if not settings.limits.any:
+            return None
+        if self.limits is not None:  # a reload: new numbers, the same counts
+            self.limits.settings = settings.limits
+            return self.limits
+        if self.counts is None:
+            self.counts = SharedCounts(1)
+        limits = Limits(settings.limits, self.counts)
+        limits.metrics = self.metrics
+        return limits
 
     @property
     def relay_name(self) -> str:
@@ -153,7 +191,7 @@ class Server:
         for host, port in self.settings.listen:
             family = socket.AF_INET6 if ":" in host else socket.AF_UNSPEC
             listener = await self.loop.create_server(
-                lambda: Session(self),
+                lambda listener=(host, port): Session(self, listener),
                 host,
                 port,
                 family=family,
@@ -164,6 +202,16 @@ class Server:
             self.listeners.append(listener)
             for sock in listener.sockets:
                 self.addresses.append(_format_address(sock.getsockname()))
+
+    async def __aenter__(self) -> Server:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: Any) -> None:
+        if not self._stopped.is_set():
+            self.stop()
+        await self.wait_stopped()
+        await self.close_observers()
 
     def shutdown(self) -> None:
         """SIGTERM/SIGINT: stop accepting; drain, or stop at once.
@@ -206,6 +254,7 @@ class Server:
             settings.validate()
             users = Users.load(settings.users_file) if settings.users_file else None
             policy = build_policy(settings)
+            gssapi = acceptor_from_settings(settings)  # a new keytab or principal
         except (ConfigError, OSError, ValueError) as exc:
             log.error("reload rejected, keeping the running configuration: %s", exc)
             return
@@ -219,6 +268,9 @@ class Server:
         self.settings = settings
         self.users = users
         self.policy = policy
+        self.gssapi = gssapi
+        self.proxy_trusted = trusted_ranges(settings.proxy_protocol_from)
+        self.limits = self._limits(settings)
         log.info("configuration reloaded%s (%s)",
                  f" from {settings.config_file}" if settings.config_file else "",
                  f"{len(users)} users" if users is not None else "no authentication")
@@ -271,8 +323,9 @@ class Server:
 
 async def _serve(settings: Settings, users: Users | None, worker: int | None = None,
                  ready_fd: int | None = None,
-                 reload: Callable[[], Settings] | None = None) -> None:
-    server = Server(settings, users, reload)
+                 reload: Callable[[], Settings] | None = None,
+                 counts: SharedCounts | None = None) -> None:
+    server = Server(settings, users, reload, counts)
     await server.start(reuse_port=worker is not None)
     exporter = None
     if worker is None and settings.metrics_listen:  # workers: the master serves them
@@ -284,12 +337,27 @@ async def _serve(settings: Settings, users: Users | None, worker: int | None = N
             raise
     loop = server.loop
     if sys.platform != "win32":
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(signum, server.shutdown)
-        loop.add_signal_handler(signal.SIGHUP, server.reload)
+        if worker is None:  # the service itself: systemd hears of stops and reloads
+            def shutdown() -> None:
+                systemd.stopping()
+                server.shutdown()
+
+            def reload() -> None:
+                systemd.reloading()
+                server.reload()
+                systemd.ready()
+
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(signum, shutdown)
+            loop.add_signal_handler(signal.SIGHUP, reload)
+        else:
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(signum, server.shutdown)
+            loop.add_signal_handler(signal.SIGHUP, server.reload)
     if ready_fd is None:
         log.info("fastsocks %s listening on %s (%s)", __version__, ", ".join(server.addresses),
                  _describe(settings, users, server.relay_name, loop_name(loop)))
+        systemd.ready(f"listening on {', '.join(server.addresses)}")
     else:
         try:
             os.write(ready_fd, b"1")
@@ -310,16 +378,22 @@ async def _serve(settings: Settings, users: Users | None, worker: int | None = N
 
 def _describe(settings: Settings, users: Users | None, relay: str, loop: str) -> str:
     auth = f"username/password ({len(users)} users)" if users is not None else "none"
+    if settings.gssapi:
+        # GSSAPI first: the session prefers it when a client offers it.
+        level = settings.gssapi_min_protection
+        other = auth if users is not None or settings.allow_open else ""
+        auth = f"GSSAPI (minimum {level})" + (f", else {other}" if other else "")
     workers = f"{settings.workers} workers, " if settings.workers > 1 else ""
     return f"auth: {auth}; {workers}{describe_implementation()}, {relay}, {loop}"
 
 
 def _run_loop(settings: Settings, users: Users | None, worker: int | None = None,
-              ready_fd: int | None = None, reload: Callable[[], Settings] | None = None) -> None:
+              ready_fd: int | None = None, reload: Callable[[], Settings] | None = None,
+              counts: SharedCounts | None = None) -> None:
     loop = new_event_loop(settings.loop)
     try:
         asyncio.set_event_loop(loop)
-        loop.run_until_complete(_serve(settings, users, worker, ready_fd, reload))
+        loop.run_until_complete(_serve(settings, users, worker, ready_fd, reload, counts))
     except KeyboardInterrupt:  # Windows: no signal handlers on the loop
         log.info("fastsocks stopped")
     finally:
@@ -336,6 +410,7 @@ def run(settings: Settings, reload: Callable[[], Settings] | None = None) -> int
     """
     settings.validate()
     users = Users.load(settings.users_file) if settings.users_file else None
+    acceptor_from_settings(settings)  # a keytab without the principal: fail now, not per worker
     if settings.access_log:
         check_access_log(settings.access_log)  # fail now, not in each worker
     if settings.access_log_format not in ("text", "json"):
@@ -349,6 +424,9 @@ def run(settings: Settings, reload: Callable[[], Settings] | None = None) -> int
 
     reserved = reserve(settings)
     addresses = [sock.getsockname()[:2] for sock in reserved]
+    # Connection counts for the limits, one table per worker slot, mapped
+    # before forking so that every worker sees every table (fastsocks/limits.py).
+    counts = SharedCounts(settings.workers)
     worker_settings = dataclasses.replace(settings, listen=addresses)
 
     # Metrics across workers: each writes its values to files in this
@@ -375,7 +453,8 @@ def run(settings: Settings, reload: Callable[[], Settings] | None = None) -> int
             listener.httpd.socket.close()
         # A worker's settings always listen where the master reserved.
         worker_reload = (lambda: dataclasses.replace(reload(), listen=addresses)) if reload else None
-        _run_loop(worker_settings, users, index, ready_fd, worker_reload)
+        counts.attach(index)  # wipes what a dead predecessor in this slot counted
+        _run_loop(worker_settings, users, index, ready_fd, worker_reload, counts)
 
     master = Master(settings, reserved, worker_main)
     relay = "splice engine" if Engine is not None and settings.relay != "protocol" else "protocol relay"
@@ -387,6 +466,8 @@ def run(settings: Settings, reload: Callable[[], Settings] | None = None) -> int
         log.info("fastsocks %s listening on %s (%s)", __version__,
                  ", ".join(_format_address(a) for a in addresses),
                  _describe(settings, users, relay, loop))
+        systemd.ready(f"{settings.workers} workers listening on "
+                      f"{', '.join(_format_address(a) for a in addresses)}")
 
     if metrics_dir is not None:
         master.on_exit = worker_exited

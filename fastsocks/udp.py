@@ -19,18 +19,37 @@ targets can never be confused (even when both live on the same host).
   seen starts a new sequence); with reassembly off, FRAG ≠ 0 is dropped.
 * The association ends when its TCP connection closes, or after the idle
   timeout without a datagram either way; its sockets and state are freed.
+
+Two paths move the datagrams.  Where the compiled ``_datagram`` module exists
+(Linux) and the relay is not ``protocol``, the association's sockets are
+plain non-blocking sockets whose readiness calls ``_datagram.Association``:
+recvmmsg/sendmmsg batches, the §7 header parsed and built in C, and only what
+needs a decision (a target not judged yet, a domain name, FRAG ≠ 0) comes up
+to the Python below, which installs the decision in the C table so that the
+next datagram to that target stays in C.  Elsewhere, asyncio datagram
+endpoints call the Python below for every datagram.  Both behave the same.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import platform
 import socket
+import sys
 from typing import Any, Callable
 
 from . import codec
 from .errors import ProtocolError
 from .resolver import ConnectError, resolve_and_cache, resolve_cached, unmapped
+
+_datagram: Any = None
+if not os.environ.get("FASTSOCKS_NO_EXTENSIONS"):  # as relay.py: forces pure Python
+    try:
+        from . import _datagram  # type: ignore[no-redef]
+    except ImportError:  # not Linux, or a pure-Python install
+        pass
 
 __all__ = ["UdpAssociation", "MAX_FRAGMENTS", "MAX_REASSEMBLY_BYTES", "REASSEMBLY_TIMEOUT"]
 
@@ -44,6 +63,10 @@ MAX_PEERS = 4096  # targets remembered per association for replies
 
 _parse_udp_header = codec.parse_udp_header
 _build_udp_header = codec.build_udp_header
+_ATYP_DOMAIN = 3
+BUFFER_SIZE = 4 << 20  # socket buffers of the relay sockets (see _tune)
+# What the C table remembers of a target (_datagram.pxd).
+_PEER, _FAST, _DENY = 1, 2, 4
 
 
 class _ClientSide(asyncio.DatagramProtocol):
@@ -74,7 +97,11 @@ class _TargetSide(asyncio.DatagramProtocol):
 
 
 class UdpAssociation:
-    """The sockets and state of one UDP ASSOCIATE."""
+    """The sockets and state of one UDP ASSOCIATE.
+
+    ``native``: use the C datagram path when this installation has it (the
+    session passes False for ``--relay protocol``).
+    """
 
     def __init__(
         self,
@@ -85,6 +112,7 @@ class UdpAssociation:
         idle_timeout: float,
         reassembly: bool,
         on_idle: Callable[[], None],
+        native: bool = True,
     ) -> None:
         self.loop = loop
         self.client_host = unmapped(client_host)
@@ -95,14 +123,18 @@ class UdpAssociation:
         self.on_idle = on_idle
         self.client_transport: Any = None
         self.client_addr: Any = None  # the full sockaddr replies go to
-        self.outbound: dict[int, Any] = {}
+        self.outbound: dict[int, Any] = {}  # family → transport, or socket on the C path
         self.peers: set[tuple[str, int]] = set()
-        self.datagrams_up = 0
-        self.datagrams_down = 0
-        self.bytes_up = 0
-        self.bytes_down = 0
-        self.dropped = 0
+        # Counts of the Python side; the C side keeps its own (properties below).
+        self._datagrams_up = 0
+        self._datagrams_down = 0
+        self._bytes_up = 0
+        self._bytes_down = 0
+        self._dropped = 0
         self.closed = False
+        self.native: Any = None  # the _datagram.Association, on the C path
+        self._use_native = native and _datagram is not None
+        self._client_sock: socket.socket | None = None
         self._pending_resolves = 0
         self._activity = 0
         self._last_activity = -1
@@ -116,11 +148,42 @@ class UdpAssociation:
         self._tasks: set[asyncio.Task[None]] = set()
         # Access rules (a rules.TargetFilter), set by the session; None: none.
         self.targets: Any = None
+        # The outbound source addresses, (family, sockaddr) as the session
+        # chose them (rule, user, global); set by the session; none: any.
+        self.sources: tuple[Any, ...] = ()
         self._denials_logged = False
+
+    # Totals of both sides, for the access log, metrics and the close line.
+    @property
+    def datagrams_up(self) -> int:
+        native = self.native
+        return self._datagrams_up + (native.datagrams_up if native is not None else 0)
+
+    @property
+    def datagrams_down(self) -> int:
+        native = self.native
+        return self._datagrams_down + (native.datagrams_down if native is not None else 0)
+
+    @property
+    def bytes_up(self) -> int:
+        native = self.native
+        return self._bytes_up + (native.bytes_up if native is not None else 0)
+
+    @property
+    def bytes_down(self) -> int:
+        native = self.native
+        return self._bytes_down + (native.bytes_down if native is not None else 0)
+
+    @property
+    def dropped(self) -> int:
+        native = self.native
+        return self._dropped + (native.dropped if native is not None else 0)
 
     async def open(self) -> tuple[str, int]:
         """Bind the client-facing socket; returns its address."""
         family = socket.AF_INET6 if ":" in self.local_host else socket.AF_INET
+        if self._use_native:
+            return self._open_native(family)
         self.client_transport, _ = await self.loop.create_datagram_endpoint(
             lambda: _ClientSide(self), local_addr=(self.local_host, 0), family=family
         )
@@ -128,6 +191,26 @@ class UdpAssociation:
         if self.idle_timeout > 0:
             self._idle_timer = self.loop.call_later(self.idle_timeout / 4, self._tick)
         host, port = self.client_transport.get_extra_info("sockname")[:2]
+        return host, port
+
+    def _open_native(self, family: int) -> tuple[str, int]:
+        sock = socket.socket(family, socket.SOCK_DGRAM)
+        try:
+            sock.setblocking(False)
+            sock.bind((self.local_host, 0))
+            _tune_socket(sock)
+            self.native = _datagram.Association(sock.fileno(), _ip16(self.client_host),
+                                                self.client_port, self._from_native)
+            self.loop.add_reader(sock.fileno(), self.native.client_readable)
+        except BaseException:
+            sock.close()
+            self.native = None
+            raise
+        self._client_sock = sock
+        log.debug("UDP association for %s: datagrams in C (recvmmsg/sendmmsg)", self.client_host)
+        if self.idle_timeout > 0:
+            self._idle_timer = self.loop.call_later(self.idle_timeout / 4, self._tick)
+        host, port = sock.getsockname()[:2]
         return host, port
 
     def close(self) -> None:
@@ -141,8 +224,17 @@ class UdpAssociation:
             task.cancel()
         if self.client_transport is not None:
             self.client_transport.close()
-        for transport in self.outbound.values():
-            transport.close()
+        if self.native is not None:
+            # Readers first: a descriptor leaves the loop before it is closed.
+            self.native.close()
+            for sock in (self._client_sock, *self.outbound.values()):
+                if sock is not None:
+                    self.loop.remove_reader(sock.fileno())
+                    sock.close()
+            self._client_sock = None
+        else:
+            for transport in self.outbound.values():
+                transport.close()
         self.outbound.clear()
         self.peers.clear()
         self._frags.clear()
@@ -153,37 +245,48 @@ class UdpAssociation:
         if self.closed:
             return
         if unmapped(addr[0]) != self.client_host or (self.client_port and addr[1] != self.client_port):
-            self.dropped += 1
+            self._dropped += 1
             return
         if not self.client_port:
             self.client_port = addr[1]
         self.client_addr = addr
+        self._handle(data)
+
+    def _from_native(self, datagrams: list[bytes]) -> None:
+        """The datagrams the C path hands up (source already checked)."""
+        for data in datagrams:
+            if self.closed:
+                return
+            self._handle(data)
+
+    def _handle(self, data: bytes) -> None:
         try:
             header = _parse_udp_header(data)
         except ProtocolError:
-            self.dropped += 1
+            self._dropped += 1
             return
         self._activity += 1
         if header.frag:
             self._fragment(header, data)
             return
-        self._send(header.host, header.port, memoryview(data)[header.length:])
+        self._send(header.host, header.port, memoryview(data)[header.length:],
+                   header.atyp != _ATYP_DOMAIN)
 
     def _fragment(self, header: Any, data: bytes) -> None:
         if not self.reassembly:
-            self.dropped += 1
+            self._dropped += 1
             return
         position = header.frag & 0x7F
         if position == 0 or position < self._frag_high or position != len(self._frags) + 1:
             # A lower FRAG starts a new sequence (§7); a gap can never complete.
             self._abandon_fragments()
             if position != 1:
-                self.dropped += 1
+                self._dropped += 1
                 return
         payload = data[header.length:]
         if len(self._frags) >= MAX_FRAGMENTS or self._frag_bytes + len(payload) > MAX_REASSEMBLY_BYTES:
             self._abandon_fragments()
-            self.dropped += 1
+            self._dropped += 1
             return
         if not self._frags:
             self._frag_header = header
@@ -195,7 +298,7 @@ class UdpAssociation:
             first = self._frag_header
             whole = b"".join(self._frags)
             self._abandon_fragments()
-            self._send(first.host, first.port, whole)
+            self._send(first.host, first.port, whole, first.atyp != _ATYP_DOMAIN)
 
     def _abandon_fragments(self) -> None:
         if self._frag_timer is not None:
@@ -206,11 +309,13 @@ class UdpAssociation:
         self._frag_bytes = 0
         self._frag_high = 0
 
-    def _send(self, host: str, port: int, payload: Any) -> None:
+    def _send(self, host: str, port: int, payload: Any, literal: bool = False) -> None:
+        """Send to (host, port) if the access rules allow it.  ``literal``: the
+        client named an IP address, so the decision may be kept in the C table."""
         try:
             addresses = resolve_cached(host, port)
         except ConnectError:
-            self.dropped += 1
+            self._dropped += 1
             return
         targets = self.targets
         if addresses is None:
@@ -218,7 +323,7 @@ class UdpAssociation:
             if targets is not None and self._denied(targets.early(host, port), host, port):
                 return
             if self._pending_resolves >= MAX_PENDING_RESOLVES:
-                self.dropped += 1
+                self._dropped += 1
                 return
             self._pending_resolves += 1
             task = asyncio.ensure_future(self._resolve_then_send(host, port, bytes(payload)))
@@ -226,11 +331,18 @@ class UdpAssociation:
             task.add_done_callback(self._tasks.discard)
             return
         if targets is not None:  # pass 2: only an allowed address is sent to
-            addresses = targets.allowed(host, port, addresses)
-            if not addresses:
+            allowed = targets.allowed(host, port, addresses)
+            if not allowed:
                 self._denied(targets.denial, host, port)
+                if literal and self.native is not None:
+                    # The same literal is refused the same way next time: in C.
+                    self._install(addresses[0][0], addresses[0][1], _DENY)
                 return
+            addresses = allowed
         family, sockaddr = addresses[0]
+        if self.native is not None:
+            self._send_native(family, sockaddr, payload, literal)
+            return
         transport = self.outbound.get(family)
         if transport is None:
             task = asyncio.ensure_future(self._open_outbound_then_send(family, sockaddr, bytes(payload)))
@@ -243,7 +355,7 @@ class UdpAssociation:
         """Drop a datagram the access rules refuse (silently: UDP has no reply)."""
         if denial is None:
             return False
-        self.dropped += 1
+        self._dropped += 1
         level = logging.DEBUG if self._denials_logged else logging.INFO
         self._denials_logged = True  # one INFO line per association, then DEBUG
         if log.isEnabledFor(level):
@@ -254,15 +366,61 @@ class UdpAssociation:
     def _sendto(self, transport: Any, payload: Any, sockaddr: Any) -> None:
         if len(self.peers) < MAX_PEERS:
             self.peers.add((sockaddr[0], sockaddr[1]))
-        self.datagrams_up += 1
-        self.bytes_up += len(payload)
+        self._datagrams_up += 1
+        self._bytes_up += len(payload)
         transport.sendto(payload, sockaddr)
+
+    def _send_native(self, family: int, sockaddr: Any, payload: Any, literal: bool) -> None:
+        """Send from Python on the C path, then let C handle this target."""
+        sock = self.outbound.get(family)
+        if sock is None:
+            try:
+                sock = socket.socket(family, socket.SOCK_DGRAM)
+                source = self._source(family)
+                if source is not None:
+                    sock.bind(source)
+            except OSError as exc:
+                log.debug("UDP outbound socket (family %d) failed: %s", family, exc)
+                if sock is not None:
+                    sock.close()
+                self._dropped += 1
+                return
+            sock.setblocking(False)
+            _tune_socket(sock)
+            ipv6 = family == socket.AF_INET6
+            self.outbound[family] = sock
+            self.native.set_outbound(ipv6, sock.fileno())
+            self.loop.add_reader(sock.fileno(), self.native.target_readable, ipv6)
+        try:
+            sock.sendto(payload, sockaddr)
+        except OSError as exc:  # a full buffer, an unreachable network: UDP loses it
+            log.debug("UDP send to %s port %d failed: %s", sockaddr[0], sockaddr[1], exc)
+            self._dropped += 1
+            return
+        self._datagrams_up += 1
+        self._bytes_up += len(payload)
+        # Replies may come back now; a literal the rules allowed goes by C from now on.
+        self._install(family, sockaddr, _PEER | _FAST if literal else _PEER)
+
+    def _source(self, family: int) -> Any:
+        """The configured outbound address of ``family`` (port 0), or None."""
+        for source_family, sockaddr in self.sources:
+            if source_family == family:
+                return sockaddr[:2]
+        return None
+
+    def _install(self, family: int, sockaddr: Any, flags: int) -> None:
+        try:
+            packed = socket.inet_pton(family, sockaddr[0])
+        except (OSError, ValueError):  # a scoped IPv6 name: stays with Python
+            return
+        self.native.install(packed, sockaddr[1], flags)
 
     async def _resolve_then_send(self, host: str, port: int, payload: bytes) -> None:
         try:
             await resolve_and_cache(host, port)
         except ConnectError:
-            self.dropped += 1
+            self._dropped += 1
             return
         finally:
             self._pending_resolves -= 1
@@ -273,11 +431,11 @@ class UdpAssociation:
         if family not in self.outbound:
             try:
                 transport, _ = await self.loop.create_datagram_endpoint(
-                    lambda: _TargetSide(self), family=family
+                    lambda: _TargetSide(self), family=family, local_addr=self._source(family)
                 )
             except OSError as exc:
                 log.debug("UDP outbound socket (family %d) failed: %s", family, exc)
-                self.dropped += 1
+                self._dropped += 1
                 return
             if self.closed:
                 transport.close()
@@ -297,18 +455,19 @@ class UdpAssociation:
             return
         host, port = addr[0], addr[1]
         if (host, port) not in self.peers:
-            self.dropped += 1
+            self._dropped += 1
             return
         self._activity += 1
-        self.datagrams_down += 1
-        self.bytes_down += len(data)
+        self._datagrams_down += 1
+        self._bytes_down += len(data)
         self.client_transport.sendto(_build_udp_header(unmapped(host), port) + data, self.client_addr)
 
     # -- idle -------------------------------------------------------------
 
     def _tick(self) -> None:
-        if self._activity != self._last_activity:
-            self._last_activity = self._activity
+        activity = self._activity + (self.native.activity if self.native is not None else 0)
+        if activity != self._last_activity:
+            self._last_activity = activity
             self._idle_ticks = 0
         else:
             self._idle_ticks += 1
@@ -320,12 +479,44 @@ class UdpAssociation:
 
 
 def _tune(transport: Any) -> None:
-    """Large socket buffers: bursts must not be dropped by a default-sized queue."""
     sock = transport.get_extra_info("socket")
-    if sock is None:
-        return
+    if sock is not None:
+        _tune_socket(sock)
+
+
+# SO_RCVBUFFORCE / SO_SNDBUFFORCE (Linux): past net.core.rmem_max, for root
+# or CAP_NET_ADMIN only.  Python's socket module does not name them; 33 and 32
+# are asm-generic's numbers (MIPS, SPARC, PA-RISC and Alpha differ: not tried there).
+_FORCE = ({socket.SO_RCVBUF: 33, socket.SO_SNDBUF: 32}
+          if sys.platform.startswith("linux") and platform.machine() in (
+              "x86_64", "aarch64", "i686", "armv7l", "armv6l", "riscv64", "s390x", "ppc64le")
+          else {})
+
+
+def _tune_socket(sock: Any) -> None:
+    """Large socket buffers: bursts must not be dropped by a default-sized queue.
+
+    Dante loses most of an unpaced stream at its relay socket's default
+    receive buffer.  The forced option works as root whatever
+    net.core.rmem_max says; otherwise the plain one (capped by rmem_max).
+    """
     for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+        force = _FORCE.get(option)
+        if force is not None:
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, force, BUFFER_SIZE)
+                continue
+            except OSError:  # not privileged: fall back quietly
+                pass
         try:
-            sock.setsockopt(socket.SOL_SOCKET, option, 4 << 20)
+            sock.setsockopt(socket.SOL_SOCKET, option, BUFFER_SIZE)
         except OSError:
             pass
+
+
+def _ip16(host: str) -> bytes:
+    """An address as 16 bytes, IPv4 as ::ffff:a.b.c.d (the C path's form)."""
+    host = host.partition("%")[0]
+    if ":" in host:
+        return socket.inet_pton(socket.AF_INET6, host)
+    return b"\0" * 10 + b"\xff\xff" + socket.inet_pton(socket.AF_INET, host)

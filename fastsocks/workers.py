@@ -23,6 +23,7 @@ import socket
 import time
 from typing import Any, Callable
 
+from . import systemd
 from .config import Settings
 
 __all__ = ["Master", "reserve"]
@@ -127,8 +128,11 @@ class Master:
             while self.signalled:
                 signum = self.signalled.pop(0)
                 if signum == signal.SIGHUP:
+                    systemd.reloading()
                     self._forward(signal.SIGHUP)
+                    systemd.ready()  # each worker reloads on its own, at once
                 elif not self.stopping:
+                    systemd.stopping()
                     self.stopping = True
                     self._forward(signal.SIGTERM)
                     deadline = time.monotonic() + self.settings.drain_timeout + STOP_GRACE

@@ -11,7 +11,12 @@ Each input drives one of two things, chosen by its first byte:
   answers each event with ``send_method`` / ``send_auth_status`` /
   ``send_reply``; after a ProtocolError it asks for ``send_error()``.
 * ``parse_udp_header`` on the raw bytes (as bytes, bytearray or memoryview),
-  and ``build_udp_header`` on what it parsed.
+  and ``build_udp_header`` on what it parsed (first byte & 7 == 7);
+* ``parse_proxy_header`` (PROXY protocol v1/v2) on the raw bytes (first
+  byte & 7 == 6);
+* a ``GssFramer`` (RFC 1961 messages) fed the stream in chunks, each parsed
+  message framed again with ``gss_frame`` and compared with the bytes it
+  came from (first byte & 7 == 5).
 
 The Cython codec and the pure twin run the same script side by side.
 Invariants, any breach of which raises (and so stops the fuzzer with the
@@ -186,6 +191,7 @@ def fuzz_server(r, data):
     """Header: policy, reply code, reply host choice, port (2 bytes), splits."""
     policy = r.byte()
     want_userpass = bool(policy & 0x01)   # a users file is configured
+    want_gssapi = bool(policy & 0x10)     # GSSAPI configured: X'01' when offered
     auth_ok = bool(policy & 0x02)
     wrap = (policy >> 2) & 0x03           # bytes / bytearray / memoryview
     rep = r.byte()
@@ -217,8 +223,17 @@ def fuzz_server(r, data):
             if key[0] == "Greeting":
                 wanted = 0x02 if want_userpass else 0x00
                 method = wanted if wanted in key[1] else 0xFF
+                if want_gssapi and 0x01 in key[1]:
+                    method = 0x01
                 _same("send_method", ("ok", c.send_method(method)), ("ok", p.send_method(method)), data)
                 done = method == 0xFF
+                if method == 0x01:
+                    # The RFC 1961 exchange goes elsewhere; what follows stands
+                    # in for the request as unwrapped from its MTYP 3 message.
+                    _same("take_trailing_data", ("ok", c.take_trailing_data()),
+                          ("ok", p.take_trailing_data()), data)
+                    c.gssapi_established()
+                    p.gssapi_established()
             elif key[0] == "UserPass":
                 _same("send_auth_status", ("ok", c.send_auth_status(auth_ok)),
                       ("ok", p.send_auth_status(auth_ok)), data)
@@ -272,10 +287,74 @@ def fuzz_udp(r, data):
               _outcome(PY.parse_udp_header, built[1]), data)
 
 
+def _proxy_key(outcome):
+    if outcome[0] != "ok" or type(outcome[1]).__name__ == "_NeedData":
+        return outcome if outcome[0] != "ok" else ("ok", "NEED_DATA")
+    h = outcome[1]
+    return ("ok", (h.version, h.local, h.family, h.src_host, h.src_port, h.dst_host,
+                   h.dst_port, h.tlvs, h.length))
+
+
+def fuzz_proxy(r, data):
+    """PROXY protocol header (v1/v2): header byte picks the wrapping; then the bytes."""
+    wrap = r.byte() % 3
+    raw = r.rest()
+    arg = raw if wrap == 0 else bytearray(raw) if wrap == 1 else memoryview(raw)
+    c_out = _proxy_key(_outcome(C.parse_proxy_header, arg))
+    py_out = _proxy_key(_outcome(PY.parse_proxy_header, arg))
+    if c_out != py_out:
+        raise Mismatch(f"parse_proxy_header: C {c_out!r} != py {py_out!r} on input {data!r}")
+    if c_out[0] == "ok" and c_out[1] != "NEED_DATA" and not 0 < c_out[1][-1] <= len(raw):
+        raise Mismatch(f"PROXY header length {c_out[1][-1]} out of range for {raw!r}")
+
+
+def _gss_key(outcome):
+    if outcome[0] != "ok":
+        return outcome
+    m = outcome[1]
+    return ("ok", "NEED_DATA") if type(m).__name__ == "_NeedData" else ("ok", (m.mtyp, m.token))
+
+
+def fuzz_gssapi(r, data):
+    """RFC 1961 framing: header byte picks the wrapping, then splits, then the stream."""
+    wrap = r.byte() % 3
+    chunks, stream = _chunks(r)
+    c, p = C.GssFramer(), PY.GssFramer()
+    parsed = []
+    failed = False
+    for chunk in chunks:
+        arg = chunk if wrap == 0 else bytearray(chunk) if wrap == 1 else memoryview(chunk)
+        c.receive_data(arg)
+        p.receive_data(arg)
+        for _ in range(len(stream) + 1):
+            c_out = _gss_key(_outcome(c.next_message))
+            if c_out != _gss_key(_outcome(p.next_message)):
+                raise Mismatch(f"next_message: C {c_out!r} != py on input {data!r}")
+            if c_out[0] != "ok":
+                failed = True
+                break
+            if c_out[1] == "NEED_DATA":
+                break
+            parsed.append(c_out[1])
+        if c.trailing_data != p.trailing_data:
+            raise Mismatch(f"GssFramer trailing_data differs on input {data!r}")
+        if failed:
+            break
+    # Framing each message again gives back exactly the bytes it came from.
+    framed = b"".join(C.gss_frame(m, t) for m, t in parsed)
+    if framed != b"".join(PY.gss_frame(m, t) for m, t in parsed) or not stream.startswith(framed):
+        raise Mismatch(f"gss_frame does not give back the parsed bytes: {data!r}")
+
+
 def TestOneInput(data: bytes) -> None:  # noqa: N802 - atheris' name
     r = Reader(data)
-    if r.byte() & 0x07 == 0x07:
+    mode = r.byte() & 0x07
+    if mode == 0x07:
         fuzz_udp(r, data)
+    elif mode == 0x06:
+        fuzz_proxy(r, data)
+    elif mode == 0x05:
+        fuzz_gssapi(r, data)
     else:
         fuzz_server(r, data)
 

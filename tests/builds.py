@@ -12,5 +12,9 @@ from importlib.util import find_spec
 
 HAVE_EXTENSION = find_spec("fastsocks._codec") is not None and find_spec("fastsocks._relay") is not None
 HAVE_ENGINE = find_spec("fastsocks._engine") is not None
+HAVE_DATAGRAM = find_spec("fastsocks._datagram") is not None
 IMPLS = ("c", "py") if HAVE_EXTENSION else ("py",)
 RELAYS = ("splice", "protocol") if HAVE_ENGINE else ("protocol",)
+# UDP ASSOCIATE: datagrams in C (_datagram) or in Python (asyncio endpoints,
+# which ``--relay protocol`` selects).
+UDP_PATHS = ("c", "py") if HAVE_DATAGRAM else ("py",)

@@ -159,10 +159,13 @@ class ServerLauncher:
         self.started: list[FastsocksProcess] = []
 
     def start(self, *args: str, env: dict[str, str] | None = None, check_log: bool = True,
-              default_listen: bool = False) -> FastsocksProcess:
+              default_listen: bool = False, default_workers: bool = False) -> FastsocksProcess:
         argv = list(args)
         if "--listen" not in argv and not default_listen:
             argv = ["--listen", "127.0.0.1:0", *argv]
+        if "--workers" not in argv and not default_workers:
+            # One process unless a test asks: its fds, memory and log are the server's.
+            argv = ["--workers", "1", *argv]
         log_path = self.directory / f"fastsocks-{len(self.started)}.log"
         with open(log_path, "wb") as log_file:
             proc = subprocess.Popen(
@@ -657,11 +660,15 @@ class Socks:
     read_until_closed = staticmethod(read_until_closed)
 
     @staticmethod
-    def open(proxy: tuple[str, int], timeout: float = 10.0) -> socket.socket:
+    def open(proxy: tuple[str, int], timeout: float = 10.0,
+             source: str | None = None) -> socket.socket:
+        """A TCP connection to ``proxy``, from the loopback address ``source`` if given."""
         family = socket.AF_INET6 if ":" in proxy[0] else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_STREAM)
         sock.settimeout(timeout)
         try:
+            if source is not None:
+                sock.bind((source, 0))
             sock.connect(proxy)
         except BaseException:
             sock.close()
@@ -680,13 +687,14 @@ class Socks:
     @classmethod
     def connect(cls, proxy: tuple[str, int], host: str, port: int, *,
                 auth: tuple[str, str] | None = None, extra: bytes = b"",
-                timeout: float = 10.0) -> tuple[socket.socket, tuple[int, str, int]]:
+                timeout: float = 10.0,
+                source: str | None = None) -> tuple[socket.socket, tuple[int, str, int]]:
         """Negotiate a CONNECT; returns the socket and the reply (REP, host, port).
 
         ``extra`` is sent in the same packet right after the request.  The
         caller closes the socket (also on a failure reply).
         """
-        sock = cls.open(proxy, timeout)
+        sock = cls.open(proxy, timeout, source)
         try:
             if auth is None:
                 sock.sendall(b"\x05\x01\x00")

@@ -103,7 +103,8 @@ class Proxy:
 
     def __init__(self, log_path: Path, args: list[str], nofile: int | None = None) -> None:
         self.log_path = log_path
-        argv = [sys.executable, "-m", "fastsocks", "--listen", "127.0.0.1:0", *args]
+        argv = [sys.executable, "-m", "fastsocks", "--listen", "127.0.0.1:0",
+                *(() if "--workers" in args else ("--workers", "1")), *args]
         if nofile is not None:
             argv = ["prlimit", f"--nofile={nofile}:{nofile}", "--", *argv]
         with open(log_path, "wb") as log:

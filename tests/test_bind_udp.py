@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import re
-import select
 import signal
 import socket
 import struct
@@ -15,9 +14,11 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from procs import recv_exact as _exact
-from builds import RELAYS
 import socks  # PySocks: the UDP client
+
+from builds import RELAYS, UDP_PATHS
+from procs import UdpEcho
+from procs import recv_exact as _exact
 
 from fastsocks import codec as fcodec
 
@@ -25,7 +26,7 @@ from fastsocks import codec as fcodec
 class Proxy:
     def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "fastsocks", "--listen", "127.0.0.1:0", "--listen", "[::1]:0",
+            [sys.executable, "-m", "fastsocks", "--workers", "1", "--listen", "127.0.0.1:0", "--listen", "[::1]:0",
              "--log-level", "debug", *args],
             stderr=subprocess.PIPE, text=True, env=env,
         )
@@ -62,10 +63,19 @@ def proxy(request: pytest.FixtureRequest) -> Iterator[Proxy]:
     p.stop()
 
 
+UDP_ARGS = {"c": ("--relay", "auto"), "py": ("--relay", "protocol")}
+
+
+@pytest.fixture(scope="module", params=UDP_PATHS)
+def udp_path(request: pytest.FixtureRequest) -> str:
+    """Which datagram path: "c" (_datagram, recvmmsg/sendmmsg) or "py" (asyncio)."""
+    return request.param
+
+
 @pytest.fixture(scope="module")
-def udp_proxy() -> Iterator[Proxy]:
-    """The relay design does not matter for UDP: one server for these tests."""
-    p = Proxy("--idle-timeout", "30")
+def udp_proxy(udp_path: str) -> Iterator[Proxy]:
+    """One server per datagram path for these tests."""
+    p = Proxy("--idle-timeout", "30", *UDP_ARGS[udp_path])
     yield p
     p.stop()
 
@@ -159,28 +169,6 @@ def test_bind_over_ipv6(proxy: Proxy) -> None:
 
 
 # -- UDP ASSOCIATE ------------------------------------------------------------
-
-class UdpEcho:
-    def __init__(self, host: str) -> None:
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        self.sock = socket.socket(family, socket.SOCK_DGRAM)
-        self.sock.bind((host, 0))
-        self.port = self.sock.getsockname()[1]
-        self.running = True
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
-
-    def _run(self) -> None:
-        while self.running:
-            if select.select([self.sock], [], [], 0.1)[0]:
-                data, addr = self.sock.recvfrom(65535)
-                self.sock.sendto(data, addr)
-
-    def close(self) -> None:
-        self.running = False
-        self.thread.join(5)
-        self.sock.close()
-
 
 @pytest.fixture
 def echo4() -> Iterator[UdpEcho]:
@@ -316,8 +304,8 @@ def test_fragment_timer_abandons_a_sequence(udp_proxy: Proxy, echo4: UdpEcho) ->
     c.close()
 
 
-def test_fragments_dropped_with_reassembly_off(echo4: UdpEcho) -> None:
-    p = Proxy("--no-udp-reassembly")
+def test_fragments_dropped_with_reassembly_off(udp_path: str, echo4: UdpEcho) -> None:
+    p = Proxy("--no-udp-reassembly", *UDP_ARGS[udp_path])
     try:
         c = RawUdp(p)
         c.send(b"a", echo4.port, frag=1)
@@ -375,3 +363,19 @@ def test_thousand_associations_leave_no_fds(udp_proxy: Proxy, echo4: UdpEcho) ->
     while udp_proxy.fds() > baseline and time.monotonic() < deadline:
         time.sleep(0.1)
     assert udp_proxy.fds() <= baseline
+
+
+def test_the_datagram_path_is_the_one_asked_for(udp_proxy: Proxy, udp_path: str,
+                                                echo4: UdpEcho) -> None:
+    c = RawUdp(udp_proxy)
+    c.send(b"which path", echo4.port)
+    assert c.recv() == b"which path"
+    c.close()
+
+    def seen() -> bool:  # udp.py logs it at DEBUG when an association opens on the C path
+        return any("datagrams in C" in line for line in udp_proxy.log)
+
+    deadline = time.monotonic() + (5 if udp_path == "c" else 0.5)
+    while time.monotonic() < deadline and not seen():
+        time.sleep(0.05)
+    assert seen() == (udp_path == "c")

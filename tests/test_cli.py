@@ -103,10 +103,25 @@ def test_default_listen_address(fastsocks_server):
     assert Settings().listen == [("127.0.0.1", 1080)]
     assert Settings().users_file is None
     if _port_1080_free():
-        server = fastsocks_server(default_listen=True)
+        server = fastsocks_server(default_listen=True, default_workers=True)
         assert server.addresses == [("127.0.0.1", 1080)]
         assert server.auth == "none"
         assert server.stop() == 0
+
+
+def test_default_is_one_worker_per_cpu(fastsocks_server):
+    import sys
+
+    from fastsocks.config import cpu_count
+    from procs import children
+
+    assert Settings().workers == (cpu_count() if sys.platform.startswith("linux") else 1)
+    server = fastsocks_server(default_workers=True)
+    expected = Settings().workers
+    if expected > 1:
+        assert f"{expected} workers" in server.log
+        assert len(children(server.pid)) == expected
+    assert server.stop() == 0
 
 
 def test_non_loopback_without_users_refuses_to_start(run_cli):

@@ -14,7 +14,7 @@ import pytest
 
 from fastsocks import cli
 from fastsocks.auth import hash_password
-from fastsocks.config import Settings, load_config
+from fastsocks.config import Settings, cpu_count, load_config
 from fastsocks.configfile import DEFAULT_METRICS_LISTEN, ConfigFileError, render
 from fastsocks.errors import ConfigError
 from fastsocks.rules import RULE_KEYS
@@ -140,7 +140,7 @@ def test_empty_file_is_the_defaults(tmp_path):
 
 
 def test_workers_zero_is_one_per_cpu(tmp_path):
-    assert load_config(write(tmp_path, "workers = 0\n")).workers == (os.cpu_count() or 1)
+    assert load_config(write(tmp_path, "workers = 0\n")).workers == cpu_count()
 
 
 def test_listen_as_one_string(tmp_path):
@@ -323,7 +323,7 @@ def test_flags_without_a_file_and_defaults(tmp_path):
     assert comparable(settings_from([])) == comparable(Settings())
     only = settings_from(["--handshake-timeout", "3", "--allow-open", "--workers", "0"])
     assert only.handshake_timeout == 3.0 and only.allow_open is True
-    assert only.workers == (os.cpu_count() or 1)
+    assert only.workers == cpu_count()
     assert only.connect_timeout == Settings().connect_timeout
 
 
@@ -379,7 +379,7 @@ def test_check_good_file_prints_effective_config(run_cli, tmp_path):
     assert result.returncode == 0, result.stderr
     out = result.stdout.decode()
     doc = tomllib.loads(out)  # TOML that parses
-    assert doc["workers"] == (os.cpu_count() or 1)
+    assert doc["workers"] == cpu_count()
     assert doc["users"] == str(tmp_path / "users.txt")
     assert doc["timeouts"]["connect"] == 5.5
     assert doc["rules"][0]["dst"] == ["10.0.0.0/8", "172.16.0.0/12"]
@@ -460,12 +460,21 @@ def test_example_config_passes_check(run_cli, tmp_path, uncomment):
 def test_example_config_covers_every_key(tmp_path):
     doc = tomllib.loads(_example_copy(tmp_path, uncomment=True).read_text())
     assert set(doc) == {"listen", "users", "allow_open", "workers", "loop", "relay", "backlog",
-                        "timeouts", "bind", "udp", "log", "metrics", "groups", "rules"}
+                        "timeouts", "bind", "udp", "log", "metrics", "limits", "groups", "rules",
+                        "proxy_protocol", "upstreams", "outbound", "gssapi"}
+    assert set(doc["proxy_protocol"]) == {"trusted", "listeners", "timeout"}
+    assert set(doc["gssapi"]) == {"enabled", "keytab", "principal", "min_protection"}
+    assert set(doc["upstreams"]["corp"]) == {"address", "user", "password"}
+    assert set(doc["outbound"]) == {"address", "interface", "users"}
     assert set(doc["timeouts"]) == {"handshake", "connect", "idle", "bind", "drain"}
     assert set(doc["bind"]) == {"address"}
     assert set(doc["udp"]) == {"public_address", "reassembly"}
     assert set(doc["log"]) == {"level", "access", "access_format"}
     assert set(doc["metrics"]) == {"enabled", "listen"}
+    assert set(doc["limits"]) == {"connections", "connections_per_ip", "connections_per_user",
+                                  "handshake_rate_per_ip", "bandwidth_per_connection",
+                                  "bandwidth_per_user", "users"}
+    assert set(doc["limits"]["users"]["bob"]) == {"connections", "bandwidth"}
     assert set().union(*(rule.keys() for rule in doc["rules"])) == set(RULE_KEYS)
 
 

@@ -154,7 +154,7 @@ def test_healthz_and_names(fastsocks_server: Callable[..., Any]) -> None:
     for family in families.values():
         for sample in family.samples:
             # No per-user or per-destination labels.
-            assert set(sample.labels) <= {"command", "code", "direction", "kind", "le"}, sample
+            assert set(sample.labels) <= {"command", "code", "direction", "kind", "le", "limit"}, sample
     assert "_created" not in body
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import http.server
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -27,10 +28,33 @@ def _pip(*args: str, env: dict[str, str] | None = None, timeout: float = 400) ->
                    timeout=timeout, stdout=subprocess.DEVNULL)
 
 
+def _docker_build_context(tmp: Path) -> Path:
+    """What the Dockerfile's build stage copies, without what .dockerignore keeps out."""
+    context = tmp / "context"
+    context.mkdir()
+    for line in (ROOT / "Dockerfile").read_text().splitlines():
+        words = line.split()
+        if words[:1] == ["COPY"] and "--from" not in line and words[-1] in ("./", "./fastsocks"):
+            for source in words[1:-1]:
+                if source.startswith("deploy/"):
+                    continue
+                if (ROOT / source).is_dir():
+                    shutil.copytree(ROOT / source, context / source, ignore=shutil.ignore_patterns(
+                        "*.so", "*.c", "__pycache__"))
+                else:
+                    shutil.copy(ROOT / source, context / source)
+    return context
+
+
 @pytest.fixture(scope="module")
 def dist(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("dist")
-    _pip("wheel", "--no-deps", "-w", str(out), ".", env=COMPILED_ENV)
+    # The compiled wheel is built from exactly what the Dockerfile's build stage
+    # copies, which proves the image can be built from it.
+    context = _docker_build_context(tmp_path_factory.mktemp("docker"))
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-w", str(out), "."],
+                   cwd=context, check=True, env=COMPILED_ENV, timeout=400,
+                   stdout=subprocess.DEVNULL)
     pure = out / "pure"
     env = dict(os.environ, FASTSOCKS_NO_EXTENSIONS="1")
     _pip("wheel", "--no-deps", "-w", str(pure), ".", env=env)
@@ -42,8 +66,9 @@ def test_compiled_wheel_contents(dist: Path) -> None:
     (wheel,) = dist.glob("fastsocks-*.whl")
     assert "-py3-none-any" not in wheel.name, "the default build must be platform-specific"
     names = zipfile.ZipFile(wheel).namelist()
-    for module in ("_codec", "_relay"):
-        assert any(n.startswith(f"fastsocks/{module}.") and n.endswith((".so", ".pyd")) for n in names)
+    modules = ("_codec", "_relay") + (("_engine", "_datagram") if sys.platform == "linux" else ())
+    for module in modules:
+        assert any(n.startswith(f"fastsocks/{module}.") and n.endswith((".so", ".pyd")) for n in names), module
     assert "fastsocks/py.typed" in names
     assert "fastsocks/_codec_py.py" in names and "fastsocks/_relay_py.py" in names
     assert not [n for n in names if n.endswith(".c") or n.startswith(("tests/", "build/"))]

@@ -7,15 +7,15 @@ lookup (a bug) would fail locally instead of asking a DNS server.
 
 from __future__ import annotations
 
-import select
 import socket
 import struct
-import threading
 import time
 from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
+
+from procs import UdpEcho
 
 from fastsocks.config import Settings
 from fastsocks.constants import Command
@@ -548,32 +548,9 @@ dst = ["127.0.0.0/8"]
             assert socks.read_until_closed(sock) == b""
 
 
-class _UdpEcho:
-    def __init__(self) -> None:
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.bind(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
-        self.received: list[bytes] = []
-        self.running = True
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
-
-    def _run(self) -> None:
-        while self.running:
-            if select.select([self.sock], [], [], 0.05)[0]:
-                data, addr = self.sock.recvfrom(65535)
-                self.received.append(data)
-                self.sock.sendto(data, addr)
-
-    def close(self) -> None:
-        self.running = False
-        self.thread.join(5)
-        self.sock.close()
-
-
 @pytest.fixture
-def udp_echo() -> Iterator[_UdpEcho]:
-    echo = _UdpEcho()
+def udp_echo() -> Iterator[UdpEcho]:
+    echo = UdpEcho()
     yield echo
     echo.close()
 
@@ -591,7 +568,7 @@ def socket_encode(host: str, port: int) -> bytes:
 
 
 def test_e2e_udp_datagrams_judged_per_target(fastsocks_server, socks, udp_echo, tmp_path):
-    blocked = _UdpEcho()
+    blocked = UdpEcho()
     try:
         config = _config(tmp_path, f"""
 [[rules]]

@@ -22,7 +22,8 @@ from fastsocks import codec as fcodec
 class Server:
     def __init__(self, *args: str, input_text: str | None = None) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "fastsocks", "--listen", "127.0.0.1:0", *args],
+            [sys.executable, "-m", "fastsocks", "--listen", "127.0.0.1:0",
+             *(() if "--workers" in args else ("--workers", "1")), *args],
             stderr=subprocess.PIPE, text=True,
         )
         assert self.proc.stderr is not None

@@ -1,0 +1,313 @@
+"""Beyond one machine: upstream SOCKS5 proxies, the outbound address, PROXY protocol trust.
+
+Upstream chaining
+-----------------
+An allow rule with ``upstream = "NAME"`` sends a CONNECT through the SOCKS5
+proxy ``[upstreams.NAME]`` instead of dialling the target.  ``connect_via``
+is a small asyncio SOCKS5 client (RFC 1928, RFC 1929): it connects to the
+upstream (from the outbound address, like any other outgoing connection),
+offers no authentication, or username/password too when the upstream has a
+``user``, sends CONNECT with the host as the client asked for it (a name goes
+unresolved, so the upstream resolves it) and returns the connected socket,
+which the session relays exactly as a direct connection.
+
+What the client is told when chaining fails:
+
+* the upstream answered the CONNECT with a failure: its reply code, passed
+  through unchanged (X'05' refused, X'04' host unreachable, ...);
+* the upstream itself could not be reached (refused, unreachable, timed out
+  within the connect timeout), refused our authentication, or broke the
+  protocol: X'01' general failure, since the target was never tried and any
+  other code would say something false about it.  The log says which.
+
+BIND and UDP ASSOCIATE are not chained: a request for either that an
+upstream rule allows is answered X'07' (command not supported).
+
+Outbound address
+----------------
+``[outbound] address`` (one IPv4 and/or one IPv6 address), per user
+(``[outbound.users]``) or per rule (``source``): the source address of
+outgoing connections, picked by the target's family (no address for that
+family: the system chooses).  ``[outbound] interface`` binds them to a
+device (SO_BINDTODEVICE; needs CAP_NET_RAW, i.e. root, on Linux).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import socket
+import struct
+from dataclasses import dataclass
+from typing import Any, Iterable, Sequence
+
+from .codec import encode_address
+from .constants import Method, Reply
+from .errors import ConfigError
+from .resolver import Connector, ConnectError, literal_addresses, resolve
+from .rules import _in, _normal_network, _ranges, ip_key
+
+__all__ = [
+    "Upstream",
+    "connect_via",
+    "source_addresses",
+    "check_outbound",
+    "check_proxy_protocol",
+    "trusted_ranges",
+    "is_trusted",
+    "MIN_PROXY_PROTOCOL_TIMEOUT",
+]
+
+log = logging.getLogger("fastsocks.upstream")
+
+#: The PROXY protocol spec asks receivers to wait at least 3 s for the header.
+MIN_PROXY_PROTOCOL_TIMEOUT = 3.0
+
+
+@dataclass(frozen=True)
+class Upstream:
+    """An upstream SOCKS5 proxy, ``[upstreams.NAME]`` in the config file."""
+
+    name: str
+    host: str
+    port: int
+    user: str | None = None
+    password: str | None = None
+
+    def __repr__(self) -> str:  # never show a password
+        return (f"Upstream({self.name!r}, {self.host!r}, {self.port}, user={self.user!r}, "
+                f"password={'<set>' if self.password is not None else None})")
+
+    @property
+    def address(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+class _UpstreamFailed(Exception):
+    """The upstream broke the conversation (not a reply code of its own)."""
+
+
+# -- the SOCKS5 client ----------------------------------------------------------------
+
+
+async def _recv_exact(loop: asyncio.AbstractEventLoop, sock: socket.socket, n: int) -> bytes:
+    data = b""
+    while len(data) < n:
+        chunk = await loop.sock_recv(sock, n - len(data))
+        if not chunk:
+            raise _UpstreamFailed("closed the connection during the handshake")
+        data += chunk
+    return data
+
+
+async def _negotiate(loop: asyncio.AbstractEventLoop, sock: socket.socket, upstream: Upstream,
+                     host: str, port: int) -> tuple[str, int]:
+    """Greeting, authentication, CONNECT; returns the upstream's BND.ADDR and BND.PORT."""
+    # RFC 1928 §3: offer username/password only when we have credentials.
+    if upstream.user is not None:
+        methods = bytes((Method.NO_AUTH, Method.USERPASS))
+    else:
+        methods = bytes((Method.NO_AUTH,))
+    await loop.sock_sendall(sock, bytes((5, len(methods))) + methods)
+    version, method = await _recv_exact(loop, sock, 2)
+    if version != 5:
+        raise _UpstreamFailed(f"is not a SOCKS5 server (version {version:#04x})")
+    if method == Method.USERPASS and upstream.user is not None:
+        # RFC 1929 §2: VER ULEN UNAME PLEN PASSWD; status 0 is success.
+        user = upstream.user.encode("utf-8")
+        password = (upstream.password or "").encode("utf-8")
+        await loop.sock_sendall(sock, bytes((1, len(user))) + user + bytes((len(password),))
+                                + password)
+        _, status = await _recv_exact(loop, sock, 2)
+        if status != 0:
+            raise _UpstreamFailed(f"rejected user {upstream.user!r} (status {status:#04x})")
+    elif method != Method.NO_AUTH:
+        wanted = "no authentication or username/password" if upstream.user else \
+            "no authentication (set user and password for it)"
+        raise _UpstreamFailed(f"selected method {method:#04x}; we offered {wanted}")
+    # RFC 1928 §4: CONNECT with the address as the client gave it.
+    await loop.sock_sendall(sock, b"\x05\x01\x00" + encode_address(host, port))
+    version, rep, _, atyp = await _recv_exact(loop, sock, 4)
+    if version != 5:
+        raise _UpstreamFailed(f"answered CONNECT with version {version:#04x}")
+    # §5: BND.ADDR by ATYP, then BND.PORT.
+    if atyp == 1:
+        raw = await _recv_exact(loop, sock, 6)
+        bound = socket.inet_ntop(socket.AF_INET, raw[:4])
+    elif atyp == 4:
+        raw = await _recv_exact(loop, sock, 18)
+        bound = socket.inet_ntop(socket.AF_INET6, raw[:16])
+    elif atyp == 3:
+        length = (await _recv_exact(loop, sock, 1))[0]
+        raw = await _recv_exact(loop, sock, length + 2)
+        bound = raw[:length].decode("utf-8", "replace")
+    else:
+        raise _UpstreamFailed(f"answered with address type {atyp:#04x}")
+    if rep != Reply.SUCCEEDED:
+        code = rep if Reply.GENERAL_FAILURE <= rep <= Reply.ATYP_NOT_SUPPORTED else \
+            Reply.GENERAL_FAILURE
+        raise ConnectError(code, f"upstream {upstream.name} ({upstream.address}) "
+                                 f"replied {rep:#04x}")
+    bound_port = struct.unpack("!H", raw[-2:])[0]
+    return bound, bound_port
+
+
+async def _connect_socket(loop: asyncio.AbstractEventLoop, addresses: list[Any], timeout: float,
+                          sources: Sequence[Any], interface: str | None) -> socket.socket:
+    done: asyncio.Future[Any] = loop.create_future()
+
+    def on_done(sock: Any, error: ConnectError | None) -> None:
+        if not done.done():
+            done.set_result((sock, error))
+        elif sock is not None:
+            sock.close()
+
+    connector = Connector(loop, addresses, timeout, on_done, sources, interface)
+    connector.start()
+    try:
+        sock, error = await done
+    except BaseException:
+        connector.cancel()
+        raise
+    if error is not None:
+        raise error
+    if not isinstance(sock, socket.socket):  # the Connector's plain _socket.socket
+        sock = socket.socket(sock.family, sock.type, fileno=sock.detach())
+    sock.setblocking(False)  # the loop's sock_* calls need it (and the relay)
+    return sock
+
+
+async def connect_via(upstream: Upstream, host: str, port: int, timeout: float,
+                      sources: Sequence[Any] = (), interface: str | None = None
+                      ) -> tuple[socket.socket, str, int]:
+    """CONNECT to ``host``:``port`` through ``upstream``, all within ``timeout`` seconds.
+
+    Returns (socket, BND.ADDR, BND.PORT) as the upstream reported them, the
+    socket connected and non-blocking, ready for the relay.  Raises
+    ConnectError with the reply code for the client (see the module text).
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    where = f"upstream {upstream.name} ({upstream.address})"
+    try:
+        addresses = await resolve(upstream.host, upstream.port)
+    except ConnectError as exc:
+        raise ConnectError(Reply.GENERAL_FAILURE, f"{where}: {exc.reason}") from None
+    try:
+        sock = await _connect_socket(loop, addresses, max(deadline - loop.time(), 0.001),
+                                     sources, interface)
+    except ConnectError as exc:
+        raise ConnectError(Reply.GENERAL_FAILURE, f"{where}: {exc.reason}") from None
+    try:
+        bound = await asyncio.wait_for(_negotiate(loop, sock, upstream, host, port),
+                                       max(deadline - loop.time(), 0.001))
+    except ConnectError:
+        sock.close()
+        raise
+    except asyncio.TimeoutError:
+        sock.close()
+        raise ConnectError(Reply.GENERAL_FAILURE, f"{where}: no answer within "
+                                                  f"{timeout:g} s") from None
+    except _UpstreamFailed as exc:
+        sock.close()
+        raise ConnectError(Reply.GENERAL_FAILURE, f"{where} {exc}") from None
+    except OSError as exc:
+        sock.close()
+        raise ConnectError(Reply.GENERAL_FAILURE, f"{where}: {exc.strerror or exc}") from None
+    except BaseException:
+        sock.close()
+        raise
+    return sock, bound[0], bound[1]
+
+
+# -- the outbound address -------------------------------------------------------------
+
+
+def source_addresses(addresses: Iterable[str]) -> tuple[Any, ...]:
+    """(family, sockaddr with port 0) for each configured source address."""
+    out = []
+    for text in addresses:
+        literal = literal_addresses(text, 0)
+        if literal:
+            out.extend(literal)
+    return tuple(out)
+
+
+def _source_list(value: Any, key: str) -> list[str]:
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, (list, tuple)) or not items:
+        raise ConfigError(f"{key}: give an IP address, or one IPv4 and one IPv6 address, e.g. "
+                          f"[\"192.0.2.10\", \"2001:db8::10\"], got {value!r}")
+    seen: set[int] = set()
+    out = []
+    for item in items:
+        try:
+            ip = ipaddress.ip_address(str(item).partition("%")[0]) if isinstance(item, str) \
+                else None
+        except ValueError:
+            ip = None
+        if ip is None:
+            raise ConfigError(f"{key}: {item!r} is not an IPv4 or IPv6 address")
+        if ip.version in seen:
+            raise ConfigError(f"{key}: more than one IPv{ip.version} address; give at most one "
+                              "of each family")
+        seen.add(ip.version)
+        out.append(item)
+    return out
+
+
+def check_outbound(settings: Any) -> None:
+    """Validate the outbound address settings (called by Settings.validate)."""
+    if settings.outbound_address:
+        settings.outbound_address = _source_list(settings.outbound_address, "outbound-address")
+    for user, value in settings.outbound_users.items():
+        settings.outbound_users[user] = _source_list(value, f"outbound.users.{user}")
+    interface = settings.outbound_interface
+    if interface is not None and (not isinstance(interface, str) or not interface
+                                  or len(interface) >= 16 or "/" in interface
+                                  or any(c.isspace() for c in interface)):
+        raise ConfigError(f"outbound-interface {interface!r}: give a network interface name "
+                          "such as eth1 (at most 15 characters)")
+    if interface is not None and not hasattr(socket, "SO_BINDTODEVICE"):
+        raise ConfigError("outbound-interface needs SO_BINDTODEVICE (Linux); leave it out here")
+
+
+# -- PROXY protocol trust -------------------------------------------------------------
+
+
+def trusted_ranges(cidrs: Iterable[str]) -> Any:
+    """The trusted sources as rules-style ranges (fast membership tests)."""
+    return _ranges(_normal_network(ipaddress.ip_network(c, strict=False)) for c in cidrs)
+
+
+def is_trusted(ranges: Any, host: str | None) -> bool:
+    key = ip_key(host) if host else None
+    return key is not None and _in(ranges, key)
+
+
+def check_proxy_protocol(settings: Any) -> None:
+    """Validate the PROXY protocol settings (called by Settings.validate)."""
+    normal = []
+    for text in settings.proxy_protocol_from:
+        try:
+            net = ipaddress.ip_network(str(text), strict=True)
+        except ValueError:
+            raise ConfigError(f"proxy-protocol-from {text!r}: give the balancers' addresses as "
+                              "CIDRs, e.g. 10.0.0.0/8 or 192.0.2.7/32 (host bits unset)") from None
+        normal.append(net.with_prefixlen)
+    settings.proxy_protocol_from = normal
+    if not settings.proxy_protocol_timeout >= MIN_PROXY_PROTOCOL_TIMEOUT:
+        raise ConfigError(f"proxy-protocol-timeout {settings.proxy_protocol_timeout:g}: the "
+                          f"PROXY protocol spec asks for at least {MIN_PROXY_PROTOCOL_TIMEOUT:g} s")
+    listeners = settings.proxy_protocol_listen
+    if listeners is not None:
+        if not settings.proxy_protocol_from:
+            raise ConfigError("proxy_protocol.listeners is set but no trusted source is: add "
+                              "proxy_protocol.trusted = [\"CIDR\", ...] (the balancers' "
+                              "addresses)")
+        for host, port in listeners:
+            if (host, port) not in settings.listen:
+                shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+                raise ConfigError(f"proxy_protocol.listeners: {shown} is not one of the listen "
+                                  "addresses; name listeners exactly as in listen")

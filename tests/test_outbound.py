@@ -1,0 +1,215 @@
+"""The outbound address: the source of outgoing connections, globally, per user, per rule.
+
+The echo target records each connection's peer, which is the address
+fastsocks dialled from: 127.0.0.7 when ``--outbound-address 127.0.0.7``
+says so, and so on.  IPv6 targets take the IPv6 source (``::1``), IPv4
+targets the IPv4 one.  ``--outbound-interface lo`` binds to a device
+(SO_BINDTODEVICE; CI runs as root).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+
+
+def wait_log(server: Any, text: str, timeout: float = 5.0) -> None:
+    """The server's log gets ``text`` within ``timeout`` (it logs right after replying)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while text not in server.log:
+        assert time.monotonic() < deadline, f"{text!r} not logged:\n{server.log}"
+        time.sleep(0.05)
+
+
+def write_config(tmp_path: Path, text: str, name: str = "outbound.toml") -> Path:
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def dial(server: Any, socks: Any, target: Any, auth: tuple[str, str] | None = None) -> int:
+    sock, (rep, _, _) = socks.connect(server.address, target.host, target.port, auth=auth)
+    with sock:
+        if rep == 0:
+            sock.sendall(b"x")
+            assert socks.recv_exact(sock, 1) == b"x"
+    return rep
+
+
+def test_global_outbound_address(start_proxy: Callable[..., Any], socks: Any,
+                                 echo_target: Any) -> None:
+    server = start_proxy("--outbound-address", "127.0.0.7")
+    assert dial(server, socks, echo_target) == 0
+    assert dial(server, socks, echo_target) == 0
+    assert [peer[0] for peer in echo_target.wait_accepted(2)] == ["127.0.0.7"] * 2
+
+
+def test_one_address_per_family(fastsocks_server: Callable[..., Any], socks: Any,
+                                echo_target: Any, echo_target6: Any) -> None:
+    server = fastsocks_server("--outbound-address", "127.0.0.7", "--outbound-address", "::1")
+    assert dial(server, socks, echo_target) == 0
+    assert dial(server, socks, echo_target6) == 0  # not bound to the IPv4 address
+    assert echo_target.wait_accepted(1)[0][0] == "127.0.0.7"
+    assert echo_target6.wait_accepted(1)[0][0] == "::1"
+
+
+def test_ipv6_egress_by_name(fastsocks_server: Callable[..., Any], socks: Any,
+                             echo_target6: Any) -> None:
+    server = fastsocks_server("--outbound-address", "::1")
+    sock, (rep, _, _) = socks.connect(server.address, "::1", echo_target6.port)
+    sock.close()
+    assert rep == 0
+    assert echo_target6.wait_accepted(1)[0][0] == "::1"
+
+
+def test_per_rule_source(fastsocks_server: Callable[..., Any], tmp_path: Path, socks: Any,
+                         tcp_target: Any) -> None:
+    from conftest import echo_handler
+
+    special, other = tcp_target(echo_handler), tcp_target(echo_handler)
+    config = write_config(tmp_path, f"""
+[outbound]
+address = "127.0.0.7"
+
+[[rules]]
+action = "allow"
+dst = ["127.0.0.1/32"]
+ports = [{special.port}]
+source = "127.0.0.9"
+""")
+    server = fastsocks_server("--config", str(config))
+    assert dial(server, socks, special) == 0
+    assert dial(server, socks, other) == 0
+    assert special.wait_accepted(1)[0][0] == "127.0.0.9"  # the rule's
+    assert other.wait_accepted(1)[0][0] == "127.0.0.7"  # the global one
+
+
+def test_per_user_source(fastsocks_server: Callable[..., Any], tmp_path: Path, socks: Any,
+                         echo_target: Any, users_file: Path, run_cli: Any) -> None:
+    result = run_cli("users", "add", str(users_file), "bob", input=b"hunter2\n")
+    assert result.returncode == 0, result.stderr
+    config = write_config(tmp_path, f"""
+users = "{users_file}"
+
+[outbound]
+address = ["127.0.0.7"]
+
+[outbound.users]
+alice = "127.0.0.8"
+""")
+    server = fastsocks_server("--config", str(config))
+    assert dial(server, socks, echo_target, ("alice", "s3cret")) == 0
+    assert dial(server, socks, echo_target, ("bob", "hunter2")) == 0
+    assert [peer[0] for peer in echo_target.wait_accepted(2)] == ["127.0.0.8", "127.0.0.7"]
+
+
+def test_address_not_on_this_host_is_general_failure(fastsocks_server: Callable[..., Any],
+                                                     socks: Any, echo_target: Any) -> None:
+    server = fastsocks_server("--outbound-address", "192.0.2.1",  # TEST-NET-1: not ours
+                              "--log-level", "debug")
+    assert dial(server, socks, echo_target) == 1
+    wait_log(server, "binding the outbound address")
+    assert echo_target.peers == []
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not hasattr(socket, "SO_BINDTODEVICE"),
+                    reason="SO_BINDTODEVICE needs root (CI runs as root) and Linux")
+def test_outbound_interface(fastsocks_server: Callable[..., Any], socks: Any,
+                            echo_target: Any) -> None:
+    server = fastsocks_server("--outbound-interface", "lo", "--outbound-address", "127.0.0.7")
+    assert dial(server, socks, echo_target) == 0
+    assert echo_target.wait_accepted(1)[0][0] == "127.0.0.7"
+    missing = fastsocks_server("--outbound-interface", "nosuchdev0", "--log-level", "debug")
+    assert dial(missing, socks, echo_target) == 1  # ENODEV: the option is really applied
+    wait_log(missing, "binding the outbound address")
+
+
+@pytest.mark.parametrize("args, error", [
+    (("--outbound-address", "127.0.0.7", "--outbound-address", "127.0.0.8"),
+     "more than one IPv4 address"),
+    (("--outbound-address", "example.org"), "'example.org' is not an IPv4 or IPv6 address"),
+    (("--outbound-interface", "a-very-long-interface-name"), "at most 15 characters"),
+])
+def test_flag_errors(run_cli: Callable[..., Any], args: tuple[str, ...], error: str) -> None:
+    result = run_cli(*args)
+    assert result.returncode == 2
+    assert error in result.stderr.decode(), result.stderr.decode()
+
+
+@pytest.mark.parametrize("text, error", [
+    ('[outbound]\naddress = ["::1", "::2"]\n', "outbound.address: more than one IPv6 address"),
+    ('[outbound]\naddress = "nope"\n', "outbound.address: 'nope' is not an IPv4 or IPv6"),
+    ('[outbound]\nadress = "127.0.0.7"\n', "outbound.adress: unknown key (did you mean"),
+    ('[outbound.users]\nalice = 7\n', "outbound.users.alice: give an IP address"),
+    ('[[rules]]\naction = "allow"\nsource = "x"\n', "rules[0].source: 'x' is not an IPv4"),
+    ('[[rules]]\naction = "deny"\nsource = "127.0.0.7"\n', "rules[0].source: only an allow"),
+])
+def test_config_errors_name_the_key(run_cli: Callable[..., Any], tmp_path: Path, text: str,
+                                    error: str) -> None:
+    result = run_cli("check", str(write_config(tmp_path, text)))
+    assert result.returncode == 2
+    assert error in result.stderr.decode(), result.stderr.decode()
+
+
+def test_check_round_trips_outbound(run_cli: Callable[..., Any], tmp_path: Path) -> None:
+    config = write_config(tmp_path, """
+[outbound]
+address = ["192.0.2.10", "2001:db8::10"]
+interface = "eth1"
+[outbound.users]
+alice = ["192.0.2.11"]
+[[rules]]
+action = "allow"
+dst = ["198.51.100.0/24"]
+source = "192.0.2.12"
+""")
+    first = run_cli("check", str(config))
+    assert first.returncode == 0, first.stderr
+    out = first.stdout.decode()
+    assert 'address = ["192.0.2.10", "2001:db8::10"]' in out and 'interface = "eth1"' in out
+    assert '"alice" = ["192.0.2.11"]' in out and 'source = ["192.0.2.12"]' in out
+    again = write_config(tmp_path, out, "again.toml")
+    second = run_cli("check", str(again))
+    assert second.returncode == 0, second.stderr
+    assert second.stdout.decode().splitlines()[1:] == out.splitlines()[1:]
+
+
+@pytest.mark.parametrize("path", ["c", "py"])
+def test_udp_associate_sends_from_the_outbound_address(
+        path: str, fastsocks_server: Callable[..., Any], socks: Any) -> None:
+    from builds import HAVE_DATAGRAM
+
+    if path == "c" and not HAVE_DATAGRAM:
+        pytest.fail("the C datagram path is not built (the extension did not compile?)")
+    echo = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    echo.bind(("127.0.0.1", 0))
+    echo.settimeout(10)
+    relay = ("--relay", "protocol") if path == "py" else ()
+    server = fastsocks_server("--outbound-address", "127.0.0.7", *relay)
+    control = socks.open(server.address)
+    client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    client.settimeout(10)
+    try:
+        client.bind(("127.0.0.1", 0))
+        control.sendall(b"\x05\x01\x00")
+        assert socks.recv_exact(control, 2) == b"\x05\x00"
+        control.sendall(socks.request(0x03, "0.0.0.0", client.getsockname()[1]))
+        rep, host, port = socks.read_reply(control)
+        assert rep == 0
+        header = b"\x00\x00\x00" + socks.encode_address(*echo.getsockname())
+        client.sendto(header + b"ping", (host, port))
+        data, peer = echo.recvfrom(2048)
+        assert data == b"ping" and peer[0] == "127.0.0.7"
+        echo.sendto(b"pong", peer)
+        reply, _ = client.recvfrom(2048)
+        assert reply == header + b"pong"
+    finally:
+        client.close()
+        control.close()
+        echo.close()
