@@ -13,7 +13,10 @@ method X'01':
    below the configured minimum;
 3. per-message protection (§5): from then on every byte either way travels
    in MTYP 3 messages, wrapped with confidentiality at level 2 and without
-   it at level 1 — the SOCKS request and reply included.
+   it at level 1 — the SOCKS request and reply included.  Under UDP
+   ASSOCIATE each datagram either way is one such message: the whole
+   RFC 1928 §7 datagram (header and data) wrapped as one token, as Dante's
+   client sends and expects them (``unwrap_datagram``/``wrap_datagram``).
 
 Levels: 1 is "required per-message integrity", 2 "required integrity and
 confidentiality", 3 "selective per-message" (the server's local choice:
@@ -31,6 +34,7 @@ log — the GSS status text, never a token.
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import TYPE_CHECKING, Any
 
@@ -39,6 +43,8 @@ from .errors import ConfigError, ProtocolError
 
 if TYPE_CHECKING:
     from .config import Settings
+
+log = logging.getLogger("fastsocks.gssapi")
 
 __all__ = ["Acceptor", "Conversation", "GssFailure", "PROTECTION_LEVELS", "load_gssapi",
            "acceptor_from_settings"]
@@ -53,6 +59,7 @@ _MTYP_AUTH = 0x01
 _MTYP_PROTECTION = 0x02
 _MTYP_DATA = 0x03
 _MTYP_ABORT = 0xFF
+_DATAGRAM_MAX = 65507  # the largest UDP payload over IPv4 (65535 - 20 - 8)
 
 # Conversation states.
 _CONTEXT = 0  # MTYP 1 tokens until the context is complete
@@ -147,7 +154,8 @@ class Conversation:
     every complete message it may (context tokens, the protection level,
     data messages up to the SOCKS request) and returns what to send back and
     the plain bytes unwrapped so far.  ``wrap()`` protects what the server
-    sends, ``unwrap_message()`` what the client sent, once the level is set.
+    sends, ``unwrap_message()`` what the client sent, once the level is set;
+    ``wrap_datagram()`` and ``unwrap_datagram()`` do the same for UDP.
     """
 
     __slots__ = ("acceptor", "framer", "context", "state", "level", "principal", "user",
@@ -309,6 +317,50 @@ class Conversation:
                             for i in range(0, len(data), chunk))
         except self.acceptor.gssapi.exceptions.GSSError as exc:
             raise GssFailure(f"cannot wrap data: {_gss_text(exc)}") from None
+
+    # RFC 1961 §5 for UDP: one MTYP 3 message per datagram, whole.
+    def unwrap_datagram(self, datagram: bytes) -> bytes | None:
+        """The plain UDP request in one client datagram, or None to drop it.
+
+        A datagram is one message, nothing before or after it; one that is
+        malformed, does not unwrap (another context, garbage, a replay the
+        context detects) or is unencrypted under confidentiality is dropped
+        alone: UDP has no way to answer, and the association goes on.
+        A context with sequence checking (Dante asks for it on TCP only)
+        also refuses the datagram after a lost one and a late one:
+        python-gssapi raises for GSS_S_GAP_TOKEN, GSS_S_UNSEQ_TOKEN and
+        GSS_S_OLD_TOKEN without returning the message, so those are dropped.
+        """
+        framer = codec.GssFramer()
+        framer.receive_data(datagram)
+        try:
+            message = framer.next_message()
+        except ProtocolError as exc:
+            log.debug("GSSAPI datagram dropped: %s", exc)
+            return None
+        if message is _NEED_DATA or message.mtyp != _MTYP_DATA or framer.trailing_data:
+            log.debug("GSSAPI datagram dropped: not exactly one message of type 3")
+            return None
+        try:
+            return self.unwrap_message(message.token)
+        except GssFailure as exc:
+            log.debug("GSSAPI datagram dropped: %s", exc)
+            return None
+
+    def wrap_datagram(self, datagram: bytes) -> bytes | None:
+        """One reply datagram as one MTYP 3 message, or None when it cannot be."""
+        try:
+            token = self.acceptor.raw.wrap(self.context, datagram, self._encrypt).message
+        except self.acceptor.gssapi.exceptions.GSSError as exc:
+            log.debug("GSSAPI reply datagram dropped: cannot wrap: %s", _gss_text(exc))
+            return None
+        # One datagram, one message: a reply that no longer fits (the
+        # token adds up to ~60 octets) cannot be split, so it is dropped.
+        if 4 + len(token) > _DATAGRAM_MAX:
+            log.debug("GSSAPI reply datagram of %d octets dropped: wrapped it is %d octets, "
+                      "over %d", len(datagram), 4 + len(token), _DATAGRAM_MAX)
+            return None
+        return codec.gss_frame(_MTYP_DATA, token)
 
 
 def acceptor_from_settings(settings: Settings) -> Acceptor | None:

@@ -644,13 +644,10 @@ class Session(asyncio.Protocol):
     # -- UDP ASSOCIATE (RFC 1928 §7) ------------------------------------
 
     async def _udp_associate(self, request: Any) -> None:
-        if self.gss is not None and self.gss.wraps:
-            # RFC 1961 §5 would wrap every datagram as well: not implemented.
-            self._fail(self.codec.send_reply(Reply.COMMAND_NOT_SUPPORTED),
-                       f"{self._what()}: UDP under GSSAPI integrity or confidentiality is not "
-                       "supported")
-            return
         settings = self.server.settings
+        # RFC 1961 §5: under integrity or confidentiality every datagram
+        # either way is one MTYP 3 message (Python path only, see udp.py).
+        gss = self.gss if self.gss is not None and self.gss.wraps else None
         # The client's real address (behind a balancer: from the PROXY header).
         client = self.peer
         local = self.transport.get_extra_info("sockname")[0]
@@ -659,7 +656,9 @@ class Session(asyncio.Protocol):
         self.udp = UdpAssociation(self.server.loop, client[0], request.port, local,
                                   settings.idle_timeout, settings.udp_reassembly,
                                   lambda: self._close("UDP association idle"),
-                                  native=settings.relay != "protocol")  # C datagram path
+                                  native=settings.relay != "protocol",  # C datagram path
+                                  unwrap=gss.unwrap_datagram if gss is not None else None,
+                                  wrap=gss.wrap_datagram if gss is not None else None)
         self.udp.targets = self.targets  # access rules per datagram target
         self.udp.sources = self._sources()  # the outbound address, as for CONNECT
         try:

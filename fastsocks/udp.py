@@ -28,6 +28,12 @@ needs a decision (a target not judged yet, a domain name, FRAG ≠ 0) comes up
 to the Python below, which installs the decision in the C table so that the
 next datagram to that target stays in C.  Elsewhere, asyncio datagram
 endpoints call the Python below for every datagram.  Both behave the same.
+
+An association whose datagrams are protected (GSSAPI, RFC 1961 §5) takes
+``unwrap`` and ``wrap``: the first turns each client datagram into the plain
+§7 datagram before its header is parsed, the second each reply after its
+header is built; either returns None to drop that datagram.  Such an
+association always takes the Python path (the C one sees only plain headers).
 """
 
 from __future__ import annotations
@@ -113,6 +119,8 @@ class UdpAssociation:
         reassembly: bool,
         on_idle: Callable[[], None],
         native: bool = True,
+        unwrap: Callable[[bytes], bytes | None] | None = None,
+        wrap: Callable[[bytes], bytes | None] | None = None,
     ) -> None:
         self.loop = loop
         self.client_host = unmapped(client_host)
@@ -133,7 +141,9 @@ class UdpAssociation:
         self._dropped = 0
         self.closed = False
         self.native: Any = None  # the _datagram.Association, on the C path
-        self._use_native = native and _datagram is not None
+        self._use_native = native and _datagram is not None and unwrap is None and wrap is None
+        self.unwrap = unwrap  # client datagram → plain §7 datagram, None: drop it
+        self.wrap = wrap  # plain §7 reply → what the client gets, None: drop it
         self._client_sock: socket.socket | None = None
         self._pending_resolves = 0
         self._activity = 0
@@ -250,6 +260,12 @@ class UdpAssociation:
         if not self.client_port:
             self.client_port = addr[1]
         self.client_addr = addr
+        if self.unwrap is not None:
+            plain = self.unwrap(data)
+            if plain is None:
+                self._dropped += 1
+                return
+            data = plain
         self._handle(data)
 
     def _from_native(self, datagrams: list[bytes]) -> None:
@@ -458,9 +474,16 @@ class UdpAssociation:
             self._dropped += 1
             return
         self._activity += 1
+        reply = _build_udp_header(unmapped(host), port) + data
+        if self.wrap is not None:
+            wrapped = self.wrap(reply)
+            if wrapped is None:
+                self._dropped += 1
+                return
+            reply = wrapped
         self._datagrams_down += 1
         self._bytes_down += len(data)
-        self.client_transport.sendto(_build_udp_header(unmapped(host), port) + data, self.client_addr)
+        self.client_transport.sendto(reply, self.client_addr)
 
     # -- idle -------------------------------------------------------------
 

@@ -12,9 +12,11 @@ accept tickets from its keytab.  Two real clients:
   protection level it offers (integrity, confidentiality, and its own
   "clear").
 
-Bytes relayed under each level must arrive intact both ways (sha256); every
+Bytes relayed under each level must arrive intact both ways (sha256), and so
+must UDP datagrams, each wrapped whole in one message (RFC 1961 §5); every
 refusal must be the RFC 1961 abort (X'01' X'FF') and a closed connection,
-with a log line that names the cause.  Loopback only, every wait bounded.
+with a log line that names the cause; a bad datagram is dropped alone.
+Loopback only, every wait bounded.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ import pytest
 
 from builds import IMPLS
 from kerberos import OTHER_SERVICE, REALM, KerberosRealm
+from procs import UdpEcho
 
 REPO = Path(__file__).resolve().parent.parent
 ABORT = b"\x01\xff"
@@ -214,6 +217,23 @@ class GssClient:
         assert result.encrypted == (self.level == 2), "protection differs from the agreed level"
         return result.message
 
+    # RFC 1961 §5 under UDP ASSOCIATE: one whole §7 datagram per MTYP 3 message.
+    def wrap_datagram(self, datagram: bytes, encrypt: bool | None = None,
+                      context: Any = None) -> bytes:
+        conf = self.level == 2 if encrypt is None else encrypt
+        with self.lock:
+            token = (context or self.context).wrap(datagram, conf).message
+        return self.frame(3, token)
+
+    def unwrap_datagram(self, datagram: bytes) -> bytes:
+        assert datagram[:2] == b"\x01\x03", datagram[:4]
+        (n,) = struct.unpack("!H", datagram[2:4])
+        assert len(datagram) == 4 + n, "one message, the whole datagram"
+        with self.lock:
+            result = self.context.unwrap(datagram[4:])
+        assert result.encrypted == (self.level == 2), "protection differs from the agreed level"
+        return result.message
+
     def request(self, host: str, port: int, command: int = 1) -> bytes:
         self.send(bytes((5, command, 0, 1)) + socket.inet_aton(host) + struct.pack("!H", port))
         reply = b""
@@ -375,18 +395,165 @@ def test_bind_under_protection(gss_server: Callable[..., Any], realm: Realm) -> 
         client.close()
 
 
-def test_udp_associate_under_protection_is_refused(gss_server: Callable[..., Any],
-                                                   realm: Realm) -> None:
-    server = gss_server()
+def udp_header(address: tuple[str, int]) -> bytes:
+    """RSV FRAG ATYP DST.ADDR DST.PORT (RFC 1928 §7) for an IPv4 target."""
+    return b"\x00\x00\x00\x01" + socket.inet_aton(address[0]) + struct.pack("!H", address[1])
+
+
+def udp_associate(client: GssClient, level: int) -> tuple[socket.socket, tuple[str, int]]:
+    """UDP ASSOCIATE at ``level``: the client's UDP socket and the relay's address."""
+    client.establish()
+    assert client.propose(level) == level
+    reply = client.request("0.0.0.0", 0, command=3)
+    assert reply[:4] == b"\x05\x00\x00\x01", reply
+    relay = (socket.inet_ntoa(reply[4:8]), struct.unpack("!H", reply[8:10])[0])
+    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    udp.bind(("127.0.0.1", 0))
+    udp.settimeout(TIMEOUT)
+    return udp, relay
+
+
+def udp_round_trip(client: GssClient, udp: socket.socket, relay: tuple[str, int],
+                   echo: UdpEcho, payload: bytes) -> bytes:
+    """One wrapped datagram to the echo and its wrapped answer; the answer's payload."""
+    header = udp_header(("127.0.0.1", echo.port))
+    udp.sendto(client.wrap_datagram(header + payload), relay)
+    raw, source = udp.recvfrom(65535)
+    assert source == relay
+    if client.level == 2 and len(payload) >= 16:
+        assert payload not in raw, "a confidentiality datagram travelled in the clear"
+    plain = client.unwrap_datagram(raw)
+    assert plain[:len(header)] == header, plain[:16]  # the echo's address, as §7 says
+    return plain[len(header):]
+
+
+@pytest.fixture
+def udp_echo() -> Iterator[UdpEcho]:
+    echo = UdpEcho("127.0.0.1")
+    yield echo
+    echo.close()
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("level", [1, 2], ids=["integrity", "confidentiality"])
+def test_udp_under_protection(gss_server: Callable[..., Any], realm: Realm, udp_echo: UdpEcho,
+                              tmp_path: Path, impl: str, level: int) -> None:
+    # Every datagram both ways one MTYP 3 message wrapping header and data
+    # (RFC 1961 §5); the default relay, so the C datagram path is set aside.
+    log_path = tmp_path / "access.log"
+    server = gss_server("--access-log", str(log_path), "--access-log-format", "json",
+                        "--log-level", "debug", impl=impl)
     client = GssClient(server.address, realm.alice)
+    sizes = [1, 100, 1400, 4096, 8 * 1024]  # (asyncio sends no empty datagram)
     try:
-        client.establish()
-        assert client.propose(1) == 1
-        reply = client.request("0.0.0.0", 0, command=3)
-        assert reply[:2] == b"\x05\x07"  # command not supported, wrapped like any reply
-        assert read_until_closed(client.sock) == b""
+        udp, relay = udp_associate(client, level)
+        with udp:
+            payloads = [os.urandom(n) for n in sizes]
+            for payload in payloads:
+                assert udp_round_trip(client, udp, relay, udp_echo, payload) == payload
     finally:
         client.close()
+    assert udp_echo.received == payloads  # the target saw the plain data, nothing else
+    assert "datagrams in C" not in server.log  # wrapped: the Python path, always
+    wait_for_log(server, f"{len(sizes)} datagrams up, {len(sizes)} down, {sum(sizes)} bytes up, "
+                         f"{sum(sizes)} down, 0 dropped")
+    (entry,) = access_entries(log_path, 1)
+    assert (entry["user"], entry["command"], entry["datagrams_up"], entry["datagrams_down"]) == (
+        "alice", "UDP_ASSOCIATE", len(sizes), len(sizes))
+
+
+@pytest.mark.parametrize("level", [1, 2], ids=["integrity", "confidentiality"])
+def test_udp_bad_datagrams_are_dropped(gss_server: Callable[..., Any], realm: Realm,
+                                       udp_echo: UdpEcho, level: int) -> None:
+    # Nothing a datagram carries may end the association: each bad one is
+    # dropped alone, counted, and the next good one goes through.
+    server = gss_server("--log-level", "debug")
+    client = GssClient(server.address, realm.alice)
+    other = GssClient(server.address, realm.alice)  # the same user, another context
+    try:
+        other.establish()
+        assert other.propose(level) == level
+        udp, relay = udp_associate(client, level)
+        with udp:
+            assert udp_round_trip(client, udp, relay, udp_echo, b"first") == b"first"
+            datagram = udp_header(("127.0.0.1", udp_echo.port)) + b"bad"
+            bad = [
+                client.frame(3, os.urandom(80)),  # garbage token
+                os.urandom(40),  # not a message at all
+                datagram,  # the plain §7 datagram, unwrapped
+                client.wrap_datagram(datagram, context=other.context),  # the wrong context
+                client.wrap_datagram(datagram) + b"\x00",  # a message and more
+                client.frame(2, client.context.wrap(datagram, False).message),  # MTYP 2
+            ]
+            if level == 2:  # integrity only where confidentiality was agreed: a downgrade
+                bad.append(client.wrap_datagram(datagram, encrypt=False))
+            for message in bad:
+                udp.sendto(message, relay)
+            assert udp_round_trip(client, udp, relay, udp_echo, b"second") == b"second"
+    finally:
+        client.close()
+        other.close()
+    assert udp_echo.received == [b"first", b"second"]
+    wait_for_log(server, f"2 datagrams up, 2 down, 11 bytes up, 11 down, {len(bad)} dropped")
+
+
+@pytest.mark.parametrize("level", [1, 2], ids=["integrity", "confidentiality"])
+def test_udp_reply_too_big_to_wrap(gss_server: Callable[..., Any], realm: Realm,
+                                   level: int) -> None:
+    # A target's datagram that fits UDP plain but not once wrapped and
+    # framed (one message per datagram, RFC 1961 §5) is dropped alone.
+    server = gss_server("--log-level", "debug")
+    client = GssClient(server.address, realm.alice)
+    target = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        target.bind(("127.0.0.1", 0))
+        target.settimeout(TIMEOUT)
+        udp, relay = udp_associate(client, level)
+        with udp:
+            udp.sendto(client.wrap_datagram(udp_header(target.getsockname()) + b"hi"), relay)
+            got, source = target.recvfrom(65535)
+            assert got == b"hi"
+            target.sendto(os.urandom(65490), source)  # + 10 of header + the wrap's overhead
+            target.sendto(b"small", source)
+            raw, _ = udp.recvfrom(65535)
+            plain = client.unwrap_datagram(raw)
+            assert plain == udp_header(target.getsockname()) + b"small"
+    finally:
+        client.close()
+        target.close()
+    wait_for_log(server, "1 datagrams up, 1 down, 2 bytes up, 5 down, 1 dropped")
+
+
+def test_udp_clear_and_plain_unaffected(gss_server: Callable[..., Any], realm: Realm,
+                                        udp_echo: UdpEcho) -> None:
+    # Dante's clear level and a client without GSSAPI: plain §7 datagrams.
+    server = gss_server("--gssapi-min-protection", "clear", "--allow-open")
+    clear = GssClient(server.address, realm.alice)
+    try:
+        clear.establish()
+        assert clear.propose(0) == 0
+        request = b"\x05\x03\x00\x01" + bytes(6)
+        clear.sock.sendall(request)
+        reply = _recv_exact(clear.sock, 10)
+        assert reply[:2] == b"\x05\x00", reply
+        plain = socket.create_connection(server.address, timeout=TIMEOUT)
+        with plain:
+            plain.sendall(b"\x05\x01\x00")
+            assert _recv_exact(plain, 2) == b"\x05\x00"
+            plain.sendall(request)
+            reply2 = _recv_exact(plain, 10)
+            assert reply2[:2] == b"\x05\x00", reply2
+            for answer, tag in ((reply, b"clear"), (reply2, b"plain")):
+                relay = (socket.inet_ntoa(answer[4:8]), struct.unpack("!H", answer[8:10])[0])
+                with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+                    udp.settimeout(TIMEOUT)
+                    header = udp_header(("127.0.0.1", udp_echo.port))
+                    udp.sendto(header + tag, relay)
+                    back, source = udp.recvfrom(65535)
+                    assert (source, back) == (relay, header + tag)
+    finally:
+        clear.close()
+    assert udp_echo.received == [b"clear", b"plain"]
 
 
 # -- refusals: the abort message, a closed connection, the cause in the log ------
@@ -617,12 +784,13 @@ print(hashlib.sha256(data).hexdigest(), hashlib.sha256(got).hexdigest(), len(got
 """
 
 
-def _socks_conf(path: Path, proxy: tuple[str, int], enctype: str) -> Path:
+def _socks_conf(path: Path, proxy: tuple[str, int], enctype: str,
+                protocol: str = "tcp") -> Path:
     path.write_text(f"""\
 logoutput: {path.with_suffix('.log')}
 route {{
     from: 0.0.0.0/0 to: 0.0.0.0/0 via: {proxy[0]} port = {proxy[1]}
-    protocol: tcp
+    protocol: {protocol}
     proxyprotocol: socks_v5
     method: gssapi
     gssapi.servicename: rcmd
@@ -633,7 +801,8 @@ route {{
 
 
 def run_dante(libdsocks: Path, realm: Realm, conf: Path, ccache: Path, target_port: int,
-              size: int) -> subprocess.CompletedProcess[str]:
+              size: int | str, program: str = DANTE_PROGRAM) -> subprocess.CompletedProcess[str]:
+    """``program`` (argv: the target's port, ``size``) under libdsocks, with ``ccache``'s ticket."""
     env = {
         **os.environ, **realm.server_env(),
         "KRB5CCNAME": f"FILE:{ccache}",
@@ -643,7 +812,7 @@ def run_dante(libdsocks: Path, realm: Realm, conf: Path, ccache: Path, target_po
         "SOCKS_AUTOADD_LANROUTES": "no",
         "LD_PRELOAD": str(libdsocks),
     }
-    return subprocess.run([sys.executable, "-c", DANTE_PROGRAM, str(target_port), str(size)],
+    return subprocess.run([sys.executable, "-c", program, str(target_port), str(size)],
                           env=env, capture_output=True, text=True, timeout=60)
 
 
@@ -672,6 +841,45 @@ def test_dante_client(gss_server: Callable[..., Any], libdsocks: Path, realm: Re
     assert f"as user 'alice', protection {level}" in server.log
     (entry,) = access_entries(log_path, 1)
     assert (entry["user"], entry["bytes_up"], entry["bytes_down"]) == ("alice", size, size)
+
+
+# Plain sendto/recvfrom on an unconnected UDP socket: libdsocks makes the UDP
+# ASSOCIATE and, under GSSAPI integrity or confidentiality, wraps each whole
+# datagram (header and data) in one RFC 1961 message and unwraps the replies.
+DANTE_UDP_PROGRAM = r"""
+import os, socket, sys
+port, sizes = int(sys.argv[1]), [int(n) for n in sys.argv[2].split(",")]
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.settimeout(10)
+for n in sizes:
+    data = os.urandom(n)
+    s.sendto(data, ("127.0.0.1", port))
+    back, source = s.recvfrom(65535)
+    if back != data or source != ("127.0.0.1", port):
+        sys.exit(f"{n} bytes sent, {len(back)} back from {source}")
+print("ok")
+"""
+
+
+@DANTE_BUILD_TIMEOUT
+@pytest.mark.parametrize("level", ["integrity", "confidentiality", "clear"])
+def test_dante_client_udp(gss_server: Callable[..., Any], libdsocks: Path, realm: Realm,
+                          udp_echo: UdpEcho, tmp_path: Path, level: str) -> None:
+    args = ["--log-level", "debug"]
+    if level == "clear":
+        args += ["--gssapi-min-protection", "clear"]
+    server = gss_server(*args)
+    conf = _socks_conf(tmp_path / "socks.conf", server.address, level, protocol="udp")
+    sizes = [1, 100, 1400, 4096, 8000]
+    done = run_dante(libdsocks, realm, conf, realm.alice, udp_echo.port,
+                     ",".join(map(str, sizes)), program=DANTE_UDP_PROGRAM)
+    assert (done.returncode, done.stdout) == (0, "ok\n"), f"{done.stderr}\n{server.log}"
+    assert [len(d) for d in udp_echo.received] == sizes
+    assert f"as user 'alice', protection {level}" in server.log
+    wait_for_log(server, f"5 datagrams up, 5 down, {sum(sizes)} bytes up, {sum(sizes)} down, "
+                         "0 dropped")
+    # Wrapped datagrams take the Python path; clear ones the C path as before.
+    assert ("datagrams in C" in server.log) == (level == "clear"), server.log
 
 
 @DANTE_BUILD_TIMEOUT
