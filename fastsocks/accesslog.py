@@ -168,7 +168,7 @@ class AccessLog:
         dialled = session.dialled
         peer = session.peer
         udp = session.udp
-        duration = round(self.loop.time() - session.started, 3)
+        duration = round(time.monotonic() - session.started, 3)
         token = close_reason(session, reason)
         if self.json:
             record: dict[str, Any] = {

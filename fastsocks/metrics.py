@@ -34,6 +34,7 @@ import shutil
 import socket
 import tempfile
 import threading
+import time
 from typing import TYPE_CHECKING, Any, Callable
 
 from .limits import LIMIT_NAMES
@@ -185,7 +186,7 @@ class Metrics:
         else:  # not a code fastsocks sends; counted all the same
             self.replies_total.labels(str(code)).inc()
         if first:
-            seconds = session.server.loop.time() - session.started
+            seconds = time.monotonic() - session.started
             if self._batch_histogram:
                 # The sum first: a flush in the scrape thread reads the counts
                 # before the sum, so a handshake it counts has its time summed.

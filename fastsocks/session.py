@@ -14,6 +14,7 @@ import asyncio
 import logging
 import os
 import socket
+from time import monotonic as _monotonic
 from typing import TYPE_CHECKING, Any
 
 from . import codec
@@ -126,7 +127,9 @@ class Session(asyncio.Protocol):
         self.transport = transport
         self.peer = transport.get_extra_info("peername")
         server = self.server
-        self.started = server.loop.time()
+        # time.monotonic(), not loop.time(): uvloop's clock moves in whole
+        # milliseconds, and a loopback handshake takes a fraction of one.
+        self.started = _monotonic()
         server.sessions.add(self)
         self.timer = server.loop.call_later(server.settings.handshake_timeout, self._handshake_timeout)
         if server.metrics is not None:
@@ -167,12 +170,18 @@ class Session(asyncio.Protocol):
     def eof_received(self) -> bool:
         # A client that half-closes before its request is answered has nothing
         # more to say: drop it (RFC 1928 has no use for a half-open handshake).
-        self._close("client closed during handshake")
+        self._close(self._client_closed())
         return False
 
     def connection_lost(self, exc: BaseException | None) -> None:
         if not self.closed and not self.pair_id:
-            self._close("client closed during handshake" if exc is None else f"client error: {exc}")
+            self._close(self._client_closed() if exc is None else f"client error: {exc}")
+
+    def _client_closed(self) -> str:
+        # A UDP association's TCP connection closing is its normal end.
+        if self.udp is not None and self.reply == 0:
+            return "client closed the UDP association's control connection"
+        return "client closed during handshake"
 
     # -- PROXY protocol (behind a load balancer) -----------------------------
 
@@ -773,7 +782,7 @@ class Session(asyncio.Protocol):
         log.debug(
             "%s %s closed (%s): %d bytes up, %d bytes down, %.3f s",
             _format_peer(self.peer), self._what(), reason, bytes_up, bytes_down,
-            self.server.loop.time() - self.started,
+            _monotonic() - self.started,
         )
 
     def _on_relay_closed(self, relay: Any) -> None:
