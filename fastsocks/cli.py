@@ -6,13 +6,12 @@ import argparse
 import dataclasses
 import getpass
 import logging
-import os
 import platform
 import sys
 from typing import Any
 
 from . import __version__, describe_implementation
-from .config import DEFAULT_LISTEN, Settings, cpu_count, load_config, parse_listen
+from .config import Settings, cpu_count, load_config, parse_listen
 from .errors import ConfigError
 from .limits import parse_rate
 

@@ -17,6 +17,8 @@ import subprocess
 import time
 from pathlib import Path
 
+from procs import terminate
+
 __all__ = ["KerberosRealm", "REALM", "SERVICE", "DANTE_SERVICE", "OTHER_SERVICE"]
 
 REALM = "FASTSOCKS.TEST"
@@ -185,10 +187,5 @@ class KerberosRealm:
 
     def close(self) -> None:
         kdc, self.kdc = self.kdc, None
-        if kdc is not None and kdc.poll() is None:
-            kdc.terminate()
-            try:
-                kdc.wait(5)
-            except subprocess.TimeoutExpired:
-                kdc.kill()
-                kdc.wait(5)
+        if kdc is not None:
+            terminate(kdc)

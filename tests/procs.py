@@ -5,9 +5,14 @@ from __future__ import annotations
 import os
 import random
 import select
+import signal
 import socket
 import subprocess
+import sys
 import threading
+import time
+from pathlib import Path
+from typing import Any
 
 
 def children(pid: int) -> list[int]:
@@ -80,3 +85,81 @@ class UdpEcho:
         self.running = False
         self.thread.join(5)
         self.sock.close()
+
+
+class ServerProcess:
+    """``python -m fastsocks ARGS`` whose log (stderr) is read in a thread.
+
+    Returns once the server logged its "listening on" line; ``ports`` are the
+    ports of that line in order, ``lines`` every log line so far.  For tests
+    that signal the process themselves (the ``fastsocks_server`` fixture of
+    conftest.py stops its servers for the test).
+    """
+
+    def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
+        self.proc = subprocess.Popen([sys.executable, "-m", "fastsocks", *args],
+                                     stderr=subprocess.PIPE, text=True, env=env)
+        assert self.proc.stderr is not None
+        self.lines: list[str] = []
+        while True:
+            line = self.proc.stderr.readline()
+            assert line, "".join(self.lines)
+            self.lines.append(line)
+            if " listening on " in line:
+                break
+        listening = line.split(" listening on ", 1)[1].split(" (", 1)[0]
+        self.ports = [int(a.rpartition(":")[2]) for a in listening.split(", ")]
+        self.port = self.ports[0]
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.lines.append(line)
+
+    @property
+    def log(self) -> str:
+        return "".join(self.lines)
+
+    def wait_log(self, text: str, timeout: float = 5.0) -> None:
+        deadline = time.monotonic() + timeout
+        while text not in self.log:
+            assert time.monotonic() < deadline, f"{text!r} never logged:\n{self.log}"
+            time.sleep(0.02)
+
+    def wait(self, timeout: float) -> int:
+        """The exit status, once the log is read to its end."""
+        code = self.proc.wait(timeout)
+        self._reader.join(5)
+        assert self.proc.stderr is not None
+        self.proc.stderr.close()
+        return code
+
+    def stop(self, timeout: float = 20.0) -> int:
+        self.proc.send_signal(signal.SIGTERM)
+        return self.wait(timeout)
+
+
+def terminate(proc: subprocess.Popen[Any]) -> None:
+    """SIGTERM, then SIGKILL if it has not exited within 5 s; reaped either way."""
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(5)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)
+
+
+def wait_lines(path: Path, count: int, timeout: float = 5.0) -> list[str]:
+    """Wait until the file at ``path`` holds at least ``count`` lines; return them all."""
+    deadline = time.monotonic() + timeout
+    while True:
+        text = path.read_text(encoding="utf-8") if path.exists() else ""
+        lines = text.splitlines()
+        if len(lines) >= count or time.monotonic() > deadline:
+            assert len(lines) >= count, f"wanted {count} lines in {path}, got:\n{text}"
+            return lines
+        time.sleep(0.05)

@@ -19,6 +19,8 @@ from typing import Any, Callable
 
 import pytest
 
+from procs import wait_lines
+
 from fastsocks.accesslog import close_reason
 
 WAIT = 5.0  # seconds a line may take to reach the file (written at most 1 s late)
@@ -40,14 +42,7 @@ RELAYS = {
 
 def _lines(path: Path, count: int, timeout: float = WAIT) -> list[str]:
     """Wait until ``path`` holds at least ``count`` lines; return them all."""
-    deadline = time.monotonic() + timeout
-    while True:
-        text = path.read_text(encoding="utf-8") if path.exists() else ""
-        lines = text.splitlines()
-        if len(lines) >= count or time.monotonic() > deadline:
-            assert len(lines) >= count, f"wanted {count} access log lines, got:\n{text}"
-            return lines
-        time.sleep(0.05)
+    return wait_lines(path, count, timeout)
 
 
 def _parse(line: str) -> dict[str, str]:

@@ -39,7 +39,6 @@ import os
 import random
 import re
 import resource
-import selectors
 import signal
 import socket
 import struct
@@ -337,43 +336,6 @@ def thread_target() -> Iterator[Callable[[Callable[[socket.socket], None]], Thre
     yield make
     for target in targets:
         target.close()
-
-
-@pytest.fixture
-def blackhole() -> Iterator[tuple[str, int]]:
-    """127.0.0.1:PORT whose SYNs are dropped: a listen(0) socket whose accept
-    queue is full (nothing accepts), so a connect hangs as to a dead host."""
-    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(0)
-    address = listener.getsockname()
-    fillers: list[socket.socket] = []
-    try:
-        with selectors.DefaultSelector() as sel:
-            for _ in range(64):
-                s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-                fillers.append(s)
-                s.setblocking(False)
-                s.connect_ex(address)
-                sel.register(s, selectors.EVENT_WRITE)
-                ready = sel.select(0.3)
-                sel.unregister(s)
-                if not ready:
-                    break
-            else:
-                pytest.fail("could not fill the backlog of a loopback listener")
-        probe = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        probe.settimeout(0.5)
-        try:
-            with pytest.raises(socket.timeout):
-                probe.connect(address)
-        finally:
-            probe.close()
-        yield address
-    finally:
-        for s in fillers:
-            s.close()
-        listener.close()
 
 
 # -- SOCKS5 on the client side ------------------------------------------------------

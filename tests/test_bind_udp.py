@@ -3,13 +3,8 @@
 from __future__ import annotations
 
 import os
-import re
-import signal
 import socket
 import struct
-import subprocess
-import sys
-import threading
 import time
 from collections.abc import Iterator
 
@@ -17,43 +12,25 @@ import pytest
 import socks  # PySocks: the UDP client
 
 from builds import RELAYS, UDP_PATHS
-from procs import UdpEcho
+from procs import ServerProcess, UdpEcho
 from procs import recv_exact as _exact
 
 from fastsocks import codec as fcodec
 
 
-class Proxy:
+class Proxy(ServerProcess):
     def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "fastsocks", "--workers", "1", "--listen", "127.0.0.1:0", "--listen", "[::1]:0",
-             "--log-level", "debug", *args],
-            stderr=subprocess.PIPE, text=True, env=env,
-        )
-        assert self.proc.stderr is not None
-        line = self.proc.stderr.readline()
-        match = re.search(r"listening on 127\.0\.0\.1:(\d+), \[::1\]:(\d+)", line)
-        assert match, line
-        self.port = int(match.group(1))
-        self.port6 = int(match.group(2))
-        self.log: list[str] = []
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.proc.stderr is not None
-        for line in self.proc.stderr:
-            self.log.append(line)
+        super().__init__("--workers", "1", "--listen", "127.0.0.1:0", "--listen", "[::1]:0",
+                         "--log-level", "debug", *args, env=env)
+        self.port6 = self.ports[1]
 
     def fds(self) -> int:
         return len(os.listdir(f"/proc/{self.proc.pid}/fd"))
 
-    def stop(self) -> None:
-        self.proc.send_signal(signal.SIGTERM)
-        assert self.proc.wait(timeout=10) == 0
-        self._reader.join(5)
-        assert self.proc.stderr is not None
-        self.proc.stderr.close()
+    def stop(self) -> int:
+        code = super().stop(10)
+        assert code == 0
+        return code
 
 
 @pytest.fixture(params=RELAYS)
@@ -373,7 +350,7 @@ def test_the_datagram_path_is_the_one_asked_for(udp_proxy: Proxy, udp_path: str,
     c.close()
 
     def seen() -> bool:  # udp.py logs it at DEBUG when an association opens on the C path
-        return any("datagrams in C" in line for line in udp_proxy.log)
+        return any("datagrams in C" in line for line in udp_proxy.lines)
 
     deadline = time.monotonic() + (5 if udp_path == "c" else 0.5)
     while time.monotonic() < deadline and not seen():

@@ -20,7 +20,7 @@ from typing import Any, Callable, Iterator
 
 import pytest
 
-from procs import free_port
+from procs import free_port, terminate
 
 CHAINED_FROM = "127.0.0.8"  # microsocks binds its outgoing connections here
 
@@ -63,12 +63,7 @@ def microsocks() -> Iterator[Callable[..., tuple[str, int]]]:
 
     yield start
     for proc in procs:
-        proc.terminate()
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+        terminate(proc)
 
 
 def config(tmp_path: Path, upstream: tuple[str, int], rules: str,

@@ -25,7 +25,7 @@ from typing import Any, Callable, Iterator
 
 import pytest
 
-from procs import free_port
+from procs import free_port, terminate, wait_lines
 
 SIG = b"\r\n\r\n\x00\r\nQUIT\n"
 WAIT = 5.0  # seconds an access-log line may take (written at most 1 s late)
@@ -49,14 +49,7 @@ V2_LOCAL = SIG + b"\x20\x00\x00\x00"
 
 def access_lines(path: Path, count: int, timeout: float = WAIT) -> list[list[str]]:
     """Wait until ``path`` has ``count`` lines; each split into its fields."""
-    deadline = time.monotonic() + timeout
-    while True:
-        text = path.read_text(encoding="utf-8") if path.exists() else ""
-        lines = text.splitlines()
-        if len(lines) >= count or time.monotonic() > deadline:
-            assert len(lines) >= count, f"wanted {count} access log lines, got:\n{text}"
-            return [line.split(" ") for line in lines]
-        time.sleep(0.05)
+    return [line.split(" ") for line in wait_lines(path, count, timeout)]
 
 
 def socks_connect(sock: socket.socket, socks: Any, port: int) -> int:
@@ -401,12 +394,7 @@ backend fastsocks
 
     yield start
     for proc in procs:
-        proc.terminate()
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+        terminate(proc)
 
 
 def test_haproxy_send_proxy_v2_two_instances(haproxy: Any, pp_server: Any, socks: Any,

@@ -2,57 +2,29 @@
 
 from __future__ import annotations
 
-import re
 import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
-from collections.abc import Iterator
+from typing import Any
 from pathlib import Path
 
 import pytest
-from procs import recv_exact as _exact
+
 from builds import RELAYS
+from procs import ServerProcess
+from procs import recv_exact as _exact
 
 from fastsocks import codec as fcodec
 
 
-class Server:
-    def __init__(self, *args: str, input_text: str | None = None) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "fastsocks", "--listen", "127.0.0.1:0",
-             *(() if "--workers" in args else ("--workers", "1")), *args],
-            stderr=subprocess.PIPE, text=True,
-        )
-        assert self.proc.stderr is not None
-        self.lines: list[str] = []
-        while True:
-            line = self.proc.stderr.readline()
-            assert line, "".join(self.lines)
-            self.lines.append(line)
-            match = re.search(r"listening on 127\.0\.0\.1:(\d+) ", line)
-            if match:
-                break
-        self.port = int(match.group(1))
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
+class Server(ServerProcess):
+    """One process unless a test asks for workers."""
 
-    def _read(self) -> None:
-        assert self.proc.stderr is not None
-        for line in self.proc.stderr:
-            self.lines.append(line)
-
-    @property
-    def log(self) -> str:
-        return "".join(self.lines)
-
-    def wait_log(self, text: str, timeout: float = 5.0) -> None:
-        deadline = time.monotonic() + timeout
-        while text not in self.log:
-            assert time.monotonic() < deadline, f"{text!r} never logged:\n{self.log}"
-            time.sleep(0.02)
+    def __init__(self, *args: str) -> None:
+        super().__init__("--listen", "127.0.0.1:0",
+                         *(() if "--workers" in args else ("--workers", "1")), *args)
 
     def request(self, target: tuple[str, int], user: bytes | None = None,
                 password: bytes = b"") -> tuple[socket.socket, int]:
@@ -73,44 +45,13 @@ class Server:
 
     def finish(self, timeout: float = 10.0) -> tuple[int, float]:
         started = time.monotonic()
-        code = self.proc.wait(timeout)
-        elapsed = time.monotonic() - started
-        self._reader.join(5)
-        assert self.proc.stderr is not None
-        self.proc.stderr.close()
-        return code, elapsed
+        code = self.wait(timeout)
+        return code, time.monotonic() - started
 
 
 @pytest.fixture
-def echo() -> Iterator[tuple[str, int]]:
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(64)
-    conns: list[socket.socket] = []
-
-    def serve() -> None:
-        while True:
-            try:
-                c, _ = listener.accept()
-            except OSError:
-                return
-            conns.append(c)
-            threading.Thread(target=_echo, args=(c,), daemon=True).start()
-
-    threading.Thread(target=serve, daemon=True).start()
-    yield listener.getsockname()
-    listener.close()
-    for c in conns:
-        c.close()
-
-
-def _echo(c: socket.socket) -> None:
-    try:
-        while data := c.recv(65536):
-            c.sendall(data)
-        c.shutdown(socket.SHUT_WR)  # the client's EOF, answered: the relay can end
-    except OSError:
-        pass
+def echo(echo_target: Any) -> tuple[str, int]:
+    return echo_target.address
 
 
 @pytest.mark.parametrize("relay", RELAYS)

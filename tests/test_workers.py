@@ -3,43 +3,22 @@
 from __future__ import annotations
 
 import os
-import re
 import signal
 import socket
-import subprocess
-import sys
-import threading
 import time
+from typing import Any
 
 import pytest
-from procs import children as _children, sockets as _sockets
+from procs import ServerProcess
+from procs import children as _children
+from procs import sockets as _sockets
 
 from fastsocks import codec as fcodec
 
 
-class Workers:
+class Workers(ServerProcess):
     def __init__(self, n: int) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "fastsocks", "--listen", "127.0.0.1:0", "--workers", str(n)],
-            stderr=subprocess.PIPE, text=True,
-        )
-        assert self.proc.stderr is not None
-        self.log: list[str] = []
-        while True:
-            line = self.proc.stderr.readline()
-            assert line, "".join(self.log)
-            self.log.append(line)
-            match = re.search(r"listening on 127\.0\.0\.1:(\d+) .*(\d+) workers", line)
-            if match:
-                break
-        self.port = int(match.group(1))
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.proc.stderr is not None
-        for line in self.proc.stderr:
-            self.log.append(line)
+        super().__init__("--listen", "127.0.0.1:0", "--workers", str(n))
 
     def connect(self, target: tuple[str, int]) -> socket.socket:
         s = socket.create_connection(("127.0.0.1", self.port), timeout=10)
@@ -52,45 +31,10 @@ class Workers:
         assert reply[:2] == b"\x05\x00" and reply[3] == 0, reply
         return s
 
-    def stop(self) -> int:
-        self.proc.send_signal(signal.SIGTERM)
-        code = self.proc.wait(timeout=20)
-        self._reader.join(5)
-        assert self.proc.stderr is not None
-        self.proc.stderr.close()
-        return code
-
 
 @pytest.fixture
-def echo() -> tuple[str, int]:
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(512)
-    conns: list[socket.socket] = []
-
-    def serve() -> None:
-        while True:
-            try:
-                c, _ = listener.accept()
-            except OSError:
-                return
-            conns.append(c)
-            threading.Thread(target=_echo, args=(c,), daemon=True).start()
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    yield listener.getsockname()
-    listener.close()
-    for c in conns:
-        c.close()
-
-
-def _echo(c: socket.socket) -> None:
-    try:
-        while data := c.recv(65536):
-            c.sendall(data)
-    except OSError:
-        pass
+def echo(echo_target: Any) -> tuple[str, int]:
+    return echo_target.address
 
 
 def test_connections_spread_over_workers_on_one_port(echo: tuple[str, int]) -> None:
@@ -133,7 +77,7 @@ def test_a_dead_worker_is_replaced(echo: tuple[str, int]) -> None:
             s.sendall(b"x")
             assert s.recv(1) == b"x"
             s.close()
-        assert any("killed by signal 9; restarting" in line for line in w.log), w.log
+        assert any("killed by signal 9; restarting" in line for line in w.lines), w.lines
     finally:
         assert w.stop() == 0
 
@@ -150,4 +94,4 @@ def test_sigterm_stops_master_and_workers_with_relays_open(echo: tuple[str, int]
         s.settimeout(5)
         assert s.recv(1) == b""
         s.close()
-    assert any("fastsocks stopped" in line for line in w.log)
+    assert any("fastsocks stopped" in line for line in w.lines)
