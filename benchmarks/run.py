@@ -68,6 +68,9 @@ UDP_RATE = 50_000.0  # datagrams/s of the paced one-way run
 DANTED = "/usr/sbin/danted"
 REF_HOST = "127.0.0.2"  # microsocks / Dante listen here, on a port below 32768
 START_TIMEOUT = 15.0
+# The UDP echo and sink of this invocation, once started ("echo", "sink"), for
+# starters that need them (benchmarks/udp_paths.py's forwarder).
+UDP_TARGETS: dict[str, tuple[str, int]] = {}
 STOP_TIMEOUT = 5.0
 SETUP_HINT = "install it with: bash benchmarks/setup.sh (Debian: apt-get install -y {pkg})"
 
@@ -84,6 +87,9 @@ class Server:
     tmp: tempfile.TemporaryDirectory[str] | None = None
     log_path: Path | None = None
     extra_pids: list[int] = field(default_factory=list)
+    # A plain UDP forwarder (benchmarks/udp_paths.py) is no SOCKS server: the
+    # generator sends straight to it, at the front address for each target.
+    udp_fronts: dict[tuple[str, int], tuple[str, int]] = field(default_factory=dict)
 
     @property
     def pid(self) -> int | None:
@@ -406,7 +412,8 @@ def measure_round(server: Server, sink: bench.LocalTarget, echo: bench.LocalTarg
         return out
     for conc in (1, 32):
         r = one(f"udp_rtt{conc}", bench.Config(
-            mode="udp-rtt", proxy=proxy, target=udp_echo.address, concurrency=conc,
+            mode="udp-rtt", proxy=proxy, concurrency=conc,
+            target=server.udp_fronts.get(udp_echo.address, udp_echo.address),
             duration=plan.duration, server_pid=pid), udp_echo)
         if r:
             log(f"  {server.name} UDP c={conc}: {r['per_s']:.0f} round trips/s, p50 "
@@ -416,8 +423,13 @@ def measure_round(server: Server, sink: bench.LocalTarget, echo: bench.LocalTarg
                 + (f", errors {r['errors']}" if r["errors"] else ""))
     for rate in (None, plan.udp_rate):
         r = one("udp_oneway" if rate is None else "udp_paced", bench.Config(
-            mode="udp-oneway", proxy=proxy, target=udp_sink.address, rate=rate,
+            mode="udp-oneway", proxy=proxy, rate=rate,
+            target=server.udp_fronts.get(udp_sink.address, udp_sink.address),
             duration=plan.duration, server_pid=pid), udp_sink)
+        if r and server.udp_fronts:
+            # The generator's "target" was the forwarder's front socket: drops
+            # counted there were the relay's, and the sink's are not known.
+            r["dropped_at_relay"], r["dropped_at_sink"] = r.get("dropped_at_sink"), None
         if r:
             log(f"  {server.name} UDP one-way {'unpaced' if rate is None else f'{rate:g}/s'}: "
                 f"sent {r['sent_per_s']:.0f}/s, received {_f(r.get('received_per_s'), '{:.0f}')}/s"
@@ -755,6 +767,7 @@ def main(argv: list[str] | None = None) -> int:
             # slower; benchmarks/README.md).
             udp_echo = stack.enter_context(bench.LocalTarget("udp-echo", "process"))
             udp_sink = stack.enter_context(bench.LocalTarget("udp-sink", "process"))
+            UDP_TARGETS.update(echo=udp_echo.address, sink=udp_sink.address)
             log(f"UDP targets: echo {bench._fmt(udp_echo.address)} (pid {udp_echo.pid}), "
                 f"sink {bench._fmt(udp_sink.address)} (pid {udp_sink.pid})")
         for rnd in range(plan.repeat):

@@ -27,6 +27,10 @@ class Proxy(ServerProcess):
     def fds(self) -> int:
         return len(os.listdir(f"/proc/{self.proc.pid}/fd"))
 
+    def rss_kib(self) -> int:
+        with open(f"/proc/{self.proc.pid}/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+
     def stop(self) -> int:
         code = super().stop(10)
         assert code == 0
@@ -327,19 +331,34 @@ def test_unresolvable_domain_target_is_dropped(udp_proxy: Proxy, echo4: UdpEcho)
     c.close()
 
 
-def test_thousand_associations_leave_no_fds(udp_proxy: Proxy, echo4: UdpEcho) -> None:
+def test_thousand_associations_leave_no_fds_and_no_memory_growth(
+        udp_proxy: Proxy, echo4: UdpEcho) -> None:
+    """Six rounds of 1,000 associations (100 open at a time, one round trip
+    each, then closed): every round ends with the descriptors back at the
+    baseline, and the server's RSS stops growing after two rounds.
+
+    Allocator warm-up (the C path's receive slots are touched as batches
+    grow, pymalloc arenas) was measured at up to 2.5 MiB over rounds 2 to 6
+    and flat over sixteen rounds on both paths; 4 MiB over 4,000
+    associations lets through no leak of an association's state (several
+    KiB of sockets, transports and tables each), nor of 1 KiB each.
+    """
     baseline = udp_proxy.fds()
-    for _ in range(10):
-        batch = [RawUdp(udp_proxy) for _ in range(100)]
-        for c in batch:
-            c.send(b"x", echo4.port)
-        for c in batch:
-            assert c.recv() == b"x"
-            c.close()
-    deadline = time.monotonic() + 10
-    while udp_proxy.fds() > baseline and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert udp_proxy.fds() <= baseline
+    rss = []
+    for _ in range(6):
+        for _ in range(10):
+            batch = [RawUdp(udp_proxy) for _ in range(100)]
+            for c in batch:
+                c.send(b"x", echo4.port)
+            for c in batch:
+                assert c.recv() == b"x"
+                c.close()
+        deadline = time.monotonic() + 10
+        while udp_proxy.fds() > baseline and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert udp_proxy.fds() <= baseline
+        rss.append(udp_proxy.rss_kib())
+    assert rss[-1] - rss[1] <= 4096, f"RSS after each round of 1,000 associations: {rss} KiB"
 
 
 def test_the_datagram_path_is_the_one_asked_for(udp_proxy: Proxy, udp_path: str,
