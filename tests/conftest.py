@@ -28,6 +28,7 @@ from typing import Any, Callable, Iterator
 import pytest
 
 from builds import HAVE_EXTENSION, IMPLS
+from procs import UdpEcho
 
 START_TIMEOUT = 10.0  # seconds to wait for the "listening on" line
 STOP_TIMEOUT = 5.0  # seconds a SIGTERM'd server gets to exit
@@ -503,6 +504,14 @@ def _http_target(host: str) -> Iterator[HttpTarget]:
         server.shutdown()
         server.server_close()
         thread.join(5)
+
+
+@pytest.fixture
+def udp_echo() -> Iterator[UdpEcho]:
+    """A UDP echo on 127.0.0.1 (procs.UdpEcho: ``port``, ``received``)."""
+    echo = UdpEcho("127.0.0.1")
+    yield echo
+    echo.close()
 
 
 @pytest.fixture

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import select
@@ -162,4 +163,15 @@ def wait_lines(path: Path, count: int, timeout: float = 5.0) -> list[str]:
         if len(lines) >= count or time.monotonic() > deadline:
             assert len(lines) >= count, f"wanted {count} lines in {path}, got:\n{text}"
             return lines
+        time.sleep(0.05)
+
+
+def access_entries(path: Path, count: int, timeout: float = 5.0) -> list[dict[str, Any]]:
+    """The JSON access-log lines of ``path``, once there are ``count`` (they are
+    flushed within a second), or what there is after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        lines = path.read_text().splitlines() if path.exists() else []
+        if len(lines) >= count or time.monotonic() > deadline:
+            return [json.loads(line) for line in lines]
         time.sleep(0.05)

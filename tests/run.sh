@@ -18,6 +18,9 @@ command -v krb5-config >/dev/null 2>&1 || need+=(libkrb5-dev)
 command -v haproxy >/dev/null 2>&1 || need+=(haproxy)
 command -v microsocks >/dev/null 2>&1 || need+=(microsocks)
 command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
+# Programs wrapped by LD_PRELOAD (tests/test_wrappers.py).
+command -v socksify >/dev/null 2>&1 || need+=(dante-client)
+command -v proxychains4 >/dev/null 2>&1 || need+=(proxychains4)
 # Only Debian and Ubuntu get the programs installed; elsewhere (macOS CI runs
 # the codec tests) what is missing stays missing.
 if ((${#need[@]})) && command -v apt-get >/dev/null 2>&1; then

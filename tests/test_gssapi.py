@@ -22,7 +22,6 @@ Loopback only, every wait bounded.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import socket
 import struct
@@ -38,7 +37,7 @@ import pytest
 
 from builds import IMPLS
 from kerberos import OTHER_SERVICE, REALM, KerberosRealm
-from procs import UdpEcho
+from procs import UdpEcho, access_entries
 
 REPO = Path(__file__).resolve().parent.parent
 ABORT = b"\x01\xff"
@@ -273,16 +272,6 @@ def relay_both_ways(client: GssClient, size: int) -> tuple[str, str, int]:
     return hashlib.sha256(data).hexdigest(), hashlib.sha256(back).hexdigest(), len(back)
 
 
-def access_entries(path: Path, count: int, timeout: float = 5.0) -> list[dict[str, Any]]:
-    """The first ``count`` JSON access-log lines (they are flushed within a second)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        lines = path.read_text().splitlines() if path.exists() else []
-        if len(lines) >= count or time.monotonic() > deadline:
-            return [json.loads(line) for line in lines]
-        time.sleep(0.05)
-
-
 def wait_for_log(server: Any, text: str, timeout: float = 5.0) -> str:
     deadline = time.monotonic() + timeout
     while text not in server.log:
@@ -425,13 +414,6 @@ def udp_round_trip(client: GssClient, udp: socket.socket, relay: tuple[str, int]
     plain = client.unwrap_datagram(raw)
     assert plain[:len(header)] == header, plain[:16]  # the echo's address, as §7 says
     return plain[len(header):]
-
-
-@pytest.fixture
-def udp_echo() -> Iterator[UdpEcho]:
-    echo = UdpEcho("127.0.0.1")
-    yield echo
-    echo.close()
 
 
 @pytest.mark.parametrize("impl", IMPLS)
