@@ -196,12 +196,12 @@ def test_pysocks_udp_ipv6_target(udp_proxy: Proxy, echo6: UdpEcho) -> None:
 class RawUdp:
     """A hand-rolled UDP ASSOCIATE client, for what PySocks cannot do."""
 
-    def __init__(self, proxy: Proxy, dst_port: int = 0) -> None:
+    def __init__(self, proxy: Proxy, dst_port: int = 0, dst_host: str = "0.0.0.0") -> None:
         self.udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.udp.bind(("127.0.0.1", 0))
         self.udp.settimeout(2)
         port = dst_port if dst_port >= 0 else self.udp.getsockname()[1]
-        self.ctrl, host, self.relay_port = _negotiate(proxy.port, 3, "0.0.0.0", port)
+        self.ctrl, host, self.relay_port = _negotiate(proxy.port, 3, dst_host, port)
         self.relay = (host, self.relay_port)
 
     def send(self, payload: bytes, port: int, host: str = "127.0.0.1", frag: int = 0,
@@ -250,6 +250,24 @@ def test_dst_port_locks_the_source_port(udp_proxy: Proxy, echo4: UdpEcho) -> Non
     other.bind(("127.0.0.1", 0))
     other.settimeout(0.5)
     c.send(b"wrong port first", echo4.port, sock=other)
+    with pytest.raises(TimeoutError):
+        other.recv(100)
+    c.send(b"right port", echo4.port)
+    assert c.recv() == b"right port"
+    other.close()
+    c.close()
+
+
+@pytest.mark.parametrize("dst_host", ["localhost", "::1", "127.0.0.1"])
+def test_request_address_in_any_form(udp_proxy: Proxy, echo4: UdpEcho, dst_host: str) -> None:
+    # DST.ADDR of the request is where the client will send from (RFC 1928
+    # §6/§7), in any ATYP: a name (X'03') or the other family is accepted,
+    # and DST.PORT still locks the source port.
+    c = RawUdp(udp_proxy, dst_port=-1, dst_host=dst_host)
+    other = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    other.bind(("127.0.0.1", 0))
+    other.settimeout(0.5)
+    c.send(b"wrong port", echo4.port, sock=other)
     with pytest.raises(TimeoutError):
         other.recv(100)
     c.send(b"right port", echo4.port)
