@@ -59,6 +59,7 @@ NAMES = (
     "fastsocks_rule_denials_total",
     "fastsocks_timeouts_total",
     "fastsocks_udp_datagrams_total",
+    "fastsocks_udp_dropped_total",
     "fastsocks_limit_rejections_total",
 )
 
@@ -87,10 +88,11 @@ _DGRAMS_UP = _BYTES_UP + 2
 _DGRAMS_DOWN = _BYTES_UP + 3
 _AUTH_FAILURES = _BYTES_UP + 4
 _RULE_DENIALS = _BYTES_UP + 5
-_TIMEOUT_SLOTS = {reason: _RULE_DENIALS + 1 + i for i, reason in enumerate(_TIMEOUT_KINDS)}
-_LIMIT_SLOTS = {name: _RULE_DENIALS + 1 + len(_TIMEOUT_KINDS) + i
+_DGRAMS_DROPPED = _BYTES_UP + 6
+_TIMEOUT_SLOTS = {reason: _DGRAMS_DROPPED + 1 + i for i, reason in enumerate(_TIMEOUT_KINDS)}
+_LIMIT_SLOTS = {name: _DGRAMS_DROPPED + 1 + len(_TIMEOUT_KINDS) + i
                 for i, name in enumerate(LIMIT_NAMES)}
-_BUCKET = _RULE_DENIALS + 1 + len(_TIMEOUT_KINDS) + len(LIMIT_NAMES)
+_BUCKET = _DGRAMS_DROPPED + 1 + len(_TIMEOUT_KINDS) + len(LIMIT_NAMES)
 
 
 class Metrics:
@@ -137,6 +139,11 @@ class Metrics:
         self.udp_datagrams_total = Counter(
             "fastsocks_udp_datagrams_total", "UDP ASSOCIATE datagrams relayed (counted when "
             "the association ends)", ["direction"], registry=registry)
+        self.udp_dropped_total = Counter(
+            "fastsocks_udp_dropped_total", "UDP ASSOCIATE datagrams dropped: from a source "
+            "other than the client, a bad header, a target the rules refuse or that did not "
+            "resolve, a reply from a target the client never sent to, a full buffer (counted "
+            "when the association ends)", registry=registry)
 
         self.limit_rejections_total = Counter(
             "fastsocks_limit_rejections_total", "Connections refused by a limit, by limit "
@@ -150,7 +157,8 @@ class Metrics:
         children += [self.bytes_total.labels("up"), self.bytes_total.labels("down"),
                      self.udp_datagrams_total.labels("up"),
                      self.udp_datagrams_total.labels("down"),
-                     self.auth_failures_total, self.rule_denials_total]
+                     self.auth_failures_total, self.rule_denials_total,
+                     self.udp_dropped_total]
         children += [self.timeouts_total.labels(kind) for kind in _TIMEOUT_KINDS.values()]
         children += [self.limit_rejections_total.labels(name) for name in LIMIT_NAMES]
         # The histogram takes whole bucket counts at a flush, through its own
@@ -210,6 +218,7 @@ class Metrics:
         if udp is not None:
             counts[_DGRAMS_UP] += udp.datagrams_up
             counts[_DGRAMS_DOWN] += udp.datagrams_down
+            counts[_DGRAMS_DROPPED] += udp.dropped
         if reason in _TIMEOUT_SLOTS:
             counts[_TIMEOUT_SLOTS[reason]] += 1
         elif reason == "auth_failed":

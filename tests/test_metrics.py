@@ -172,8 +172,11 @@ def test_auth_failures_counted(fastsocks_server: Callable[..., Any], socks: Any,
     assert _value(s, "fastsocks_connections_total", command="none") == 2
 
 
-def test_bind_timeout_and_udp_datagrams(fastsocks_server: Callable[..., Any], socks: Any) -> None:
-    server = fastsocks_server("--metrics", "127.0.0.1:0", "--bind-timeout", "0.3")
+@pytest.mark.parametrize("relay", ["auto", "protocol"])  # the C and the Python datagram path
+def test_bind_timeout_and_udp_datagrams(fastsocks_server: Callable[..., Any], socks: Any,
+                                        relay: str) -> None:
+    server = fastsocks_server("--metrics", "127.0.0.1:0", "--bind-timeout", "0.3",
+                              "--relay", relay)
     address = _metrics_address(server)
     ctrl = socks.open(server.address)
     ctrl.sendall(b"\x05\x01\x00" + socks.request(0x02, "0.0.0.0", 0))
@@ -183,6 +186,7 @@ def test_bind_timeout_and_udp_datagrams(fastsocks_server: Callable[..., Any], so
     ctrl.close()
     target = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    other = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     ctrl = socks.open(server.address)
     try:
         target.bind(("127.0.0.1", 0))
@@ -199,19 +203,33 @@ def test_bind_timeout_and_udp_datagrams(fastsocks_server: Callable[..., Any], so
             data, addr = target.recvfrom(100)
             target.sendto(b"pong!", addr)
             assert client.recvfrom(100)[0].endswith(b"pong!")
+        # Dropped: a bad header (ATYP 9), a datagram from another port, a
+        # "reply" from a target the client never sent to.
+        client.sendto(b"\x00\x00\x00\x09junk", (host, port))
+        other.bind(("127.0.0.1", 0))
+        other.sendto(header + b"intruder", (host, port))
+        other.sendto(b"unasked", addr)
+        # One more round trip: the three were read before the association ends.
+        client.sendto(header + b"ping", (host, port))
+        data, addr = target.recvfrom(100)
+        assert data == b"ping"
+        target.sendto(b"pong!", addr)
+        assert client.recvfrom(100)[0].endswith(b"pong!")
     finally:
         ctrl.close()
         client.close()
         target.close()
-    s = _until(address, lambda s: _value(s, "fastsocks_udp_datagrams_total", direction="up") == 3)
+        other.close()
+    s = _until(address, lambda s: _value(s, "fastsocks_udp_datagrams_total", direction="up") == 4)
     assert _value(s, "fastsocks_timeouts_total", kind="bind") == 1
     assert _value(s, "fastsocks_replies_total", code="6") == 1
     assert _value(s, "fastsocks_connections_total", command="bind") == 1
     assert _value(s, "fastsocks_connections_total", command="udp_associate") == 1
-    assert _value(s, "fastsocks_udp_datagrams_total", direction="up") == 3
-    assert _value(s, "fastsocks_udp_datagrams_total", direction="down") == 3
-    assert _value(s, "fastsocks_bytes_total", direction="up") == 12
-    assert _value(s, "fastsocks_bytes_total", direction="down") == 15
+    assert _value(s, "fastsocks_udp_datagrams_total", direction="up") == 4
+    assert _value(s, "fastsocks_udp_datagrams_total", direction="down") == 4
+    assert _value(s, "fastsocks_udp_dropped_total") == 3
+    assert _value(s, "fastsocks_bytes_total", direction="up") == 16
+    assert _value(s, "fastsocks_bytes_total", direction="down") == 20
 
 
 def test_rule_denials_counted(fastsocks_server: Callable[..., Any], socks: Any,
