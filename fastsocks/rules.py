@@ -430,9 +430,10 @@ class TargetFilter:
 
     def _verdict(self, decision: Denial | Rule | None) -> Denial | Rule | None:
         if (decision is not None and type(decision) is not Denial
-                and decision.upstream is not None and self.command != Command.CONNECT):
-            # Only CONNECT goes through an upstream: a BIND peer or a datagram
-            # that rule sends there must not go out directly instead.
+                and decision.upstream is not None and self.command == Command.BIND):
+            # BIND is not chained: a peer that rule sends to an upstream must
+            # not come in directly instead.  (CONNECT and UDP datagrams go
+            # through the upstream.)
             return Denial(decision.index)
         return decision
 
@@ -441,7 +442,7 @@ class TargetFilter:
         decision = self.policy.decide(self.command, self.subject, name, ip, port)
         if type(decision) is Denial:
             return decision
-        self.rule = decision  # the session answers X'07' for an upstream rule
+        self.rule = decision  # the session answers X'07' for BIND under an upstream rule
         return None
 
     def early(self, host: str, port: Any) -> Denial | None:

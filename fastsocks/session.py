@@ -440,11 +440,13 @@ class Session(asyncio.Protocol):
         """Carry out a request the rules (and the authorize hook) allowed."""
         command = request.command
         rule = self.targets.rule if self.targets is not None else None
-        if rule is not None and rule.upstream is not None:
-            if command != Command.CONNECT:  # only CONNECT is chained (fastsocks/upstream.py)
+        # A UDP association is chained per datagram target (udp.py), not here.
+        if rule is not None and rule.upstream is not None \
+                and command != Command.UDP_ASSOCIATE:
+            if command != Command.CONNECT:  # BIND is not chained (fastsocks/upstream.py)
                 self._fail(self.codec.send_reply(Reply.COMMAND_NOT_SUPPORTED),
                            f"{self._what()}: rules[{rule.index}] sends it to upstream "
-                           f"{rule.upstream}, which only carries CONNECT")
+                           f"{rule.upstream}, which only carries CONNECT and UDP datagrams")
                 return
             # The name goes to the upstream unresolved: it resolves it.
             self.task = asyncio.ensure_future(self._chain(request.host))
@@ -670,6 +672,10 @@ class Session(asyncio.Protocol):
                                   wrap=gss.wrap_datagram if gss is not None else None)
         self.udp.targets = self.targets  # access rules per datagram target
         self.udp.sources = self._sources()  # the outbound address, as for CONNECT
+        # Datagrams an upstream rule allows go through that upstream.
+        self.udp.upstreams = settings.upstreams
+        self.udp.connect_timeout = settings.connect_timeout
+        self.udp.interface = settings.outbound_interface
         try:
             host, port = await self.udp.open()
         except OSError as exc:

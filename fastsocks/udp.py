@@ -29,6 +29,12 @@ to the Python below, which installs the decision in the C table so that the
 next datagram to that target stays in C.  Elsewhere, asyncio datagram
 endpoints call the Python below for every datagram.  Both behave the same.
 
+A datagram whose target an access rule sends to an upstream proxy
+(``upstream = "NAME"``) goes through that upstream's own UDP ASSOCIATE,
+opened for this association when the first such datagram comes
+(``_UpstreamLink``), and its replies come back to the client as the
+upstream wrote their header.  Such datagrams always take the Python path.
+
 An association whose datagrams are protected (GSSAPI, RFC 1961 §5) takes
 ``unwrap`` and ``wrap``: the first turns each client datagram into the plain
 §7 datagram before its header is parsed, the second each reply after its
@@ -39,6 +45,7 @@ association always takes the Python path (the C one sees only plain headers).
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import os
 import platform
@@ -47,8 +54,10 @@ import sys
 from typing import Any, Callable
 
 from . import codec
+from .constants import Command
 from .errors import ProtocolError
-from .resolver import ConnectError, resolve_and_cache, resolve_cached, unmapped
+from .resolver import ConnectError, resolve, resolve_and_cache, resolve_cached, unmapped
+from .upstream import connect_via
 
 _datagram: Any = None
 if not os.environ.get("FASTSOCKS_NO_EXTENSIONS"):  # as relay.py: forces pure Python
@@ -66,6 +75,8 @@ MAX_REASSEMBLY_BYTES = 65535
 REASSEMBLY_TIMEOUT = 5.0  # the RFC's minimum
 MAX_PENDING_RESOLVES = 64  # datagrams waiting on DNS per association
 MAX_PEERS = 4096  # targets remembered per association for replies
+MAX_UPSTREAM_PENDING = 64  # datagrams waiting for an upstream's association to open
+UPSTREAM_RETRY = 5.0  # seconds an upstream whose association failed or ended is left alone
 
 _parse_udp_header = codec.parse_udp_header
 _build_udp_header = codec.build_udp_header
@@ -162,6 +173,13 @@ class UdpAssociation:
         # chose them (rule, user, global); set by the session; none: any.
         self.sources: tuple[Any, ...] = ()
         self._denials_logged = False
+        # Chaining (set by the session): the configured upstreams by name, and
+        # how to reach them, as for CONNECT.
+        self.upstreams: dict[str, Any] = {}
+        self.connect_timeout = 10.0
+        self.interface: str | None = None
+        self._links: dict[str, _UpstreamLink] = {}
+        self._link_retry: dict[str, float] = {}  # name → loop time of the next try
 
     # Totals of both sides, for the access log, metrics and the close line.
     @property
@@ -232,6 +250,8 @@ class UdpAssociation:
                 timer.cancel()
         for task in list(self._tasks):
             task.cancel()
+        for link in list(self._links.values()):
+            link.close()
         if self.client_transport is not None:
             self.client_transport.close()
         if self.native is not None:
@@ -328,16 +348,21 @@ class UdpAssociation:
     def _send(self, host: str, port: int, payload: Any, literal: bool = False) -> None:
         """Send to (host, port) if the access rules allow it.  ``literal``: the
         client named an IP address, so the decision may be kept in the C table."""
+        targets = self.targets
+        if targets is not None and not literal:
+            # Access rules, pass 1, on the name: one denied whatever its
+            # addresses is not looked up, and one that an upstream rule allows
+            # goes there unresolved (the upstream resolves it).
+            if self._denied(targets.early(host, port), host, port):
+                return
+            if self._chained(targets.rule, host, port, payload):
+                return
         try:
             addresses = resolve_cached(host, port)
         except ConnectError:
             self._dropped += 1
             return
-        targets = self.targets
         if addresses is None:
-            # Access rules, pass 1: a name denied whatever its addresses is not looked up.
-            if targets is not None and self._denied(targets.early(host, port), host, port):
-                return
             if self._pending_resolves >= MAX_PENDING_RESOLVES:
                 self._dropped += 1
                 return
@@ -355,6 +380,10 @@ class UdpAssociation:
                     self._install(addresses[0][0], addresses[0][1], _DENY)
                 return
             addresses = allowed
+            # A rule needed the address to decide: the upstream gets the allowed
+            # address, not the name (as for CONNECT).
+            if self._chained(targets.rule, unmapped(addresses[0][1][0]), port, payload):
+                return
         family, sockaddr = addresses[0]
         if self.native is not None:
             self._send_native(family, sockaddr, payload, literal)
@@ -474,16 +503,60 @@ class UdpAssociation:
             self._dropped += 1
             return
         self._activity += 1
-        reply = _build_udp_header(unmapped(host), port) + data
+        self._to_client(_build_udp_header(unmapped(host), port) + data, len(data))
+
+    def _to_client(self, reply: bytes, payload_bytes: int) -> None:
+        """Send a §7 datagram (header and data) to the client, wrapped if it must be."""
         if self.wrap is not None:
             wrapped = self.wrap(reply)
             if wrapped is None:
                 self._dropped += 1
                 return
             reply = wrapped
+        if self.native is not None:  # Python sends on the C path's socket (chaining)
+            sock, port = self._client_sock, self.native.client_port
+            if sock is None or not port:
+                self._dropped += 1
+                return
+            host = self.client_host
+            if sock.family == socket.AF_INET6 and ":" not in host:
+                host = "::ffff:" + host  # an IPv4 client of a dual-stack listener
+            try:
+                sock.sendto(reply, (host, port))
+            except OSError:  # a full buffer: UDP loses it
+                self._dropped += 1
+                return
+        else:
+            if self.client_addr is None:
+                self._dropped += 1
+                return
+            self.client_transport.sendto(reply, self.client_addr)
         self._datagrams_down += 1
-        self._bytes_down += len(data)
-        self.client_transport.sendto(reply, self.client_addr)
+        self._bytes_down += payload_bytes
+
+    # -- through an upstream proxy ------------------------------------------
+
+    def _chained(self, rule: Any, host: str, port: int, payload: Any) -> bool:
+        """True when ``rule`` sends this datagram to an upstream (and it went there)."""
+        if rule is None or rule.upstream is None:
+            return False
+        name = rule.upstream
+        link = self._links.get(name)
+        if link is None:
+            upstream = self.upstreams.get(name)
+            if upstream is None or self.loop.time() < self._link_retry.get(name, 0.0):
+                if upstream is None:  # a reload removed it since the rules were read
+                    log.debug("UDP from %s to %s port %d dropped: upstream %s is not "
+                              "configured", self.client_host, host, port, name)
+                self._dropped += 1
+                return True
+            link = self._links[name] = _UpstreamLink(self, upstream)
+            task = asyncio.ensure_future(link.open())
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        # The target as the client named it: a name goes unresolved.
+        link.send(_build_udp_header(host, port) + bytes(payload), len(payload))
+        return True
 
     # -- idle -------------------------------------------------------------
 
@@ -499,6 +572,134 @@ class UdpAssociation:
                 self.on_idle()
                 return
         self._idle_timer = self.loop.call_later(self.idle_timeout / 4, self._tick)
+
+
+class _UpstreamLink(asyncio.DatagramProtocol):
+    """One association's UDP ASSOCIATE at an upstream SOCKS5 proxy.
+
+    Opened when the first datagram for it comes: a UDP socket of the
+    upstream's address family (from the outbound address, as CONNECT's),
+    then the control connection and the request (upstream.connect_via), which
+    tells the upstream the port our datagrams come from.  The socket is then
+    connected to the upstream's relay, so the kernel takes datagrams from it
+    alone.  Up to ``MAX_UPSTREAM_PENDING`` datagrams wait while it opens.
+    Datagrams go out with the target as the client named it; replies go to
+    the client with the upstream's header (its FRAG must be 0).  When the
+    association cannot be opened, or the upstream ends it (closes the control
+    connection), its datagrams are dropped for ``UPSTREAM_RETRY`` seconds,
+    then it is opened again.
+    """
+
+    def __init__(self, assoc: UdpAssociation, upstream: Any) -> None:
+        self.assoc = assoc
+        self.upstream = upstream
+        self.transport: Any = None
+        self.ctrl: socket.socket | None = None
+        self.pending: list[tuple[bytes, int]] = []
+        self.closed = False
+
+    def send(self, datagram: bytes, payload_bytes: int) -> None:
+        assoc = self.assoc
+        if self.transport is None:
+            if len(self.pending) >= MAX_UPSTREAM_PENDING:
+                assoc._dropped += 1
+            else:
+                self.pending.append((datagram, payload_bytes))
+            return
+        assoc._datagrams_up += 1
+        assoc._bytes_up += payload_bytes
+        self.transport.sendto(datagram)
+
+    async def open(self) -> None:
+        assoc, upstream = self.assoc, self.upstream
+        loop = assoc.loop
+        sock: socket.socket | None = None
+        ctrl: socket.socket | None = None
+        try:
+            family = (await resolve(upstream.host, upstream.port))[0][0]
+            sock = socket.socket(family, socket.SOCK_DGRAM)
+            sock.setblocking(False)
+            sock.bind(assoc._source(family) or ("::" if family == socket.AF_INET6 else "0.0.0.0", 0))
+            _tune_socket(sock)
+            ctrl, relay_host, relay_port = await connect_via(
+                upstream, "::" if family == socket.AF_INET6 else "0.0.0.0",
+                sock.getsockname()[1], assoc.connect_timeout, assoc.sources, assoc.interface,
+                command=Command.UDP_ASSOCIATE)
+            if self.closed:
+                raise asyncio.CancelledError
+            try:
+                anywhere = ipaddress.ip_address(relay_host).is_unspecified
+            except ValueError:  # a name
+                anywhere = True
+            if anywhere:  # "where you reached me": the control connection's peer
+                relay_host = ctrl.getpeername()[0]
+            sock.connect((relay_host, relay_port))
+            self.transport, _ = await loop.create_datagram_endpoint(lambda: self, sock=sock)
+        except (ConnectError, OSError, asyncio.CancelledError) as exc:
+            for s in (sock, ctrl):
+                if s is not None:
+                    s.close()
+            if isinstance(exc, asyncio.CancelledError):
+                if not self.closed:
+                    raise
+                return
+            reason = exc.reason if isinstance(exc, ConnectError) else (exc.strerror or str(exc))
+            self._fail(reason)
+            return
+        self.ctrl = ctrl
+        log.debug("UDP from %s: upstream %s (%s) relays at %s port %d", assoc.client_host,
+                  upstream.name, upstream.address, relay_host, relay_port)
+        pending, self.pending = self.pending, []
+        for datagram, payload_bytes in pending:
+            self.send(datagram, payload_bytes)
+        # The upstream's association lives as long as its control connection.
+        try:
+            while await loop.sock_recv(ctrl, 256):
+                pass
+            reason = "the upstream closed its UDP ASSOCIATE control connection"
+        except OSError as exc:
+            reason = f"its control connection failed: {exc.strerror or exc}"
+        if not self.closed:
+            self._fail(reason)
+
+    def _fail(self, reason: str) -> None:
+        assoc = self.assoc
+        log.info("UDP from %s through upstream %s (%s): %s; its datagrams are dropped for "
+                 "%g s", assoc.client_host, self.upstream.name, self.upstream.address, reason,
+                 UPSTREAM_RETRY)
+        assoc._dropped += len(self.pending)
+        assoc._link_retry[self.upstream.name] = assoc.loop.time() + UPSTREAM_RETRY
+        self.close()
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.pending = []
+        if self.assoc._links.get(self.upstream.name) is self:
+            del self.assoc._links[self.upstream.name]
+        if self.transport is not None:
+            self.transport.close()
+        if self.ctrl is not None:
+            self.ctrl.close()
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        assoc = self.assoc
+        if assoc.closed:
+            return
+        try:
+            header = _parse_udp_header(data)
+        except ProtocolError:
+            assoc._dropped += 1
+            return
+        if header.frag:  # fragments from the upstream are not reassembled
+            assoc._dropped += 1
+            return
+        assoc._activity += 1
+        assoc._to_client(data, len(data) - header.length)
+
+    def error_received(self, exc: Exception) -> None:
+        log.debug("UDP upstream socket error: %s", exc)
 
 
 def _tune(transport: Any) -> None:

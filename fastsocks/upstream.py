@@ -20,8 +20,12 @@ What the client is told when chaining fails:
   protocol: X'01' general failure, since the target was never tried and any
   other code would say something false about it.  The log says which.
 
-BIND and UDP ASSOCIATE are not chained: a request for either that an
-upstream rule allows is answered X'07' (command not supported).
+UDP ASSOCIATE is chained per datagram: the association sends a datagram
+whose target an upstream rule allows to the upstream's own UDP ASSOCIATE
+(``connect_via`` with ``Command.UDP_ASSOCIATE``, made when the first such
+datagram comes; see udp.py), and the upstream's replies back to the client.
+BIND is not chained: a BIND that an upstream rule allows is answered X'07'
+(command not supported).
 
 Outbound address
 ----------------
@@ -43,7 +47,7 @@ from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
 from .codec import encode_address
-from .constants import Method, Reply
+from .constants import Command, Method, Reply
 from .errors import ConfigError
 from .resolver import Connector, ConnectError, literal_addresses, resolve
 from .rules import _in, _normal_network, _ranges, ip_key
@@ -102,8 +106,8 @@ async def _recv_exact(loop: asyncio.AbstractEventLoop, sock: socket.socket, n: i
 
 
 async def _negotiate(loop: asyncio.AbstractEventLoop, sock: socket.socket, upstream: Upstream,
-                     host: str, port: int) -> tuple[str, int]:
-    """Greeting, authentication, CONNECT; returns the upstream's BND.ADDR and BND.PORT."""
+                     host: str, port: int, command: int) -> tuple[str, int]:
+    """Greeting, authentication, the request; returns the upstream's BND.ADDR and BND.PORT."""
     # RFC 1928 §3: offer username/password only when we have credentials.
     if upstream.user is not None:
         methods = bytes((Method.NO_AUTH, Method.USERPASS))
@@ -126,11 +130,11 @@ async def _negotiate(loop: asyncio.AbstractEventLoop, sock: socket.socket, upstr
         wanted = "no authentication or username/password" if upstream.user else \
             "no authentication (set user and password for it)"
         raise _UpstreamFailed(f"selected method {method:#04x}; we offered {wanted}")
-    # RFC 1928 §4: CONNECT with the address as the client gave it.
-    await loop.sock_sendall(sock, b"\x05\x01\x00" + encode_address(host, port))
+    # RFC 1928 §4: the request, with the address as the client gave it.
+    await loop.sock_sendall(sock, bytes((5, command, 0)) + encode_address(host, port))
     version, rep, _, atyp = await _recv_exact(loop, sock, 4)
     if version != 5:
-        raise _UpstreamFailed(f"answered CONNECT with version {version:#04x}")
+        raise _UpstreamFailed(f"answered the request with version {version:#04x}")
     # §5: BND.ADDR by ATYP, then BND.PORT.
     if atyp == 1:
         raw = await _recv_exact(loop, sock, 6)
@@ -179,13 +183,16 @@ async def _connect_socket(loop: asyncio.AbstractEventLoop, addresses: list[Any],
 
 
 async def connect_via(upstream: Upstream, host: str, port: int, timeout: float,
-                      sources: Sequence[Any] = (), interface: str | None = None
-                      ) -> tuple[socket.socket, str, int]:
+                      sources: Sequence[Any] = (), interface: str | None = None,
+                      command: int = Command.CONNECT) -> tuple[socket.socket, str, int]:
     """CONNECT to ``host``:``port`` through ``upstream``, all within ``timeout`` seconds.
 
     Returns (socket, BND.ADDR, BND.PORT) as the upstream reported them, the
     socket connected and non-blocking, ready for the relay.  Raises
     ConnectError with the reply code for the client (see the module text).
+    With ``command=Command.UDP_ASSOCIATE``, ``host``:``port`` is where our
+    datagrams will come from, BND is the upstream's relay, and the socket is
+    the association's control connection.
     """
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
@@ -200,7 +207,7 @@ async def connect_via(upstream: Upstream, host: str, port: int, timeout: float,
     except ConnectError as exc:
         raise ConnectError(Reply.GENERAL_FAILURE, f"{where}: {exc.reason}") from None
     try:
-        bound = await asyncio.wait_for(_negotiate(loop, sock, upstream, host, port),
+        bound = await asyncio.wait_for(_negotiate(loop, sock, upstream, host, port, command),
                                        max(deadline - loop.time(), 0.001))
     except ConnectError:
         sock.close()

@@ -1,4 +1,4 @@
-"""Upstream chaining: rules that send CONNECT through another SOCKS5 proxy.
+"""Upstream chaining: rules that send CONNECT and UDP datagrams through another SOCKS5 proxy.
 
 The upstream is a real one: microsocks from Debian's packages (installed by
 tests/run.sh), with and without username/password, its outgoing connections
@@ -6,7 +6,10 @@ bound to 127.0.0.8 (``-b``) so that the target can tell the chained path from
 a direct one; and a second fastsocks, whose access log shows what it was
 asked for (a name travels unresolved).  Failures: the upstream's own reply
 codes pass through; an upstream that refuses, times out, rejects our
-credentials or is not SOCKS5 gives X'01'.
+credentials or is not SOCKS5 gives X'01'.  UDP: the datagrams an upstream
+rule allows go through the upstream's own UDP ASSOCIATE (a second fastsocks,
+on both datagram paths of the first), the others directly; an upstream
+without UDP (microsocks: X'07') or one that goes away drops them, logged.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from typing import Any, Callable, Iterator
 
 import pytest
 
-from procs import free_port, terminate
+from procs import UdpEcho, access_entries, free_port, terminate
 
 CHAINED_FROM = "127.0.0.8"  # microsocks binds its outgoing connections here
 
@@ -231,16 +234,15 @@ def test_wrong_credentials_at_the_upstream(fastsocks_server: Callable[..., Any],
     assert echo_target.peers == []
 
 
-def test_bind_and_udp_through_an_upstream_are_not_supported(
+def test_bind_through_an_upstream_is_not_supported(
         fastsocks_server: Callable[..., Any], microsocks: Any, tmp_path: Path,
         socks: Any) -> None:
     server = fastsocks_server("--config", str(config(tmp_path, microsocks(), CHAIN_ALL)))
-    for command in (0x02, 0x03):
-        with socks.open(server.address) as sock:
-            sock.sendall(b"\x05\x01\x00")
-            assert socks.recv_exact(sock, 2) == b"\x05\x00"
-            sock.sendall(socks.request(command, "0.0.0.0", 0))
-            assert socks.read_reply(sock)[0] == 7
+    with socks.open(server.address) as sock:
+        sock.sendall(b"\x05\x01\x00")
+        assert socks.recv_exact(sock, 2) == b"\x05\x00"
+        sock.sendall(socks.request(0x02, "0.0.0.0", 0))
+        assert socks.read_reply(sock)[0] == 7
 
 
 def test_access_log_names_the_upstream_as_dialled(fastsocks_server: Callable[..., Any],
@@ -302,18 +304,23 @@ def test_check_round_trips_upstreams(run_cli: Callable[..., Any], tmp_path: Path
     assert second.stdout.decode().splitlines()[1:] == out.splitlines()[1:]
 
 
-def test_datagrams_an_upstream_rule_allows_are_not_sent_directly() -> None:
-    # Policy level: UDP cannot go through the upstream, so a datagram target
-    # that an upstream rule allows is denied rather than sent from here.
+def test_rules_send_connect_and_datagrams_to_the_upstream_but_refuse_bind() -> None:
+    # Policy level: CONNECT and a UDP datagram's target get the upstream rule;
+    # a BIND peer that rule would send there is denied, not let in directly.
     from fastsocks.constants import Command
     from fastsocks.rules import Denial, Policy, Rule, TargetFilter
 
     rules = [Rule(0, True, ports=[(53, 53)], upstream="corp"), Rule(1, True)]
     policy = Policy(rules)
     udp = TargetFilter(policy, policy.subject("127.0.0.1", None), Command.UDP_ASSOCIATE)
-    assert isinstance(udp.early("192.0.2.1", 53), Denial)
-    assert udp.early("192.0.2.1", 123) is None
-    assert udp.allowed("a.example", 53, [(2, ("192.0.2.1", 53))]) == []
+    assert udp.early("192.0.2.1", 53) is None and udp.rule is rules[0]
+    assert udp.early("192.0.2.1", 123) is None and udp.rule is rules[1]
+    assert udp.allowed("a.example", 53, [(2, ("192.0.2.1", 53))]) != []
+    assert udp.rule is rules[0]
+    bind = TargetFilter(policy, policy.subject("127.0.0.1", None), Command.BIND)
+    assert isinstance(bind.judge("0.0.0.0", 53, "192.0.2.1"), Denial)
+    assert bind.judge("0.0.0.0", 123, "192.0.2.1") is None
+    assert bind.allowed("a.example", 53, [(2, ("192.0.2.1", 53))]) == []
     connect = TargetFilter(policy, policy.subject("127.0.0.1", None), Command.CONNECT)
     assert connect.early("192.0.2.1", 53) is None and connect.rule is rules[0]
     assert connect.allowed("a.example", 123, [(2, ("192.0.2.1", 123))]) != []
@@ -336,3 +343,146 @@ def test_chain_to_a_fastsocks_upstream_on_ipv6_with_auth(
     (line,) = log.read_text().splitlines()
     fields = line.split(" ")
     assert fields[2] == "alice" and fields[4] == f"[::1]:{echo_target6.port}", line
+
+
+# -- UDP ASSOCIATE through an upstream ------------------------------------------------
+
+
+def chain_port(port: int) -> str:
+    """Rules: datagrams (and connections) to ``port`` through the upstream, the rest direct."""
+    return f"""
+[[rules]]
+action = "allow"
+ports = [{port}]
+upstream = "next"
+
+[[rules]]
+action = "allow"
+"""
+
+
+class UdpClient:
+    """A UDP association at ``proxy`` (raw SOCKS5), sending from 127.0.0.1."""
+
+    def __init__(self, socks: Any, proxy: tuple[str, int]) -> None:
+        self.socks = socks
+        self.udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.udp.bind(("127.0.0.1", 0))
+        self.udp.settimeout(3)
+        self.ctrl = socks.open(proxy)
+        self.ctrl.sendall(b"\x05\x01\x00")
+        assert socks.recv_exact(self.ctrl, 2) == b"\x05\x00"
+        self.ctrl.sendall(socks.request(0x03, "0.0.0.0", self.udp.getsockname()[1]))
+        rep, host, port = socks.read_reply(self.ctrl)
+        assert rep == 0
+        self.relay = (host, port)
+
+    def round_trip(self, host: str, port: int, data: bytes) -> bytes | None:
+        """Send ``data`` to (host, port); the reply's (header, data), or None."""
+        self.udp.sendto(b"\x00\x00\x00" + self.socks.encode_address(host, port) + data,
+                        self.relay)
+        try:
+            return self.udp.recv(65535)
+        except TimeoutError:
+            return None
+
+    def close(self) -> None:
+        self.ctrl.close()
+        self.udp.close()
+
+
+@pytest.mark.parametrize("relay", ["auto", "protocol"])  # the C and the Python datagram path
+@pytest.mark.parametrize("auth", [False, True], ids=["noauth", "userpass"])
+def test_udp_through_a_fastsocks_upstream(fastsocks_server: Callable[..., Any], tmp_path: Path,
+                                          socks: Any, udp_echo: Any, users_file: Path,
+                                          relay: str, auth: bool) -> None:
+    log = tmp_path / "upstream-access.log"
+    users = ["--users", str(users_file)] if auth else []
+    upstream = fastsocks_server("--access-log", str(log), "--access-log-format", "json",
+                                *users)
+    direct = UdpEcho("127.0.0.1")
+    rules = chain_port(udp_echo.port)
+    path = config(tmp_path, upstream.address, rules, ("alice", "s3cret") if auth else None)
+    server = fastsocks_server("--config", str(path), "--relay", relay, "--log-level", "debug")
+    client = UdpClient(socks, server.address)
+    try:
+        sizes = [1, 700, 1400, 8000]
+        for n in sizes:
+            data = bytes([n % 251]) * n
+            back = client.round_trip("127.0.0.1", udp_echo.port, data)
+            # The upstream wrote the header: the echo's address, as §7 says.
+            assert back == b"\x00\x00\x00" + socks.encode_address("127.0.0.1", udp_echo.port) \
+                + data
+            # In the same association, a target no upstream rule names goes direct.
+            back = client.round_trip("127.0.0.1", direct.port, data)
+            assert back is not None and back.endswith(data)
+        # A name goes to the upstream unresolved (the upstream resolves it).
+        back = client.round_trip("localhost", udp_echo.port, b"by name")
+        assert back is not None and back.endswith(b"by name")
+    finally:
+        client.close()
+        direct.close()
+    assert [len(d) for d in udp_echo.received] == [*sizes, 7]
+    assert [len(d) for d in direct.received] == sizes
+    assert upstream.stop() == 0
+    (entry,) = access_entries(log, 1)
+    assert entry["command"] == "UDP_ASSOCIATE" and entry["user"] == ("alice" if auth else None)
+    assert (entry["datagrams_up"], entry["datagrams_down"]) == (5, 5), entry
+    assert entry["bytes_up"] == entry["bytes_down"] == sum(sizes) + 7
+    assert "upstream next" in server.log and "relays at 127.0.0.1" in server.log
+
+
+def test_udp_through_an_upstream_without_udp(fastsocks_server: Callable[..., Any],
+                                             microsocks: Any, tmp_path: Path, socks: Any,
+                                             udp_echo: Any) -> None:
+    # microsocks answers UDP ASSOCIATE with X'07': the chained datagrams are
+    # dropped, said once in the log, and the association goes on.
+    direct = UdpEcho("127.0.0.1")
+    rules = chain_port(udp_echo.port)
+    server = fastsocks_server("--config", str(config(tmp_path, microsocks(), rules)))
+    client = UdpClient(socks, server.address)
+    try:
+        assert client.round_trip("127.0.0.1", udp_echo.port, b"chained") is None
+        wait_log(server, "through upstream next")
+        assert "replied 0x07" in server.log, server.log
+        back = client.round_trip("127.0.0.1", direct.port, b"direct")
+        assert back is not None and back.endswith(b"direct")
+        assert client.round_trip("127.0.0.1", udp_echo.port, b"again") is None
+    finally:
+        client.close()
+        direct.close()
+    assert udp_echo.received == []
+    assert server.log.count("through upstream next") == 1  # retried after 5 s, not per datagram
+
+
+def test_udp_when_the_upstream_goes_away(fastsocks_server: Callable[..., Any], tmp_path: Path,
+                                         socks: Any, udp_echo: Any) -> None:
+    upstream = fastsocks_server()
+    server = fastsocks_server("--config", str(config(tmp_path, upstream.address, CHAIN_ALL)))
+    client = UdpClient(socks, server.address)
+    try:
+        assert client.round_trip("127.0.0.1", udp_echo.port, b"before") is not None
+        assert upstream.stop() == 0  # ends its association: the control connection closes
+        wait_log(server, "the upstream closed its UDP ASSOCIATE control connection")
+        assert client.round_trip("127.0.0.1", udp_echo.port, b"after") is None
+    finally:
+        client.close()
+    assert udp_echo.received == [b"before"]
+
+
+def test_udp_association_ends_while_its_upstream_opens(fastsocks_server: Callable[..., Any],
+                                                       tmp_path: Path, socks: Any,
+                                                       blackhole: tuple[str, int],
+                                                       udp_echo: Any) -> None:
+    # The upstream never answers: the association ends (its TCP connection
+    # closes) while the upstream's is still opening, and nothing is left over.
+    server = fastsocks_server("--connect-timeout", "5", "--log-level", "debug",
+                              "--config", str(config(tmp_path, blackhole, CHAIN_ALL)))
+    client = UdpClient(socks, server.address)
+    client.udp.settimeout(0.3)
+    assert client.round_trip("127.0.0.1", udp_echo.port, b"waits") is None
+    client.close()
+    wait_log(server, "closed: client closed the UDP association's control connection")
+    time.sleep(0.3)
+    assert udp_echo.received == []
+    assert "through upstream next" not in server.log  # cancelled, not failed
