@@ -329,7 +329,7 @@ def test_rules_send_connect_and_datagrams_to_the_upstream_but_refuse_bind() -> N
 
 def test_chain_to_a_fastsocks_upstream_on_ipv6_with_auth(
         fastsocks_server: Callable[..., Any], tmp_path: Path, socks: Any, echo_target6: Any,
-        users_file: Path) -> None:
+        users_file: Path, udp_echo: Any) -> None:
     log = tmp_path / "upstream-access.log"
     upstream = fastsocks_server("--listen", "[::1]:0", "--users", str(users_file),
                                 "--access-log", str(log))
@@ -339,10 +339,18 @@ def test_chain_to_a_fastsocks_upstream_on_ipv6_with_auth(
     with sock:
         assert rep == 0
         echo_once(sock, socks)
+    # UDP too: an IPv4 client, the upstream's association over IPv6, an IPv4 target.
+    client = UdpClient(socks, server.address)
+    try:
+        back = client.round_trip("127.0.0.1", udp_echo.port, b"over ::1")
+        assert back is not None and back.endswith(b"over ::1")
+    finally:
+        client.close()
     assert upstream.stop() == 0
-    (line,) = log.read_text().splitlines()
-    fields = line.split(" ")
-    assert fields[2] == "alice" and fields[4] == f"[::1]:{echo_target6.port}", line
+    connect, udp = log.read_text().splitlines()
+    fields = connect.split(" ")
+    assert fields[2] == "alice" and fields[4] == f"[::1]:{echo_target6.port}", connect
+    assert udp.split(" ")[2:4] == ["alice", "UDP_ASSOCIATE"] and "datagrams=1/1" in udp, udp
 
 
 # -- UDP ASSOCIATE through an upstream ------------------------------------------------
