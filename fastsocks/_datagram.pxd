@@ -7,6 +7,8 @@ cdef enum:
     F_PEER = 1    # the client sent to it: its datagrams may come back (§7, restricted)
     F_FAST = 2    # an IP literal the access rules allowed: relayed without Python
     F_DENY = 4    # an IP literal the access rules refused: dropped without Python
+    F_CHAIN = 8   # an IP literal a rule sends to an upstream: the whole datagram goes
+                  # to the upstream's relay on ``chain_fd``, without Python
 
 
 # One target, keyed by address family, address and port (network order).
@@ -15,6 +17,7 @@ cdef struct Entry:
     uint16_t port
     uint8_t family            # 0: empty slot, 4 or 6
     uint8_t flags
+    int chain_fd              # with F_CHAIN: the socket connected to the upstream's relay
 
 
 cdef class Association:
@@ -44,3 +47,5 @@ cdef class Association:
     cdef void _queue_up(self, int fam, int* counts, const uint8_t* addr, uint16_t port,
                         const uint8_t* payload, Py_ssize_t n) noexcept
     cdef void _flush_up(self, int* counts) noexcept
+    cdef void _queue_down(self, int k, void* start, size_t n, int hlen) noexcept
+    cdef void _flush_down(self, int queued) noexcept

@@ -19,6 +19,11 @@ per destination socket, without making a Python object per datagram:
 * target → client: only sources in the table (``F_PEER``: the client sent
   to them) get through; the §7 header is written into the headroom before
   the payload, so the reply goes out of the buffer it arrived in.
+* Through an upstream proxy: a target that a rule sends to an upstream
+  (``F_CHAIN``) gets the client's datagram as it came, header and all (the
+  §7 header is what the upstream's relay expects), on the socket connected
+  to that relay; what the relay sends back (already carrying its §7 header)
+  goes to the client as it came (``chain_readable``).
 * Either way, consecutive datagrams of one batch to one destination, all of
   one size but the last, leave as one UDP GSO message (UDP_SEGMENT): the
   kernel cuts it into the same datagrams, so a stream of equal datagrams
@@ -80,6 +85,7 @@ cdef extern from "<sys/socket.h>" nogil:
     size_t CMSG_SPACE(size_t n)
     size_t CMSG_LEN(size_t n)
 
+    ssize_t send(int fd, const void* buf, size_t n, int flags)
     int recvmmsg(int fd, mmsghdr* vec, unsigned int vlen, int flags, timespec* timeout)
     int sendmmsg(int fd, mmsghdr* vec, unsigned int vlen, int flags)
     enum:
@@ -362,6 +368,20 @@ cdef inline int _parse(const uint8_t* data, Py_ssize_t n, uint8_t* family, uint8
     return P_SLOW
 
 
+cdef inline int _reply_header(const uint8_t* data, Py_ssize_t n) noexcept:
+    """The length of the §7 header an upstream's relay put on a reply, or -1
+    (RSV must be zero, FRAG 0: fragments are not reassembled from it)."""
+    if n < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0:
+        return -1
+    if data[3] == ATYP_IPV4:
+        return 10 if n >= 10 else -1
+    if data[3] == ATYP_IPV6:
+        return 22 if n >= 22 else -1
+    if data[3] == 3 and n >= 5 and 7 + data[4] <= n:
+        return 7 + data[4]
+    return -1
+
+
 def classify(bytes data):
     """What the C path does with ``data`` from the client (for tests):
     ``"drop"``, ``"python"``, or ``(family, packed address, port, header length)``."""
@@ -432,10 +452,11 @@ cdef class Association:
         """The outbound socket of one family, opened by Python."""
         self.out_fd[1 if ipv6 else 0] = fd
 
-    def install(self, bytes packed, int port, int flags):
-        """Remember Python's decision for a target (``F_PEER``/``F_FAST``/``F_DENY``,
-        OR-ed into what is there).  False when the table is full: that target
-        then stays with Python, and cannot answer (as udp.MAX_PEERS)."""
+    def install(self, bytes packed, int port, int flags, int chain_fd=-1):
+        """Remember Python's decision for a target (``F_PEER``/``F_FAST``/``F_DENY``/
+        ``F_CHAIN``, OR-ed into what is there; ``chain_fd`` with ``F_CHAIN``).
+        False when the table is full: that target then stays with Python, and
+        cannot answer (as udp.MAX_PEERS)."""
         cdef uint8_t addr[16]
         cdef uint8_t family
         cdef uint16_t nport
@@ -465,7 +486,20 @@ cdef class Association:
             e.port = nport
             self.count += 1
         e.flags |= flags
+        if flags & F_CHAIN:
+            if chain_fd < 0:
+                raise ValueError("F_CHAIN needs the upstream's socket")
+            e.chain_fd = chain_fd
         return True
+
+    def unchain(self, int chain_fd):
+        """Forget every target sent to ``chain_fd`` (the caller closes it next)."""
+        cdef Py_ssize_t i
+        for i in range(self.cap):
+            if self.table[i].family != 0 and self.table[i].flags & F_CHAIN \
+                    and self.table[i].chain_fd == chain_fd:
+                self.table[i].flags &= ~F_CHAIN
+                self.table[i].chain_fd = -1
 
     def close(self):
         """No more calls after this; the caller removes the readers and closes the fds."""
@@ -551,6 +585,13 @@ cdef class Association:
                     if e.flags & F_DENY:
                         self.dropped += 1
                         continue
+                    if e.flags & F_CHAIN:  # to the upstream's relay, as it came
+                        if send(e.chain_fd, data, length, MSG_DONTWAIT) == length:
+                            self.datagrams_up += 1
+                            self.bytes_up += length - pos
+                        else:  # a full buffer: UDP loses it
+                            self.dropped += 1
+                        continue
                     fam = 0 if family == 4 else 1
                     if e.flags & F_FAST and self.out_fd[fam] >= 0:
                         self._queue_up(fam, counts, addr, tport, data + pos, length - pos)
@@ -598,7 +639,7 @@ cdef class Association:
 
     def target_readable(self, bint ipv6):
         """The outbound socket of one family has datagrams (the event loop calls this)."""
-        cdef int fd, n, i, rounds, queued, sent, hlen
+        cdef int fd, n, i, rounds, queued, hlen
         cdef uint8_t family = 6 if ipv6 else 4
         cdef uint8_t addr[16]
         cdef uint16_t port
@@ -650,17 +691,49 @@ cdef class Association:
                 header[0] = 0
                 header[1] = 0
                 header[2] = 0
-                _ciov[queued].iov_base = header
-                _ciov[queued].iov_len = hlen + _rmsg[i].msg_len
-                _chdr[queued] = hlen
-                _cmsg[queued].msg_hdr.msg_name = self.client_name
-                _cmsg[queued].msg_hdr.msg_namelen = self.client_namelen
+                self._queue_down(queued, header, hlen + _rmsg[i].msg_len, hlen)
                 queued += 1
-            if queued:
-                sent = _send_runs(self.client_fd, _cmsg, queued, _chdr, &self.bytes_down,
-                                  &self.gso)
-                self.datagrams_down += sent
-                self.dropped += queued - sent
+            self._flush_down(queued)
             if n < BATCH:
                 break
 
+    def chain_readable(self, int fd):
+        """The socket connected to an upstream's relay has datagrams: they carry
+        the relay's §7 header already, and go to the client as they came."""
+        cdef int n, i, rounds, queued, hlen
+        cdef const uint8_t* data
+        if self.closed:
+            return
+        for rounds in range(ROUNDS):
+            n = _recv_batch(fd)
+            if n == 0:
+                break
+            self.batches += 1
+            queued = 0
+            for i in range(n):
+                data = <const uint8_t*>_riov[i].iov_base
+                hlen = _reply_header(data, _rmsg[i].msg_len)
+                if hlen < 0 or self.client_namelen == 0:
+                    self.dropped += 1
+                    continue
+                self.activity += 1
+                self._queue_down(queued, <void*>data, _rmsg[i].msg_len, hlen)
+                queued += 1
+            self._flush_down(queued)
+            if n < BATCH:
+                break
+
+    cdef void _queue_down(self, int k, void* start, size_t n, int hlen) noexcept:
+        """Reply ``k`` of this batch: ``n`` bytes at ``start``, a §7 header of ``hlen`` first."""
+        _ciov[k].iov_base = start
+        _ciov[k].iov_len = n
+        _chdr[k] = hlen
+        _cmsg[k].msg_hdr.msg_name = self.client_name
+        _cmsg[k].msg_hdr.msg_namelen = self.client_namelen
+
+    cdef void _flush_down(self, int queued) noexcept:
+        cdef int sent
+        if queued:
+            sent = _send_runs(self.client_fd, _cmsg, queued, _chdr, &self.bytes_down, &self.gso)
+            self.datagrams_down += sent
+            self.dropped += queued - sent

@@ -83,7 +83,7 @@ _build_udp_header = codec.build_udp_header
 _ATYP_DOMAIN = 3
 BUFFER_SIZE = 4 << 20  # socket buffers of the relay sockets (see _tune)
 # What the C table remembers of a target (_datagram.pxd).
-_PEER, _FAST, _DENY = 1, 2, 4
+_PEER, _FAST, _DENY, _CHAIN = 1, 2, 4, 8
 
 
 class _ClientSide(asyncio.DatagramProtocol):
@@ -382,7 +382,8 @@ class UdpAssociation:
             addresses = allowed
             # A rule needed the address to decide: the upstream gets the allowed
             # address, not the name (as for CONNECT).
-            if self._chained(targets.rule, unmapped(addresses[0][1][0]), port, payload):
+            if self._chained(targets.rule, unmapped(addresses[0][1][0]), port, payload,
+                             addresses[0] if literal and self.native is not None else None):
                 return
         family, sockaddr = addresses[0]
         if self.native is not None:
@@ -454,12 +455,12 @@ class UdpAssociation:
                 return sockaddr[:2]
         return None
 
-    def _install(self, family: int, sockaddr: Any, flags: int) -> None:
+    def _install(self, family: int, sockaddr: Any, flags: int, chain_fd: int = -1) -> None:
         try:
             packed = socket.inet_pton(family, sockaddr[0])
         except (OSError, ValueError):  # a scoped IPv6 name: stays with Python
             return
-        self.native.install(packed, sockaddr[1], flags)
+        self.native.install(packed, sockaddr[1], flags, chain_fd)
 
     async def _resolve_then_send(self, host: str, port: int, payload: bytes) -> None:
         try:
@@ -536,8 +537,12 @@ class UdpAssociation:
 
     # -- through an upstream proxy ------------------------------------------
 
-    def _chained(self, rule: Any, host: str, port: int, payload: Any) -> bool:
-        """True when ``rule`` sends this datagram to an upstream (and it went there)."""
+    def _chained(self, rule: Any, host: str, port: int, payload: Any,
+                 target: Any = None) -> bool:
+        """True when ``rule`` sends this datagram to an upstream (and it went there).
+
+        ``target``: the (family, sockaddr) of an IP literal the client named,
+        which the C path may then send on without Python."""
         if rule is None or rule.upstream is None:
             return False
         name = rule.upstream
@@ -556,6 +561,8 @@ class UdpAssociation:
             task.add_done_callback(self._tasks.discard)
         # The target as the client named it: a name goes unresolved.
         link.send(_build_udp_header(host, port) + bytes(payload), len(payload))
+        if target is not None and link.sock is not None:
+            self._install(target[0], target[1], _CHAIN, link.sock.fileno())
         return True
 
     # -- idle -------------------------------------------------------------
@@ -588,27 +595,44 @@ class _UpstreamLink(asyncio.DatagramProtocol):
     association cannot be opened, or the upstream ends it (closes the control
     connection), its datagrams are dropped for ``UPSTREAM_RETRY`` seconds,
     then it is opened again.
+
+    On the C path the socket is a plain one whose readiness calls
+    ``Association.chain_readable``, and IP-literal targets are installed
+    with ``F_CHAIN``: their datagrams then go to the upstream without Python,
+    both ways.  Elsewhere an asyncio datagram endpoint carries them.
     """
 
     def __init__(self, assoc: UdpAssociation, upstream: Any) -> None:
         self.assoc = assoc
         self.upstream = upstream
-        self.transport: Any = None
+        self.transport: Any = None  # the Python path's endpoint
+        self.sock: socket.socket | None = None  # the C path's socket
         self.ctrl: socket.socket | None = None
         self.pending: list[tuple[bytes, int]] = []
         self.closed = False
 
+    @property
+    def ready(self) -> bool:
+        return self.transport is not None or self.sock is not None
+
     def send(self, datagram: bytes, payload_bytes: int) -> None:
         assoc = self.assoc
-        if self.transport is None:
+        if not self.ready:
             if len(self.pending) >= MAX_UPSTREAM_PENDING:
                 assoc._dropped += 1
             else:
                 self.pending.append((datagram, payload_bytes))
             return
+        if self.sock is not None:
+            try:
+                self.sock.send(datagram)
+            except OSError:  # a full buffer, an ICMP error: UDP loses it
+                assoc._dropped += 1
+                return
+        else:
+            self.transport.sendto(datagram)
         assoc._datagrams_up += 1
         assoc._bytes_up += payload_bytes
-        self.transport.sendto(datagram)
 
     async def open(self) -> None:
         assoc, upstream = self.assoc, self.upstream
@@ -634,7 +658,11 @@ class _UpstreamLink(asyncio.DatagramProtocol):
             if anywhere:  # "where you reached me": the control connection's peer
                 relay_host = ctrl.getpeername()[0]
             sock.connect((relay_host, relay_port))
-            self.transport, _ = await loop.create_datagram_endpoint(lambda: self, sock=sock)
+            if assoc.native is not None:
+                loop.add_reader(sock.fileno(), assoc.native.chain_readable, sock.fileno())
+                self.sock = sock
+            else:
+                self.transport, _ = await loop.create_datagram_endpoint(lambda: self, sock=sock)
         except (ConnectError, OSError, asyncio.CancelledError) as exc:
             for s in (sock, ctrl):
                 if s is not None:
@@ -680,6 +708,14 @@ class _UpstreamLink(asyncio.DatagramProtocol):
             del self.assoc._links[self.upstream.name]
         if self.transport is not None:
             self.transport.close()
+        sock, self.sock = self.sock, None
+        if sock is not None:
+            # Out of the C table and the loop before the descriptor is closed.
+            native = self.assoc.native
+            if native is not None:
+                native.unchain(sock.fileno())
+            self.assoc.loop.remove_reader(sock.fileno())
+            sock.close()
         if self.ctrl is not None:
             self.ctrl.close()
 

@@ -35,7 +35,7 @@ from fastsocks import codec as fcodec  # noqa: E402
 from fastsocks.errors import ProtocolError  # noqa: E402
 from fastsocks.udp import _ip16  # noqa: E402
 
-PEER, FAST, DENY = 1, 2, 4
+PEER, FAST, DENY, CHAIN = 1, 2, 4, 8
 
 
 def test_the_extension_is_compiled() -> None:
@@ -399,6 +399,49 @@ def test_closed_association_is_not_served(rig: Rig) -> None:
     rig.assoc.target_readable(False)
     assert rig.assoc.datagrams_up == 0 and rig.slow == []
     assert _drain(rig.target, 1, timeout=0.3) == []
+
+
+def test_chained_targets_go_to_the_upstream_relay_as_they_came(rig: Rig) -> None:
+    # An "upstream relay" (a plain socket here) and the association's socket
+    # connected to it, as udp._UpstreamLink makes them on the C path.
+    relay = _sock(socket.AF_INET, "127.0.0.1")
+    link = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    link.setblocking(False)
+    link.connect(relay.getsockname())
+    try:
+        rig.send(b"first")  # locks the client's port; unjudged: Python's
+        rig.up(0, expect_slow=1)
+        packed = socket.inet_pton(socket.AF_INET, rig.target_host)
+        assert rig.assoc.install(packed, rig.target_port, CHAIN, link.fileno())
+        datagrams = [b"x" * n for n in (1, 100, 1400)]
+        for data in datagrams:
+            rig.send(data)
+        rig.up(3)
+        header = _header("127.0.0.1", rig.target_port)
+        # Header and all, as the client wrote it; nothing reached the target itself.
+        assert _drain(relay, 3) == [header + d for d in datagrams]
+        assert _drain(rig.target, 1, timeout=0.2) == []
+        assert rig.assoc.bytes_up == sum(map(len, datagrams))
+        # The relay's replies carry its header: to the client as they came.
+        named = b"\x00\x00\x00\x03\x09localhost\x00\x35"
+        replies = [header + b"back", named + b"by name"]
+        for reply in replies + [b"\x00\x00\x01" + header[3:] + b"fragment",
+                                b"\x00\x00\x00\x03\x09local"]:
+            relay.sendto(reply, link.getsockname())
+        _pump(lambda: rig.assoc.chain_readable(link.fileno()),
+              lambda: rig.assoc.datagrams_down >= 2 and rig.assoc.dropped >= 2)
+        assert _drain(rig.client, 3, timeout=0.5) == replies  # FRAG ≠ 0, short: dropped
+        assert rig.assoc.bytes_down == len(b"back") + len(b"by name")
+        # Unchained (the link closes): the target's datagrams go up to Python again.
+        rig.assoc.unchain(link.fileno())
+        rig.send(b"after")
+        rig.up(3, expect_slow=2)
+        assert rig.slow[-1] == header + b"after"
+        with pytest.raises(ValueError):
+            rig.assoc.install(packed, rig.target_port, CHAIN)  # no socket given
+    finally:
+        link.close()
+        relay.close()
 
 
 def test_the_table_is_bounded() -> None:
