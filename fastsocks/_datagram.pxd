@@ -48,4 +48,5 @@ cdef class Association:
                         const uint8_t* payload, Py_ssize_t n) noexcept
     cdef void _flush_up(self, int* counts) noexcept
     cdef void _queue_down(self, int k, void* start, size_t n, int hlen) noexcept
+    cdef void _flush_chain(self, int fd, int queued) noexcept
     cdef void _flush_down(self, int queued) noexcept

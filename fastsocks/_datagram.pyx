@@ -85,7 +85,6 @@ cdef extern from "<sys/socket.h>" nogil:
     size_t CMSG_SPACE(size_t n)
     size_t CMSG_LEN(size_t n)
 
-    ssize_t send(int fd, const void* buf, size_t n, int flags)
     int recvmmsg(int fd, mmsghdr* vec, unsigned int vlen, int flags, timespec* timeout)
     int sendmmsg(int fd, mmsghdr* vec, unsigned int vlen, int flags)
     enum:
@@ -138,6 +137,9 @@ cdef mmsghdr _smsg[2 * BATCH]      # client → target, by family (0: IPv4, 1: I
 cdef iovec _siov[2 * BATCH]
 cdef sockaddr_in6 _sname[2 * BATCH]
 cdef mmsghdr _cmsg[BATCH]          # target → client
+cdef mmsghdr _xmsg[BATCH]          # client → an upstream's relay (connected: no name)
+cdef iovec _xiov[BATCH]
+cdef int _xhdr[BATCH]              # the §7 header length of each (not payload)
 cdef iovec _ciov[BATCH]
 cdef int _chdr[BATCH]              # header length of each
 cdef mmsghdr _gmsg[BATCH]          # runs of the above, one GSO message each
@@ -165,6 +167,7 @@ cdef int _setup() except -1:
     memset(_rmsg, 0, sizeof(_rmsg))
     memset(_smsg, 0, sizeof(_smsg))
     memset(_cmsg, 0, sizeof(_cmsg))
+    memset(_xmsg, 0, sizeof(_xmsg))
     for i in range(BATCH):
         _riov[i].iov_base = _slots + i * SLOT + HEADROOM
         _riov[i].iov_len = PAYLOAD
@@ -173,6 +176,8 @@ cdef int _setup() except -1:
         _rmsg[i].msg_hdr.msg_iovlen = 1
         _cmsg[i].msg_hdr.msg_iov = &_ciov[i]
         _cmsg[i].msg_hdr.msg_iovlen = 1
+        _xmsg[i].msg_hdr.msg_iov = &_xiov[i]
+        _xmsg[i].msg_hdr.msg_iovlen = 1
     for i in range(2 * BATCH):
         _smsg[i].msg_hdr.msg_name = &_sname[i]
         _smsg[i].msg_hdr.msg_iov = &_siov[i]
@@ -539,7 +544,7 @@ cdef class Association:
 
     def client_readable(self):
         """The client socket has datagrams (the event loop calls this)."""
-        cdef int n, i, rounds, fam, pos
+        cdef int n, i, rounds, fam, pos, chained, chain_fd = -1
         cdef int counts[2]
         cdef const uint8_t* data
         cdef Py_ssize_t length
@@ -562,6 +567,7 @@ cdef class Association:
             self.batches += 1
             counts[0] = 0
             counts[1] = 0
+            chained = 0
             for i in range(n):
                 # §7: only the TCP client's address, and its one port.
                 if _client_side_key(&_rname[i], ip16, &port) < 0 \
@@ -586,11 +592,14 @@ cdef class Association:
                         self.dropped += 1
                         continue
                     if e.flags & F_CHAIN:  # to the upstream's relay, as it came
-                        if send(e.chain_fd, data, length, MSG_DONTWAIT) == length:
-                            self.datagrams_up += 1
-                            self.bytes_up += length - pos
-                        else:  # a full buffer: UDP loses it
-                            self.dropped += 1
+                        if chained and e.chain_fd != chain_fd:
+                            self._flush_chain(chain_fd, chained)
+                            chained = 0
+                        chain_fd = e.chain_fd
+                        _xiov[chained].iov_base = <void*>data
+                        _xiov[chained].iov_len = length
+                        _xhdr[chained] = pos
+                        chained += 1
                         continue
                     fam = 0 if family == 4 else 1
                     if e.flags & F_FAST and self.out_fd[fam] >= 0:
@@ -598,6 +607,8 @@ cdef class Association:
                         continue
                 slow.append(PyBytes_FromStringAndSize(<const char*>data, length))
             self._flush_up(counts)
+            if chained:
+                self._flush_chain(chain_fd, chained)
             if n < BATCH:
                 break
         if slow and not self.closed:
@@ -730,6 +741,12 @@ cdef class Association:
         _chdr[k] = hlen
         _cmsg[k].msg_hdr.msg_name = self.client_name
         _cmsg[k].msg_hdr.msg_namelen = self.client_namelen
+
+    cdef void _flush_chain(self, int fd, int queued) noexcept:
+        """Send this batch's datagrams for one upstream (runs as GSO, like the rest)."""
+        cdef int sent = _send_runs(fd, _xmsg, queued, _xhdr, &self.bytes_up, &self.gso)
+        self.datagrams_up += sent
+        self.dropped += queued - sent
 
     cdef void _flush_down(self, int queued) noexcept:
         cdef int sent

@@ -413,13 +413,15 @@ def test_chained_targets_go_to_the_upstream_relay_as_they_came(rig: Rig) -> None
         rig.up(0, expect_slow=1)
         packed = socket.inet_pton(socket.AF_INET, rig.target_host)
         assert rig.assoc.install(packed, rig.target_port, CHAIN, link.fileno())
-        datagrams = [b"x" * n for n in (1, 100, 1400)]
+        # Sizes that differ, then a run of equal ones (one GSO message, cut
+        # by the kernel into the same datagrams).
+        datagrams = [b"x" * n for n in (1, 100, 1400)] + [b"%02d" % i * 600 for i in range(10)]
         for data in datagrams:
             rig.send(data)
-        rig.up(3)
+        rig.up(len(datagrams))
         header = _header("127.0.0.1", rig.target_port)
         # Header and all, as the client wrote it; nothing reached the target itself.
-        assert _drain(relay, 3) == [header + d for d in datagrams]
+        assert _drain(relay, len(datagrams)) == [header + d for d in datagrams]
         assert _drain(rig.target, 1, timeout=0.2) == []
         assert rig.assoc.bytes_up == sum(map(len, datagrams))
         # The relay's replies carry its header: to the client as they came.
@@ -430,12 +432,13 @@ def test_chained_targets_go_to_the_upstream_relay_as_they_came(rig: Rig) -> None
             relay.sendto(reply, link.getsockname())
         _pump(lambda: rig.assoc.chain_readable(link.fileno()),
               lambda: rig.assoc.datagrams_down >= 2 and rig.assoc.dropped >= 2)
+        up = len(datagrams)
         assert _drain(rig.client, 3, timeout=0.5) == replies  # FRAG ≠ 0, short: dropped
         assert rig.assoc.bytes_down == len(b"back") + len(b"by name")
         # Unchained (the link closes): the target's datagrams go up to Python again.
         rig.assoc.unchain(link.fileno())
         rig.send(b"after")
-        rig.up(3, expect_slow=2)
+        rig.up(up, expect_slow=2)
         assert rig.slow[-1] == header + b"after"
         with pytest.raises(ValueError):
             rig.assoc.install(packed, rig.target_port, CHAIN)  # no socket given
