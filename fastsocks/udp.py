@@ -33,7 +33,8 @@ A datagram whose target an access rule sends to an upstream proxy
 (``upstream = "NAME"``) goes through that upstream's own UDP ASSOCIATE,
 opened for this association when the first such datagram comes
 (``_UpstreamLink``), and its replies come back to the client as the
-upstream wrote their header.  Such datagrams always take the Python path.
+upstream wrote their header.  On the C path an IP-literal target, once
+judged, is chained in C (``F_CHAIN``) both ways.
 
 An association whose datagrams are protected (GSSAPI, RFC 1961 §5) takes
 ``unwrap`` and ``wrap``: the first turns each client datagram into the plain
