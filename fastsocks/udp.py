@@ -508,31 +508,18 @@ class UdpAssociation:
         self._to_client(_build_udp_header(unmapped(host), port) + data, len(data))
 
     def _to_client(self, reply: bytes, payload_bytes: int) -> None:
-        """Send a §7 datagram (header and data) to the client, wrapped if it must be."""
+        """Send a §7 datagram (header and data) to the client, wrapped if it must be.
+        (The Python path's; on the C path, replies reach the client in C.)"""
         if self.wrap is not None:
             wrapped = self.wrap(reply)
             if wrapped is None:
                 self._dropped += 1
                 return
             reply = wrapped
-        if self.native is not None:  # Python sends on the C path's socket (chaining)
-            sock, port = self._client_sock, self.native.client_port
-            if sock is None or not port:
-                self._dropped += 1
-                return
-            host = self.client_host
-            if sock.family == socket.AF_INET6 and ":" not in host:
-                host = "::ffff:" + host  # an IPv4 client of a dual-stack listener
-            try:
-                sock.sendto(reply, (host, port))
-            except OSError:  # a full buffer: UDP loses it
-                self._dropped += 1
-                return
-        else:
-            if self.client_addr is None:
-                self._dropped += 1
-                return
-            self.client_transport.sendto(reply, self.client_addr)
+        if self.client_addr is None:
+            self._dropped += 1
+            return
+        self.client_transport.sendto(reply, self.client_addr)
         self._datagrams_down += 1
         self._bytes_down += payload_bytes
 
