@@ -494,3 +494,34 @@ def test_udp_association_ends_while_its_upstream_opens(fastsocks_server: Callabl
     time.sleep(0.3)
     assert udp_echo.received == []
     assert "through upstream next" not in server.log  # cancelled, not failed
+
+
+@pytest.mark.parametrize("relay", ["auto", "protocol"])
+def test_chained_associations_leave_no_fds(fastsocks_server: Callable[..., Any],
+                                           tmp_path: Path, socks: Any, udp_echo: Any,
+                                           relay: str) -> None:
+    # 400 associations, each with its own association at the upstream (a UDP
+    # socket and a control connection on both servers): all of it is gone
+    # once the clients close.
+    import os
+
+    def fds(server: Any) -> int:
+        return len(os.listdir(f"/proc/{server.pid}/fd"))
+
+    upstream = fastsocks_server()
+    server = fastsocks_server("--relay", relay,
+                              "--config", str(config(tmp_path, upstream.address, CHAIN_ALL)))
+    baseline = fds(server), fds(upstream)
+    for _ in range(4):
+        batch = [UdpClient(socks, server.address) for _ in range(100)]
+        for client in batch:
+            back = client.round_trip("127.0.0.1", udp_echo.port, b"x")
+            assert back is not None and back.endswith(b"x")
+        for client in batch:
+            client.close()
+    deadline = time.monotonic() + 10
+    while (fds(server) > baseline[0] or fds(upstream) > baseline[1]) \
+            and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert fds(server) <= baseline[0] and fds(upstream) <= baseline[1]
+    assert len(udp_echo.received) == 400
