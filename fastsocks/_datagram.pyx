@@ -476,6 +476,8 @@ cdef class Association:
             raise ValueError("packed must be an IPv4 (4 bytes) or IPv6 (16 bytes) address")
         if not 0 <= port <= 0xFFFF:
             raise ValueError("port out of range")
+        if flags & F_CHAIN and chain_fd < 0:
+            raise ValueError("F_CHAIN needs the upstream's socket")
         memcpy(addr, PyBytes_AS_STRING(packed), n)
         (<uint8_t*>&nport)[0] = port >> 8
         (<uint8_t*>&nport)[1] = port & 0xFF
@@ -492,8 +494,6 @@ cdef class Association:
             self.count += 1
         e.flags |= flags
         if flags & F_CHAIN:
-            if chain_fd < 0:
-                raise ValueError("F_CHAIN needs the upstream's socket")
             e.chain_fd = chain_fd
         return True
 

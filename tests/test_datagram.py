@@ -440,8 +440,10 @@ def test_chained_targets_go_to_the_upstream_relay_as_they_came(rig: Rig) -> None
         rig.send(b"after")
         rig.up(up, expect_slow=2)
         assert rig.slow[-1] == header + b"after"
-        with pytest.raises(ValueError):
-            rig.assoc.install(packed, rig.target_port, CHAIN)  # no socket given
+        targets = rig.assoc.targets
+        with pytest.raises(ValueError):  # no socket given: refused, nothing installed
+            rig.assoc.install(socket.inet_aton("192.0.2.1"), 53, CHAIN)
+        assert rig.assoc.targets == targets
     finally:
         link.close()
         relay.close()
