@@ -1,12 +1,16 @@
 """Build the Cython hot path; FASTSOCKS_NO_EXTENSIONS=1 builds pure Python."""
 
-import os
+import runpy
 import sys
 
 from setuptools import setup
 
+# fastsocks/_accel.py alone reads FASTSOCKS_NO_EXTENSIONS; run as a file, since
+# the package cannot be imported before it is built.
+DISABLED = runpy.run_path("fastsocks/_accel.py")["DISABLED"]
+
 ext_modules = []
-if not os.environ.get("FASTSOCKS_NO_EXTENSIONS"):
+if not DISABLED:
     from Cython.Build import cythonize
     from setuptools import Extension
 

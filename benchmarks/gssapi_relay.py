@@ -278,7 +278,7 @@ def wrap_cost(realm: KerberosRealm, ccache: Path, rounds: int = 60,
     import gssapi
 
     from fastsocks.codec import gss_frame
-    from fastsocks.gssapi import Acceptor
+    from fastsocks.control.gssapi import Acceptor
 
     acceptor = Acceptor(str(realm.keytab), None, "integrity")
     creds = gssapi.Credentials(usage="initiate", store={"ccache": f"FILE:{ccache}"})

@@ -25,7 +25,10 @@ def __getattr__(name: str) -> object:
     # The server pulls in the event-loop side (uvloop, the relay engine):
     # imported on first use, so the codec alone stays cheap to import.
     if name in ("Server", "Settings", "LimitSettings", "Users"):
-        from . import auth, config, limits, server
+        from . import config
+        from .control import auth
+        from .control import limits
+        from .runtime import server
 
         found = {"Server": server.Server, "Settings": config.Settings,
                  "LimitSettings": limits.LimitSettings, "Users": auth.Users}

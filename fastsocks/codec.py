@@ -1,22 +1,17 @@
 """The SOCKS5 codec: the Cython implementation when it is built, else the twin.
 
-``FASTSOCKS_NO_EXTENSIONS=1`` in the environment forces the pure-Python
-implementation even where the extension is installed.
+Which one is ``_accel``'s decision (``FASTSOCKS_NO_EXTENSIONS=1`` forces the
+twin).
 """
 
 from __future__ import annotations
 
-import os
+from types import ModuleType
 
+from . import _accel, _codec_py
 from .errors import ProtocolError
 
-if os.environ.get("FASTSOCKS_NO_EXTENSIONS"):
-    from . import _codec_py as _impl
-else:
-    try:
-        from . import _codec as _impl  # type: ignore[no-redef]
-    except ImportError:
-        from . import _codec_py as _impl  # type: ignore[no-redef]
+_impl: ModuleType = _accel.compiled("_codec") or _codec_py
 
 IMPLEMENTATION: str = _impl.IMPLEMENTATION
 NEED_DATA = _impl.NEED_DATA

@@ -8,27 +8,22 @@ Two designs, chosen by measuring (benchmarks/RESULTS.md):
 * ``Relay``: a pair of asyncio protocols, in Cython or pure Python; the
   portable path (macOS, Windows, pure installs) with the same behaviour.
 
-``FASTSOCKS_NO_EXTENSIONS=1`` forces the pure-Python implementation.
+Which one is ``_accel``'s decision (``FASTSOCKS_NO_EXTENSIONS=1`` forces the
+twins).
 """
 
 from __future__ import annotations
 
-import os
+from types import ModuleType
+from typing import Any
 
-if os.environ.get("FASTSOCKS_NO_EXTENSIONS"):
-    from . import _relay_py as _impl
-else:
-    try:
-        from . import _relay as _impl  # type: ignore[no-redef]
-    except ImportError:
-        from . import _relay_py as _impl  # type: ignore[no-redef]
+from . import _accel, _relay_py
 
-Engine = None
-if _impl.IMPLEMENTATION == "c":
-    try:
-        from ._engine import Engine  # type: ignore[no-redef]  # Linux: epoll + splice
-    except ImportError:
-        pass
+_impl: ModuleType = _accel.compiled("_relay") or _relay_py
+
+# Linux: epoll + splice, with the compiled relay only.
+_engine = _accel.compiled("_engine") if _impl is not _relay_py else None
+Engine: Any = _engine.Engine if _engine is not None else None
 
 IMPLEMENTATION: str = _impl.IMPLEMENTATION
 Relay = _impl.Relay

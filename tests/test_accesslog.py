@@ -21,7 +21,7 @@ import pytest
 
 from procs import wait_lines
 
-from fastsocks.accesslog import close_reason
+from fastsocks.observe.accesslog import close_reason
 
 WAIT = 5.0  # seconds a line may take to reach the file (written at most 1 s late)
 

@@ -308,7 +308,7 @@ def test_rules_send_connect_and_datagrams_to_the_upstream_but_refuse_bind() -> N
     # Policy level: CONNECT and a UDP datagram's target get the upstream rule;
     # a BIND peer that rule would send there is denied, not let in directly.
     from fastsocks.constants import Command
-    from fastsocks.rules import Denial, Policy, Rule, TargetFilter
+    from fastsocks.control.rules import Denial, Policy, Rule, TargetFilter
 
     rules = [Rule(0, True, ports=[(53, 53)], upstream="corp"), Rule(1, True)]
     policy = Policy(rules)

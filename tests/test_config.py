@@ -11,12 +11,12 @@ from typing import Any
 
 import pytest
 
-from fastsocks import cli
-from fastsocks.auth import hash_password
+from fastsocks.runtime import cli
+from fastsocks.control.auth import hash_password
 from fastsocks.config import Settings, cpu_count, load_config
-from fastsocks.configfile import DEFAULT_METRICS_LISTEN, ConfigFileError, render
+from fastsocks.config.file import DEFAULT_METRICS_LISTEN, ConfigFileError, render
 from fastsocks.errors import ConfigError
-from fastsocks.rules import RULE_KEYS
+from fastsocks.control.rules import RULE_KEYS
 
 if sys.version_info >= (3, 11):
     import tomllib

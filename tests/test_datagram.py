@@ -33,7 +33,7 @@ if os.environ.get("FASTSOCKS_NO_EXTENSIONS") or not HAVE_DATAGRAM:
 from fastsocks import _datagram  # noqa: E402
 from fastsocks import codec as fcodec  # noqa: E402
 from fastsocks.errors import ProtocolError  # noqa: E402
-from fastsocks.udp import _ip16  # noqa: E402
+from fastsocks.control.udp import _ip16  # noqa: E402
 
 PEER, FAST, DENY, CHAIN = 1, 2, 4, 8
 

@@ -892,7 +892,7 @@ def test_dante_client_without_ticket(gss_server: Callable[..., Any], libdsocks: 
 
 
 def test_config_file_round_trip(tmp_path: Path) -> None:
-    from fastsocks.configfile import load_config, render
+    from fastsocks.config.file import load_config, render
 
     config = tmp_path / "fastsocks.toml"
     config.write_text("""\
@@ -930,7 +930,7 @@ min_protection = "confidentiality"
     ("enabled = 1", "gssapi.enabled: must be true or false"),
 ])
 def test_config_file_errors(tmp_path: Path, table: str, error: str) -> None:
-    from fastsocks.configfile import ConfigFileError, load_config
+    from fastsocks.config.file import ConfigFileError, load_config
 
     config = tmp_path / "bad.toml"
     config.write_text(f"[gssapi]\n{table}\n")
@@ -951,7 +951,7 @@ def test_gssapi_off_keeps_the_safe_default(tmp_path: Path) -> None:
 
 
 def test_cli_flags(tmp_path: Path) -> None:
-    from fastsocks.cli import _serve_parser, _settings
+    from fastsocks.runtime.cli import _serve_parser, _settings
 
     args = _serve_parser().parse_args(["--gssapi-keytab", "k.keytab",
                                        "--gssapi-min-protection", "clear"])
@@ -966,7 +966,7 @@ def test_cli_flags(tmp_path: Path) -> None:
 
 
 def test_principal_to_user_name() -> None:
-    from fastsocks.gssapi import Acceptor
+    from fastsocks.control.gssapi import Acceptor
 
     acceptor = Acceptor.__new__(Acceptor)  # the mapping alone, no credentials
     acceptor.principal_map = {"svc-backup@EXAMPLE.COM": "backup", "carol@OTHER.ORG": "carol"}

@@ -28,7 +28,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fastsocks.errors import ConfigError
-from fastsocks.limits import Limits, LimitSettings, SharedCounts, TokenBucket, parse_rate
+from fastsocks.control.limits import Limits, LimitSettings, SharedCounts, TokenBucket, parse_rate
 
 from builds import HAVE_ENGINE
 from procs import recv_exact

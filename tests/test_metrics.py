@@ -20,7 +20,7 @@ import pytest
 from procs import children as _children, sockets as _sockets
 from prometheus_client.parser import text_string_to_metric_families
 
-from fastsocks.metrics import NAMES, is_loopback
+from fastsocks.observe.metrics import NAMES, is_loopback
 
 WAIT = 10.0
 

@@ -19,7 +19,7 @@ from procs import UdpEcho
 
 from fastsocks.config import Settings
 from fastsocks.constants import Command
-from fastsocks.rules import (UNKNOWN, Policy, TargetFilter, build_policy, compile_rule, ip_key,
+from fastsocks.control.rules import (UNKNOWN, Policy, TargetFilter, build_policy, compile_rule, ip_key,
                              protected_kind)
 
 NOT_ALLOWED = 0x02

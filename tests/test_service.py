@@ -119,7 +119,7 @@ def test_with_workers_only_the_master_notifies(notify_socket: Notifications,
 
 
 def test_without_systemd_nothing_is_sent(fastsocks_server: Callable[..., Any]) -> None:
-    from fastsocks import systemd
+    from fastsocks.runtime import systemd
 
     assert not systemd.ready()  # NOTIFY_SOCKET unset in the test process
     server = fastsocks_server(env={"NOTIFY_SOCKET": "/nonexistent/notify"})

@@ -46,11 +46,11 @@ import struct
 from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
-from .codec import encode_address
-from .constants import Command, Method, Reply
-from .errors import ConfigError
+from ..codec import encode_address
+from ..constants import Command, Method, Reply
+from ..errors import ConfigError
 from .resolver import Connector, ConnectError, literal_addresses, resolve
-from .rules import _in, _normal_network, _ranges, ip_key
+from ..control.rules import _in, _normal_network, _ranges, ip_key
 
 __all__ = [
     "Upstream",

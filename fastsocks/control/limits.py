@@ -36,7 +36,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 __all__ = ["LimitSettings", "UserLimits", "Limits", "SharedCounts", "TokenBucket", "TokenBuckets",
            "parse_rate", "format_rate", "LIMIT_NAMES"]

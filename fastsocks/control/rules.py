@@ -64,7 +64,7 @@ import logging
 import socket
 from typing import Any, Iterable, Mapping
 
-from .constants import Command
+from ..constants import Command
 
 __all__ = [
     "Rule",
@@ -483,7 +483,7 @@ class TargetFilter:
 
 def ssrf_default_applies(listen: Iterable[tuple[str, int]]) -> bool:
     """True when any listener is on a non-loopback address."""
-    from .config import is_loopback_host
+    from ..config import is_loopback_host
 
     return any(not is_loopback_host(host) for host, _ in listen)
 
@@ -713,8 +713,8 @@ def compile_rule(index: int, table: Any, groups: Mapping[str, Any],
             spec["upstream"] = name
 
     if "source" in table:
-        from .upstream import _source_list
-        from .errors import ConfigError
+        from ..net.upstream import _source_list
+        from ..errors import ConfigError
 
         if action == "deny":
             errors.append((f"{here}.source", "only an allow rule dials out; remove source or "

@@ -12,20 +12,21 @@ import socket
 import sys
 from typing import Any, Callable
 
-from . import __version__, describe_implementation, systemd
-from .accesslog import AccessLog, check_access_log
-from .auth import Users
-from .config import Settings, parse_listen
-from .errors import ConfigError
-from .gssapi import Acceptor, acceptor_from_settings
-from .hooks import AuthenticateHook, AuthorizeHook
-from .limits import Limits, SharedCounts
-from .metrics import (cleanup_multiprocess, get_metrics, serve_metrics, setup_multiprocess,
+from .. import __version__, describe_implementation
+from . import systemd
+from ..observe.accesslog import AccessLog, check_access_log
+from ..control.auth import Users
+from ..config import Settings, parse_listen
+from ..errors import ConfigError
+from ..control.gssapi import Acceptor, acceptor_from_settings
+from ..hooks import AuthenticateHook, AuthorizeHook
+from ..control.limits import Limits, SharedCounts
+from ..observe.metrics import (cleanup_multiprocess, get_metrics, serve_metrics, setup_multiprocess,
                       worker_exited)
-from .relay import Engine
-from .rules import Policy, build_policy
-from .session import Session
-from .upstream import trusted_ranges
+from ..relay import Engine
+from ..control.rules import Policy, build_policy
+from ..control.session import Session
+from ..net.upstream import trusted_ranges
 
 __all__ = ["Server", "run", "new_event_loop", "loop_name"]
 

@@ -9,7 +9,7 @@ import os
 import socket
 from typing import Any, Callable, Sequence
 
-from .constants import Reply
+from ..constants import Reply
 
 __all__ = [
     "ConnectError",

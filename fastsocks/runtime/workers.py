@@ -24,7 +24,7 @@ import time
 from typing import Any, Callable
 
 from . import systemd
-from .config import Settings
+from ..config import Settings
 
 __all__ = ["Master", "reserve"]
 

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import bcrypt
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 try:
     import argon2

@@ -30,10 +30,10 @@ import os
 import time
 from typing import TYPE_CHECKING, Any
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 if TYPE_CHECKING:
-    from .session import Session
+    from ..control.session import Session
 
 __all__ = ["AccessLog", "close_reason", "check_access_log", "FORMATS"]
 

@@ -24,9 +24,9 @@ import asyncio
 import logging
 from typing import Any, Callable
 
-from ._relay_py import Half, Relay
-from .codec import NEED_DATA
-from .errors import ProtocolError
+from .._relay_py import Half, Relay
+from ..codec import NEED_DATA
+from ..errors import ProtocolError
 from .gssapi import Conversation, GssFailure
 
 __all__ = ["GssRelay"]

@@ -10,10 +10,10 @@ import platform
 import sys
 from typing import Any
 
-from . import __version__, describe_implementation
-from .config import Settings, cpu_count, load_config, parse_listen
-from .errors import ConfigError
-from .limits import parse_rate
+from .. import __version__, describe_implementation
+from ..config import Settings, cpu_count, load_config, parse_listen
+from ..errors import ConfigError
+from ..control.limits import parse_rate
 
 __all__ = ["main"]
 
@@ -219,7 +219,7 @@ def _read_password() -> bytes:
 
 
 def _users_main(argv: list[str]) -> int:
-    from .auth import remove_user, set_user
+    from ..control.auth import remove_user, set_user
 
     args = _users_parser().parse_args(argv)
     try:
@@ -299,11 +299,11 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["users"]:
         return _users_main(argv[1:])
     if argv[:1] == ["bench"]:
-        from .bench import main as bench_main
+        from ..bench import main as bench_main
 
         return bench_main(argv[1:])
     if argv[:1] == ["check"]:
-        from .configfile import check_main
+        from ..config.file import check_main
 
         return check_main(argv[1:])
     if argv[:1] == ["serve"]:

@@ -37,11 +37,11 @@ import os
 import sys
 from typing import Any, Callable, Mapping
 
-from .config import Settings, cpu_count, is_loopback_host, parse_listen
-from .errors import ConfigError
-from .limits import LimitSettings, UserLimits, format_rate, parse_rate
-from .rules import compile_rule
-from .upstream import MIN_PROXY_PROTOCOL_TIMEOUT, Upstream, _source_list
+from . import Settings, cpu_count, is_loopback_host, parse_listen
+from ..errors import ConfigError
+from ..control.limits import LimitSettings, UserLimits, format_rate, parse_rate
+from ..control.rules import compile_rule
+from ..net.upstream import MIN_PROXY_PROTOCOL_TIMEOUT, Upstream, _source_list
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -690,7 +690,7 @@ def check_main(argv: list[str]) -> int:
         settings = load_config(args.config)
         known: set[str] | None = None
         if settings.users_file:
-            from .auth import Users
+            from ..control.auth import Users
 
             try:
                 known = set(Users.load(settings.users_file).hashes)

@@ -38,11 +38,11 @@ import logging
 import os
 from typing import TYPE_CHECKING, Any
 
-from . import codec
-from .errors import ConfigError, ProtocolError
+from .. import codec
+from ..errors import ConfigError, ProtocolError
 
 if TYPE_CHECKING:
-    from .config import Settings
+    from ..config import Settings
 
 log = logging.getLogger("fastsocks.gssapi")
 

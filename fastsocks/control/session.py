@@ -17,23 +17,23 @@ import socket
 from time import monotonic as _monotonic
 from typing import TYPE_CHECKING, Any
 
-from . import codec
-from .accesslog import close_reason
-from .constants import Command, Method, Phase, Reply
-from .errors import ProtocolError
+from .. import codec
+from ..observe.accesslog import close_reason
+from ..constants import Command, Method, Phase, Reply
+from ..errors import ProtocolError
 from .gssapi import GssFailure
 from .gssrelay import GssRelay
-from .hooks import RequestInfo
+from ..hooks import RequestInfo
 from .limits import TokenBuckets
-from .relay import Relay
-from .resolver import ConnectError, Connector, literal_addresses, resolve, unmapped
+from ..relay import Relay
+from ..net.resolver import ConnectError, Connector, literal_addresses, resolve, unmapped
 from .rules import UNKNOWN, TargetFilter, describe_target
 from .rules import log as rules_log
 from .udp import UdpAssociation
-from .upstream import connect_via, is_trusted, source_addresses
+from ..net.upstream import connect_via, is_trusted, source_addresses
 
 if TYPE_CHECKING:
-    from .server import Server
+    from ..runtime.server import Server
 
 __all__ = ["Session"]
 

@@ -48,24 +48,19 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
-import os
 import platform
 import socket
 import sys
 from typing import Any, Callable
 
-from . import codec
-from .constants import Command
-from .errors import ProtocolError
-from .resolver import ConnectError, resolve, resolve_and_cache, resolve_cached, unmapped
-from .upstream import connect_via
+from .. import _accel, codec
+from ..constants import Command
+from ..errors import ProtocolError
+from ..net.resolver import ConnectError, resolve, resolve_and_cache, resolve_cached, unmapped
+from ..net.upstream import connect_via
 
-_datagram: Any = None
-if not os.environ.get("FASTSOCKS_NO_EXTENSIONS"):  # as relay.py: forces pure Python
-    try:
-        from . import _datagram  # type: ignore[no-redef]
-    except ImportError:  # not Linux, or a pure-Python install
-        pass
+# The C datagram path: Linux and a compiled build only (_accel decides).
+_datagram: Any = _accel.compiled("_datagram")
 
 __all__ = ["UdpAssociation", "MAX_FRAGMENTS", "MAX_REASSEMBLY_BYTES", "REASSEMBLY_TIMEOUT"]
 

@@ -37,10 +37,10 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any, Callable
 
-from .limits import LIMIT_NAMES
+from ..control.limits import LIMIT_NAMES
 
 if TYPE_CHECKING:
-    from .session import Session
+    from ..control.session import Session
 
 __all__ = ["Metrics", "get_metrics", "MetricsServer", "serve_metrics", "multiprocess_dir",
            "setup_multiprocess", "worker_exited", "cleanup_multiprocess", "NAMES"]
@@ -427,7 +427,7 @@ class MetricsServer:
 def serve_metrics(listen: tuple[str, int], healthy: Callable[[], bool],
                   start: bool = True) -> MetricsServer:
     """Listen for this process's registry; warn when it is not loopback."""
-    from .errors import ConfigError
+    from ..errors import ConfigError
 
     host, port = listen
     try:

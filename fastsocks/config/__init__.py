@@ -9,8 +9,8 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import ConfigError
-from .limits import LimitSettings
+from ..errors import ConfigError
+from ..control.limits import LimitSettings
 
 __all__ = ["Settings", "parse_listen", "is_loopback_host", "DEFAULT_LISTEN", "cpu_count",
            "default_workers"]
@@ -154,7 +154,7 @@ class Settings:
             raise ConfigError(f"relay {self.relay!r}: use auto, splice or protocol")
         if not self.listen:
             raise ConfigError("no listen address: give at least one --listen HOST:PORT")
-        from .upstream import check_outbound, check_proxy_protocol
+        from ..net.upstream import check_outbound, check_proxy_protocol
 
         check_proxy_protocol(self)
         check_outbound(self)
@@ -180,6 +180,6 @@ def load_config(path: str | os.PathLike[str], overrides: dict[str, Any] | None =
     Raises ConfigError naming the file, the key and what is allowed; see
     ``fastsocks.configfile`` for the schema.  Reusable for a reload.
     """
-    from .configfile import load_config as _load
+    from .file import load_config as _load
 
     return _load(path, overrides)
