@@ -82,6 +82,8 @@ import threading
 import time
 from typing import Any, Callable, Iterator
 
+from ..net.address import format_peer
+
 __all__ = [
     "SocksError",
     "Config",
@@ -874,7 +876,7 @@ def serve(kind: str, host: str = "127.0.0.1") -> int:
         udp = _UdpTarget(kind, host)
         signal.signal(signal.SIGTERM, lambda *_: udp.stop())
         signal.signal(signal.SIGINT, lambda *_: udp.stop())
-        print(f"fastsocks-bench {kind} listening on {_fmt(udp.address)}", flush=True)
+        print(f"fastsocks-bench {kind} listening on {format_peer(udp.address)}", flush=True)
         try:
             udp.serve()
         finally:
@@ -884,7 +886,7 @@ def serve(kind: str, host: str = "127.0.0.1") -> int:
         sink = _Sink(host)
         signal.signal(signal.SIGTERM, lambda *_: sink.stop())
         signal.signal(signal.SIGINT, lambda *_: sink.stop())
-        print(f"fastsocks-bench sink listening on {_fmt(sink.address)}", flush=True)
+        print(f"fastsocks-bench sink listening on {format_peer(sink.address)}", flush=True)
         try:
             sink.serve()
         finally:
@@ -895,7 +897,7 @@ def serve(kind: str, host: str = "127.0.0.1") -> int:
         echo = _Echo(host, loop)
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, loop.stop)
-        print(f"fastsocks-bench echo listening on {_fmt(echo.address)}", flush=True)
+        print(f"fastsocks-bench echo listening on {format_peer(echo.address)}", flush=True)
         try:
             loop.run_forever()
         finally:
@@ -903,11 +905,6 @@ def serve(kind: str, host: str = "127.0.0.1") -> int:
     finally:
         loop.close()
     return 0
-
-
-def _fmt(address: tuple[str, int]) -> str:
-    host, port = address[0], address[1]
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 # -- measuring the server from /proc ----------------------------------------------------
@@ -1806,7 +1803,7 @@ def _udp_rtt(cfg: Config, target: tuple[str, int]) -> dict[str, Any]:
     gen = cpu1 - cpu0
     result: dict[str, Any] = {
         "size": size,
-        "relay": _fmt(paths[0].relay) if paths[0].relay else None,
+        "relay": format_peer(paths[0].relay) if paths[0].relay else None,
         "round_trips": n,
         "seconds": round(elapsed, 4),
         "per_s": n / elapsed if elapsed > 0 else 0.0,
@@ -1918,7 +1915,7 @@ def _udp_oneway(cfg: Config, target: tuple[str, int]) -> dict[str, Any]:
     result: dict[str, Any] = {
         "size": size,
         "rate": cfg.rate,
-        "relay": _fmt(relay) if relay else None,
+        "relay": format_peer(relay) if relay else None,
         "seconds": round(elapsed, 4),
         "sent": sent,
         "send_errors": errors,
@@ -1978,8 +1975,8 @@ def run(cfg: Config, on_hold: Callable[[dict[str, Any]], None] | None = None) ->
             local.close()
     return {
         "mode": cfg.mode,
-        "proxy": _fmt(cfg.proxy) if cfg.proxy else None,
-        "target": _fmt(target),
+        "proxy": format_peer(cfg.proxy) if cfg.proxy else None,
+        "target": format_peer(target),
         "auth": cfg.auth is not None,
         "streams": cfg.streams if cfg.mode == "throughput" else None,
         "concurrency": cfg.concurrency if cfg.mode not in ("throughput", "udp-oneway") else None,
@@ -2003,7 +2000,7 @@ def _probe(cfg: Config, target: tuple[str, int]) -> None:
         if cfg.mode != "throughput":
             sock.sendall(b"p")
             if _recv_exact(sock, 1, "echo") != b"p":
-                raise SocksError("echo", f"the target {_fmt(target)} does not echo")
+                raise SocksError("echo", f"the target {format_peer(target)} does not echo")
 
 
 def _probe_udp(cfg: Config, target: tuple[str, int]) -> None:
@@ -2020,10 +2017,10 @@ def _probe_udp(cfg: Config, target: tuple[str, int]) -> None:
                     continue
                 payload = parse_udp_reply(data)[2] if path.control is not None else data
                 if payload != body:
-                    raise SocksError("udp", f"the target {_fmt(target)} does not echo datagrams")
+                    raise SocksError("udp", f"the target {format_peer(target)} does not echo datagrams")
                 return
-            raise SocksError("udp", f"no echo from {_fmt(target)} within 2 s"
-                             + (f" through the relay at {_fmt(path.relay)}" if path.relay else ""))
+            raise SocksError("udp", f"no echo from {format_peer(target)} within 2 s"
+                             + (f" through the relay at {format_peer(path.relay)}" if path.relay else ""))
         before = udp_sink_stats(target)
         if before is None:
             return  # not a fastsocks-bench sink: what it receives cannot be told
@@ -2035,8 +2032,8 @@ def _probe_udp(cfg: Config, target: tuple[str, int]) -> None:
                 if now is not None and now[0] > before[0]:
                     return
                 time.sleep(0.02)
-        raise SocksError("udp", f"the sink {_fmt(target)} received nothing within 2 s"
-                         + (f" through the relay at {_fmt(path.relay)}" if path.relay else ""))
+        raise SocksError("udp", f"the sink {format_peer(target)} received nothing within 2 s"
+                         + (f" through the relay at {format_peer(path.relay)}" if path.relay else ""))
 
 
 def _address(text: str) -> tuple[str, int]:
@@ -2237,7 +2234,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"fastsocks bench: error: {exc}", file=sys.stderr)
         return 2
     except (SocksError, OSError, RuntimeError) as exc:
-        where = f"through {_fmt(cfg.proxy)}" if cfg.proxy else "directly"
+        where = f"through {format_peer(cfg.proxy)}" if cfg.proxy else "directly"
         print(f"fastsocks bench: error connecting {where}: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -10,39 +10,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import ConfigError
+from ..net.address import is_loopback_host, parse_listen
 from ..control.limits import LimitSettings
 
 __all__ = ["Settings", "parse_listen", "is_loopback_host", "DEFAULT_LISTEN", "cpu_count",
            "default_workers"]
 
 DEFAULT_LISTEN = ("127.0.0.1", 1080)
-
-
-def parse_listen(value: str) -> tuple[str, int]:
-    """``HOST:PORT`` or ``[IPV6]:PORT`` into (host, port)."""
-    fix = "use HOST:PORT, e.g. 127.0.0.1:1080, or [IPV6]:PORT, e.g. [::1]:1080"
-    if value.startswith("["):
-        host, sep, rest = value[1:].partition("]")
-        if not sep or not rest.startswith(":"):
-            raise ConfigError(f"listen address {value!r}: {fix}")
-        port_text = rest[1:]
-        try:
-            ipaddress.IPv6Address(host.partition("%")[0])
-        except ValueError:
-            raise ConfigError(f"listen address {value!r}: {host!r} is not an IPv6 address") from None
-    else:
-        host, sep, port_text = value.rpartition(":")
-        if not sep or not host:
-            raise ConfigError(f"listen address {value!r}: {fix}")
-        if ":" in host:
-            raise ConfigError(f"listen address {value!r}: put IPv6 addresses in brackets, e.g. [::1]:1080")
-    try:
-        port = int(port_text, 10)
-    except ValueError:
-        raise ConfigError(f"listen address {value!r}: port {port_text!r} is not a number") from None
-    if not 0 <= port <= 65535:
-        raise ConfigError(f"listen address {value!r}: port must be 0 to 65535")
-    return host, port
 
 
 def cpu_count() -> int:
@@ -56,21 +30,6 @@ def cpu_count() -> int:
 def default_workers() -> int:
     """One worker per CPU where SO_REUSEPORT spreads connections (Linux), else one."""
     return cpu_count() if sys.platform.startswith("linux") else 1
-
-
-def is_loopback_host(host: str) -> bool:
-    """True when every address ``host`` names is a loopback address."""
-    try:
-        return ipaddress.ip_address(host.partition("%")[0]).is_loopback
-    except ValueError:
-        pass
-    try:
-        infos = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
-    except OSError:
-        return False
-    return bool(infos) and all(
-        ipaddress.ip_address(str(info[4][0]).partition("%")[0]).is_loopback for info in infos
-    )
 
 
 @dataclass

@@ -39,6 +39,7 @@ from typing import Any, Callable, Mapping
 
 from . import Settings, cpu_count, is_loopback_host, parse_listen
 from ..errors import ConfigError
+from ..net.address import format_address
 from ..control.limits import LimitSettings, UserLimits, format_rate, parse_rate
 from ..control.rules import compile_rule
 from ..net.upstream import MIN_PROXY_PROTOCOL_TIMEOUT, Upstream, _source_list
@@ -544,8 +545,7 @@ def load_config(path: str | os.PathLike[str], overrides: Mapping[str, Any] | Non
         listen = values.get("listen", Settings().listen)
         users = values.get("users_file")
         allow_open = values.get("allow_open", False)
-        exposed = [f"[{h}]:{p}" if ":" in h else f"{h}:{p}"
-                   for h, p in listen if not is_loopback_host(h)]
+        exposed = [format_address(h, p) for h, p in listen if not is_loopback_host(h)]
         if exposed and users is None and not allow_open and not values.get("gssapi"):
             key = "listen" if "listen" in values else "listen (default 127.0.0.1:1080)"
             loader.error(key, f"refusing to listen on {', '.join(exposed)} without authentication: "
@@ -577,10 +577,6 @@ def _toml(value: Any) -> str:
     raise TypeError(f"cannot write {value!r} as TOML")
 
 
-def _address(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
 def render(settings: Settings) -> str:
     """The effective configuration as TOML (loads back to the same settings)."""
     lines: list[str] = []
@@ -593,7 +589,7 @@ def render(settings: Settings) -> str:
         else:
             lines.append(f"{key} = {_toml(value)}")
 
-    put("listen", [_address(h, p) for h, p in settings.listen])
+    put("listen", [format_address(h, p) for h, p in settings.listen])
     put("users", settings.users_file, "no authentication")
     put("allow_open", settings.allow_open)
     put("workers", settings.workers)
@@ -641,7 +637,7 @@ def render(settings: Settings) -> str:
         if settings.proxy_protocol_listen is None:
             lines.append("# listeners: all of them")
         else:
-            put("listeners", [_address(h, p) for h, p in settings.proxy_protocol_listen])
+            put("listeners", [format_address(h, p) for h, p in settings.proxy_protocol_listen])
     put("timeout", settings.proxy_protocol_timeout)
     for name, upstream in settings.upstreams.items():
         lines += ["", f"[upstreams.{_toml(name)}]"]

@@ -61,10 +61,10 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-import socket
 from typing import Any, Iterable, Mapping
 
 from ..constants import Command
+from ..net.address import IpKey, in_ranges, ip_key, is_loopback_host, normal_network, ranges
 
 __all__ = [
     "Rule",
@@ -121,61 +121,6 @@ class _Unknown:
 
 
 UNKNOWN: Any = _Unknown()
-
-IpKey = tuple[int, int]  # (4 or 6, the address as an integer)
-Ranges = tuple[tuple[tuple[int, int], ...], tuple[tuple[int, int], ...]]  # (IPv4, IPv6)
-
-_inet_pton = socket.inet_pton
-_AF_INET = socket.AF_INET
-_AF_INET6 = socket.AF_INET6
-_MAPPED = b"\0" * 10 + b"\xff\xff"
-
-
-def ip_key(host: str) -> IpKey | None:
-    """``(4, int)`` or ``(6, int)`` for an IP literal, None for anything else.
-
-    IPv4-mapped IPv6 (``::ffff:a.b.c.d``) becomes IPv4; a scope (``%eth0``) is
-    dropped.  Strict forms only: ``127.1`` is a name here (the resolver turns
-    it into 127.0.0.1, and the second pass judges that address).
-    """
-    try:
-        return (4, int.from_bytes(_inet_pton(_AF_INET, host), "big"))
-    except (OSError, ValueError):
-        pass
-    try:
-        packed = _inet_pton(_AF_INET6, host.partition("%")[0])
-    except (OSError, ValueError):
-        return None
-    if packed[:12] == _MAPPED:
-        return (4, int.from_bytes(packed[12:], "big"))
-    return (6, int.from_bytes(packed, "big"))
-
-
-def _normal_network(net: ipaddress.IPv4Network | ipaddress.IPv6Network
-                    ) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
-    """``::ffff:10.0.0.0/104`` → ``10.0.0.0/8``: rules and traffic in one form."""
-    if (isinstance(net, ipaddress.IPv6Network) and net.prefixlen >= 96
-            and net.network_address.ipv4_mapped is not None):
-        return ipaddress.IPv4Network((net.network_address.ipv4_mapped, net.prefixlen - 96))
-    return net
-
-
-def _ranges(networks: Iterable[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> Ranges:
-    v4: list[tuple[int, int]] = []
-    v6: list[tuple[int, int]] = []
-    for net in networks:
-        bounds = (int(net.network_address), int(net.broadcast_address))
-        (v4 if net.version == 4 else v6).append(bounds)
-    return tuple(v4), tuple(v6)
-
-
-def _in(ranges: Ranges, key: IpKey) -> bool:
-    n = key[1]
-    for lo, hi in ranges[0] if key[0] == 4 else ranges[1]:
-        if lo <= n <= hi:
-            return True
-    return False
-
 
 def _protected_table(version: int) -> tuple[tuple[int, int, str], ...]:
     out = []
@@ -262,8 +207,8 @@ class Rule:
         self.source = None if source is None else tuple(source)
         self.index = index
         self.allow = allow
-        self.src = None if src is None else _ranges(_normal_network(n) for n in src)
-        self.dst = None if dst is None else _ranges(_normal_network(n) for n in dst)
+        self.src = None if src is None else ranges(normal_network(n) for n in src)
+        self.dst = None if dst is None else ranges(normal_network(n) for n in dst)
         self.has_domain = domains is not None
         exact: set[str] = set()
         suffixes: set[str] = set()
@@ -306,7 +251,7 @@ class Rule:
         """
         if self.commands is not None and command not in self.commands:
             return False
-        if self.src is not None and (subject.client is None or not _in(self.src, subject.client)):
+        if self.src is not None and (subject.client is None or not in_ranges(self.src, subject.client)):
             return False
         if self.users is not None and subject.user not in self.users:
             return False
@@ -330,7 +275,7 @@ class Rule:
         if self.dst is not None:
             if ip is UNKNOWN:
                 undecided = True
-            elif not _in(self.dst, ip):
+            elif not in_ranges(self.dst, ip):
                 return False
         return None if undecided else True
 
@@ -483,7 +428,6 @@ class TargetFilter:
 
 def ssrf_default_applies(listen: Iterable[tuple[str, int]]) -> bool:
     """True when any listener is on a non-loopback address."""
-    from ..config import is_loopback_host
 
     return any(not is_loopback_host(host) for host, _ in listen)
 
@@ -635,7 +579,7 @@ def compile_rule(index: int, table: Any, groups: Mapping[str, Any],
             if why is not None:
                 errors.append((f"{here}.{key}[{i}]", why))
             else:
-                nets.append(_normal_network(net))
+                nets.append(normal_network(net))
         kwargs[key] = nets
         spec[key] = [net.with_prefixlen for net in nets]
 

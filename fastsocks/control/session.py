@@ -26,7 +26,8 @@ from .gssrelay import GssRelay
 from ..hooks import RequestInfo
 from .limits import TokenBuckets
 from ..relay import Relay
-from ..net.resolver import ConnectError, Connector, literal_addresses, resolve, unmapped
+from ..net.address import format_peer as _format_peer, unmapped
+from ..net.resolver import ConnectError, Connector, literal_addresses, resolve
 from .rules import UNKNOWN, TargetFilter, describe_target
 from .rules import log as rules_log
 from .udp import UdpAssociation
@@ -52,13 +53,6 @@ _parse_proxy_header = codec.parse_proxy_header
 
 _COMMAND_NAMES = {Command.CONNECT: "connect", Command.BIND: "bind",
                   Command.UDP_ASSOCIATE: "udp_associate"}
-
-
-def _format_peer(peer: Any) -> str:
-    if not peer:
-        return "?"
-    host, port = peer[0], peer[1]
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 class Session(asyncio.Protocol):

@@ -56,7 +56,8 @@ from typing import Any, Callable
 from .. import _accel, codec
 from ..constants import Command
 from ..errors import ProtocolError
-from ..net.resolver import ConnectError, resolve, resolve_and_cache, resolve_cached, unmapped
+from ..net.address import unmapped
+from ..net.resolver import ConnectError, resolve, resolve_and_cache, resolve_cached
 from ..net.upstream import connect_via
 
 # The C datagram path: Linux and a compiled build only (_accel decides).

@@ -10,6 +10,7 @@ import socket
 from typing import Any, Callable, Sequence
 
 from ..constants import Reply
+from .address import unmapped
 
 __all__ = [
     "ConnectError",
@@ -63,11 +64,6 @@ class ConnectError(Exception):
         super().__init__(reason)
         self.reply = reply
         self.reason = reason
-
-
-def unmapped(host: str) -> str:
-    """``::ffff:1.2.3.4`` → ``1.2.3.4``: compare addresses in one form."""
-    return host[7:] if host.startswith("::ffff:") and "." in host else host
 
 
 def reply_for_errno(err: int | None) -> int:

@@ -50,7 +50,7 @@ from ..codec import encode_address
 from ..constants import Command, Method, Reply
 from ..errors import ConfigError
 from .resolver import Connector, ConnectError, literal_addresses, resolve
-from ..control.rules import _in, _normal_network, _ranges, ip_key
+from .address import format_address, in_ranges, ip_key, normal_network, ranges
 
 __all__ = [
     "Upstream",
@@ -85,7 +85,7 @@ class Upstream:
 
     @property
     def address(self) -> str:
-        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+        return format_address(self.host, self.port)
 
 
 class _UpstreamFailed(Exception):
@@ -285,12 +285,12 @@ def check_outbound(settings: Any) -> None:
 
 def trusted_ranges(cidrs: Iterable[str]) -> Any:
     """The trusted sources as rules-style ranges (fast membership tests)."""
-    return _ranges(_normal_network(ipaddress.ip_network(c, strict=False)) for c in cidrs)
+    return ranges(normal_network(ipaddress.ip_network(c, strict=False)) for c in cidrs)
 
 
 def is_trusted(ranges: Any, host: str | None) -> bool:
     key = ip_key(host) if host else None
-    return key is not None and _in(ranges, key)
+    return key is not None and in_ranges(ranges, key)
 
 
 def check_proxy_protocol(settings: Any) -> None:
@@ -315,6 +315,6 @@ def check_proxy_protocol(settings: Any) -> None:
                               "addresses)")
         for host, port in listeners:
             if (host, port) not in settings.listen:
-                shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+                shown = format_address(host, port)
                 raise ConfigError(f"proxy_protocol.listeners: {shown} is not one of the listen "
                                   "addresses; name listeners exactly as in listen")

@@ -31,6 +31,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigError
+from ..net.address import format_address
 
 if TYPE_CHECKING:
     from ..control.session import Session
@@ -126,10 +127,6 @@ def _text(value: str) -> str:
     return value.encode("unicode_escape").decode("ascii").replace(" ", "\\x20")
 
 
-def _hostport(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
 class AccessLog:
     """Formats a line per finished session and writes them in batches."""
 
@@ -162,7 +159,7 @@ class AccessLog:
         request = session.request
         if request is not None:
             command: str | None = _COMMANDS.get(request.command, str(request.command))
-            target: str | None = _hostport(request.host, request.port)
+            target: str | None = format_address(request.host, request.port)
         else:
             command = target = None
         dialled = session.dialled
@@ -173,11 +170,11 @@ class AccessLog:
         if self.json:
             record: dict[str, Any] = {
                 "time": self._time(),
-                "client": _hostport(peer[0], peer[1]) if peer else None,
+                "client": format_address(peer[0], peer[1]) if peer else None,
                 "user": session.user,
                 "command": command,
                 "target": target,
-                "dialled": _hostport(dialled[0], dialled[1]) if dialled else None,
+                "dialled": format_address(dialled[0], dialled[1]) if dialled else None,
                 "reply": session.reply,
                 "bytes_up": bytes_up,
                 "bytes_down": bytes_down,
@@ -192,10 +189,10 @@ class AccessLog:
             user = session.user
             reply = session.reply
             line = (
-                f"{self._time()} {_hostport(peer[0], peer[1]) if peer else '-'} "
+                f"{self._time()} {format_address(peer[0], peer[1]) if peer else '-'} "
                 f"{_text(user) if user is not None else '-'} {command or '-'} "
                 f"{_text(target) if target is not None else '-'} "
-                f"{_hostport(dialled[0], dialled[1]) if dialled else '-'} "
+                f"{format_address(dialled[0], dialled[1]) if dialled else '-'} "
                 f"{reply if reply is not None else '-'} {bytes_up} {bytes_down} "
                 f"{duration:.3f} {token}"
             )

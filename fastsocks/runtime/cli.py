@@ -13,6 +13,7 @@ from typing import Any
 from .. import __version__, describe_implementation
 from ..config import Settings, cpu_count, load_config, parse_listen
 from ..errors import ConfigError
+from ..net.address import format_peer
 from ..control.limits import parse_rate
 
 __all__ = ["main"]
@@ -73,11 +74,6 @@ def _listen(text: str) -> tuple[str, int]:
         return parse_listen(text)
     except ConfigError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def _format_listen(address: tuple[str, int]) -> str:
-    host, port = address
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def _serve_parser() -> argparse.ArgumentParser:
@@ -259,7 +255,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
         "log_level": args.log_level,
         "access_log": args.access_log,
         "access_log_format": args.access_log_format,
-        "metrics_listen": _format_listen(args.metrics) if args.metrics else None,
+        "metrics_listen": format_peer(args.metrics) if args.metrics else None,
         "proxy_protocol_from": args.proxy_protocol_from,
         "proxy_protocol_timeout": args.proxy_protocol_timeout,
         "outbound_address": args.outbound_address,

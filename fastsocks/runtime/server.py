@@ -18,6 +18,7 @@ from ..observe.accesslog import AccessLog, check_access_log
 from ..control.auth import Users
 from ..config import Settings, parse_listen
 from ..errors import ConfigError
+from ..net.address import format_peer
 from ..control.gssapi import Acceptor, acceptor_from_settings
 from ..hooks import AuthenticateHook, AuthorizeHook
 from ..control.limits import Limits, SharedCounts
@@ -49,11 +50,6 @@ def new_event_loop(choice: str = "auto") -> asyncio.AbstractEventLoop:
 def loop_name(loop: asyncio.AbstractEventLoop) -> str:
     module = type(loop).__module__.partition(".")[0]
     return "uvloop" if module == "uvloop" else "asyncio"
-
-
-def _format_address(sockname: Any) -> str:
-    host, port = sockname[0], sockname[1]
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 class Server:
@@ -202,7 +198,7 @@ class Server:
             )
             self.listeners.append(listener)
             for sock in listener.sockets:
-                self.addresses.append(_format_address(sock.getsockname()))
+                self.addresses.append(format_peer(sock.getsockname()))
 
     async def __aenter__(self) -> Server:
         await self.start()
@@ -465,10 +461,10 @@ def run(settings: Settings, reload: Callable[[], Settings] | None = None) -> int
         for listener in exporter:
             listener.start()
         log.info("fastsocks %s listening on %s (%s)", __version__,
-                 ", ".join(_format_address(a) for a in addresses),
+                 ", ".join(format_peer(a) for a in addresses),
                  _describe(settings, users, relay, loop))
         systemd.ready(f"{settings.workers} workers listening on "
-                      f"{', '.join(_format_address(a) for a in addresses)}")
+                      f"{', '.join(format_peer(a) for a in addresses)}")
 
     if metrics_dir is not None:
         master.on_exit = worker_exited
