@@ -3,7 +3,7 @@
 
     python benchmarks/codec.py [--repeat 41] [--batch 2000] [--json PATH]
 
-The same operations as ``tests/test_codec_bench.py`` (pytest-benchmark, marker
+The same operations as ``tests/unit/test_codec_bench.py`` (pytest-benchmark, marker
 ``bench``), without pytest, printed as a markdown table: ns per operation for
 each implementation and the speed-up.
 

@@ -3,7 +3,7 @@
 # source package, once per machine.
 #
 # Debian ships libdsocks without GSSAPI, and Debian 12's curl cannot finish a
-# SOCKS5 GSSAPI session, so this is the real client tests/test_gssapi.py
+# SOCKS5 GSSAPI session, so this is the real client tests/e2e/test_gssapi.py
 # drives through LD_PRELOAD.  The result is cached in .cache/dante-gssapi/
 # (or $DANTE_GSSAPI_DIR); a second run finds it there and does nothing.
 #

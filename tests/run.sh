@@ -18,7 +18,7 @@ command -v krb5-config >/dev/null 2>&1 || need+=(libkrb5-dev)
 command -v haproxy >/dev/null 2>&1 || need+=(haproxy)
 command -v microsocks >/dev/null 2>&1 || need+=(microsocks)
 command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
-# Programs wrapped by LD_PRELOAD (tests/test_wrappers.py).
+# Programs wrapped by LD_PRELOAD (tests/e2e/test_wrappers.py).
 command -v socksify >/dev/null 2>&1 || need+=(dante-client)
 command -v proxychains4 >/dev/null 2>&1 || need+=(proxychains4)
 # Only Debian and Ubuntu get the programs installed; elsewhere (macOS CI runs
@@ -38,7 +38,7 @@ fi
 python -m pip install -q --upgrade pip
 python -m pip install -q -e '.[test]'
 python -m fastsocks --version
-# Dante's client library with GSSAPI, the real client of tests/test_gssapi.py:
+# Dante's client library with GSSAPI, the real client of tests/e2e/test_gssapi.py:
 # built once per machine into .cache/ (a minute), before pytest's timeouts run.
 if command -v apt-get >/dev/null 2>&1; then
     bash tests/build_dante.sh >/dev/null

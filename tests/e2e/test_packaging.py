@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 # What the compiled wheel is built and checked with, even when this suite
 # runs with the pure implementation selected.
 COMPILED_ENV = {k: v for k, v in os.environ.items() if k != "FASTSOCKS_NO_EXTENSIONS"}

@@ -28,7 +28,7 @@ import pytest
 
 from procs import children
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 UNIT = ROOT / "deploy" / "fastsocks.service"
 DOCKERFILE = ROOT / "Dockerfile"
 DOCKER_TOML = ROOT / "deploy" / "docker.toml"

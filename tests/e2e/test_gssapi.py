@@ -39,7 +39,7 @@ from builds import IMPLS
 from kerberos import OTHER_SERVICE, REALM, KerberosRealm
 from procs import UdpEcho, access_entries
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 ABORT = b"\x01\xff"
 TIMEOUT = 10.0
 SERVICE_NAME = "rcmd@127.0.0.1"  # host-based form of kerberos.SERVICE

@@ -20,7 +20,7 @@ from python_socks.async_.asyncio import Proxy
 
 import fastsocks
 
-EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "embed.py"
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "embed.py"
 LOOPS = ["asyncio"] + (["uvloop"] if importlib.util.find_spec("uvloop") else [])
 
 

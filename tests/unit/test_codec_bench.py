@@ -2,8 +2,8 @@
 
 Not part of the default run (marker ``bench``); run them with::
 
-    python -m pytest tests/test_codec_bench.py -m bench            # needs pytest-benchmark
-    python -m pytest tests/test_codec_bench.py -m bench --benchmark-group-by=group
+    python -m pytest tests/unit/test_codec_bench.py -m bench            # needs pytest-benchmark
+    python -m pytest tests/unit/test_codec_bench.py -m bench --benchmark-group-by=group
 
 **Every figure is the time of 1 000 operations**: read the µs that
 pytest-benchmark prints as ns per operation (``extra_info`` carries
