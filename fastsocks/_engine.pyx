@@ -20,8 +20,10 @@ chunk; the event loop thread only does handshakes.
   over its rate stops reading until its bucket refills, so TCP flow control
   slows the sender, and the engine wakes it on a timer; no Python runs.
 * Finished pairs are reported (id, bytes each way, reason) through a queue and
-  an eventfd that the event loop watches; commands (add, close, close all,
-  stop) reach the engine through another queue and eventfd.
+  an eventfd that the event loop watches (each pair's report is allocated
+  when it is added, so the engine thread never fails to report one);
+  commands (add, close, close all, stop) reach the engine through another
+  queue and eventfd.
 
 Pitfalls handled here: an fd is removed from epoll before it is closed, and
 a pair is freed only after the epoll batch that may still name it.
@@ -29,7 +31,7 @@ a pair is freed only after the epoll batch that may still name it.
 
 from libc.errno cimport errno, EAGAIN, EINTR, EPERM
 from libc.stdint cimport uint32_t, uint64_t, int64_t
-from libc.stdlib cimport calloc, free, malloc, realloc
+from libc.stdlib cimport calloc, free, malloc
 from libc.string cimport memcpy
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 
@@ -196,6 +198,15 @@ cdef struct Dir:
     int64_t wake_us
 
 
+# What collect() reports of a finished pair.
+cdef struct Done:
+    uint64_t id
+    uint64_t up
+    uint64_t down
+    int reason
+    Done* next
+
+
 cdef struct Pair:
     uint64_t id
     Dir up                    # client → upstream
@@ -210,6 +221,7 @@ cdef struct Pair:
     Pair* tnext
     Pair* prev
     Pair* next
+    Done* report              # allocated by add(), handed to collect() by _finish
 
 
 cdef struct Cmd:
@@ -218,13 +230,6 @@ cdef struct Cmd:
     int reason
     Pair* pair
     Cmd* next
-
-
-cdef struct Done:
-    uint64_t id
-    uint64_t up
-    uint64_t down
-    int reason
 
 
 cdef inline int64_t _now_ms() noexcept nogil:
@@ -294,9 +299,7 @@ cdef class Engine:
     cdef int done_fd              # wakes the event loop: pairs finished
     cdef pthread_mutex_t lock
     cdef Cmd* cmds                # LIFO under lock; reversed when taken
-    cdef Done* done
-    cdef Py_ssize_t done_len
-    cdef Py_ssize_t done_cap
+    cdef Done* done               # finished pairs' reports, newest first, under lock
     cdef Pair* pairs              # all live pairs (engine thread only)
     cdef Pair* zombies            # closed in this batch, freed after it
     cdef Pair* throttled          # pairs with a direction waiting for its rate
@@ -316,8 +319,6 @@ cdef class Engine:
         pthread_mutex_init(&self.lock, NULL)
         self.cmds = NULL
         self.done = NULL
-        self.done_len = 0
-        self.done_cap = 0
         self.pairs = NULL
         self.zombies = NULL
         self.throttled = NULL
@@ -342,6 +343,7 @@ cdef class Engine:
 
     def __dealloc__(self):
         cdef Cmd* c
+        cdef Done* d
         cdef int i
         while self.cmds != NULL:
             c = self.cmds
@@ -355,7 +357,10 @@ cdef class Engine:
             close(self.pool[i].rfd)
             close(self.pool[i].wfd)
             free(self.pool[i])
-        free(self.done)
+        while self.done != NULL:
+            d = self.done
+            self.done = d.next
+            free(d)
         for fd in (self.epfd, self.cmd_fd, self.done_fd):
             if fd >= 0:
                 close(fd)
@@ -399,6 +404,14 @@ cdef class Engine:
         _os.set_blocking(upstream_fd, False)
         p = <Pair*>calloc(1, sizeof(Pair))
         if p == NULL:
+            raise MemoryError()
+        # The report is allocated now, where a failure can still be raised:
+        # the engine thread never allocates to report a finished pair, so no
+        # pair can end unreported (its callback, which frees its limit slot,
+        # always runs).
+        p.report = <Done*>calloc(1, sizeof(Done))
+        if p.report == NULL:
+            free(p)
             raise MemoryError()
         p.id = self.next_id
         self.next_id += 1
@@ -455,27 +468,39 @@ cdef class Engine:
     def collect(self):
         """Run the callbacks of finished pairs (call when done_fileno is readable)."""
         cdef uint64_t counter
-        cdef Done* items
-        cdef Py_ssize_t n, i
+        cdef Done* d
+        cdef Done* nxt
+        cdef Done* items = NULL
+        cdef Py_ssize_t n = 0
         read(self.done_fd, &counter, 8)
         pthread_mutex_lock(&self.lock)
-        items = self.done
-        n = self.done_len
+        d = self.done
         self.done = NULL
-        self.done_len = 0
-        self.done_cap = 0
         pthread_mutex_unlock(&self.lock)
+        while d != NULL:              # oldest first
+            nxt = d.next
+            d.next = items
+            items = d
+            d = nxt
         try:
-            for i in range(n):
-                callback = self._callbacks.pop(items[i].id, None)
+            while items != NULL:
+                d = items
+                items = d.next
+                n += 1
                 self.active -= 1
-                if callback is not None:
-                    try:
-                        callback(items[i].up, items[i].down, REASONS[items[i].reason])
-                    except Exception:
-                        _log.exception("relay close callback failed")
+                try:
+                    callback = self._callbacks.pop(d.id, None)
+                    if callback is not None:
+                        callback(d.up, d.down, REASONS[d.reason])
+                except Exception:
+                    _log.exception("relay close callback failed")
+                finally:
+                    free(d)
         finally:
-            free(items)
+            while items != NULL:      # only when something past Exception escaped
+                d = items
+                items = d.next
+                free(d)
         return n
 
 
@@ -499,6 +524,7 @@ cdef void _free_pair(Pair* p, bint close_fds) noexcept nogil:
         close(p.fds[1])
     _unref(p.shared[0])
     _unref(p.shared[1])
+    free(p.report)                # NULL once _finish has handed it over
     free(p.up.pend)
     free(p.down.pend)
     free(p)
@@ -691,7 +717,7 @@ cdef inline void _drop_pipe(Dir* d) noexcept nogil:
 cdef void _finish(Engine e, Pair* p, int reason) noexcept nogil:
     """Close a pair now and report it; it is freed after the current batch."""
     cdef epoll_event dummy
-    cdef Done* grown
+    cdef Done* d = p.report
     cdef uint64_t one = 1
     if p.dead:
         return
@@ -715,18 +741,16 @@ cdef void _finish(Engine e, Pair* p, int reason) noexcept nogil:
     p.prev = NULL
     p.next = e.zombies
     e.zombies = p
+    # The report came with the pair (add()): nothing here allocates, so
+    # nothing here can lose it.
+    p.report = NULL
+    d.id = p.id
+    d.up = p.up.nbytes
+    d.down = p.down.nbytes
+    d.reason = reason
     pthread_mutex_lock(&e.lock)
-    if e.done_len == e.done_cap:
-        grown = <Done*>realloc_done(e.done, (e.done_cap * 2) if e.done_cap else 64)
-        if grown != NULL:
-            e.done = grown
-            e.done_cap = (e.done_cap * 2) if e.done_cap else 64
-    if e.done_len < e.done_cap:
-        e.done[e.done_len].id = p.id
-        e.done[e.done_len].up = p.up.nbytes
-        e.done[e.done_len].down = p.down.nbytes
-        e.done[e.done_len].reason = reason
-        e.done_len += 1
+    d.next = e.done
+    e.done = d
     pthread_mutex_unlock(&e.lock)
     write(e.done_fd, &one, 8)
 
@@ -775,10 +799,6 @@ cdef int64_t _wake_throttled(Engine e) noexcept nogil:
                 next_us = d.wake_us
         p = p.tnext
     return next_us
-
-
-cdef inline void* realloc_done(Done* items, Py_ssize_t n) noexcept nogil:
-    return realloc(items, n * sizeof(Done))
 
 
 cdef void _service(Engine e, Pair* p, int which, uint32_t events) noexcept nogil:
