@@ -211,6 +211,36 @@ def test_close_and_close_all(bench: Bench) -> None:
         target.close()
 
 
+def test_every_finished_pair_is_reported_once(bench: Bench) -> None:
+    # Many pairs finishing in one engine batch (past any initial queue size):
+    # each report was allocated with its pair, so none can be lost, and a
+    # callback that raises does not cost the others theirs.
+    order: list[int] = []
+    ids = []
+    sockets = []
+    for i in range(300):
+        client, proxy_client = _tcp_pair()
+        proxy_upstream, target = _tcp_pair()
+        sockets += [client, target]
+
+        def report(up: int, down: int, reason: str, i: int = i) -> None:
+            order.append(i)
+            if i % 7 == 0:
+                raise RuntimeError("a failing close callback")
+
+        ids.append(bench.engine.add(proxy_client.detach(), proxy_upstream.detach(), b"", b"",
+                                    0.0, report))
+    bench.engine.close_all("shutdown")
+    deadline = time.monotonic() + 10
+    while len(order) < len(ids) and time.monotonic() < deadline:
+        select.select([bench.engine.done_fileno], [], [], 1.0)
+        bench.engine.collect()
+    assert sorted(order) == list(range(300))
+    assert bench.engine.active == 0
+    for sock in sockets:
+        sock.close()
+
+
 def test_no_descriptor_left_behind(bench: Bench) -> None:
     before = len(os.listdir("/proc/self/fd"))
     for _ in range(3):
