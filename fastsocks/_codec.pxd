@@ -48,6 +48,15 @@ cdef class UdpHeader:
     cdef readonly Py_ssize_t length
 
 
+# The client side (RFC 1928 §6), see parse_reply().
+cdef class Reply:
+    cdef readonly int rep
+    cdef readonly int atyp
+    cdef readonly str host
+    cdef readonly int port
+    cdef readonly Py_ssize_t length
+
+
 cdef class _Buffer:
     cdef bytes _buf
     cdef Py_ssize_t _pos

@@ -299,6 +299,201 @@ def build_udp_header(str host, port, frag=0):
     return _encode_address(host, _uint_arg(port, 0xFFFF, "port"), prefix, 3)
 
 
+# -- the client side (RFC 1928 §3-§6, RFC 1929 §2) ------------------------------------
+#
+# What a SOCKS5 client sends and parses: used by upstream chaining and by
+# ``fastsocks bench`` (fastsocks/net/client.py drives them).  The parsers are
+# functions over the bytes received so far, like parse_proxy_header(): each
+# says NEED_DATA until its message is complete and ProtocolError (X'01') for
+# bytes no SOCKS5 server may send; what follows the message is not theirs.
+
+cdef enum:
+    _REPLY_MIN = 8  # VER REP RSV ATYP, a one-octet name with its length, BND.PORT
+
+
+cdef class Reply:
+    """VER REP RSV ATYP BND.ADDR BND.PORT (RFC 1928 §6); what follows starts at ``length``."""
+
+    def __init__(self, int rep, int atyp, str host, int port, Py_ssize_t length):
+        self.rep = rep
+        self.atyp = atyp
+        self.host = host
+        self.port = port
+        self.length = length
+
+    def __repr__(self):
+        return (f"Reply(rep={self.rep}, atyp={self.atyp}, host={self.host!r}, "
+                f"port={self.port}, length={self.length})")
+
+    def __eq__(self, other):
+        if type(other) is not Reply:
+            return False
+        cdef Reply o = <Reply>other
+        return (o.rep == self.rep and o.atyp == self.atyp and o.host == self.host
+                and o.port == self.port and o.length == self.length)
+
+
+cdef inline Py_ssize_t _octets_arg(object value, Py_ssize_t low, str what) except -1:
+    """The length of ``value``, which must be bytes of ``low`` to 255 octets (one length octet)."""
+    cdef Py_ssize_t n
+    if type(value) is not bytes:
+        raise TypeError(f"{what} must be bytes, not {type(value).__name__}")
+    n = PyBytes_GET_SIZE(value)
+    if n < low or n > 255:
+        raise ValueError(f"{what} must be {low} to 255 octets, got {n}")
+    return n
+
+
+def encode_greeting(methods):
+    """VER NMETHODS METHODS (RFC 1928 §3) offering the method octets ``methods`` (1 to 255)."""
+    cdef Py_ssize_t n = _octets_arg(methods, 1, "methods")
+    cdef bytes out = PyBytes_FromStringAndSize(NULL, 2 + n)
+    cdef unsigned char* p = <unsigned char*>PyBytes_AS_STRING(out)
+    p[0] = 0x05
+    p[1] = <unsigned char>n
+    memcpy(p + 2, PyBytes_AS_STRING(methods), n)
+    return out
+
+
+def encode_userpass(username, password):
+    """VER ULEN UNAME PLEN PASSWD (RFC 1929 §2); each field 1 to 255 raw octets.
+
+    The errors give lengths only: a password never appears in a message.
+    """
+    cdef Py_ssize_t ulen = _octets_arg(username, 1, "username")
+    cdef Py_ssize_t plen = _octets_arg(password, 1, "password")
+    cdef bytes out = PyBytes_FromStringAndSize(NULL, 3 + ulen + plen)
+    cdef unsigned char* p = <unsigned char*>PyBytes_AS_STRING(out)
+    p[0] = 0x01
+    p[1] = <unsigned char>ulen
+    memcpy(p + 2, PyBytes_AS_STRING(username), ulen)
+    p[2 + ulen] = <unsigned char>plen
+    memcpy(p + 3 + ulen, PyBytes_AS_STRING(password), plen)
+    return out
+
+
+def encode_request(command, str host not None, port):
+    """VER CMD RSV ATYP DST.ADDR DST.PORT (RFC 1928 §4) for CONNECT, BIND or UDP ASSOCIATE.
+
+    ValueError for a command other than 1, 2 or 3, and as encode_address().
+    """
+    cdef unsigned char prefix[3]
+    cdef int cmd = _uint_arg(command, 0xFF, "command")
+    if cmd < CMD_CONNECT or cmd > CMD_UDP_ASSOCIATE:
+        raise ValueError(f"command out of range: {command}")
+    prefix[0] = 0x05
+    prefix[1] = <unsigned char>cmd
+    prefix[2] = 0x00
+    return _encode_address(host, _uint_arg(port, 0xFFFF, "port"), prefix, 3)
+
+
+def parse_method_choice(data):
+    """The METHOD the server selected (RFC 1928 §3: VER METHOD, two octets), or NEED_DATA.
+
+    X'FF' (no acceptable method) is returned like any other: what to do with
+    a choice is the client's business.
+    """
+    cdef bytes b = data if type(data) is bytes else bytes(data)
+    cdef const unsigned char* buf = <const unsigned char*>PyBytes_AS_STRING(b)
+    cdef Py_ssize_t end = PyBytes_GET_SIZE(b)
+    if end < 1:
+        return _NEED_DATA
+    if buf[0] != 0x05:
+        raise ProtocolError(f"the peer is not a SOCKS5 server (version {buf[0]:#04x} in its "
+                            "method choice)", REP_GENERAL_FAILURE)
+    if end < 2:
+        return _NEED_DATA
+    return <int>buf[1]
+
+
+def parse_auth_status(data):
+    """The STATUS of an RFC 1929 §2 answer (VER STATUS, two octets; 0 is success), or NEED_DATA."""
+    cdef bytes b = data if type(data) is bytes else bytes(data)
+    cdef const unsigned char* buf = <const unsigned char*>PyBytes_AS_STRING(b)
+    cdef Py_ssize_t end = PyBytes_GET_SIZE(b)
+    if end < 1:
+        return _NEED_DATA
+    if buf[0] != 0x01:
+        raise ProtocolError(f"username/password status version {buf[0]:#04x}, expected 0x01",
+                            REP_GENERAL_FAILURE)
+    if end < 2:
+        return _NEED_DATA
+    return <int>buf[1]
+
+
+# RFC 1928 §6: VER REP RSV ATYP, checked as far as they have come.
+cdef inline int _reply_head(const unsigned char* buf, Py_ssize_t end) except -1:
+    """1 once the four fixed octets are in and valid, 0 while some are missing."""
+    if end < 1:
+        return 0
+    if buf[0] != 0x05:
+        raise ProtocolError(f"bad version in reply: {buf[0]:#04x}, expected 0x05",
+                            REP_GENERAL_FAILURE)
+    if end < 3:
+        return 0
+    # A server must send RSV as X'00'; a client that takes anything else
+    # would take a reply that is off by one octet too.
+    if buf[2] != 0x00:
+        raise ProtocolError(f"reserved byte in reply is {buf[2]:#04x}, not 0",
+                            REP_GENERAL_FAILURE)
+    if end < 4:
+        return 0
+    if buf[3] != ATYP_IPV4 and buf[3] != ATYP_DOMAIN and buf[3] != ATYP_IPV6:
+        raise ProtocolError(f"unknown address type {buf[3]:#04x} in reply", REP_GENERAL_FAILURE)
+    return 1
+
+
+def parse_reply(data):
+    """The server's reply to a request (RFC 1928 §6), or NEED_DATA.
+
+    Failure replies are returned too (``rep`` non-zero): only bytes that
+    cannot be a reply raise ProtocolError.  Bytes after ``length`` belong to
+    the connection (the relayed data, or BIND's second reply).
+    """
+    cdef bytes b = data if type(data) is bytes else bytes(data)
+    cdef const unsigned char* buf = <const unsigned char*>PyBytes_AS_STRING(b)
+    cdef Py_ssize_t end = PyBytes_GET_SIZE(b), pos = 4
+    cdef int port
+    cdef str host
+    cdef Reply r
+    if not _reply_head(buf, end):
+        return _NEED_DATA
+    host = _parse_address(buf, &pos, end, buf[3], &port)
+    if host is None:
+        return _NEED_DATA
+    r = Reply.__new__(Reply)
+    r.rep = buf[1]
+    r.atyp = buf[3]
+    r.host = host
+    r.port = port
+    r.length = pos
+    return r
+
+
+def reply_size(data):
+    """How many octets the reply that starts with ``data`` has, as far as they tell.
+
+    Exact once ATYP (and, for a name, its length octet) has come; before
+    that the least any reply has (8).  Never more than the reply: a client
+    that reads no more than this never reads into the data relayed after it.
+    Raises ProtocolError as parse_reply() does.
+    """
+    cdef bytes b = data if type(data) is bytes else bytes(data)
+    cdef const unsigned char* buf = <const unsigned char*>PyBytes_AS_STRING(b)
+    cdef Py_ssize_t end = PyBytes_GET_SIZE(b)
+    if not _reply_head(buf, end):
+        return _REPLY_MIN
+    if buf[3] == ATYP_IPV4:
+        return 4 + 4 + 2
+    if buf[3] == ATYP_IPV6:
+        return 4 + 16 + 2
+    if end < 5:
+        return _REPLY_MIN
+    if buf[4] == 0:
+        raise ProtocolError("empty domain name", REP_GENERAL_FAILURE)
+    return 4 + 1 + <Py_ssize_t>buf[4] + 2
+
+
 cdef class _Buffer:
     """The bytes received and how far they are parsed: what every parser here shares."""
 

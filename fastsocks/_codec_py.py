@@ -3,8 +3,10 @@
 Both implementations behave identically (the test suite runs every case on
 both and compares them with hypothesis).  Feed bytes with ``receive_data()``,
 pull events with ``next_event()``, and get the bytes to send from the
-``send_*()`` methods.  Nothing here does I/O, DNS or policy; the only
-exception that escapes is ``ProtocolError``.
+``send_*()`` methods.  The client side (``encode_*()`` and the
+``parse_*()`` functions over the bytes received so far) serves upstream
+chaining and ``fastsocks bench``.  Nothing here does I/O, DNS or policy; the
+only exception that escapes is ``ProtocolError``.
 """
 
 from __future__ import annotations
@@ -19,18 +21,40 @@ from .errors import ProtocolError
 __all__ = [
     "IMPLEMENTATION",
     "NEED_DATA",
+    # the server side (RFC 1928, RFC 1929)
     "Greeting",
     "UserPass",
     "Request",
-    "UdpHeader",
     "ServerCodec",
     "encode_address",
+    # UDP datagrams (RFC 1928 §7)
+    "UdpHeader",
     "parse_udp_header",
     "build_udp_header",
+    # the client side (RFC 1928 §3-§6, RFC 1929 §2)
+    "Reply",
+    "encode_greeting",
+    "encode_userpass",
+    "encode_request",
+    "parse_method_choice",
+    "parse_auth_status",
+    "parse_reply",
+    "reply_size",
+    # PROXY protocol
     "ProxyHeader",
     "parse_proxy_header",
     "PROXY_V1_MAX",
     "PROXY_V2_SIGNATURE",
+    # GSSAPI message framing (RFC 1961)
+    "GssMessage",
+    "GssFramer",
+    "gss_frame",
+    "GSS_ABORT",
+    "GSS_TOKEN_MAX",
+    "GSS_MTYP_AUTH",
+    "GSS_MTYP_PROTECTION",
+    "GSS_MTYP_DATA",
+    "GSS_MTYP_ABORT",
 ]
 
 IMPLEMENTATION = "py"
@@ -200,6 +224,164 @@ def build_udp_header(host: str, port: int, frag: int = 0) -> bytes:
     """RSV FRAG ATYP DST.ADDR DST.PORT for a datagram going back to the client."""
     frag = _uint_arg(frag, 0xFF, "frag")
     return b"\x00\x00" + bytes((frag,)) + encode_address(host, port)
+
+
+# -- the client side (RFC 1928 §3-§6, RFC 1929 §2) ------------------------------------
+#
+# What a SOCKS5 client sends and parses: used by upstream chaining and by
+# ``fastsocks bench`` (fastsocks/net/client.py drives them).  The parsers are
+# functions over the bytes received so far, like parse_proxy_header(): each
+# says NEED_DATA until its message is complete and ProtocolError (X'01') for
+# bytes no SOCKS5 server may send; what follows the message is not theirs.
+
+_REPLY_MIN = 8  # VER REP RSV ATYP, a one-octet name with its length, BND.PORT
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """VER REP RSV ATYP BND.ADDR BND.PORT (RFC 1928 §6); what follows starts at ``length``."""
+
+    rep: int
+    atyp: int
+    host: str
+    port: int
+    length: int
+
+
+def _octets_arg(value: bytes, low: int, what: str) -> int:
+    """The length of ``value``, which must be bytes of ``low`` to 255 octets (one length octet)."""
+    if type(value) is not bytes:
+        raise TypeError(f"{what} must be bytes, not {type(value).__name__}")
+    n = len(value)
+    if not low <= n <= 255:
+        raise ValueError(f"{what} must be {low} to 255 octets, got {n}")
+    return n
+
+
+def encode_greeting(methods: bytes) -> bytes:
+    """VER NMETHODS METHODS (RFC 1928 §3) offering the method octets ``methods`` (1 to 255)."""
+    n = _octets_arg(methods, 1, "methods")
+    return bytes((0x05, n)) + methods
+
+
+def encode_userpass(username: bytes, password: bytes) -> bytes:
+    """VER ULEN UNAME PLEN PASSWD (RFC 1929 §2); each field 1 to 255 raw octets.
+
+    The errors give lengths only: a password never appears in a message.
+    """
+    ulen = _octets_arg(username, 1, "username")
+    plen = _octets_arg(password, 1, "password")
+    return bytes((0x01, ulen)) + username + bytes((plen,)) + password
+
+
+def encode_request(command: int, host: str, port: int) -> bytes:
+    """VER CMD RSV ATYP DST.ADDR DST.PORT (RFC 1928 §4) for CONNECT, BIND or UDP ASSOCIATE.
+
+    ValueError for a command other than 1, 2 or 3, and as encode_address().
+    """
+    if type(host) is not str:  # as the C codec's typed argument, before the others
+        raise TypeError(f"host must be str, not {type(host).__name__}")
+    cmd = _uint_arg(command, 0xFF, "command")
+    if not 0x01 <= cmd <= 0x03:
+        raise ValueError(f"command out of range: {command}")
+    return bytes((0x05, cmd, 0x00)) + encode_address(host, port)
+
+
+def parse_method_choice(data: bytes) -> int | _NeedData:
+    """The METHOD the server selected (RFC 1928 §3: VER METHOD, two octets), or NEED_DATA.
+
+    X'FF' (no acceptable method) is returned like any other: what to do with
+    a choice is the client's business.
+    """
+    if type(data) is not bytes:
+        data = bytes(data)
+    if len(data) < 1:
+        return NEED_DATA
+    if data[0] != 0x05:
+        raise ProtocolError(f"the peer is not a SOCKS5 server (version {data[0]:#04x} in its "
+                            "method choice)", _REP_GENERAL_FAILURE)
+    if len(data) < 2:
+        return NEED_DATA
+    return data[1]
+
+
+def parse_auth_status(data: bytes) -> int | _NeedData:
+    """The STATUS of an RFC 1929 §2 answer (VER STATUS, two octets; 0 is success), or NEED_DATA."""
+    if type(data) is not bytes:
+        data = bytes(data)
+    if len(data) < 1:
+        return NEED_DATA
+    if data[0] != 0x01:
+        raise ProtocolError(f"username/password status version {data[0]:#04x}, expected 0x01",
+                            _REP_GENERAL_FAILURE)
+    if len(data) < 2:
+        return NEED_DATA
+    return data[1]
+
+
+# RFC 1928 §6: VER REP RSV ATYP, checked as far as they have come.
+def _reply_head(buf: bytes, end: int) -> bool:
+    """True once the four fixed octets are in and valid, False while some are missing."""
+    if end < 1:
+        return False
+    if buf[0] != 0x05:
+        raise ProtocolError(f"bad version in reply: {buf[0]:#04x}, expected 0x05",
+                            _REP_GENERAL_FAILURE)
+    if end < 3:
+        return False
+    # A server must send RSV as X'00'; a client that takes anything else
+    # would take a reply that is off by one octet too.
+    if buf[2] != 0x00:
+        raise ProtocolError(f"reserved byte in reply is {buf[2]:#04x}, not 0",
+                            _REP_GENERAL_FAILURE)
+    if end < 4:
+        return False
+    if buf[3] not in (_ATYP_IPV4, _ATYP_DOMAIN, _ATYP_IPV6):
+        raise ProtocolError(f"unknown address type {buf[3]:#04x} in reply", _REP_GENERAL_FAILURE)
+    return True
+
+
+def parse_reply(data: bytes) -> Reply | _NeedData:
+    """The server's reply to a request (RFC 1928 §6), or NEED_DATA.
+
+    Failure replies are returned too (``rep`` non-zero): only bytes that
+    cannot be a reply raise ProtocolError.  Bytes after ``length`` belong to
+    the connection (the relayed data, or BIND's second reply).
+    """
+    if type(data) is not bytes:
+        data = bytes(data)
+    end = len(data)
+    if not _reply_head(data, end):
+        return NEED_DATA
+    parsed = _parse_address(data, 4, end, data[3])
+    if parsed is None:
+        return NEED_DATA
+    host, port, pos = parsed
+    return Reply(data[1], data[3], host, port, pos)
+
+
+def reply_size(data: bytes) -> int:
+    """How many octets the reply that starts with ``data`` has, as far as they tell.
+
+    Exact once ATYP (and, for a name, its length octet) has come; before
+    that the least any reply has (8).  Never more than the reply: a client
+    that reads no more than this never reads into the data relayed after it.
+    Raises ProtocolError as parse_reply() does.
+    """
+    if type(data) is not bytes:
+        data = bytes(data)
+    end = len(data)
+    if not _reply_head(data, end):
+        return _REPLY_MIN
+    if data[3] == _ATYP_IPV4:
+        return 4 + 4 + 2
+    if data[3] == _ATYP_IPV6:
+        return 4 + 16 + 2
+    if end < 5:
+        return _REPLY_MIN
+    if data[4] == 0:
+        raise ProtocolError("empty domain name", _REP_GENERAL_FAILURE)
+    return 4 + 1 + data[4] + 2
 
 
 class _Buffer:
@@ -599,17 +781,13 @@ def parse_proxy_header(data: bytes) -> ProxyHeader | _NeedData:
 # tokens go to python-gssapi (fastsocks/gssapi.py), and which MTYP is valid
 # when is the session's business.
 
-GSS_VERSION = 0x01
+_GSS_VERSION = 0x01  # not exported: the C codec keeps it in an enum
 GSS_MTYP_AUTH = 0x01
 GSS_MTYP_PROTECTION = 0x02
 GSS_MTYP_DATA = 0x03
 GSS_MTYP_ABORT = 0xFF
 GSS_ABORT = b"\x01\xff"  # §3.8: the whole abort message
 GSS_TOKEN_MAX = 0xFFFF  # LEN is two octets
-
-__all__ += ["GssMessage", "GssFramer", "gss_frame", "GSS_ABORT", "GSS_TOKEN_MAX",
-            "GSS_MTYP_AUTH", "GSS_MTYP_PROTECTION", "GSS_MTYP_DATA", "GSS_MTYP_ABORT"]
-
 
 @dataclass(frozen=True, slots=True)
 class GssMessage:
@@ -637,7 +815,7 @@ class GssFramer(_Buffer):
         buf, pos, end = self._buf, self._pos, len(self._buf)
         if end - pos < 1:
             return NEED_DATA
-        if buf[pos] != GSS_VERSION:
+        if buf[pos] != _GSS_VERSION:
             raise ProtocolError(f"GSSAPI message version {buf[pos]:#04x}, expected 0x01",
                                 _REP_GENERAL_FAILURE)
         if end - pos < 2:
@@ -675,4 +853,4 @@ def gss_frame(mtyp: int, token: bytes) -> bytes:
         raise ValueError(f"GSSAPI message type out of range: {mtyp}")
     if n > GSS_TOKEN_MAX:
         raise ValueError(f"GSSAPI token of {n} octets: at most {GSS_TOKEN_MAX}")
-    return bytes((GSS_VERSION, m, n >> 8, n & 0xFF)) + token
+    return bytes((_GSS_VERSION, m, n >> 8, n & 0xFF)) + token

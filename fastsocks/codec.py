@@ -23,6 +23,14 @@ ServerCodec = _impl.ServerCodec
 encode_address = _impl.encode_address
 parse_udp_header = _impl.parse_udp_header
 build_udp_header = _impl.build_udp_header
+Reply = _impl.Reply
+encode_greeting = _impl.encode_greeting
+encode_userpass = _impl.encode_userpass
+encode_request = _impl.encode_request
+parse_method_choice = _impl.parse_method_choice
+parse_auth_status = _impl.parse_auth_status
+parse_reply = _impl.parse_reply
+reply_size = _impl.reply_size
 GssMessage = _impl.GssMessage
 GssFramer = _impl.GssFramer
 gss_frame = _impl.gss_frame
@@ -43,6 +51,14 @@ __all__ = [
     "encode_address",
     "parse_udp_header",
     "build_udp_header",
+    "Reply",
+    "encode_greeting",
+    "encode_userpass",
+    "encode_request",
+    "parse_method_choice",
+    "parse_auth_status",
+    "parse_reply",
+    "reply_size",
     "GssMessage",
     "GssFramer",
     "gss_frame",

@@ -855,3 +855,18 @@ def test_build_udp_header_bad_host(impl: ModuleType) -> None:
         impl.build_udp_header("", 53)
     with pytest.raises(ValueError):
         impl.build_udp_header("1:2:3", 53)
+
+
+# --------------------------------------------------------------------------
+# One public API for both implementations.
+
+
+def test_twin_all_is_the_public_api() -> None:
+    """``_codec_py.__all__`` names what it defines, and the C codec has the same names."""
+    public = {n for n in vars(ci.PY) if not n.startswith("_")}
+    imported = {"annotations", "operator", "socket", "dataclass", "Phase", "ProtocolError"}
+    assert set(ci.PY.__all__) == public - imported
+    assert len(ci.PY.__all__) == len(set(ci.PY.__all__))
+    if ci.C is not None:
+        assert {n for n in dir(ci.C) if not n.startswith("_")} - {"ProtocolError"} == set(
+            ci.PY.__all__)
