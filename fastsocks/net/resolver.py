@@ -60,10 +60,13 @@ _IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT",
 class ConnectError(Exception):
     """Resolving or connecting failed; ``reply`` is the SOCKS code to send."""
 
-    def __init__(self, reply: int, reason: str) -> None:
+    def __init__(self, reply: int, reason: str, timed_out: bool = False) -> None:
         super().__init__(reason)
         self.reply = reply
         self.reason = reason
+        # The connect timeout ran out (X'04' either way; the access log and
+        # the metrics tell it apart from an unreachable host).
+        self.timed_out = timed_out
 
 
 def reply_for_errno(err: int | None) -> int:
@@ -180,7 +183,7 @@ class Connector:
         self.on_done = on_done
         self.deadline = loop.time() + timeout
         self.index = 0
-        self.failures: list[tuple[int, str]] = []
+        self.failures: list[tuple[int, str, bool]] = []  # (reply, why, timed out)
         self.sock: Any = None
         self.sockaddr: Any = None
         self.timer: asyncio.TimerHandle | None = None
@@ -256,7 +259,7 @@ class Connector:
     def _timed_out(self) -> None:
         self.timer = None
         self._drop()
-        self._failed(Reply.HOST_UNREACHABLE, "connect timed out")
+        self._failed(Reply.HOST_UNREACHABLE, "connect timed out", True)
         self.start()
 
     def _drop(self, close: bool = True) -> None:
@@ -272,13 +275,14 @@ class Connector:
     def _succeeded(self, sock: Any) -> None:
         self.on_done(sock, None)
 
-    def _failed(self, reply: int, reason: str) -> None:
-        self.failures.append((reply, f"{self.sockaddr[0]} port {self.sockaddr[1]}: {reason}"))
+    def _failed(self, reply: int, reason: str, timed_out: bool = False) -> None:
+        self.failures.append((reply, f"{self.sockaddr[0]} port {self.sockaddr[1]}: {reason}",
+                              timed_out))
 
     def _give_up(self) -> None:
         if not self.failures:
-            self.on_done(None, ConnectError(Reply.HOST_UNREACHABLE, "connect timed out"))
+            self.on_done(None, ConnectError(Reply.HOST_UNREACHABLE, "connect timed out", True))
             return
-        reply, reason = min(self.failures,
-                            key=lambda f: _PRECEDENCE.index(f[0]) if f[0] in _PRECEDENCE else 99)
-        self.on_done(None, ConnectError(reply, reason))
+        reply, reason, timed_out = min(
+            self.failures, key=lambda f: _PRECEDENCE.index(f[0]) if f[0] in _PRECEDENCE else 99)
+        self.on_done(None, ConnectError(reply, reason, timed_out))

@@ -28,15 +28,13 @@ import json
 import logging
 import os
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from ..control.record import CloseRecord
 from ..errors import ConfigError
 from ..net.address import format_address
 
-if TYPE_CHECKING:
-    from ..control.session import Session
-
-__all__ = ["AccessLog", "close_reason", "check_access_log", "FORMATS"]
+__all__ = ["AccessLog", "check_access_log", "FORMATS"]
 
 log = logging.getLogger("fastsocks.access")
 
@@ -47,60 +45,6 @@ FLUSH_BYTES = 64 * 1024
 _COMMANDS = {1: "CONNECT", 2: "BIND", 3: "UDP_ASSOCIATE"}
 # One encoder for every line (json.dumps with options builds one per call).
 _encode_json = json.JSONEncoder(separators=(",", ":")).encode
-
-# Failure replies (RFC 1928 §6) as close reasons.
-_REPLY_REASONS = {
-    1: "general_failure",
-    2: "rule_denied",
-    3: "network_unreachable",
-    4: "host_unreachable",
-    5: "refused",
-    6: "bind_timeout",
-    7: "command_not_supported",
-    8: "address_type_not_supported",
-}
-
-# The session's own reasons (free text, for its debug log) as short tokens.
-_PREFIXES = (
-    ("handshake timeout", "handshake_timeout"),
-    ("PROXY protocol header timeout", "proxy_protocol_timeout"),
-    ("PROXY protocol: not from a trusted", "proxy_protocol_untrusted"),
-    ("PROXY protocol", "proxy_protocol_error"),
-    ("client closed", "client_closed"),
-    ("client error", "client_reset"),
-    ("no acceptable authentication method", "no_acceptable_method"),
-    ("authentication failed", "auth_failed"),
-    ("protocol error", "protocol_error"),
-    ("UDP association idle", "idle_timeout"),
-    ("target closed before", "upstream_closed"),
-    ("shutdown", "shutdown"),
-    ("limit ", "limit_reached"),
-)
-
-
-def close_reason(session: Session, text: str) -> str:
-    """A short token saying why ``session`` ended (``text``: the session's reason).
-
-    The relays already report tokens (eof, client_reset, upstream_reset,
-    idle_timeout, shutdown, ...); failures before the relay are named after
-    the session's reason, else after the reply code sent.
-    """
-    if " " not in text and ":" not in text:
-        return text  # already a token
-    for prefix, token in _PREFIXES:
-        if text.startswith(prefix):
-            if token == "client_closed" and session.udp is not None and session.reply == 0:
-                return "eof"  # a UDP association ends when its TCP connection does
-            return token
-    reply = session.reply
-    if reply == 4 and text.endswith("timed out"):
-        return "connect_timeout"
-    if reply == 2 and "refused a connection from" in text:
-        return "bind_peer_refused"
-    if reply is not None and reply in _REPLY_REASONS:
-        return _REPLY_REASONS[reply]
-    return "error"
-
 
 def check_access_log(path: str) -> None:
     """Fail at start-up, naming the file, if the log cannot be opened."""
@@ -128,7 +72,7 @@ def _text(value: str) -> str:
 
 
 class AccessLog:
-    """Formats a line per finished session and writes them in batches."""
+    """Formats a line per finished connection (its CloseRecord) and writes them in batches."""
 
     def __init__(self, path: str, fmt: str = "text",
                  loop: asyncio.AbstractEventLoop | None = None) -> None:
@@ -153,51 +97,49 @@ class AccessLog:
             self._stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
         return f"{self._stamp}.{int((now - second) * 1000):03d}Z"
 
-    def write(self, session: Session, reason: str, bytes_up: int, bytes_down: int) -> None:
+    def write(self, record: CloseRecord) -> None:
         if self.fd < 0:
             return  # closed: the server has stopped
-        request = session.request
-        if request is not None:
-            command: str | None = _COMMANDS.get(request.command, str(request.command))
-            target: str | None = format_address(request.host, request.port)
+        if record.command is not None:
+            command: str | None = _COMMANDS.get(record.command, str(record.command))
+            target: str | None = format_address(record.host or "", record.port or 0)
         else:
             command = target = None
-        dialled = session.dialled
-        peer = session.peer
-        udp = session.udp
-        duration = round(time.monotonic() - session.started, 3)
-        token = close_reason(session, reason)
+        client = format_address(*record.client) if record.client else None
+        dialled = format_address(*record.dialled) if record.dialled else None
+        duration = round(record.duration, 3)
+        udp = record.datagrams_up is not None
         if self.json:
-            record: dict[str, Any] = {
+            fields: dict[str, Any] = {
                 "time": self._time(),
-                "client": format_address(peer[0], peer[1]) if peer else None,
-                "user": session.user,
+                "client": client,
+                "user": record.user,
                 "command": command,
                 "target": target,
-                "dialled": format_address(dialled[0], dialled[1]) if dialled else None,
-                "reply": session.reply,
-                "bytes_up": bytes_up,
-                "bytes_down": bytes_down,
+                "dialled": dialled,
+                "reply": record.reply,
+                "bytes_up": record.bytes_up,
+                "bytes_down": record.bytes_down,
                 "duration": duration,
-                "reason": token,
+                "reason": record.reason.value,
             }
-            if udp is not None:
-                record["datagrams_up"] = udp.datagrams_up
-                record["datagrams_down"] = udp.datagrams_down
-            line = _encode_json(record) + "\n"
+            if udp:
+                fields["datagrams_up"] = record.datagrams_up
+                fields["datagrams_down"] = record.datagrams_down
+            line = _encode_json(fields) + "\n"
         else:
-            user = session.user
-            reply = session.reply
+            user = record.user
+            reply = record.reply
             line = (
-                f"{self._time()} {format_address(peer[0], peer[1]) if peer else '-'} "
+                f"{self._time()} {client or '-'} "
                 f"{_text(user) if user is not None else '-'} {command or '-'} "
                 f"{_text(target) if target is not None else '-'} "
-                f"{format_address(dialled[0], dialled[1]) if dialled else '-'} "
-                f"{reply if reply is not None else '-'} {bytes_up} {bytes_down} "
-                f"{duration:.3f} {token}"
+                f"{dialled or '-'} "
+                f"{reply if reply is not None else '-'} {record.bytes_up} {record.bytes_down} "
+                f"{duration:.3f} {record.reason.value}"
             )
-            if udp is not None:
-                line += f" datagrams={udp.datagrams_up}/{udp.datagrams_down}"
+            if udp:
+                line += f" datagrams={record.datagrams_up}/{record.datagrams_down}"
             line += "\n"
         self._buf.append(line)
         self._size += len(line)

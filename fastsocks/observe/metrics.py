@@ -34,15 +34,12 @@ import shutil
 import socket
 import tempfile
 import threading
-import time
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
 from ..control.limits import LIMIT_NAMES
+from ..control.record import CloseReason, CloseRecord
 
-if TYPE_CHECKING:
-    from ..control.session import Session
-
-__all__ = ["Metrics", "get_metrics", "MetricsServer", "serve_metrics", "multiprocess_dir",
+__all__ = ["Metrics", "get_metrics", "MetricsServer", "serve_metrics",
            "setup_multiprocess", "worker_exited", "cleanup_multiprocess", "NAMES"]
 
 log = logging.getLogger("fastsocks.metrics")
@@ -68,12 +65,12 @@ _COMMANDS = {1: "connect", 2: "bind", 3: "udp_associate"}
 # resolves a name and connects across the world tens to hundreds of ms.
 _HANDSHAKE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
                       1.0, 2.5, 5.0, 10.0)
-# Close reasons (see ``accesslog.close_reason``) that are timeouts, by kind.
+# Close reasons that are timeouts, by kind (the label of fastsocks_timeouts_total).
 _TIMEOUT_KINDS = {
-    "handshake_timeout": "handshake",
-    "connect_timeout": "connect",
-    "idle_timeout": "idle",
-    "bind_timeout": "bind",
+    CloseReason.HANDSHAKE_TIMEOUT: "handshake",
+    CloseReason.CONNECT_TIMEOUT: "connect",
+    CloseReason.IDLE_TIMEOUT: "idle",
+    CloseReason.BIND_TIMEOUT: "bind",
 }
 
 _ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -188,13 +185,14 @@ class Metrics:
     def requested(self, command: int) -> None:
         self.counts[command if 0 < command <= 3 else 0] += 1
 
-    def replied(self, session: Session, code: int, first: bool) -> None:
+    def replied(self, code: int, handshake: float | None) -> None:
+        """A reply went out; ``handshake``: seconds since accept, for the first reply only."""
         if code < _REPLY_CODES:
             self.counts[_REPLY + code] += 1
         else:  # not a code fastsocks sends; counted all the same
             self.replies_total.labels(str(code)).inc()
-        if first:
-            seconds = time.monotonic() - session.started
+        if handshake is not None:
+            seconds = handshake
             if self._batch_histogram:
                 # The sum first: a flush in the scrape thread reads the counts
                 # before the sum, so a handshake it counts has its time summed.
@@ -207,23 +205,24 @@ class Metrics:
     def limited(self, limit: str) -> None:
         self.counts[_LIMIT_SLOTS[limit]] += 1
 
-    def closed(self, session: Session, reason: str, bytes_up: int, bytes_down: int) -> None:
+    def closed(self, record: CloseRecord) -> None:
         counts = self.counts
         self.active -= 1
-        if session.request is None:
+        if record.command is None:
             counts[0] += 1
-        counts[_BYTES_UP] += bytes_up
-        counts[_BYTES_DOWN] += bytes_down
-        udp = session.udp
-        if udp is not None:
-            counts[_DGRAMS_UP] += udp.datagrams_up
-            counts[_DGRAMS_DOWN] += udp.datagrams_down
-            counts[_DGRAMS_DROPPED] += udp.dropped
-        if reason in _TIMEOUT_SLOTS:
-            counts[_TIMEOUT_SLOTS[reason]] += 1
-        elif reason == "auth_failed":
+        counts[_BYTES_UP] += record.bytes_up
+        counts[_BYTES_DOWN] += record.bytes_down
+        if record.datagrams_up is not None:
+            counts[_DGRAMS_UP] += record.datagrams_up
+            counts[_DGRAMS_DOWN] += record.datagrams_down or 0
+            counts[_DGRAMS_DROPPED] += record.dropped or 0
+        reason = record.reason
+        slot = _TIMEOUT_SLOTS.get(reason)
+        if slot is not None:
+            counts[slot] += 1
+        elif reason is CloseReason.AUTH_FAILED:
             counts[_AUTH_FAILURES] += 1
-        elif reason == "rule_denied":
+        elif reason is CloseReason.RULE_DENIED:
             counts[_RULE_DENIALS] += 1
 
     # -- into prometheus_client -------------------------------------------------
@@ -311,10 +310,6 @@ def setup_multiprocess() -> str:
     # its value class was chosen without the directory: choose again.
     values.ValueClass = values.get_value_class()
     return path
-
-
-def multiprocess_dir() -> str | None:
-    return os.environ.get(_ENV)
 
 
 def worker_exited(pid: int) -> None:

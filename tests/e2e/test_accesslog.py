@@ -21,7 +21,6 @@ import pytest
 
 from procs import wait_lines
 
-from fastsocks.observe.accesslog import close_reason
 
 WAIT = 5.0  # seconds a line may take to reach the file (written at most 1 s late)
 
@@ -323,40 +322,6 @@ def test_unwritable_access_log_is_a_start_up_error(tmp_path: Path,
                      str(tmp_path / "no" / "such" / "dir" / "access.log"))
     assert result.returncode == 2
     assert b"access log" in result.stderr and b"no/such/dir" in result.stderr
-
-
-# -- close reasons ----------------------------------------------------------------------------
-
-
-class _FakeSession:
-    def __init__(self, reply: int | None, udp: Any = None) -> None:
-        self.reply = reply
-        self.udp = udp
-
-
-@pytest.mark.parametrize("text, reply, udp, token", [
-    ("eof", 0, None, "eof"),
-    ("client_reset", 0, None, "client_reset"),
-    ("idle_timeout", 0, None, "idle_timeout"),
-    ("shutdown", None, None, "shutdown"),
-    ("handshake timeout", None, None, "handshake_timeout"),
-    ("authentication failed for user 'alice'", None, None, "auth_failed"),
-    ("no acceptable authentication method", None, None, "no_acceptable_method"),
-    ("protocol error: unknown command", 7, None, "protocol_error"),
-    ("client closed during handshake", None, None, "client_closed"),
-    ("client closed during handshake", 0, object(), "eof"),
-    ("client error: [Errno 104] reset", None, None, "client_reset"),
-    ("UDP association idle", 0, object(), "idle_timeout"),
-    ("CONNECT 127.0.0.1 port 1: 127.0.0.1 port 1: Connection refused", 5, None, "refused"),
-    ("CONNECT 10.0.0.1 port 1: 10.0.0.1 port 1: connect timed out", 4, None, "connect_timeout"),
-    ("CONNECT x.invalid port 1: cannot resolve 'x.invalid'", 4, None, "host_unreachable"),
-    ("CONNECT 10.0.0.1 port 22: denied by rule 3", 2, None, "rule_denied"),
-    ("BIND 1.2.3.4 port 0: refused a connection from 5.6.7.8 port 9", 2, None,
-     "bind_peer_refused"),
-    ("BIND 0.0.0.0 port 0: no connection within 2 s", 6, None, "bind_timeout"),
-])
-def test_close_reasons(text: str, reply: int | None, udp: Any, token: str) -> None:
-    assert close_reason(_FakeSession(reply, udp), text) == token  # type: ignore[arg-type]
 
 
 def test_rule_denial_logs_reply_2(tmp_path: Path, fastsocks_server: Callable[..., Any],

@@ -1,0 +1,162 @@
+"""Deciding a request: the limits per user, the access rules, the authorize hook.
+
+The request is in and reading is paused.  Each check either refuses (X'02'
+for a limit, a rule or the hook; X'01' when the hook fails) or lets the
+request through to its command's stage.  Rules are judged in two passes
+(``control/rules.py`` has the semantics): the request as sent here, and
+for a name each resolved address later (``_allowed``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING, Any
+
+from ..constants import Command, Reply
+from ..hooks import RequestInfo
+from ..net.address import format_peer
+from .record import CloseReason, State
+from .rules import UNKNOWN, TargetFilter, describe_target
+from .rules import log as rules_log
+
+if TYPE_CHECKING:
+    from .session import Session
+
+__all__ = ["DecideStage"]
+
+log = logging.getLogger("fastsocks.session")
+
+_COMMAND_NAMES = {Command.CONNECT: "connect", Command.BIND: "bind",
+                  Command.UDP_ASSOCIATE: "udp_associate"}
+
+
+class DecideStage:
+    """The DECIDING state of a ``Session``."""
+
+    __slots__ = ()
+
+    def _on_request(self: Session, request: Any) -> None:
+        self.request = request
+        self.state = State.DECIDING
+        self.transport.pause_reading()
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        server = self.server
+        if server.metrics is not None:
+            server.metrics.requested(request.command)
+        if self.user is not None and self.held is not None:
+            denial = self.held.owner.admit_user(self.held, self.user,
+                                                self.peer[0] if self.peer else None)
+            if denial is not None:  # the user is known: a SOCKS answer, X'02'
+                self._refuse(Reply.NOT_ALLOWED, CloseReason.LIMIT_REACHED,
+                             f"limit {denial} reached")
+                return
+        policy = server.policy
+        if policy is not None and not self._admit(policy, request):
+            return
+        if server.authorize is not None:
+            self.task = asyncio.ensure_future(self._authorize(request))
+            return
+        self._dispatch(request)
+
+    async def _authorize(self: Session, request: Any) -> None:
+        """The embedding application's access hook: True goes on, False is X'02'."""
+        peer = self.peer
+        info = RequestInfo((peer[0], peer[1]) if peer else ("", 0), self.user,
+                           _COMMAND_NAMES.get(request.command, "?"), request.host, request.port)
+        timeout = self.server.settings.handshake_timeout
+        try:
+            allowed = await asyncio.wait_for(self.server.authorize(info), timeout)
+        except Exception as exc:
+            if self.closed:
+                return
+            if isinstance(exc, asyncio.TimeoutError):
+                log.error("the authorize hook did not answer within %g s for %s", timeout,
+                          self._what())
+            else:
+                log.exception("the authorize hook failed for %s", self._what())
+            self._refuse(Reply.GENERAL_FAILURE, CloseReason.GENERAL_FAILURE,
+                         f"{self._what()}: authorize hook failed")
+            return
+        if self.closed:
+            return
+        if not allowed:
+            if rules_log.isEnabledFor(logging.INFO):
+                rules_log.info("%s %s: denied by the authorize hook", format_peer(self.peer),
+                               self._what())
+            self._refuse(Reply.NOT_ALLOWED, CloseReason.RULE_DENIED,
+                         f"{self._what()}: denied by the authorize hook")
+            return
+        self._dispatch(request)
+
+    def _dispatch(self: Session, request: Any) -> None:
+        """Carry out a request the rules (and the authorize hook) allowed."""
+        command = request.command
+        rule = self.rule
+        # A UDP association is chained per datagram target (udp.py), not here.
+        if rule is not None and rule.upstream is not None \
+                and command != Command.UDP_ASSOCIATE:
+            if command != Command.CONNECT:  # BIND is not chained (net/upstream.py)
+                self._refuse(Reply.COMMAND_NOT_SUPPORTED, CloseReason.COMMAND_NOT_SUPPORTED,
+                             f"{self._what()}: rules[{rule.index}] sends it to upstream "
+                             f"{rule.upstream}, which only carries CONNECT and UDP datagrams")
+                return
+            # The name goes to the upstream unresolved: it resolves it.
+            self.state = State.CONNECTING
+            self.task = asyncio.ensure_future(self._chain(request.host))
+        elif command == Command.CONNECT:
+            self.state = State.CONNECTING
+            self._start_connect(request)
+        elif command == Command.BIND:
+            self.state = State.BINDING
+            self.task = asyncio.ensure_future(self._bind(request))
+        else:
+            self.task = asyncio.ensure_future(self._udp_associate(request))
+
+    # -- access rules -------------------------------------------------------
+
+    def _admit(self: Session, policy: Any, request: Any) -> bool:
+        """Pass 1 on the request; False when denied (X'02' sent, closing).
+
+        An IP literal is judged completely here; a name again per resolved
+        address (``_allowed``).  A BIND to 0.0.0.0 (any peer) and a UDP
+        ASSOCIATE name no destination yet: their peer and each datagram's
+        target are judged when they are known.
+        """
+        peer = self.peer
+        command = request.command
+        targets = self.targets = TargetFilter(
+            policy, policy.subject(peer[0] if peer else None, self.user), command)
+        if command == Command.UDP_ASSOCIATE:  # DST is where the client sends from
+            denial = targets.decide(UNKNOWN, UNKNOWN, UNKNOWN)
+        elif command == Command.BIND and request.host in ("0.0.0.0", "::"):
+            denial = targets.decide(None, UNKNOWN, request.port)
+        else:
+            denial = targets.early(request.host, request.port)
+        if denial is not None:
+            self._deny(denial)
+            return False
+        self.rule = targets.rule
+        return True
+
+    def _allowed(self: Session, addresses: list[Any]) -> list[Any]:
+        """Pass 2: the resolved addresses the rules allow; none: denied (X'02')."""
+        request = self.request
+        targets = self.targets
+        allowed = targets.allowed(request.host, request.port, addresses)
+        if not allowed:
+            self._deny(targets.denial, addresses[0][1][0] if addresses else None)
+        else:
+            self.rule = targets.rule
+        return allowed  # type: ignore[no-any-return]
+
+    def _deny(self: Session, denial: Any, address: str | None = None) -> None:
+        """A rule or the SSRF default refused: log at INFO, reply X'02', close."""
+        request = self.request
+        what = describe_target(request.command, request.host, request.port, address)
+        if rules_log.isEnabledFor(logging.INFO):
+            user = f" user {self.user!r}" if self.user is not None else ""
+            rules_log.info("%s%s %s: %s", format_peer(self.peer), user, what, denial)
+        self._refuse(Reply.NOT_ALLOWED, CloseReason.RULE_DENIED, f"{what}: {denial}")
