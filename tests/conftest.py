@@ -1,4 +1,11 @@
-"""Fixtures for the end-to-end tests: real ``fastsocks`` processes, local targets.
+"""Fixtures for the whole suite: implementations, real ``fastsocks`` processes, local targets.
+
+The parameters every layer of tests shares are defined here once: ``impl``
+(the Cython codec and its pure twin), ``relay`` (the splice engine and the
+protocol relay) and ``udp_path`` (datagrams in C or in asyncio), plus the
+loop x implementation ``combo`` of the end-to-end matrix.  Servers are started
+by the one launcher in ``launcher.py`` (``fastsocks_server``, ``start_proxy``,
+``proxy``, ``hostile_server``).
 
 Everything here talks to loopback only (127.0.0.1 and ::1) and binds port 0;
 every wait is bounded.  Helpers that test modules need are handed out through
@@ -8,214 +15,52 @@ modules do not depend on how pytest puts ``tests/`` on ``sys.path``.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import http.server
 import ipaddress
-import os
-import re
+import resource
 import shutil
-import signal
 import socket
 import struct
 import subprocess
-import sys
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import Any, Callable, Iterator
 
 import pytest
 
-from builds import HAVE_EXTENSION, IMPLS
-from procs import UdpEcho
+import codec_impls
+from builds import HAVE_EXTENSION, IMPLS, RELAYS, UDP_PATHS
+from launcher import FastsocksProcess, ServerLauncher, clean_env, fastsocks_command, log_errors
+from procs import EchoProcess, UdpEcho
 
-START_TIMEOUT = 10.0  # seconds to wait for the "listening on" line
-STOP_TIMEOUT = 5.0  # seconds a SIGTERM'd server gets to exit
-
-# "fastsocks 0.1.0 listening on 127.0.0.1:41234, [::1]:40000 (auth: none; accelerated (...), uvloop)"
-_LISTENING_RE = re.compile(
-    r"fastsocks (?P<version>\S+) listening on (?P<addresses>.+?) \(auth: (?P<auth>[^;]*); "
-    r"(?P<impl>.+), (?P<loop>uvloop|asyncio)\)\s*$",
-    re.MULTILINE,
-)
-_ADDRESS_RE = re.compile(r"\[(?P<v6>[^\]]+)\]:(?P<p6>\d+)|(?P<v4>[^,\s]+):(?P<p4>\d+)")
-
-# Environment variables that would make a client go through some other proxy.
-_PROXY_VARS = ("http_proxy", "https_proxy", "all_proxy", "no_proxy", "ftp_proxy")
+# -- implementations, relays, datagram paths ----------------------------------
 
 
-def clean_env(extra: dict[str, str] | None = None) -> dict[str, str]:
-    """The test process's environment without proxy settings or implementation switches."""
-    env = {k: v for k, v in os.environ.items() if k.lower() not in _PROXY_VARS}
-    env.pop("FASTSOCKS_NO_EXTENSIONS", None)
-    env["PYTHONUNBUFFERED"] = "1"
-    if extra:
-        env.update(extra)
-    return env
+@pytest.fixture(params=codec_impls.IMPL_PARAMS)
+def impl(request: pytest.FixtureRequest) -> ModuleType:
+    """The codec module under test: the Cython one (id "c") or its pure twin ("py")."""
+    return request.param
 
 
-def fastsocks_command() -> list[str]:
-    """How to run the server: this interpreter, so it is the installed package."""
-    return [sys.executable, "-m", "fastsocks"]
+@pytest.fixture(params=RELAYS)
+def relay(request: pytest.FixtureRequest) -> str:
+    """A ``--relay`` value: "splice" (the C engine, where built) and "protocol"."""
+    return request.param
+
+
+@pytest.fixture(scope="module", params=UDP_PATHS)
+def udp_path(request: pytest.FixtureRequest) -> str:
+    """Which datagram path: "c" (_datagram, recvmmsg/sendmmsg) or "py" (asyncio)."""
+    return request.param
 
 
 # -- the server process ----------------------------------------------------
 
-
-@dataclass
-class FastsocksProcess:
-    """A running ``fastsocks`` subprocess and what it logged."""
-
-    proc: subprocess.Popen[bytes]
-    log_path: Path
-    addresses: list[tuple[str, int]] = field(default_factory=list)
-    auth: str = ""
-    impl: str = ""
-    loop: str = ""
-    check_log: bool = True
-
-    @property
-    def host(self) -> str:
-        return self.addresses[0][0]
-
-    @property
-    def port(self) -> int:
-        return self.addresses[0][1]
-
-    @property
-    def address(self) -> tuple[str, int]:
-        return self.addresses[0]
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    @property
-    def url(self) -> str:
-        return f"socks5://{self.host}:{self.port}"
-
-    def address_for(self, family: int) -> tuple[str, int]:
-        for host, port in self.addresses:
-            if (":" in host) == (family == socket.AF_INET6):
-                return host, port
-        raise AssertionError(f"the server does not listen on a {family!r} address: {self.addresses}")
-
-    @property
-    def log(self) -> str:
-        return self.log_path.read_text(encoding="utf-8", errors="replace")
-
-    def rss_kib(self) -> int:
-        status = Path(f"/proc/{self.pid}/status").read_text()
-        match = re.search(r"^VmRSS:\s+(\d+) kB", status, re.MULTILINE)
-        assert match, status
-        return int(match.group(1))
-
-    def fd_count(self) -> int:
-        return len(os.listdir(f"/proc/{self.pid}/fd"))
-
-    def wait_for_fds(self, at_most: int, timeout: float = 5.0) -> int:
-        """Poll until the server holds at most ``at_most`` fds; the last count."""
-        deadline = time.monotonic() + timeout
-        count = self.fd_count()
-        while count > at_most and time.monotonic() < deadline:
-            time.sleep(0.05)
-            count = self.fd_count()
-        return count
-
-    def stop(self, signum: int = signal.SIGTERM, timeout: float = STOP_TIMEOUT) -> int:
-        """Send ``signum`` and wait for the exit status (kill and fail on a hang)."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signum)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-                pytest.fail(
-                    f"fastsocks did not exit within {timeout} s of signal {signum}; log:\n{self.log}"
-                )
-        return self.proc.returncode
-
-
-def parse_addresses(text: str) -> list[tuple[str, int]]:
-    out = []
-    for m in _ADDRESS_RE.finditer(text):
-        if m.group("v6"):
-            out.append((m.group("v6"), int(m.group("p6"))))
-        else:
-            out.append((m.group("v4"), int(m.group("p4"))))
-    return out
-
-
-def _has_error(log: str) -> bool:
-    return "Traceback" in log or " ERROR " in log or " CRITICAL " in log
-
-
-class ServerLauncher:
-    """Starts ``fastsocks`` processes with logs under ``directory``; stops them all."""
-
-    def __init__(self, directory: Path) -> None:
-        self.directory = directory
-        self.started: list[FastsocksProcess] = []
-
-    def start(self, *args: str, env: dict[str, str] | None = None, check_log: bool = True,
-              default_listen: bool = False, default_workers: bool = False) -> FastsocksProcess:
-        argv = list(args)
-        if "--listen" not in argv and not default_listen:
-            argv = ["--listen", "127.0.0.1:0", *argv]
-        if "--workers" not in argv and not default_workers:
-            # One process unless a test asks: its fds, memory and log are the server's.
-            argv = ["--workers", "1", *argv]
-        log_path = self.directory / f"fastsocks-{len(self.started)}.log"
-        with open(log_path, "wb") as log_file:
-            proc = subprocess.Popen(
-                [*fastsocks_command(), *argv],
-                stdin=subprocess.DEVNULL,
-                stdout=log_file,
-                stderr=subprocess.STDOUT,
-                env=clean_env(env),
-            )
-        server = FastsocksProcess(proc, log_path, check_log=check_log)
-        self.started.append(server)
-        deadline = time.monotonic() + START_TIMEOUT
-        while True:
-            match = _LISTENING_RE.search(server.log)
-            if match:
-                break
-            if proc.poll() is not None:
-                pytest.fail(f"fastsocks {argv} exited with {proc.returncode} before listening:\n{server.log}")
-            if time.monotonic() > deadline:
-                pytest.fail(f"fastsocks {argv} did not log 'listening on' within {START_TIMEOUT} s:\n{server.log}")
-            time.sleep(0.02)
-        server.addresses = parse_addresses(match.group("addresses"))
-        server.auth = match.group("auth")
-        server.impl = match.group("impl")
-        server.loop = match.group("loop")
-        assert server.addresses, match.group(0)
-        return server
-
-    def stop_all(self) -> None:
-        """SIGTERM each server still running: exit 0 in time, clean log; else fail."""
-        problems = []
-        for server in self.started:
-            if server.proc.poll() is not None:  # a test stopped it and checked the status
-                continue
-            server.proc.send_signal(signal.SIGTERM)
-            try:
-                server.proc.wait(STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                server.proc.kill()
-                server.proc.wait(5)
-                problems.append(f"fastsocks (pid {server.pid}) did not exit within {STOP_TIMEOUT} s of SIGTERM")
-                continue
-            log = server.log
-            if server.proc.returncode != 0:
-                problems.append(f"fastsocks exited with {server.proc.returncode} after SIGTERM; log:\n{log}")
-            elif server.check_log and _has_error(log):
-                problems.append(f"fastsocks logged an error or a traceback:\n{log}")
-        if problems:
-            pytest.fail("\n".join(problems))
 
 
 @pytest.fixture
@@ -231,6 +76,28 @@ def fastsocks_server(tmp_path: Path) -> Iterator[Callable[..., FastsocksProcess]
     launcher = ServerLauncher(tmp_path)
     yield launcher.start
     launcher.stop_all()
+
+
+@pytest.fixture
+def hostile_server(fastsocks_server: Callable[..., FastsocksProcess]) -> Callable[..., FastsocksProcess]:
+    """``fastsocks_server`` for the adversarial and load tests.
+
+    A server under thousands of connections gets more time to start and to
+    stop, and one that exits on its own during the test fails it.  Pass
+    ``nofile=N`` to run it under a lower RLIMIT_NOFILE.
+    """
+    return functools.partial(fastsocks_server, must_survive=True, start_timeout=15.0, stop_timeout=10.0)
+
+
+@pytest.fixture(scope="module")
+def raise_nofile() -> Iterator[int]:
+    """Raise this process's RLIMIT_NOFILE to its hard limit (servers inherit it)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    try:
+        yield hard
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
 # -- loop x implementation matrix -----------------------------------------
@@ -326,7 +193,7 @@ def proxy(_shared_proxy: FastsocksProcess) -> Iterator[FastsocksProcess]:
     if _shared_proxy.proc.poll() is not None:
         pytest.fail(f"fastsocks exited with {_shared_proxy.proc.returncode} during the test:\n{_shared_proxy.log}")
     new = _shared_proxy.log[before:]
-    if _has_error(new):
+    if log_errors(new):
         pytest.fail(f"fastsocks logged an error or a traceback during the test:\n{new}")
 
 
@@ -453,6 +320,14 @@ def echo_handler(conn: socket.socket) -> None:
 @pytest.fixture
 def echo_target(tcp_target: Callable[..., TcpTarget]) -> TcpTarget:
     return tcp_target(echo_handler)
+
+
+@pytest.fixture
+def echo_process() -> Iterator[EchoProcess]:
+    """An echo server in its own process that can hold thousands of connections."""
+    target = EchoProcess()
+    yield target
+    target.close()
 
 
 @pytest.fixture

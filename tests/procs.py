@@ -6,7 +6,6 @@ import json
 import os
 import random
 import select
-import signal
 import socket
 import subprocess
 import sys
@@ -14,6 +13,8 @@ import threading
 import time
 from pathlib import Path
 from typing import Any
+
+from launcher import clean_env
 
 
 def children(pid: int) -> list[int]:
@@ -88,58 +89,62 @@ class UdpEcho:
         self.sock.close()
 
 
-class ServerProcess:
-    """``python -m fastsocks ARGS`` whose log (stderr) is read in a thread.
+# Echoes every connection until EOF, then closes it; raises its own descriptor
+# limit so it can hold thousands.  Prints its port; exits when stdin closes.
+_ECHO_PROCESS = r"""
+import asyncio, resource, sys
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
-    Returns once the server logged its "listening on" line; ``ports`` are the
-    ports of that line in order, ``lines`` every log line so far.  For tests
-    that signal the process themselves (the ``fastsocks_server`` fixture of
-    conftest.py stops its servers for the test).
+class Echo(asyncio.Protocol):
+    def connection_made(self, transport):
+        self.transport = transport
+    def data_received(self, data):
+        self.transport.write(data)
+        if self.transport.get_write_buffer_size() > 1 << 20:
+            self.transport.pause_reading()
+    def pause_writing(self):
+        self.transport.pause_reading()
+    def resume_writing(self):
+        self.transport.resume_reading()
+    def eof_received(self):
+        return False
+
+async def main():
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(Echo, "127.0.0.1", 0, backlog=4096)
+    print(server.sockets[0].getsockname()[1], flush=True)
+    await loop.run_in_executor(None, sys.stdin.read)
+    server.close()
+
+asyncio.run(main())
+"""
+
+
+class EchoProcess:
+    """A TCP echo server on 127.0.0.1 in its own process (the ``echo_process`` fixture).
+
+    Unlike the threaded ``echo_target`` it holds thousands of connections
+    without taking descriptors or CPU from the test process.
     """
 
-    def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
-        self.proc = subprocess.Popen([sys.executable, "-m", "fastsocks", *args],
-                                     stderr=subprocess.PIPE, text=True, env=env)
-        assert self.proc.stderr is not None
-        self.lines: list[str] = []
-        while True:
-            line = self.proc.stderr.readline()
-            assert line, "".join(self.lines)
-            self.lines.append(line)
-            if " listening on " in line:
-                break
-        listening = line.split(" listening on ", 1)[1].split(" (", 1)[0]
-        self.ports = [int(a.rpartition(":")[2]) for a in listening.split(", ")]
-        self.port = self.ports[0]
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
+    def __init__(self) -> None:
+        self.proc = subprocess.Popen([sys.executable, "-c", _ECHO_PROCESS], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, env=clean_env())
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        assert line.strip().isdigit(), f"echo process did not start: {line!r}"
+        self.address = ("127.0.0.1", int(line))
 
-    def _read(self) -> None:
-        assert self.proc.stderr is not None
-        for line in self.proc.stderr:
-            self.lines.append(line)
-
-    @property
-    def log(self) -> str:
-        return "".join(self.lines)
-
-    def wait_log(self, text: str, timeout: float = 5.0) -> None:
-        deadline = time.monotonic() + timeout
-        while text not in self.log:
-            assert time.monotonic() < deadline, f"{text!r} never logged:\n{self.log}"
-            time.sleep(0.02)
-
-    def wait(self, timeout: float) -> int:
-        """The exit status, once the log is read to its end."""
-        code = self.proc.wait(timeout)
-        self._reader.join(5)
-        assert self.proc.stderr is not None
-        self.proc.stderr.close()
-        return code
-
-    def stop(self, timeout: float = 20.0) -> int:
-        self.proc.send_signal(signal.SIGTERM)
-        return self.wait(timeout)
+    def close(self) -> None:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.close()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+        self.proc.stdout.close()
 
 
 def terminate(proc: subprocess.Popen[Any]) -> None:

@@ -1,22 +1,18 @@
-"""Hostile load against a real fastsocks process (issue 8).
+"""Hostile clients against a real fastsocks process (issue 8).
 
-Slowloris clients, thousands of idle relayed connections, descriptor
-exhaustion, slow readers, resets and black holes in the middle of things, and
-garbage next to clients that must still get every byte intact.  Each test
-starts its own server and checks what a hostile client can take from it: its
-descriptors (``/proc/PID/fd``, sockets and pipes counted apart: the splice
+Descriptor exhaustion, slow readers, resets and black holes in the middle of
+things, and garbage next to clients that must still get every byte intact
+(the thousands-of-clients runs are in tests/load/).  Each test starts its own
+server (``hostile_server``) and checks what a hostile client can take from it:
+its descriptors (``/proc/PID/fd``, sockets and pipes counted apart: the splice
 engine keeps a bounded pool of empty pipes on purpose), its memory
 (``VmRSS``), its log, and its answers to the clients that behave.
 
 Everything talks to loopback only (127.0.0.1), binds port 0, and every loop
 is bounded in count and time.  The long variants are marked ``soak`` (not in
-the default run: ``pytest -m soak tests/test_adversarial.py``); each has a
+the default run: ``pytest -m soak tests/e2e/test_adversarial.py``); each has a
 fast twin that runs by default.  Measured figures are printed with the prefix
 ``adversarial:`` (``pytest -s`` shows them).
-
-This module is self-contained on purpose (its own launcher and targets): it
-needs processes with their own descriptor limits and targets in their own
-processes, which the shared fixtures do not offer.
 
 Found here and fixed, each with its regression test:
 
@@ -34,237 +30,25 @@ from __future__ import annotations
 import asyncio
 import collections
 import hashlib
-import importlib.util
-import os
 import random
 import re
-import resource
-import signal
 import socket
 import struct
-import subprocess
-import sys
 import threading
 import time
-from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import pytest
 
-MiB = 1 << 20
-START_TIMEOUT = 15.0
-STOP_TIMEOUT = 10.0
-# The splice engine exists where the extension is built on Linux; a pure
-# install (FASTSOCKS_NO_EXTENSIONS=1 at build time) has the protocol relay only.
-HAVE_ENGINE = sys.platform.startswith("linux") and importlib.util.find_spec("fastsocks._engine") is not None
-RELAYS = ("splice", "protocol") if HAVE_ENGINE else ("protocol",)
-HANDSHAKE_TIMEOUT = 2.0
-# The splice engine pools up to 64 empty pipes (two fds each) for reuse; they
-# are not per-connection state, so leak checks count sockets, and pipes only
-# against this bound.
-PIPE_POOL_FDS = 2 * 64
+from builds import RELAYS
+from hostile import (GREETING, HANDSHAKE_TIMEOUT, MiB, baseline, close_writer, pattern,
+                     recv_until_closed, request, say, settle_sockets, socks_connect,
+                     sync_connect)
+from launcher import FastsocksProcess
+from procs import EchoProcess
 
-_LISTENING_RE = re.compile(r"listening on 127\.0\.0\.1:(\d+) ")
-_PROXY_VARS = ("http_proxy", "https_proxy", "all_proxy", "no_proxy", "ftp_proxy")
-
-
-def say(text: str) -> None:
-    print(f"adversarial: {text}", flush=True)
-
-
-# -- descriptor limits of the test process -------------------------------------
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _raise_nofile() -> Iterator[int]:
-    """Raise this process's RLIMIT_NOFILE to its hard limit (servers inherit it)."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    try:
-        yield hard
-    finally:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
-
-
-# -- a fastsocks process --------------------------------------------------------
-
-
-def _env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k.lower() not in _PROXY_VARS}
-    env.pop("FASTSOCKS_NO_EXTENSIONS", None)
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
-
-
-class Proxy:
-    """``fastsocks`` on 127.0.0.1:0 with its log in a file; optionally under a
-    lower RLIMIT_NOFILE (``prlimit``, so the limit is in force from exec on)."""
-
-    def __init__(self, log_path: Path, args: list[str], nofile: int | None = None) -> None:
-        self.log_path = log_path
-        argv = [sys.executable, "-m", "fastsocks", "--listen", "127.0.0.1:0",
-                *(() if "--workers" in args else ("--workers", "1")), *args]
-        if nofile is not None:
-            argv = ["prlimit", f"--nofile={nofile}:{nofile}", "--", *argv]
-        with open(log_path, "wb") as log:
-            self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log,
-                                         stderr=subprocess.STDOUT, env=_env())
-        deadline = time.monotonic() + START_TIMEOUT
-        while True:
-            match = _LISTENING_RE.search(self.log)
-            if match:
-                break
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.proc.kill()
-                self.proc.wait(5)
-                pytest.fail(f"fastsocks {args} did not start:\n{self.log}")
-            time.sleep(0.02)
-        self.port = int(match.group(1))
-        self.address = ("127.0.0.1", self.port)
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    @property
-    def log(self) -> str:
-        return self.log_path.read_text(encoding="utf-8", errors="replace")
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def rss_kib(self) -> int:
-        status = Path(f"/proc/{self.pid}/status").read_text()
-        match = re.search(r"^VmRSS:\s+(\d+) kB", status, re.MULTILINE)
-        assert match, status
-        return int(match.group(1))
-
-    def fds(self) -> collections.Counter[str]:
-        """Open descriptors by kind: socket, pipe, anon_inode, file."""
-        kinds: collections.Counter[str] = collections.Counter()
-        base = f"/proc/{self.pid}/fd"
-        for name in os.listdir(base):
-            try:
-                link = os.readlink(f"{base}/{name}")
-            except FileNotFoundError:  # closed while we looked
-                continue
-            kinds[link.split(":", 1)[0] if ":" in link else "file"] += 1
-        return kinds
-
-    def wait_sockets(self, at_most: int, timeout: float = 10.0) -> collections.Counter[str]:
-        """Poll until the server holds at most ``at_most`` sockets; the last count."""
-        deadline = time.monotonic() + timeout
-        fds = self.fds()
-        while fds["socket"] > at_most and time.monotonic() < deadline:
-            time.sleep(0.05)
-            fds = self.fds()
-        return fds
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-                pytest.fail(f"fastsocks did not exit within {STOP_TIMEOUT} s of SIGTERM:\n{self.log[-5000:]}")
-        return self.proc.returncode
-
-
-def _log_errors(log: str) -> list[str]:
-    return [line for line in log.splitlines()
-            if "Traceback" in line or " ERROR " in line or " CRITICAL " in line]
-
-
-@pytest.fixture
-def start_proxy(tmp_path: Path) -> Iterator[Callable[..., Proxy]]:
-    """Factory: ``start_proxy(*args, nofile=None, check_log=True)``.
-
-    At teardown every server gets SIGTERM and must exit 0 in time; unless
-    ``check_log=False``, its log must hold no ERROR line and no traceback.
-    """
-    started: list[tuple[Proxy, bool]] = []
-
-    def start(*args: str, nofile: int | None = None, check_log: bool = True) -> Proxy:
-        proxy = Proxy(tmp_path / f"fastsocks-{len(started)}.log", list(args), nofile)
-        started.append((proxy, check_log))
-        return proxy
-
-    yield start
-    problems = []
-    for proxy, check_log in started:
-        was_alive = proxy.alive()
-        code = proxy.stop()
-        if not was_alive:
-            problems.append(f"fastsocks died during the test (exit {code}):\n{proxy.log[-5000:]}")
-        elif code != 0:
-            problems.append(f"fastsocks exited {code} after SIGTERM:\n{proxy.log[-5000:]}")
-        elif check_log and _log_errors(proxy.log):
-            problems.append("fastsocks logged errors:\n" + "\n".join(_log_errors(proxy.log)[:20]))
-    if problems:
-        pytest.fail("\n".join(problems))
-
-
-# -- an echo target in its own process ----------------------------------------------
-
-# Echoes every connection until EOF, then closes it; raises its own descriptor
-# limit so it can hold thousands.  Prints its port; exits when stdin closes.
-_ECHO_TARGET = r"""
-import asyncio, resource, sys
-soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-
-class Echo(asyncio.Protocol):
-    def connection_made(self, transport):
-        self.transport = transport
-    def data_received(self, data):
-        self.transport.write(data)
-        if self.transport.get_write_buffer_size() > 1 << 20:
-            self.transport.pause_reading()
-    def pause_writing(self):
-        self.transport.pause_reading()
-    def resume_writing(self):
-        self.transport.resume_reading()
-    def eof_received(self):
-        return False
-
-async def main():
-    loop = asyncio.get_running_loop()
-    server = await loop.create_server(Echo, "127.0.0.1", 0, backlog=4096)
-    print(server.sockets[0].getsockname()[1], flush=True)
-    await loop.run_in_executor(None, sys.stdin.read)
-    server.close()
-
-asyncio.run(main())
-"""
-
-
-class EchoTarget:
-    def __init__(self) -> None:
-        self.proc = subprocess.Popen([sys.executable, "-c", _ECHO_TARGET], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, env=_env())
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()
-        assert line.strip().isdigit(), f"echo target did not start: {line!r}"
-        self.address = ("127.0.0.1", int(line))
-
-    def close(self) -> None:
-        assert self.proc.stdin is not None and self.proc.stdout is not None
-        self.proc.stdin.close()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(5)
-        self.proc.stdout.close()
-
-
-@pytest.fixture
-def echo_target() -> Iterator[EchoTarget]:
-    target = EchoTarget()
-    yield target
-    target.close()
+# Servers and clients hold many descriptors: raise this process's limit.
+pytestmark = pytest.mark.usefixtures("raise_nofile")
 
 
 # -- threaded targets with a scripted behaviour ------------------------------------
@@ -338,348 +122,6 @@ def thread_target() -> Iterator[Callable[[Callable[[socket.socket], None]], Thre
         target.close()
 
 
-# -- SOCKS5 on the client side ------------------------------------------------------
-
-
-def request(host: str, port: int, command: int = 1) -> bytes:
-    """VER CMD RSV ATYP DST.ADDR DST.PORT for an IPv4 literal or a name."""
-    try:
-        addr = b"\x01" + socket.inet_aton(host)
-        assert host.count(".") == 3
-    except (OSError, AssertionError):
-        name = host.encode()
-        addr = b"\x03" + bytes((len(name),)) + name
-    return b"\x05" + bytes((command,)) + b"\x00" + addr + struct.pack(">H", port)
-
-
-GREETING = b"\x05\x01\x00"
-
-
-async def read_reply(reader: asyncio.StreamReader) -> int:
-    """The method selection and the CONNECT reply; returns REP."""
-    method = await reader.readexactly(2)
-    assert method == b"\x05\x00", method
-    head = await reader.readexactly(4)
-    assert head[0] == 5 and head[2] == 0, head
-    atyp = head[3]
-    size = {1: 4, 4: 16}.get(atyp)
-    if size is None:
-        assert atyp == 3, head
-        size = (await reader.readexactly(1))[0]
-    await reader.readexactly(size + 2)
-    return head[1]
-
-
-async def close_writer(writer: asyncio.StreamWriter) -> None:
-    writer.close()
-    try:
-        await asyncio.wait_for(writer.wait_closed(), 5)
-    except (OSError, asyncio.TimeoutError):
-        pass
-
-
-async def socks_connect(proxy: tuple[str, int], target: tuple[str, int], *,
-                        timeout: float = 10.0) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, int]:
-    """Greeting and CONNECT in one packet; returns the streams and REP.
-    The caller closes the writer (also after a failure reply)."""
-    reader, writer = await asyncio.wait_for(asyncio.open_connection(*proxy), timeout)
-    try:
-        writer.write(GREETING + request(*target))
-        rep = await asyncio.wait_for(read_reply(reader), timeout)
-    except BaseException:
-        await close_writer(writer)
-        raise
-    return reader, writer, rep
-
-
-def sync_connect(proxy: tuple[str, int], host: str, port: int, timeout: float = 10.0,
-                 rcvbuf: int | None = None) -> tuple[socket.socket, int]:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    try:
-        if rcvbuf is not None:
-            # Before connect: shrinking it later would not shrink the window
-            # already offered, and the kernel would drop data (retransmit stalls).
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
-        sock.settimeout(timeout)
-        sock.connect(proxy)
-        sock.sendall(GREETING + request(host, port))
-        data = b""
-        while len(data) < 12:  # 05 00 + IPv4 reply (fastsocks replies with IPv4 here)
-            chunk = sock.recv(12 - len(data))
-            if not chunk:
-                raise AssertionError(f"closed after {data!r}")
-            data += chunk
-        assert data[:2] == b"\x05\x00" and data[2] == 5, data
-        return sock, data[3]
-    except BaseException:
-        sock.close()
-        raise
-
-
-def pattern(n: int, seed: int) -> bytes:
-    return random.Random(seed).randbytes(n)
-
-
-def recv_until_closed(sock: socket.socket, timeout: float) -> tuple[int, str]:
-    """Read until EOF or reset: (bytes, how it ended); AssertionError on a hang."""
-    sock.settimeout(timeout)
-    total = 0
-    while True:
-        try:
-            chunk = sock.recv(1 << 20)
-        except ConnectionResetError:
-            return total, "reset"
-        except socket.timeout:
-            raise AssertionError(f"still open after {timeout} s ({total} bytes read)") from None
-        if not chunk:
-            return total, "eof"
-        total += len(chunk)
-
-
-# ==================================================================================
-# Slowloris
-# ==================================================================================
-
-SLOW_GREETING = b"\x05\xff" + bytes(range(255))  # 257 bytes: never done at 2 bytes/s
-
-
-async def _slowloris(proxy: Proxy, echo: tuple[str, int], clients: int) -> dict[str, Any]:
-    cut: list[float] = []
-    problems: list[str] = []
-    limit = HANDSHAKE_TIMEOUT + 10.0
-
-    async def slow(kind: str) -> None:
-        # Timed from before the connect: the server's clock starts at its
-        # accept, which is after this, so a cut can never look early (the
-        # client's own loop may resume long after the kernel connected).
-        start = time.monotonic()
-        try:
-            reader, writer = await asyncio.wait_for(asyncio.open_connection(*proxy.address), 10)
-        except (OSError, asyncio.TimeoutError) as exc:
-            problems.append(f"{kind}: could not connect: {exc!r}")
-            return
-        try:
-            if kind == "silent":
-                data = await asyncio.wait_for(reader.read(1), limit)
-            else:  # dribble one byte of a long greeting every 0.5 s
-                data = None
-                for i in range(len(SLOW_GREETING)):
-                    try:
-                        writer.write(SLOW_GREETING[i:i + 1])
-                    except (ConnectionError, RuntimeError):
-                        break
-                    try:
-                        data = await asyncio.wait_for(reader.read(1), 0.5)
-                        break
-                    except asyncio.TimeoutError:
-                        if time.monotonic() - start > limit:
-                            raise
-            cut.append(time.monotonic() - start)
-            if data:
-                problems.append(f"{kind}: got {data!r} instead of a close")
-        except ConnectionError:
-            cut.append(time.monotonic() - start)
-        except asyncio.TimeoutError:
-            problems.append(f"{kind}: still open after {limit} s")
-        finally:
-            await close_writer(writer)
-
-    latencies: list[float] = []
-    failures: list[str] = []
-    done = asyncio.Event()
-
-    async def normal() -> None:
-        n = 0
-        while not done.is_set() and n < 2000:
-            n += 1
-            t0 = time.monotonic()
-            try:
-                reader, writer, rep = await socks_connect(proxy.address, echo, timeout=10)
-                try:
-                    assert rep == 0, rep
-                    writer.write(b"ping %d" % n)
-                    assert await asyncio.wait_for(reader.readexactly(len(b"ping %d" % n)), 10) == b"ping %d" % n
-                finally:
-                    await close_writer(writer)
-            except (OSError, AssertionError, asyncio.TimeoutError, asyncio.IncompleteReadError) as exc:
-                failures.append(repr(exc))
-            latencies.append(time.monotonic() - t0)
-            await asyncio.sleep(0.02)
-
-    kinds = ["silent", "dribble"] * (clients // 2)
-    normal_task = asyncio.ensure_future(normal())
-    # Open them in waves so the accept queue is never the limit being tested.
-    tasks = []
-    for i in range(0, len(kinds), 100):
-        tasks += [asyncio.ensure_future(slow(k)) for k in kinds[i:i + 100]]
-        await asyncio.sleep(0.01)
-    peak_sockets = 0
-    while not all(t.done() for t in tasks):
-        peak_sockets = max(peak_sockets, proxy.fds()["socket"])
-        await asyncio.sleep(0.25)
-    await asyncio.gather(*tasks)
-    done.set()
-    await normal_task
-    return dict(cut=cut, problems=problems, latencies=latencies, failures=failures,
-                peak_sockets=peak_sockets)
-
-
-def _percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
-def _run_slowloris(start_proxy: Callable[..., Proxy], relay: str, clients: int) -> None:
-    echo = EchoTarget()
-    try:
-        proxy = start_proxy("--relay", relay, "--handshake-timeout", str(HANDSHAKE_TIMEOUT))
-        base = proxy.fds()
-        out = asyncio.run(_slowloris(proxy, echo.address, clients))
-        after = proxy.wait_sockets(base["socket"])
-    finally:
-        echo.close()
-    cut, lat = out["cut"], out["latencies"]
-    say(f"slowloris {relay}: {clients} slow clients (half silent, half 1 byte/0.5 s), "
-        f"handshake timeout {HANDSHAKE_TIMEOUT} s: cut after min {min(cut):.2f} / median "
-        f"{_percentile(cut, 0.5):.2f} / max {max(cut):.2f} s; peak server sockets "
-        f"{out['peak_sockets']}; meanwhile {len(lat)} normal handshakes+echo, "
-        f"p50 {_percentile(lat, 0.5) * 1000:.1f} ms, p99 {_percentile(lat, 0.99) * 1000:.1f} ms, "
-        f"max {max(lat) * 1000:.1f} ms, {len(out['failures'])} failed")
-    assert not out["problems"], out["problems"][:10]
-    assert len(cut) == clients
-    # Cut at the handshake timeout: not before it, and not long after it.
-    assert min(cut) >= HANDSHAKE_TIMEOUT - 0.1, min(cut)
-    assert max(cut) <= HANDSHAKE_TIMEOUT + 3.0, max(cut)
-    # The slow ones were really all there at once.
-    assert out["peak_sockets"] >= clients * 0.9 + base["socket"], out["peak_sockets"]
-    # The normal client kept getting through, never waiting out a timeout.
-    assert not out["failures"], out["failures"][:10]
-    assert len(lat) >= 10
-    assert max(lat) < HANDSHAKE_TIMEOUT, max(lat)
-    assert after["socket"] <= base["socket"], (base, after)
-    assert proxy.alive()
-
-
-@pytest.mark.parametrize("relay", RELAYS)
-def test_slowloris(start_proxy, relay):
-    """1 000 slowloris clients: all cut at the handshake timeout, normal handshakes unharmed."""
-    _run_slowloris(start_proxy, relay, 1000)
-
-
-# ==================================================================================
-# Many idle relayed connections
-# ==================================================================================
-
-
-async def _open_idle(proxy: tuple[str, int], target: tuple[str, int], n: int,
-                     concurrency: int = 200) -> list[tuple[asyncio.StreamReader, asyncio.StreamWriter]]:
-    sem = asyncio.Semaphore(concurrency)
-    conns: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
-    errors: list[str] = []
-
-    async def one() -> None:
-        async with sem:
-            try:
-                reader, writer, rep = await socks_connect(proxy, target, timeout=30)
-            except (OSError, AssertionError, asyncio.TimeoutError, asyncio.IncompleteReadError) as exc:
-                errors.append(repr(exc))
-                return
-            conns.append((reader, writer))
-            if rep != 0:
-                errors.append(f"REP {rep}")
-
-    await asyncio.gather(*(one() for _ in range(n)))
-    if errors:
-        await asyncio.gather(*(close_writer(w) for _, w in conns))
-        raise AssertionError(f"{len(errors)} of {n} connections failed: {errors[:5]}")
-    # A sample proves the relays really carry bytes.
-    for i, (reader, writer) in enumerate(conns[:: max(1, n // 50)]):
-        writer.write(b"x%d" % i)
-        assert await asyncio.wait_for(reader.readexactly(len(b"x%d" % i)), 10) == b"x%d" % i
-    return conns
-
-
-def _idle_round(proxies: list[Proxy], target: tuple[str, int], per_proxy: int) -> dict[str, Any]:
-    """Open ``per_proxy`` idle relayed connections through each proxy, measure, close all."""
-
-    async def run() -> dict[str, Any]:
-        t0 = time.monotonic()
-        conns = []
-        for proxy in proxies:
-            conns.append(await _open_idle(proxy.address, target, per_proxy))
-        opened = time.monotonic() - t0
-        await asyncio.sleep(0.5)
-        held = [(p.fds(), p.rss_kib()) for p in proxies]
-        for group in conns:
-            await asyncio.gather(*(close_writer(w) for _, w in group))
-        return dict(opened=opened, held=held)
-
-    return asyncio.run(run())
-
-
-def _run_idle(start_proxy: Callable[..., Proxy], relay: str, n: int, processes: int) -> None:
-    per_proxy = n // processes
-    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
-    # Two fds per relayed connection in the server, plus its own few.
-    assert 2 * per_proxy + 100 <= hard, f"{per_proxy} connections need a RLIMIT_NOFILE above {hard}"
-    echo = EchoTarget()
-    try:
-        proxies = [start_proxy("--relay", relay, "--idle-timeout", "0") for _ in range(processes)]
-        base = [_baseline(proxy, echo.address) for proxy in proxies]
-        base_rss = [p.rss_kib() for p in proxies]
-        # Three rounds: the first grows the allocator's pools to the load's size
-        # (after it RSS stays up, it is not given back); a leak shows as growth
-        # from the second round to the third.
-        rounds = []
-        for _ in range(3):
-            r = _idle_round(proxies, echo.address, per_proxy)
-            r["after"] = [p.wait_sockets(b["socket"], timeout=30) for p, b in zip(proxies, base)]
-            r["rss_after"] = [p.rss_kib() for p in proxies]
-            rounds.append(r)
-    finally:
-        echo.close()
-    for i, proxy in enumerate(proxies):
-        held_fds, held_rss = rounds[0]["held"][i]
-        per_conn = (held_rss - base_rss[i]) * 1024 / per_proxy
-        say(f"idle {relay} process {i + 1}/{processes}: {per_proxy} relayed connections open in "
-            f"{rounds[0]['opened']:.1f} s; fds {dict(base[i])} -> {dict(held_fds)} held -> "
-            f"{dict(rounds[-1]['after'][i])} after the last round; RSS {base_rss[i] / 1024:.1f} MiB "
-            f"-> {held_rss / 1024:.1f} MiB held (~{per_conn:.0f} B per connection) -> after each "
-            f"round: " + ", ".join(f"{r['rss_after'][i] / 1024:.1f}" for r in rounds) + " MiB")
-        # Every connection really was relayed (two sockets each) ...
-        assert held_fds["socket"] >= base[i]["socket"] + 2 * per_proxy, held_fds
-        # ... and left nothing behind: sockets back to the baseline, no pipe
-        # beyond the engine's pool.
-        for r in rounds:
-            assert r["after"][i]["socket"] <= base[i]["socket"], (base[i], r["after"][i])
-            assert r["after"][i]["pipe"] <= base[i]["pipe"] + PIPE_POOL_FDS, r["after"][i]
-        # Memory: the third round of the same load needs no more than the second
-        # (a leak would grow with every round).  Allocator noise between rounds
-        # was measured at up to 1.7 MiB for 4 000 connections on the protocol
-        # relay (flat over six rounds); 4 MiB or a quarter of the load's peak
-        # lets a leak of ~1 KiB per connection through, not more.
-        peak = held_rss - base_rss[i]
-        growth = rounds[2]["rss_after"][i] - rounds[1]["rss_after"][i]
-        assert growth <= max(4096, peak // 4), (
-            f"RSS grew {growth} KiB from the 2nd to the 3rd round of {per_proxy} connections "
-            f"(peak {peak} KiB): " + ", ".join(str(r["rss_after"][i]) for r in rounds))
-        assert proxy.alive()
-
-
-@pytest.mark.parametrize("relay", RELAYS)
-def test_idle_connections(start_proxy, relay):
-    """4 000 concurrent idle relayed connections through one process, then all closed."""
-    _run_idle(start_proxy, relay, 4000, processes=1)
-
-
-@pytest.mark.soak
-@pytest.mark.parametrize("relay", RELAYS)
-def test_idle_connections_10k(start_proxy, relay):
-    """10 000 concurrent idle relayed connections over two processes (20 000 server
-    fds: over one process's 20 000 hard limit with its own), then all closed."""
-    _run_idle(start_proxy, relay, 10000, processes=2)
-
-
 # ==================================================================================
 # Descriptor exhaustion
 # ==================================================================================
@@ -689,7 +131,7 @@ _EXHAUSTION_LOG = re.compile(r"EMFILE|ENFILE|[Tt]oo many open files|out of (syst
                              r"descriptor", re.IGNORECASE)
 
 
-def _exhaust(proxy: Proxy, target: tuple[str, int], attempts: int = 40) -> dict[str, Any]:
+def _exhaust(proxy: FastsocksProcess, target: tuple[str, int], attempts: int = 40) -> dict[str, Any]:
     """Open relayed connections one after another and hold them all, well past what
     EXHAUST_NOFILE allows; then release them and try again."""
     held: list[socket.socket] = []
@@ -777,11 +219,11 @@ EXHAUST_CASES = [pytest.param(relay, "uvloop", id=f"{relay}-uvloop") for relay i
 ] + [
     pytest.param(RELAYS[0], "asyncio", id=f"{RELAYS[0]}-asyncio"),
 ])
-def test_descriptor_exhaustion_logged_once(start_proxy, echo_target, relay, loop):
+def test_descriptor_exhaustion_logged_once(hostile_server, echo_process, relay, loop):
     """The condition is logged (at least once), and not once per refused accept."""
-    proxy = start_proxy("--relay", relay, "--loop", loop, "--handshake-timeout", "5",
+    proxy = hostile_server("--relay", relay, "--loop", loop, "--handshake-timeout", "5",
                         nofile=EXHAUST_NOFILE, check_log=False)
-    out = _exhaust(proxy, echo_target.address)
+    out = _exhaust(proxy, echo_process.address)
     log = proxy.log
     records = [line for line in log.splitlines() if re.match(r"\d{4}-\d\d-\d\d ", line)]
     hits = [line for line in records if _EXHAUSTION_LOG.search(line)]
@@ -793,12 +235,11 @@ def test_descriptor_exhaustion_logged_once(start_proxy, echo_target, relay, loop
     assert "Traceback" not in log
 
 
-@pytest.mark.parametrize("relay", RELAYS)
-def test_descriptor_exhaustion_keeps_relaying(start_proxy, echo_target, relay):
+def test_descriptor_exhaustion_keeps_relaying(hostile_server, echo_process, relay):
     """With every descriptor in use, connections already relayed keep working when
     they start moving bytes (a descriptor shortage refuses new clients, it does not
     break established ones)."""
-    proxy = start_proxy("--relay", relay, "--handshake-timeout", "30", "--log-level", "debug",
+    proxy = hostile_server("--relay", relay, "--handshake-timeout", "30", "--log-level", "debug",
                         nofile=EXHAUST_NOFILE, check_log=False)
     relayed: list[socket.socket] = []
     held: list[socket.socket] = []
@@ -807,7 +248,7 @@ def test_descriptor_exhaustion_keeps_relaying(start_proxy, echo_target, relay):
         for _ in range(40):
             try:
                 # A small receive buffer: the echo backs up into the server quickly.
-                sock, rep = sync_connect(proxy.address, *echo_target.address, timeout=2,
+                sock, rep = sync_connect(proxy.address, *echo_process.address, timeout=2,
                                          rcvbuf=16384)
             except (OSError, AssertionError):
                 break
@@ -878,12 +319,11 @@ SLOW_RSS_BOUND_KIB = 16 * 1024
 
 
 @pytest.mark.parametrize("slow_side", ["client", "target"])
-@pytest.mark.parametrize("relay", RELAYS)
-def test_slow_reader_bounded_memory(start_proxy, thread_target, relay, slow_side):
+def test_slow_reader_bounded_memory(hostile_server, thread_target, relay, slow_side):
     """One side sends 64 MiB as fast as it can, the other reads 64 KiB every 20 ms
     for 4 s and then the rest: server RSS stays within SLOW_RSS_BOUND_KIB, and
     every byte arrives intact."""
-    proxy = start_proxy("--relay", relay)
+    proxy = hostile_server("--relay", relay)
     data = pattern(SLOW_TOTAL, 1)
     digest = hashlib.sha256(data).hexdigest()
     got: dict[str, Any] = {}
@@ -954,38 +394,17 @@ def test_slow_reader_bounded_memory(start_proxy, thread_target, relay, slow_side
 # ==================================================================================
 
 
-def _settle_sockets(proxy: Proxy, base: collections.Counter[str]) -> collections.Counter[str]:
-    after = proxy.wait_sockets(base["socket"], timeout=10)
-    assert after["socket"] <= base["socket"], (dict(base), dict(after))
-    assert after["pipe"] <= base["pipe"] + PIPE_POOL_FDS, (dict(base), dict(after))
-    return after
-
-
-def _baseline(proxy: Proxy, echo: tuple[str, int]) -> collections.Counter[str]:
-    """Descriptors after one warm-up relay (lazily made state, such as pooled
-    pipes, exists by then), once its sockets are gone again."""
-    idle = proxy.fds()
-    sock, rep = sync_connect(proxy.address, *echo)
-    with sock:
-        assert rep == 0
-        sock.sendall(b"warm")
-        assert sock.recv(4) == b"warm"
-    base = proxy.wait_sockets(idle["socket"])
-    assert base["socket"] == idle["socket"], (dict(idle), dict(base))
-    return base
-
 
 def _rst_close(sock: socket.socket) -> None:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     sock.close()
 
 
-@pytest.mark.parametrize("relay", RELAYS)
-def test_client_reset_mid_transfer(start_proxy, thread_target, echo_target, relay):
+def test_client_reset_mid_transfer(hostile_server, thread_target, echo_process, relay):
     """The client resets while bytes flow both ways: the target's side is closed
     promptly, and the server keeps no descriptor of the pair."""
-    proxy = start_proxy("--relay", relay)
-    base = _baseline(proxy, echo_target.address)
+    proxy = hostile_server("--relay", relay)
+    base = baseline(proxy, echo_process.address)
     ends: list[str] = []
 
     def handler(conn: socket.socket) -> None:
@@ -1011,16 +430,15 @@ def test_client_reset_mid_transfer(start_proxy, thread_target, echo_target, rela
         assert target.ended.wait(10), "the target's connection stayed open after the client reset"
     say(f"client reset {relay}: target saw {ends}")
     assert "sent everything" not in ends
-    after = _settle_sockets(proxy, base)
+    after = settle_sockets(proxy, base)
     say(f"client reset {relay}: fds {dict(base)} -> {dict(after)}")
 
 
-@pytest.mark.parametrize("relay", RELAYS)
-def test_target_reset_mid_transfer(start_proxy, thread_target, echo_target, relay):
+def test_target_reset_mid_transfer(hostile_server, thread_target, echo_process, relay):
     """The target resets after 1 MiB while the client is still sending: the client
     sees EOF or a reset promptly (no hang), and no descriptor is left."""
-    proxy = start_proxy("--relay", relay)
-    base = _baseline(proxy, echo_target.address)
+    proxy = hostile_server("--relay", relay)
+    base = baseline(proxy, echo_process.address)
 
     def handler(conn: socket.socket) -> None:
         conn.sendall(pattern(1 * MiB, 4))
@@ -1049,15 +467,14 @@ def test_target_reset_mid_transfer(start_proxy, thread_target, echo_target, rela
             sender.join(10)
             assert not sender.is_alive(), "the client's sends hung after the target reset"
     say(f"target reset {relay}: client read (bytes, ending) {endings}")
-    after = _settle_sockets(proxy, base)
+    after = settle_sockets(proxy, base)
     say(f"target reset {relay}: fds {dict(base)} -> {dict(after)}")
 
 
-@pytest.mark.parametrize("relay", RELAYS)
-def test_target_blackholed(start_proxy, echo_target, blackhole, relay):
+def test_target_blackholed(hostile_server, echo_process, blackhole, relay):
     """A target that never answers the SYN: X'04' at the connect timeout, nothing left."""
-    proxy = start_proxy("--relay", relay, "--connect-timeout", "1")
-    base = _baseline(proxy, echo_target.address)
+    proxy = hostile_server("--relay", relay, "--connect-timeout", "1")
+    base = baseline(proxy, echo_process.address)
     t0 = time.monotonic()
     sock, rep = sync_connect(proxy.address, *blackhole, timeout=10)
     with sock:
@@ -1066,16 +483,15 @@ def test_target_blackholed(start_proxy, echo_target, blackhole, relay):
         assert recv_until_closed(sock, 5)[0] == 0  # then closed
     say(f"blackhole {relay}: X'{rep:02X}' after {waited:.2f} s (connect timeout 1 s)")
     assert 0.9 <= waited <= 5.0
-    _settle_sockets(proxy, base)
+    settle_sockets(proxy, base)
 
 
-@pytest.mark.parametrize("relay", RELAYS)
-def test_client_leaves_during_connect(start_proxy, echo_target, blackhole, relay):
+def test_client_leaves_during_connect(hostile_server, echo_process, blackhole, relay):
     """Clients that give up while the server is still connecting to a black hole:
     the server lets go of both sides by the connect timeout (it does not read the
     client while it connects, so it learns of the close then), and keeps nothing."""
-    proxy = start_proxy("--relay", relay, "--connect-timeout", "5")
-    base = _baseline(proxy, echo_target.address)
+    proxy = hostile_server("--relay", relay, "--connect-timeout", "5")
+    base = baseline(proxy, echo_process.address)
     for _ in range(20):
         sock = socket.create_connection(proxy.address, 5)
         with sock:
@@ -1084,15 +500,14 @@ def test_client_leaves_during_connect(start_proxy, echo_target, blackhole, relay
             assert sock.recv(2) == b"\x05\x00"
     time.sleep(0.3)
     during = proxy.fds()
-    after = _settle_sockets(proxy, base)
+    after = settle_sockets(proxy, base)
     say(f"client leaves during connect {relay}: fds {dict(base)} -> {dict(during)} -> {dict(after)}")
 
 
-@pytest.mark.parametrize("relay", RELAYS)
-def test_dns_failure(start_proxy, echo_target, relay):
+def test_dns_failure(hostile_server, echo_process, relay):
     """A name that cannot resolve: X'04', closed, nothing left."""
-    proxy = start_proxy("--relay", relay)
-    base = _baseline(proxy, echo_target.address)
+    proxy = hostile_server("--relay", relay)
+    base = baseline(proxy, echo_process.address)
     for _ in range(5):
         # A 64-octet label: it fails in the resolver without a query, since
         # tests never send DNS traffic off the machine.
@@ -1100,14 +515,13 @@ def test_dns_failure(start_proxy, echo_target, relay):
         with sock:
             assert rep == 0x04
             assert recv_until_closed(sock, 5)[0] == 0
-    _settle_sockets(proxy, base)
+    settle_sockets(proxy, base)
 
 
-@pytest.mark.parametrize("relay", RELAYS)
-def test_connection_refused(start_proxy, echo_target, relay):
+def test_connection_refused(hostile_server, echo_process, relay):
     """A closed port: X'05', closed, nothing left."""
-    proxy = start_proxy("--relay", relay)
-    base = _baseline(proxy, echo_target.address)
+    proxy = hostile_server("--relay", relay)
+    base = baseline(proxy, echo_process.address)
     closed = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     closed.bind(("127.0.0.1", 0))  # bound, never listening: refuses
     try:
@@ -1118,7 +532,7 @@ def test_connection_refused(start_proxy, echo_target, relay):
                 assert recv_until_closed(sock, 5)[0] == 0
     finally:
         closed.close()
-    _settle_sockets(proxy, base)
+    settle_sockets(proxy, base)
 
 
 # ==================================================================================
@@ -1242,16 +656,12 @@ async def _garbage_and_honest(proxy: tuple[str, int], echo: tuple[str, int], gar
     return dict(problems=problems, kinds=kinds, seconds=time.monotonic() - t0)
 
 
-def _run_garbage(start_proxy: Callable[..., Proxy], relay: str, garbage: int, honest: int,
-                 size: int) -> None:
-    echo = EchoTarget()
-    try:
-        proxy = start_proxy("--relay", relay, "--handshake-timeout", str(HANDSHAKE_TIMEOUT))
-        base = _baseline(proxy, echo.address)
-        out = asyncio.run(_garbage_and_honest(proxy.address, echo.address, garbage, honest, size, 8))
-        after = _settle_sockets(proxy, base)
-    finally:
-        echo.close()
+def _run_garbage(hostile_server: Callable[..., FastsocksProcess], echo: EchoProcess, relay: str,
+                 garbage: int, honest: int, size: int) -> None:
+    proxy = hostile_server("--relay", relay, "--handshake-timeout", str(HANDSHAKE_TIMEOUT))
+    base = baseline(proxy, echo.address)
+    out = asyncio.run(_garbage_and_honest(proxy.address, echo.address, garbage, honest, size, 8))
+    after = settle_sockets(proxy, base)
     say(f"garbage {relay}: {garbage} garbage clients ({GARBAGE_KINDS} kinds) and {honest} clients "
         f"echoing {size // MiB} MiB each (SHA-256 checked) in {out['seconds']:.1f} s; fds "
         f"{dict(base)} -> {dict(after)}; {len(out['problems'])} problems")
@@ -1259,21 +669,12 @@ def _run_garbage(start_proxy: Callable[..., Proxy], relay: str, garbage: int, ho
     assert proxy.alive()
 
 
-@pytest.mark.parametrize("relay", RELAYS)
-def test_garbage_beside_honest_clients(start_proxy, relay):
+def test_garbage_beside_honest_clients(hostile_server, echo_process, relay):
     """100 garbage clients while 10 clients move 4 MiB each way, intact."""
-    _run_garbage(start_proxy, relay, garbage=100, honest=10, size=4 * MiB)
+    _run_garbage(hostile_server, echo_process, relay, garbage=100, honest=10, size=4 * MiB)
 
 
 @pytest.mark.soak
-@pytest.mark.parametrize("relay", RELAYS)
-def test_garbage_beside_honest_clients_long(start_proxy, relay):
+def test_garbage_beside_honest_clients_long(hostile_server, echo_process, relay):
     """2 000 garbage clients while 10 clients move 64 MiB each way, intact."""
-    _run_garbage(start_proxy, relay, garbage=2000, honest=10, size=64 * MiB)
-
-
-@pytest.mark.soak
-@pytest.mark.parametrize("relay", RELAYS)
-def test_slowloris_long(start_proxy, relay):
-    """3 000 slowloris clients (the server holds 3 000 sockets at once)."""
-    _run_slowloris(start_proxy, relay, 3000)
+    _run_garbage(hostile_server, echo_process, relay, garbage=2000, honest=10, size=64 * MiB)

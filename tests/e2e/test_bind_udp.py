@@ -6,59 +6,40 @@ import os
 import socket
 import struct
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 import socks  # PySocks: the UDP client
 
-from builds import RELAYS, UDP_PATHS
-from procs import ServerProcess, UdpEcho
+from launcher import FastsocksProcess, ServerLauncher
+from procs import UdpEcho
 from procs import recv_exact as _exact
 
 from fastsocks import codec as fcodec
 
 
-class Proxy(ServerProcess):
-    def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
-        super().__init__("--workers", "1", "--listen", "127.0.0.1:0", "--listen", "[::1]:0",
-                         "--log-level", "debug", *args, env=env)
-        self.port6 = self.ports[1]
-
-    def fds(self) -> int:
-        return len(os.listdir(f"/proc/{self.proc.pid}/fd"))
-
-    def rss_kib(self) -> int:
-        with open(f"/proc/{self.proc.pid}/status") as f:
-            return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
-
-    def stop(self) -> int:
-        code = super().stop(10)
-        assert code == 0
-        return code
+# Both families, and the debug log that says which datagram path an association took.
+ARGS = ("--listen", "127.0.0.1:0", "--listen", "[::1]:0", "--log-level", "debug")
+# A server under these tests gets as long to stop as they always gave it.
+STOP_TIMEOUT = 10.0
 
 
-@pytest.fixture(params=RELAYS)
-def proxy(request: pytest.FixtureRequest) -> Iterator[Proxy]:
-    p = Proxy("--relay", request.param, "--bind-timeout", "2", "--idle-timeout", "30")
-    yield p
-    p.stop()
+@pytest.fixture
+def bind_proxy(fastsocks_server: Callable[..., FastsocksProcess], relay: str) -> FastsocksProcess:
+    return fastsocks_server(*ARGS, "--relay", relay, "--bind-timeout", "2", "--idle-timeout", "30",
+                            stop_timeout=STOP_TIMEOUT)
 
 
 UDP_ARGS = {"c": ("--relay", "auto"), "py": ("--relay", "protocol")}
 
 
-@pytest.fixture(scope="module", params=UDP_PATHS)
-def udp_path(request: pytest.FixtureRequest) -> str:
-    """Which datagram path: "c" (_datagram, recvmmsg/sendmmsg) or "py" (asyncio)."""
-    return request.param
-
-
 @pytest.fixture(scope="module")
-def udp_proxy(udp_path: str) -> Iterator[Proxy]:
+def udp_proxy(udp_path: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[FastsocksProcess]:
     """One server per datagram path for these tests."""
-    p = Proxy("--idle-timeout", "30", *UDP_ARGS[udp_path])
-    yield p
-    p.stop()
+    launcher = ServerLauncher(tmp_path_factory.mktemp(f"udp-{udp_path}"))
+    yield launcher.start(*ARGS, "--idle-timeout", "30", *UDP_ARGS[udp_path],
+                         stop_timeout=STOP_TIMEOUT)
+    launcher.stop_all()
 
 
 def _negotiate(port: int, cmd: int, host: str, dport: int, family: int = socket.AF_INET) -> tuple[socket.socket, str, int]:
@@ -88,8 +69,8 @@ def _reply_code(s: socket.socket) -> int:
 
 # -- BIND -------------------------------------------------------------------
 
-def test_bind_both_replies_and_data_both_ways(proxy: Proxy) -> None:
-    ctrl, host, port = _negotiate(proxy.port, 2, "0.0.0.0", 0)
+def test_bind_both_replies_and_data_both_ways(bind_proxy: FastsocksProcess) -> None:
+    ctrl, host, port = _negotiate(bind_proxy.port, 2, "0.0.0.0", 0)
     assert host == "127.0.0.1" and port > 0
     peer = socket.create_connection((host, port), timeout=10)
     peer_host, peer_port = _read_reply(ctrl)
@@ -104,9 +85,9 @@ def test_bind_both_replies_and_data_both_ways(proxy: Proxy) -> None:
     peer.close()
 
 
-def test_bind_refuses_a_peer_from_another_address(proxy: Proxy) -> None:
+def test_bind_refuses_a_peer_from_another_address(bind_proxy: FastsocksProcess) -> None:
     # DST.ADDR 127.0.0.2: a peer from 127.0.0.1 must be refused.
-    ctrl, host, port = _negotiate(proxy.port, 2, "127.0.0.2", 0)
+    ctrl, host, port = _negotiate(bind_proxy.port, 2, "127.0.0.2", 0)
     peer = socket.socket()
     peer.bind(("127.0.0.1", 0))
     peer.connect((host, port))
@@ -117,8 +98,8 @@ def test_bind_refuses_a_peer_from_another_address(proxy: Proxy) -> None:
     peer.close()
 
 
-def test_bind_accepts_the_expected_peer(proxy: Proxy) -> None:
-    ctrl, host, port = _negotiate(proxy.port, 2, "127.0.0.3", 0)
+def test_bind_accepts_the_expected_peer(bind_proxy: FastsocksProcess) -> None:
+    ctrl, host, port = _negotiate(bind_proxy.port, 2, "127.0.0.3", 0)
     peer = socket.socket()
     peer.bind(("127.0.0.3", 0))
     peer.connect((host, port))
@@ -129,8 +110,8 @@ def test_bind_accepts_the_expected_peer(proxy: Proxy) -> None:
     peer.close()
 
 
-def test_bind_timeout_gives_ttl_expired(proxy: Proxy) -> None:
-    ctrl, _, _ = _negotiate(proxy.port, 2, "0.0.0.0", 0)
+def test_bind_timeout_gives_ttl_expired(bind_proxy: FastsocksProcess) -> None:
+    ctrl, _, _ = _negotiate(bind_proxy.port, 2, "0.0.0.0", 0)
     started = time.monotonic()
     assert _reply_code(ctrl) == 0x06
     assert 1.5 < time.monotonic() - started < 6
@@ -138,8 +119,8 @@ def test_bind_timeout_gives_ttl_expired(proxy: Proxy) -> None:
     ctrl.close()
 
 
-def test_bind_over_ipv6(proxy: Proxy) -> None:
-    ctrl, host, port = _negotiate(proxy.port6, 2, "::", 0, socket.AF_INET6)
+def test_bind_over_ipv6(bind_proxy: FastsocksProcess) -> None:
+    ctrl, host, port = _negotiate(bind_proxy.address_for(socket.AF_INET6)[1], 2, "::", 0, socket.AF_INET6)
     assert host == "::1"
     peer = socket.create_connection((host, port), timeout=10)
     assert _read_reply(ctrl)[1] == peer.getsockname()[1]
@@ -166,7 +147,7 @@ def echo6() -> Iterator[UdpEcho]:
 
 
 @pytest.mark.parametrize("target", ["127.0.0.1", "localhost"])
-def test_pysocks_udp_round_trip(udp_proxy: Proxy, echo4: UdpEcho, target: str) -> None:
+def test_pysocks_udp_round_trip(udp_proxy: FastsocksProcess, echo4: UdpEcho, target: str) -> None:
     s = socks.socksocket(socket.AF_INET, socket.SOCK_DGRAM)
     s.set_proxy(socks.SOCKS5, "127.0.0.1", udp_proxy.port)
     s.settimeout(5)
@@ -181,7 +162,7 @@ def test_pysocks_udp_round_trip(udp_proxy: Proxy, echo4: UdpEcho, target: str) -
         s.close()
 
 
-def test_pysocks_udp_ipv6_target(udp_proxy: Proxy, echo6: UdpEcho) -> None:
+def test_pysocks_udp_ipv6_target(udp_proxy: FastsocksProcess, echo6: UdpEcho) -> None:
     s = socks.socksocket(socket.AF_INET, socket.SOCK_DGRAM)
     s.set_proxy(socks.SOCKS5, "127.0.0.1", udp_proxy.port)
     s.settimeout(5)
@@ -196,7 +177,7 @@ def test_pysocks_udp_ipv6_target(udp_proxy: Proxy, echo6: UdpEcho) -> None:
 class RawUdp:
     """A hand-rolled UDP ASSOCIATE client, for what PySocks cannot do."""
 
-    def __init__(self, proxy: Proxy, dst_port: int = 0, dst_host: str = "0.0.0.0") -> None:
+    def __init__(self, proxy: FastsocksProcess, dst_port: int = 0, dst_host: str = "0.0.0.0") -> None:
         self.udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.udp.bind(("127.0.0.1", 0))
         self.udp.settimeout(2)
@@ -221,7 +202,8 @@ class RawUdp:
         self.udp.close()
 
 
-def test_datagrams_from_another_address_or_port_are_dropped(udp_proxy: Proxy, echo4: UdpEcho) -> None:
+def test_datagrams_from_another_address_or_port_are_dropped(udp_proxy: FastsocksProcess,
+                                                            echo4: UdpEcho) -> None:
     c = RawUdp(udp_proxy)
     c.send(b"first", echo4.port)  # locks the association to this port
     assert c.recv() == b"first"
@@ -245,7 +227,7 @@ def test_datagrams_from_another_address_or_port_are_dropped(udp_proxy: Proxy, ec
 
 
 @pytest.mark.parametrize("dst_host", ["0.0.0.0", "localhost", "::1", "127.0.0.1"])
-def test_dst_port_locks_the_source_port(udp_proxy: Proxy, echo4: UdpEcho, dst_host: str) -> None:
+def test_dst_port_locks_the_source_port(udp_proxy: FastsocksProcess, echo4: UdpEcho, dst_host: str) -> None:
     # DST.PORT of the request is the port the client will send from (RFC 1928
     # §6/§7); its DST.ADDR may come in any ATYP: all zeros, a name (X'03') or
     # the other family is accepted, and the port still locks.
@@ -262,7 +244,7 @@ def test_dst_port_locks_the_source_port(udp_proxy: Proxy, echo4: UdpEcho, dst_ho
     c.close()
 
 
-def test_fragments_are_reassembled_in_order(udp_proxy: Proxy, echo4: UdpEcho) -> None:
+def test_fragments_are_reassembled_in_order(udp_proxy: FastsocksProcess, echo4: UdpEcho) -> None:
     c = RawUdp(udp_proxy)
     c.send(b"alpha-", echo4.port, frag=1)
     c.send(b"beta-", echo4.port, frag=2)
@@ -278,7 +260,7 @@ def test_fragments_are_reassembled_in_order(udp_proxy: Proxy, echo4: UdpEcho) ->
     c.close()
 
 
-def test_fragment_timer_abandons_a_sequence(udp_proxy: Proxy, echo4: UdpEcho) -> None:
+def test_fragment_timer_abandons_a_sequence(udp_proxy: FastsocksProcess, echo4: UdpEcho) -> None:
     c = RawUdp(udp_proxy)
     c.send(b"old-", echo4.port, frag=1)
     time.sleep(5.5)  # the reassembly timer (5 s, RFC 1928 §7's minimum)
@@ -289,21 +271,19 @@ def test_fragment_timer_abandons_a_sequence(udp_proxy: Proxy, echo4: UdpEcho) ->
     c.close()
 
 
-def test_fragments_dropped_with_reassembly_off(udp_path: str, echo4: UdpEcho) -> None:
-    p = Proxy("--no-udp-reassembly", *UDP_ARGS[udp_path])
-    try:
-        c = RawUdp(p)
-        c.send(b"a", echo4.port, frag=1)
-        c.send(b"b", echo4.port, frag=0x82)
-        assert c.recv() is None
-        c.send(b"plain", echo4.port)
-        assert c.recv() == b"plain"
-        c.close()
-    finally:
-        p.stop()
+def test_fragments_dropped_with_reassembly_off(fastsocks_server: Callable[..., FastsocksProcess],
+                                                udp_path: str, echo4: UdpEcho) -> None:
+    p = fastsocks_server(*ARGS, "--no-udp-reassembly", *UDP_ARGS[udp_path], stop_timeout=STOP_TIMEOUT)
+    c = RawUdp(p)
+    c.send(b"a", echo4.port, frag=1)
+    c.send(b"b", echo4.port, frag=0x82)
+    assert c.recv() is None
+    c.send(b"plain", echo4.port)
+    assert c.recv() == b"plain"
+    c.close()
 
 
-def test_bad_headers_are_dropped_without_harm(udp_proxy: Proxy, echo4: UdpEcho) -> None:
+def test_bad_headers_are_dropped_without_harm(udp_proxy: FastsocksProcess, echo4: UdpEcho) -> None:
     c = RawUdp(udp_proxy)
     for junk in (b"", b"\x00", b"\x00\x00\x00\x01\x7f", b"\x00\x00\x00\x09abcdef",
                  b"\x01\x00\x00\x01\x7f\x00\x00\x01\x00\x50", b"\x00\x00\x00\x03\x00\x00\x50"):
@@ -314,7 +294,7 @@ def test_bad_headers_are_dropped_without_harm(udp_proxy: Proxy, echo4: UdpEcho) 
     c.close()
 
 
-def test_association_ends_with_its_tcp_connection(udp_proxy: Proxy, echo4: UdpEcho) -> None:
+def test_association_ends_with_its_tcp_connection(udp_proxy: FastsocksProcess, echo4: UdpEcho) -> None:
     c = RawUdp(udp_proxy)
     c.send(b"live", echo4.port)
     assert c.recv() == b"live"
@@ -325,7 +305,7 @@ def test_association_ends_with_its_tcp_connection(udp_proxy: Proxy, echo4: UdpEc
     c.udp.close()
 
 
-def test_unresolvable_domain_target_is_dropped(udp_proxy: Proxy, echo4: UdpEcho) -> None:
+def test_unresolvable_domain_target_is_dropped(udp_proxy: FastsocksProcess, echo4: UdpEcho) -> None:
     c = RawUdp(udp_proxy)
     # Fails locally (a 64-octet label): tests never query DNS off the machine.
     c.send(b"nowhere", 9, host="a" * 64 + ".invalid")
@@ -336,7 +316,7 @@ def test_unresolvable_domain_target_is_dropped(udp_proxy: Proxy, echo4: UdpEcho)
 
 
 def test_thousand_associations_leave_no_fds_and_no_memory_growth(
-        udp_proxy: Proxy, echo4: UdpEcho) -> None:
+        udp_proxy: FastsocksProcess, echo4: UdpEcho) -> None:
     """Six rounds of 1,000 associations (100 open at a time, one round trip
     each, then closed): every round ends with the descriptors back at the
     baseline, and the server's RSS stops growing after two rounds.
@@ -347,7 +327,7 @@ def test_thousand_associations_leave_no_fds_and_no_memory_growth(
     associations lets through no leak of an association's state (several
     KiB of sockets, transports and tables each), nor of 1 KiB each.
     """
-    baseline = udp_proxy.fds()
+    baseline = udp_proxy.fd_count()
     rss = []
     for _ in range(6):
         for _ in range(10):
@@ -358,14 +338,14 @@ def test_thousand_associations_leave_no_fds_and_no_memory_growth(
                 assert c.recv() == b"x"
                 c.close()
         deadline = time.monotonic() + 10
-        while udp_proxy.fds() > baseline and time.monotonic() < deadline:
+        while udp_proxy.fd_count() > baseline and time.monotonic() < deadline:
             time.sleep(0.1)
-        assert udp_proxy.fds() <= baseline
+        assert udp_proxy.fd_count() <= baseline
         rss.append(udp_proxy.rss_kib())
     assert rss[-1] - rss[1] <= 4096, f"RSS after each round of 1,000 associations: {rss} KiB"
 
 
-def test_the_datagram_path_is_the_one_asked_for(udp_proxy: Proxy, udp_path: str,
+def test_the_datagram_path_is_the_one_asked_for(udp_proxy: FastsocksProcess, udp_path: str,
                                                 echo4: UdpEcho) -> None:
     c = RawUdp(udp_proxy)
     c.send(b"which path", echo4.port)

@@ -7,24 +7,19 @@ import socket
 import subprocess
 import sys
 import time
-from typing import Any
+from typing import Any, Callable, cast
 from pathlib import Path
 
 import pytest
 
-from builds import RELAYS
-from procs import ServerProcess
+from launcher import FastsocksProcess
 from procs import recv_exact as _exact
 
 from fastsocks import codec as fcodec
 
 
-class Server(ServerProcess):
-    """One process unless a test asks for workers."""
-
-    def __init__(self, *args: str) -> None:
-        super().__init__("--listen", "127.0.0.1:0",
-                         *(() if "--workers" in args else ("--workers", "1")), *args)
+class Server(FastsocksProcess):
+    """A server these tests signal themselves, with a client to try it."""
 
     def request(self, target: tuple[str, int], user: bytes | None = None,
                 password: bytes = b"") -> tuple[socket.socket, int]:
@@ -54,9 +49,19 @@ def echo(echo_target: Any) -> tuple[str, int]:
     return echo_target.address
 
 
-@pytest.mark.parametrize("relay", RELAYS)
-def test_sigterm_drains_open_connections(echo: tuple[str, int], relay: str) -> None:
-    server = Server("--drain-timeout", "8", "--relay", relay)
+@pytest.fixture
+def start_server(fastsocks_server: Callable[..., FastsocksProcess]) -> Callable[..., Server]:
+    """``start_server(*args)``: one process (unless ``--workers``) on 127.0.0.1:0."""
+
+    def start(*args: str) -> Server:
+        return cast(Server, fastsocks_server(*args, process_class=Server))
+
+    return start
+
+
+def test_sigterm_drains_open_connections(start_server: Callable[..., Server],
+                                         echo: tuple[str, int], relay: str) -> None:
+    server = start_server("--drain-timeout", "8", "--relay", relay)
     s, rep = server.request(echo)
     assert rep == 0
     server.proc.send_signal(signal.SIGTERM)
@@ -72,8 +77,9 @@ def test_sigterm_drains_open_connections(echo: tuple[str, int], relay: str) -> N
     assert "drained: every connection finished" in server.log
 
 
-def test_drain_deadline_closes_what_is_left(echo: tuple[str, int]) -> None:
-    server = Server("--drain-timeout", "1")
+def test_drain_deadline_closes_what_is_left(start_server: Callable[..., Server],
+                                            echo: tuple[str, int]) -> None:
+    server = start_server("--drain-timeout", "1")
     s, rep = server.request(echo)
     assert rep == 0
     server.proc.send_signal(signal.SIGTERM)
@@ -84,8 +90,8 @@ def test_drain_deadline_closes_what_is_left(echo: tuple[str, int]) -> None:
     s.close()
 
 
-def test_second_signal_closes_at_once(echo: tuple[str, int]) -> None:
-    server = Server("--drain-timeout", "60")
+def test_second_signal_closes_at_once(start_server: Callable[..., Server], echo: tuple[str, int]) -> None:
+    server = start_server("--drain-timeout", "60")
     s, rep = server.request(echo)
     assert rep == 0
     server.proc.send_signal(signal.SIGTERM)
@@ -98,10 +104,11 @@ def test_second_signal_closes_at_once(echo: tuple[str, int]) -> None:
     s.close()
 
 
-def test_sighup_applies_new_rules_to_new_connections_only(echo: tuple[str, int], tmp_path: Path) -> None:
+def test_sighup_applies_new_rules_to_new_connections_only(start_server: Callable[..., Server],
+                                                          echo: tuple[str, int], tmp_path: Path) -> None:
     config = tmp_path / "fastsocks.toml"
     config.write_text("")
-    server = Server("--config", str(config))
+    server = start_server("--config", str(config))
     established, rep = server.request(echo)
     assert rep == 0
     config.write_text('[[rules]]\naction = "deny"\ndst = ["127.0.0.0/8"]\n')
@@ -117,10 +124,11 @@ def test_sighup_applies_new_rules_to_new_connections_only(echo: tuple[str, int],
     assert server.finish()[0] == 0
 
 
-def test_sighup_rejects_an_invalid_config_and_keeps_the_old(echo: tuple[str, int], tmp_path: Path) -> None:
+def test_sighup_rejects_an_invalid_config_and_keeps_the_old(start_server: Callable[..., Server],
+                                                            echo: tuple[str, int], tmp_path: Path) -> None:
     config = tmp_path / "fastsocks.toml"
     config.write_text("[timeouts]\nconnect = 5\n")
-    server = Server("--config", str(config))
+    server = start_server("--config", str(config))
     config.write_text("[timeouts]\nconnect = -1\n")
     server.proc.send_signal(signal.SIGHUP)
     server.wait_log("reload rejected")
@@ -132,11 +140,12 @@ def test_sighup_rejects_an_invalid_config_and_keeps_the_old(echo: tuple[str, int
     assert server.finish()[0] == 0
 
 
-def test_sighup_rereads_the_users_file(echo: tuple[str, int], tmp_path: Path) -> None:
+def test_sighup_rereads_the_users_file(start_server: Callable[..., Server],
+                                       echo: tuple[str, int], tmp_path: Path) -> None:
     users = tmp_path / "users.txt"
     subprocess.run([sys.executable, "-m", "fastsocks", "users", "add", str(users), "alice", "--cost", "4"],
                    input=b"first\n", check=True, capture_output=True)
-    server = Server("--users", str(users))
+    server = start_server("--users", str(users))
     s, rep = server.request(echo, b"alice", b"first")
     assert rep == 0
     s.close()
@@ -154,10 +163,11 @@ def test_sighup_rereads_the_users_file(echo: tuple[str, int], tmp_path: Path) ->
     assert server.finish()[0] == 0
 
 
-def test_sighup_reaches_every_worker(echo: tuple[str, int], tmp_path: Path) -> None:
+def test_sighup_reaches_every_worker(start_server: Callable[..., Server],
+                                     echo: tuple[str, int], tmp_path: Path) -> None:
     config = tmp_path / "fastsocks.toml"
     config.write_text("")
-    server = Server("--config", str(config), "--workers", "2", "--log-level", "info")
+    server = start_server("--config", str(config), "--workers", "2", "--log-level", "info")
     config.write_text('[[rules]]\naction = "deny"\ndst = ["127.0.0.0/8"]\n')
     server.proc.send_signal(signal.SIGHUP)
     deadline = time.monotonic() + 5

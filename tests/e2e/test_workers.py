@@ -6,19 +6,18 @@ import os
 import signal
 import socket
 import time
-from typing import Any
+from typing import Any, Callable, cast
 
 import pytest
-from procs import ServerProcess
+from launcher import FastsocksProcess
 from procs import children as _children
 from procs import sockets as _sockets
 
 from fastsocks import codec as fcodec
 
 
-class Workers(ServerProcess):
-    def __init__(self, n: int) -> None:
-        super().__init__("--listen", "127.0.0.1:0", "--workers", str(n))
+class Workers(FastsocksProcess):
+    """A master and its workers, with a client to try them."""
 
     def connect(self, target: tuple[str, int]) -> socket.socket:
         s = socket.create_connection(("127.0.0.1", self.port), timeout=10)
@@ -37,8 +36,19 @@ def echo(echo_target: Any) -> tuple[str, int]:
     return echo_target.address
 
 
-def test_connections_spread_over_workers_on_one_port(echo: tuple[str, int]) -> None:
-    w = Workers(2)
+@pytest.fixture
+def start_workers(fastsocks_server: Callable[..., FastsocksProcess]) -> Callable[[int], Workers]:
+    """``start_workers(n)``: a master with ``n`` workers on 127.0.0.1:0 (20 s to stop)."""
+
+    def start(n: int) -> Workers:
+        return cast(Workers, fastsocks_server("--workers", str(n), process_class=Workers, stop_timeout=20.0))
+
+    return start
+
+
+def test_connections_spread_over_workers_on_one_port(start_workers: Callable[[int], Workers],
+                                                     echo: tuple[str, int]) -> None:
+    w = start_workers(2)
     try:
         children = _children(w.proc.pid)
         assert len(children) == 2
@@ -59,8 +69,8 @@ def test_connections_spread_over_workers_on_one_port(echo: tuple[str, int]) -> N
     assert _children(w.proc.pid) == []
 
 
-def test_a_dead_worker_is_replaced(echo: tuple[str, int]) -> None:
-    w = Workers(2)
+def test_a_dead_worker_is_replaced(start_workers: Callable[[int], Workers], echo: tuple[str, int]) -> None:
+    w = start_workers(2)
     try:
         first, second = _children(w.proc.pid)
         os.kill(first, signal.SIGKILL)
@@ -82,8 +92,9 @@ def test_a_dead_worker_is_replaced(echo: tuple[str, int]) -> None:
         assert w.stop() == 0
 
 
-def test_sigterm_stops_master_and_workers_with_relays_open(echo: tuple[str, int]) -> None:
-    w = Workers(3)
+def test_sigterm_stops_master_and_workers_with_relays_open(start_workers: Callable[[int], Workers],
+                                                           echo: tuple[str, int]) -> None:
+    w = start_workers(3)
     held = [w.connect(echo) for _ in range(10)]
     children = _children(w.proc.pid)
     assert len(children) == 3

@@ -31,11 +31,6 @@ tr = ci.tr
 tr_error = ci.tr_error
 
 
-@pytest.fixture(params=ci.IMPL_PARAMS)
-def impl(request: pytest.FixtureRequest) -> ModuleType:
-    return request.param
-
-
 def _reply_error(code: int) -> bytes:
     """The 10-byte reply send_error() gives for a request error."""
     return bytes((0x05, code, 0x00, 0x01, 0, 0, 0, 0, 0, 0))

@@ -55,11 +55,6 @@ UDP_HOST, UDP_PORT = "127.0.0.1", 9000
 UDP_HEADER = UDP_DATAGRAM[:10]
 
 
-@pytest.fixture(params=ci.IMPL_PARAMS)
-def impl(request: pytest.FixtureRequest) -> ModuleType:
-    return request.param
-
-
 def _past_greeting(mod: ModuleType) -> Any:
     c = mod.ServerCodec()
     c.receive_data(GREETING)

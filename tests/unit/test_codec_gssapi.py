@@ -36,11 +36,6 @@ PAIRS = [
 TRAILING = b"\x07trailing\x01\xff"
 
 
-@pytest.fixture(params=ci.IMPL_PARAMS)
-def impl(request: pytest.FixtureRequest) -> ModuleType:
-    return request.param
-
-
 def fields(message: Any) -> tuple[Any, ...]:
     if type(message).__name__ == "_NeedData":
         return ("NEED_DATA",)

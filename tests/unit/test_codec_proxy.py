@@ -34,11 +34,6 @@ FIELDS = ("version", "local", "family", "src_host", "src_port", "dst_host", "dst
 CLIENT = b"\x05\x01\x00"
 
 
-@pytest.fixture(params=ci.IMPL_PARAMS)
-def impl(request: pytest.FixtureRequest) -> ModuleType:
-    return request.param
-
-
 def fields(ev: Any) -> tuple[Any, ...]:
     if type(ev).__name__ == "_NeedData":
         return ("NEED_DATA",)
