@@ -21,7 +21,7 @@ if not DISABLED:
     if sys.platform.startswith("linux"):
         # epoll + splice(2): Linux only; elsewhere _relay's protocol pair relays.
         extensions.append(Extension("fastsocks._engine", ["fastsocks/_engine.pyx"]))
-        # recvmmsg/sendmmsg: Linux only; elsewhere udp.py's asyncio endpoints.
+        # recvmmsg/sendmmsg: Linux only; elsewhere _datagram_py's asyncio endpoints.
         extensions.append(Extension("fastsocks._datagram", ["fastsocks/_datagram.pyx"]))
     ext_modules = cythonize(
         extensions,

@@ -1,10 +1,12 @@
 # cython: language_level=3, embedsignature=True
 """The UDP ASSOCIATE datagram path in C (Linux): recvmmsg/sendmmsg batches.
 
-``udp.UdpAssociation`` sets an association up (sockets, access rules, DNS,
-FRAG reassembly) and hands its descriptors to an ``Association`` here, whose
-``client_readable`` and ``target_readable`` the event loop calls when a
-socket has datagrams (``loop.add_reader``).  Each call takes up to ``BATCH``
+``control.udp.UdpAssociation`` decides (access rules, DNS, FRAG reassembly,
+chaining) and ``datagram.NativePath`` hands its sockets' descriptors to an
+``Association`` here, whose ``client_readable`` and ``target_readable`` the
+event loop calls when a socket has datagrams (``loop.add_reader``).  The
+pure-Python twin, for other platforms and protected (GSSAPI) datagrams, is
+``_datagram_py``.  Each call takes up to ``BATCH``
 datagrams with one recvmmsg(2) and sends what it can with one sendmmsg(2)
 per destination socket, without making a Python object per datagram:
 
@@ -119,8 +121,9 @@ cdef enum:
     HEADROOM = 32             # room for the reply header (at most 22 bytes, §7)
     PAYLOAD = 65536           # the largest UDP payload fits
     SLOT = HEADROOM + PAYLOAD
-    MAX_TABLE = 4096          # targets remembered per association (udp.MAX_PEERS)
-    ATYP_IPV4 = 1
+    MAX_TABLE = 4096          # targets remembered per association (_datagram_py.MAX_PEERS)
+    ATYP_IPV4 = 1             # RFC 1928 §5
+    ATYP_DOMAIN = 3
     ATYP_IPV6 = 4
     # UDP GSO (linux/udp.h; Linux ≥ 4.18): one send, the kernel cuts the segments.
     SOL_UDP = 17
@@ -382,9 +385,16 @@ cdef inline int _reply_header(const uint8_t* data, Py_ssize_t n) noexcept:
         return 10 if n >= 10 else -1
     if data[3] == ATYP_IPV6:
         return 22 if n >= 22 else -1
-    if data[3] == 3 and n >= 5 and 7 + data[4] <= n:
+    if data[3] == ATYP_DOMAIN and n >= 5 and 7 + data[4] <= n:
         return 7 + data[4]
     return -1
+
+
+# The table's flags (_datagram.pxd), for the Python that installs decisions.
+PEER = F_PEER
+FAST = F_FAST
+DENY = F_DENY
+CHAIN = F_CHAIN
 
 
 def classify(bytes data):
@@ -461,7 +471,7 @@ cdef class Association:
         """Remember Python's decision for a target (``F_PEER``/``F_FAST``/``F_DENY``/
         ``F_CHAIN``, OR-ed into what is there; ``chain_fd`` with ``F_CHAIN``).
         False when the table is full: that target then stays with Python, and
-        cannot answer (as udp.MAX_PEERS)."""
+        cannot answer (as _datagram_py.MAX_PEERS)."""
         cdef uint8_t addr[16]
         cdef uint8_t family
         cdef uint16_t nport
@@ -684,7 +694,7 @@ cdef class Association:
                     continue
                 self.activity += 1
                 # §7 header in the headroom: the target's address, IPv4 for
-                # an IPv4-mapped one (as udp.py's unmapped()).
+                # an IPv4-mapped one (as _datagram_py's replies).
                 payload = <uint8_t*>_riov[i].iov_base
                 mapped = ipv6 and memcmp(addr, _V4_MAPPED, 12) == 0
                 if ipv6 and not mapped:

@@ -33,13 +33,18 @@ if os.environ.get("FASTSOCKS_NO_EXTENSIONS") or not HAVE_DATAGRAM:
 from fastsocks import _datagram  # noqa: E402
 from fastsocks import codec as fcodec  # noqa: E402
 from fastsocks.errors import ProtocolError  # noqa: E402
-from fastsocks.control.udp import _ip16  # noqa: E402
+from fastsocks.datagram import ip16  # noqa: E402
 
-PEER, FAST, DENY, CHAIN = 1, 2, 4, 8
+PEER, FAST, DENY, CHAIN = _datagram.PEER, _datagram.FAST, _datagram.DENY, _datagram.CHAIN
 
 
 def test_the_extension_is_compiled() -> None:
     assert _datagram.__file__.endswith(".so")
+
+
+def test_the_table_flags_are_the_pxd_ones() -> None:
+    # Python installs decisions with these (datagram.NativePath); _datagram.pxd's F_* values.
+    assert (PEER, FAST, DENY, CHAIN) == (1, 2, 4, 8)
 
 
 # -- the header parser agrees with the codec ------------------------------------
@@ -142,7 +147,7 @@ class Rig:
         self.target_host = host
         self.target_port = self.target.getsockname()[1]
         self.slow: list[bytes] = []
-        self.assoc = _datagram.Association(self.relay.fileno(), _ip16(host), client_port,
+        self.assoc = _datagram.Association(self.relay.fileno(), ip16(host), client_port,
                                            self.slow.extend)
         self.ipv6 = family == socket.AF_INET6
         self.assoc.set_outbound(self.ipv6, self.out.fileno())
@@ -403,7 +408,7 @@ def test_closed_association_is_not_served(rig: Rig) -> None:
 
 def test_chained_targets_go_to_the_upstream_relay_as_they_came(rig: Rig) -> None:
     # An "upstream relay" (a plain socket here) and the association's socket
-    # connected to it, as udp._UpstreamLink makes them on the C path.
+    # connected to it, as udp_upstream.UpstreamLink makes them on the C path.
     relay = _sock(socket.AF_INET, "127.0.0.1")
     link = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     link.setblocking(False)
