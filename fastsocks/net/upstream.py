@@ -4,12 +4,12 @@ Upstream chaining
 -----------------
 An allow rule with ``upstream = "NAME"`` sends a CONNECT through the SOCKS5
 proxy ``[upstreams.NAME]`` instead of dialling the target.  ``connect_via``
-is a small asyncio SOCKS5 client (RFC 1928, RFC 1929): it connects to the
-upstream (from the outbound address, like any other outgoing connection),
-offers no authentication, or username/password too when the upstream has a
-``user``, sends CONNECT with the host as the client asked for it (a name goes
-unresolved, so the upstream resolves it) and returns the connected socket,
-which the session relays exactly as a direct connection.
+connects to the upstream (from the outbound address, like any other outgoing
+connection) and runs the SOCKS5 client role of ``client.py`` on it (RFC 1928,
+RFC 1929): it offers no authentication, or username/password too when the
+upstream has a ``user``, sends CONNECT with the host as the client asked for
+it (a name goes unresolved, so the upstream resolves it) and returns the
+connected socket, which the session relays exactly as a direct connection.
 
 What the client is told when chaining fails:
 
@@ -42,13 +42,12 @@ import asyncio
 import ipaddress
 import logging
 import socket
-import struct
 from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
-from ..codec import encode_address
-from ..constants import Command, Method, Reply
+from ..constants import Command, Reply
 from ..errors import ConfigError
+from .client import Negotiation, SocksError, negotiate_async
 from .resolver import Connector, ConnectError, literal_addresses, resolve
 from .address import format_address, in_ranges, ip_key, normal_network, ranges
 
@@ -88,73 +87,7 @@ class Upstream:
         return format_address(self.host, self.port)
 
 
-class _UpstreamFailed(Exception):
-    """The upstream broke the conversation (not a reply code of its own)."""
-
-
-# -- the SOCKS5 client ----------------------------------------------------------------
-
-
-async def _recv_exact(loop: asyncio.AbstractEventLoop, sock: socket.socket, n: int) -> bytes:
-    data = b""
-    while len(data) < n:
-        chunk = await loop.sock_recv(sock, n - len(data))
-        if not chunk:
-            raise _UpstreamFailed("closed the connection during the handshake")
-        data += chunk
-    return data
-
-
-async def _negotiate(loop: asyncio.AbstractEventLoop, sock: socket.socket, upstream: Upstream,
-                     host: str, port: int, command: int) -> tuple[str, int]:
-    """Greeting, authentication, the request; returns the upstream's BND.ADDR and BND.PORT."""
-    # RFC 1928 §3: offer username/password only when we have credentials.
-    if upstream.user is not None:
-        methods = bytes((Method.NO_AUTH, Method.USERPASS))
-    else:
-        methods = bytes((Method.NO_AUTH,))
-    await loop.sock_sendall(sock, bytes((5, len(methods))) + methods)
-    version, method = await _recv_exact(loop, sock, 2)
-    if version != 5:
-        raise _UpstreamFailed(f"is not a SOCKS5 server (version {version:#04x})")
-    if method == Method.USERPASS and upstream.user is not None:
-        # RFC 1929 §2: VER ULEN UNAME PLEN PASSWD; status 0 is success.
-        user = upstream.user.encode("utf-8")
-        password = (upstream.password or "").encode("utf-8")
-        await loop.sock_sendall(sock, bytes((1, len(user))) + user + bytes((len(password),))
-                                + password)
-        _, status = await _recv_exact(loop, sock, 2)
-        if status != 0:
-            raise _UpstreamFailed(f"rejected user {upstream.user!r} (status {status:#04x})")
-    elif method != Method.NO_AUTH:
-        wanted = "no authentication or username/password" if upstream.user else \
-            "no authentication (set user and password for it)"
-        raise _UpstreamFailed(f"selected method {method:#04x}; we offered {wanted}")
-    # RFC 1928 §4: the request, with the address as the client gave it.
-    await loop.sock_sendall(sock, bytes((5, command, 0)) + encode_address(host, port))
-    version, rep, _, atyp = await _recv_exact(loop, sock, 4)
-    if version != 5:
-        raise _UpstreamFailed(f"answered the request with version {version:#04x}")
-    # §5: BND.ADDR by ATYP, then BND.PORT.
-    if atyp == 1:
-        raw = await _recv_exact(loop, sock, 6)
-        bound = socket.inet_ntop(socket.AF_INET, raw[:4])
-    elif atyp == 4:
-        raw = await _recv_exact(loop, sock, 18)
-        bound = socket.inet_ntop(socket.AF_INET6, raw[:16])
-    elif atyp == 3:
-        length = (await _recv_exact(loop, sock, 1))[0]
-        raw = await _recv_exact(loop, sock, length + 2)
-        bound = raw[:length].decode("utf-8", "replace")
-    else:
-        raise _UpstreamFailed(f"answered with address type {atyp:#04x}")
-    if rep != Reply.SUCCEEDED:
-        code = rep if Reply.GENERAL_FAILURE <= rep <= Reply.ATYP_NOT_SUPPORTED else \
-            Reply.GENERAL_FAILURE
-        raise ConnectError(code, f"upstream {upstream.name} ({upstream.address}) "
-                                 f"replied {rep:#04x}")
-    bound_port = struct.unpack("!H", raw[-2:])[0]
-    return bound, bound_port
+# -- through an upstream: a connection, then the SOCKS5 client role (client.py) -------
 
 
 async def _connect_socket(loop: asyncio.AbstractEventLoop, addresses: list[Any], timeout: float,
@@ -197,6 +130,12 @@ async def connect_via(upstream: Upstream, host: str, port: int, timeout: float,
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     where = f"upstream {upstream.name} ({upstream.address})"
+    # RFC 1928 §3: username/password is offered only when we have credentials.
+    auth = (upstream.user, upstream.password or "") if upstream.user is not None else None
+    try:
+        negotiation = Negotiation(host, port, command, auth)
+    except ValueError as exc:  # nothing a SOCKS5 request can carry: do not even connect
+        raise ConnectError(Reply.GENERAL_FAILURE, f"{where}: {exc}") from None
     try:
         addresses = await resolve(upstream.host, upstream.port)
     except ConnectError as exc:
@@ -207,18 +146,22 @@ async def connect_via(upstream: Upstream, host: str, port: int, timeout: float,
     except ConnectError as exc:
         raise ConnectError(Reply.GENERAL_FAILURE, f"{where}: {exc.reason}") from None
     try:
-        bound = await asyncio.wait_for(_negotiate(loop, sock, upstream, host, port, command),
+        bound = await asyncio.wait_for(negotiate_async(loop, sock, negotiation),
                                        max(deadline - loop.time(), 0.001))
-    except ConnectError:
-        sock.close()
-        raise
     except asyncio.TimeoutError:
         sock.close()
         raise ConnectError(Reply.GENERAL_FAILURE, f"{where}: no answer within "
                                                   f"{timeout:g} s") from None
-    except _UpstreamFailed as exc:
+    except SocksError as exc:
         sock.close()
-        raise ConnectError(Reply.GENERAL_FAILURE, f"{where} {exc}") from None
+        if exc.reply is not None:
+            # The upstream's own verdict on the target: passed through (codes
+            # outside RFC 1928 §6 become X'01', which is all they can mean here).
+            code = exc.reply if Reply.GENERAL_FAILURE <= exc.reply <= Reply.ATYP_NOT_SUPPORTED \
+                else Reply.GENERAL_FAILURE
+            raise ConnectError(code, f"{where} replied {exc.reply:#04x}") from None
+        # The target was never tried: X'01' (see the module text).
+        raise ConnectError(Reply.GENERAL_FAILURE, f"{where}: {exc}") from None
     except OSError as exc:
         sock.close()
         raise ConnectError(Reply.GENERAL_FAILURE, f"{where}: {exc.strerror or exc}") from None
