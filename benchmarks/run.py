@@ -58,6 +58,7 @@ if str(ROOT) not in sys.path:  # run from a checkout without installing
     sys.path.insert(0, str(ROOT))
 
 from fastsocks import bench  # noqa: E402
+from fastsocks.net.address import format_peer  # noqa: E402
 
 SERVERS = ("fastsocks", "microsocks", "dante")
 GROUPS = ("idle", "throughput", "handshake", "udp")
@@ -358,8 +359,8 @@ def measure_round(server: Server, sink: bench.LocalTarget, echo: bench.LocalTarg
         ours = (time.process_time() - gen0 + target_cpu
                 + ((tree.cpu_seconds() - srv0) if tree else 0.0))
         busy1 = _busy_ticks()
-        busy = (busy1[0] - busy0[0]) / bench._CLK_TCK
-        irq = (busy1[1] - busy0[1]) / bench._CLK_TCK
+        busy = (busy1[0] - busy0[0]) / bench.CLK_TCK
+        irq = (busy1[1] - busy0[1]) / bench.CLK_TCK
         result["target_cpu_s"] = round(target_cpu, 3)
         result["machine_busy_cores"] = round(busy / wall, 3)
         result["machine_irq_cores"] = round(irq / wall, 3)
@@ -768,8 +769,8 @@ def main(argv: list[str] | None = None) -> int:
             udp_echo = stack.enter_context(bench.LocalTarget("udp-echo", "process"))
             udp_sink = stack.enter_context(bench.LocalTarget("udp-sink", "process"))
             UDP_TARGETS.update(echo=udp_echo.address, sink=udp_sink.address)
-            log(f"UDP targets: echo {bench._fmt(udp_echo.address)} (pid {udp_echo.pid}), "
-                f"sink {bench._fmt(udp_sink.address)} (pid {udp_sink.pid})")
+            log(f"UDP targets: echo {format_peer(udp_echo.address)} (pid {udp_echo.pid}), "
+                f"sink {format_peer(udp_sink.address)} (pid {udp_sink.pid})")
         for rnd in range(plan.repeat):
             for name in ["direct", *active]:
                 log(f"round {rnd + 1}/{plan.repeat}: {name}")

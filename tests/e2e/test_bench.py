@@ -16,6 +16,7 @@ import threading
 import pytest
 
 from fastsocks import bench
+from fastsocks.net.client import Negotiation
 
 
 def _addr(server) -> str:
@@ -107,7 +108,7 @@ def test_username_password(fastsocks_server, run_cli, tmp_path):
     assert result["handshakes"] > 0 and result["errors"] == {}, result
     assert result["auth"] is True
     # A wrong password and missing credentials are both named clearly.
-    with pytest.raises(bench.SocksError, match=r"username/password rejected"):
+    with pytest.raises(bench.SocksError, match=r"auth: the server rejected user 'name'"):
         bench.open_connection(server.address, ("127.0.0.1", 9), auth=("name", "wrong"))
     with pytest.raises(bench.SocksError, match=r"no acceptable authentication method"):
         bench.open_connection(server.address, ("127.0.0.1", 9))
@@ -155,13 +156,29 @@ def test_client_is_strict(answer, message):
         listener.close()
 
 
-def test_client_encodes_addresses():
-    assert bench.connect_request("127.0.0.1", 80) == b"\x05\x01\x00\x01\x7f\x00\x00\x01\x00\x50"
-    assert bench.connect_request("::1", 1) == b"\x05\x01\x00\x04" + bytes(15) + b"\x01\x00\x01"
-    assert bench.connect_request("example.org", 443) == (
-        b"\x05\x01\x00\x03\x0bexample.org\x01\xbb")
-    assert bench.userpass_request(("u", "p")) == b"\x01\x01u\x01p"
-    assert bench.reply_rest(b"\x05\x00\x00\x03\x04") == 6
+def test_client_role_step_by_step():
+    """The client role bench speaks through: what it sends, and reads that stop at each message."""
+    n = Negotiation("example.org", 443, auth=("u", "p"))
+    assert n.start() == b"\x05\x02\x00\x02" and n.step == "greeting" and n.want == 2
+    assert n.receive(b"\x05") == b"" and n.want == 1
+    assert n.receive(b"\x02") == b"\x01\x01u\x01p" and n.step == "auth"
+    assert n.receive(b"\x01\x00") == b"\x05\x01\x00\x03\x0bexample.org\x01\xbb"
+    assert n.step == "reply" and n.want == 8  # the shortest reply there is
+    assert n.receive(b"\x05\x00\x00\x04") == b"" and n.want == 18  # IPv6: 22 in all
+    assert n.receive(bytes(15) + b"\x01\x04\x38") == b"" and n.done
+    assert n.bound == ("::1", 1080) and n.want == 0
+    # Without credentials only "no authentication" is offered; a fresh() copy starts over.
+    plain = Negotiation("127.0.0.1", 80)
+    assert plain.start() == b"\x05\x01\x00"
+    assert plain.receive(b"\x05\x00") == b"\x05\x01\x00\x01\x7f\x00\x00\x01\x00\x50"
+    again = plain.fresh()
+    assert again.step == "greeting" and again.receive(b"\x05\x00") == (
+        b"\x05\x01\x00\x01\x7f\x00\x00\x01\x00\x50")
+    with pytest.raises(bench.SocksError, match=r"greeting: server chose method X'02', which "
+                                               r"was not offered"):
+        Negotiation("::1", 1).receive(b"\x05\x02")
+    with pytest.raises(ValueError):
+        Negotiation("a" * 256, 80)
 
 
 # -- UDP ASSOCIATE modes ------------------------------------------------------------
@@ -262,7 +279,6 @@ def test_udp_options_are_checked(capsys):
 
 def test_udp_reply_parsing():
     assert bench.udp_header("127.0.0.1", 9000) == b"\x00\x00\x00\x01\x7f\x00\x00\x01\x23\x28"
-    assert bench.udp_associate_request("0.0.0.0", 0) == b"\x05\x03\x00\x01" + bytes(6)
     assert bench.parse_udp_reply(bench.udp_header("::1", 53) + b"x") == ("::1", 53, b"x")
     assert bench.parse_udp_reply(bench.udp_header("localhost", 7) + b"") == ("localhost", 7, b"")
     for bad in (b"\x00\x00", b"\x01\x00\x00\x01" + bytes(6), b"\x00\x00\x01\x01" + bytes(6),
