@@ -38,11 +38,12 @@ class Half:
     __slots__ = ("relay", "transport", "peer", "nbytes", "eof", "lost", "name", "buckets",
                  "held", "blocked")
 
+    peer: Half  # the other direction, linked by Relay as soon as both exist
+
     def __init__(self, relay: Relay, name: str) -> None:
         self.relay = relay
         self.name = name
         self.transport: Any = None
-        self.peer: Half | None = None
         self.nbytes = 0
         self.eof = False
         self.lost = False
@@ -57,13 +58,16 @@ class Half:
     def data_received(self, data: bytes) -> None:
         self.nbytes += len(data)
         peer = self.peer
-        if peer is not None and not peer.lost:
+        if not peer.lost:
             peer.transport.write(data)
         if self.buckets is not None:
             self._charge(len(data))
 
     def _charge(self, n: int) -> None:
-        delay = max(bucket.take(n) for bucket in self.buckets)  # type: ignore[union-attr]
+        buckets = self.buckets
+        if buckets is None:
+            return
+        delay = max(bucket.take(n) for bucket in buckets)
         if delay > 0 and not self.held and not self.lost:
             self.held = True
             self.transport.pause_reading()
@@ -85,16 +89,15 @@ class Half:
 
     def pause_writing(self) -> None:
         peer = self.peer
-        if peer is not None and not peer.lost:
+        if not peer.lost:
             peer.blocked = True
             peer.transport.pause_reading()
 
     def resume_writing(self) -> None:
         peer = self.peer
-        if peer is not None:
-            peer.blocked = False
-            if not peer.lost and not peer.eof and not peer.held:
-                peer.transport.resume_reading()
+        peer.blocked = False
+        if not peer.lost and not peer.eof and not peer.held:
+            peer.transport.resume_reading()
 
 
 class Relay:

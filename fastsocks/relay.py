@@ -15,15 +15,18 @@ twins).
 from __future__ import annotations
 
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING
 
 from . import _accel, _relay_py
+
+if TYPE_CHECKING:
+    from . import _engine as _engine_stub
 
 _impl: ModuleType = _accel.compiled("_relay") or _relay_py
 
 # Linux: epoll + splice, with the compiled relay only.
 _engine = _accel.compiled("_engine") if _impl is not _relay_py else None
-Engine: Any = _engine.Engine if _engine is not None else None
+Engine: type[_engine_stub.Engine] | None = _engine.Engine if _engine is not None else None
 
 IMPLEMENTATION: str = _impl.IMPLEMENTATION
 Relay = _impl.Relay

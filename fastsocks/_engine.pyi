@@ -1,0 +1,40 @@
+"""Type stub of the Linux relay engine (``_engine.pyx``: epoll + splice(2))."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+#: Why a pair ended, by the index the engine reports.
+REASONS: tuple[str, ...]
+
+class Throttle:
+    """A bandwidth limit (bytes per second, each direction) for engine pairs."""
+
+    @property
+    def rate(self) -> float: ...
+    def __init__(self, rate: float) -> None: ...
+
+class Engine:
+    """One relay thread and the pairs it owns; call from the event loop thread."""
+
+    @property
+    def active(self) -> int: ...
+    @property
+    def done_fileno(self) -> int: ...
+    def __init__(self) -> None: ...
+    def start(self) -> None: ...
+    def throttle(self, rate: float) -> Throttle: ...
+    def add(
+        self,
+        client_fd: int,
+        upstream_fd: int,
+        to_upstream: bytes,
+        to_client: bytes,
+        idle_timeout: float,
+        callback: Callable[[int, int, str], object],
+        throttles: tuple[Throttle, ...] = ...,
+    ) -> int: ...
+    def close(self, pair_id: int, reason: str = ...) -> None: ...
+    def close_all(self, reason: str = ...) -> None: ...
+    def stop(self) -> None: ...
+    def collect(self) -> int: ...
