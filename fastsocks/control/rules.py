@@ -64,7 +64,9 @@ import logging
 from typing import Any, Iterable, Mapping
 
 from ..constants import Command
-from ..net.address import IpKey, in_ranges, ip_key, is_loopback_host, normal_network, ranges
+from ..errors import ConfigError
+from ..net.address import (IpKey, in_ranges, ip_key, is_loopback_host, normal_network,
+                           parse_sources, ranges)
 
 __all__ = [
     "Rule",
@@ -657,15 +659,12 @@ def compile_rule(index: int, table: Any, groups: Mapping[str, Any],
             spec["upstream"] = name
 
     if "source" in table:
-        from ..net.upstream import _source_list
-        from ..errors import ConfigError
-
         if action == "deny":
             errors.append((f"{here}.source", "only an allow rule dials out; remove source or "
                                              "make it allow"))
         else:
             try:
-                sources = _source_list(table["source"], f"{here}.source")
+                sources = parse_sources(table["source"], f"{here}.source")
             except ConfigError as exc:
                 errors.append((f"{here}.source", str(exc).partition(": ")[2]))
             else:

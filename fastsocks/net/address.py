@@ -17,6 +17,7 @@ __all__ = [
     "format_address",
     "format_peer",
     "parse_listen",
+    "parse_sources",
     "is_loopback_host",
     "unmapped",
     "IpKey",
@@ -74,6 +75,33 @@ def parse_listen(value: str) -> tuple[str, int]:
     if not 0 <= port <= 65535:
         raise ConfigError(f"listen address {value!r}: port must be 0 to 65535")
     return host, port
+
+
+def parse_sources(value: Any, key: str) -> list[str]:
+    """Source addresses of outgoing connections: one IP, or at most one of each family.
+
+    ``[outbound] address``, ``[outbound.users]`` and a rule's ``source``;
+    ConfigError ``KEY: what is wrong`` otherwise.
+    """
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, (list, tuple)) or not items:
+        raise ConfigError(f"{key}: give an IP address, or one IPv4 and one IPv6 address, e.g. "
+                          f"[\"192.0.2.10\", \"2001:db8::10\"], got {value!r}")
+    seen: set[int] = set()
+    out = []
+    for item in items:
+        try:
+            ip = ipaddress.ip_address(item.partition("%")[0]) if isinstance(item, str) else None
+        except ValueError:
+            ip = None
+        if ip is None:
+            raise ConfigError(f"{key}: {item!r} is not an IPv4 or IPv6 address")
+        if ip.version in seen:
+            raise ConfigError(f"{key}: more than one IPv{ip.version} address; give at most one "
+                              "of each family")
+        seen.add(ip.version)
+        out.append(item)
+    return out
 
 
 def is_loopback_host(host: str) -> bool:
