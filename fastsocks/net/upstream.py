@@ -46,7 +46,6 @@ from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
 from ..constants import Command, Reply
-from ..errors import ConfigError
 from .client import Negotiation, SocksError, negotiate_async
 from .resolver import Connector, ConnectError, literal_addresses, resolve
 from .address import format_address, in_ranges, ip_key, normal_network, ranges
@@ -55,18 +54,11 @@ __all__ = [
     "Upstream",
     "connect_via",
     "source_addresses",
-    "check_outbound",
-    "check_proxy_protocol",
     "trusted_ranges",
     "is_trusted",
-    "MIN_PROXY_PROTOCOL_TIMEOUT",
 ]
 
 log = logging.getLogger("fastsocks.upstream")
-
-#: The PROXY protocol spec asks receivers to wait at least 3 s for the header.
-MIN_PROXY_PROTOCOL_TIMEOUT = 3.0
-
 
 @dataclass(frozen=True)
 class Upstream:
@@ -184,45 +176,6 @@ def source_addresses(addresses: Iterable[str]) -> tuple[Any, ...]:
     return tuple(out)
 
 
-def _source_list(value: Any, key: str) -> list[str]:
-    items = [value] if isinstance(value, str) else value
-    if not isinstance(items, (list, tuple)) or not items:
-        raise ConfigError(f"{key}: give an IP address, or one IPv4 and one IPv6 address, e.g. "
-                          f"[\"192.0.2.10\", \"2001:db8::10\"], got {value!r}")
-    seen: set[int] = set()
-    out = []
-    for item in items:
-        try:
-            ip = ipaddress.ip_address(str(item).partition("%")[0]) if isinstance(item, str) \
-                else None
-        except ValueError:
-            ip = None
-        if ip is None:
-            raise ConfigError(f"{key}: {item!r} is not an IPv4 or IPv6 address")
-        if ip.version in seen:
-            raise ConfigError(f"{key}: more than one IPv{ip.version} address; give at most one "
-                              "of each family")
-        seen.add(ip.version)
-        out.append(item)
-    return out
-
-
-def check_outbound(settings: Any) -> None:
-    """Validate the outbound address settings (called by Settings.validate)."""
-    if settings.outbound_address:
-        settings.outbound_address = _source_list(settings.outbound_address, "outbound-address")
-    for user, value in settings.outbound_users.items():
-        settings.outbound_users[user] = _source_list(value, f"outbound.users.{user}")
-    interface = settings.outbound_interface
-    if interface is not None and (not isinstance(interface, str) or not interface
-                                  or len(interface) >= 16 or "/" in interface
-                                  or any(c.isspace() for c in interface)):
-        raise ConfigError(f"outbound-interface {interface!r}: give a network interface name "
-                          "such as eth1 (at most 15 characters)")
-    if interface is not None and not hasattr(socket, "SO_BINDTODEVICE"):
-        raise ConfigError("outbound-interface needs SO_BINDTODEVICE (Linux); leave it out here")
-
-
 # -- PROXY protocol trust -------------------------------------------------------------
 
 
@@ -234,30 +187,3 @@ def trusted_ranges(cidrs: Iterable[str]) -> Any:
 def is_trusted(ranges: Any, host: str | None) -> bool:
     key = ip_key(host) if host else None
     return key is not None and in_ranges(ranges, key)
-
-
-def check_proxy_protocol(settings: Any) -> None:
-    """Validate the PROXY protocol settings (called by Settings.validate)."""
-    normal = []
-    for text in settings.proxy_protocol_from:
-        try:
-            net = ipaddress.ip_network(str(text), strict=True)
-        except ValueError:
-            raise ConfigError(f"proxy-protocol-from {text!r}: give the balancers' addresses as "
-                              "CIDRs, e.g. 10.0.0.0/8 or 192.0.2.7/32 (host bits unset)") from None
-        normal.append(net.with_prefixlen)
-    settings.proxy_protocol_from = normal
-    if not settings.proxy_protocol_timeout >= MIN_PROXY_PROTOCOL_TIMEOUT:
-        raise ConfigError(f"proxy-protocol-timeout {settings.proxy_protocol_timeout:g}: the "
-                          f"PROXY protocol spec asks for at least {MIN_PROXY_PROTOCOL_TIMEOUT:g} s")
-    listeners = settings.proxy_protocol_listen
-    if listeners is not None:
-        if not settings.proxy_protocol_from:
-            raise ConfigError("proxy_protocol.listeners is set but no trusted source is: add "
-                              "proxy_protocol.trusted = [\"CIDR\", ...] (the balancers' "
-                              "addresses)")
-        for host, port in listeners:
-            if (host, port) not in settings.listen:
-                shown = format_address(host, port)
-                raise ConfigError(f"proxy_protocol.listeners: {shown} is not one of the listen "
-                                  "addresses; name listeners exactly as in listen")

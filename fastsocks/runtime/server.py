@@ -410,10 +410,6 @@ def run(settings: Settings, reload: Callable[[], Settings] | None = None) -> int
     acceptor_from_settings(settings)  # a keytab without the principal: fail now, not per worker
     if settings.access_log:
         check_access_log(settings.access_log)  # fail now, not in each worker
-    if settings.access_log_format not in ("text", "json"):
-        raise ConfigError(f"access log format {settings.access_log_format!r}: use text or json")
-    if settings.metrics_listen:
-        parse_listen(settings.metrics_listen)  # a bad address is a start-up error
     if settings.workers <= 1:
         _run_loop(settings, users, reload=reload)
         return 0

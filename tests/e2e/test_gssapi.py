@@ -892,7 +892,7 @@ def test_dante_client_without_ticket(gss_server: Callable[..., Any], libdsocks: 
 
 
 def test_config_file_round_trip(tmp_path: Path) -> None:
-    from fastsocks.config.file import load_config, render
+    from fastsocks.config import load_config, render
 
     config = tmp_path / "fastsocks.toml"
     config.write_text("""\
@@ -930,7 +930,7 @@ min_protection = "confidentiality"
     ("enabled = 1", "gssapi.enabled: must be true or false"),
 ])
 def test_config_file_errors(tmp_path: Path, table: str, error: str) -> None:
-    from fastsocks.config.file import ConfigFileError, load_config
+    from fastsocks.config import ConfigFileError, load_config
 
     config = tmp_path / "bad.toml"
     config.write_text(f"[gssapi]\n{table}\n")

@@ -13,8 +13,8 @@ import pytest
 
 from fastsocks.runtime import cli
 from fastsocks.control.auth import hash_password
-from fastsocks.config import Settings, cpu_count, load_config
-from fastsocks.config.file import DEFAULT_METRICS_LISTEN, ConfigFileError, render
+from fastsocks.config import (DEFAULT_METRICS_LISTEN, SETTINGS, ConfigFileError, Settings,
+                              cpu_count, load_config, render)
 from fastsocks.errors import ConfigError
 from fastsocks.control.rules import RULE_KEYS
 
@@ -485,3 +485,94 @@ def test_example_config_is_in_the_repository():
 def test_render_of_defaults_loads_back(tmp_path):
     text = render(Settings())
     assert comparable(load_config(write(tmp_path, text))) == comparable(Settings())
+
+
+# -- the table drives the flags, the loader, check and validate ------------------------------------
+
+
+def _settings_of_every_kind(tmp_path: Path) -> Settings:
+    settings = load_config(_example_copy(tmp_path, uncomment=True))
+    settings.gssapi_principal_map = {"bob@EXAMPLE.COM": "robert"}
+    settings.metrics_listen = "127.0.0.1:9300"
+    return settings
+
+
+def test_every_flag_comes_from_the_table():
+    from fastsocks.config.args import HELP_ORDER
+
+    flagged = [s for s in SETTINGS if s.flags]
+    assert sorted(HELP_ORDER) == sorted(s.name for s in flagged)  # an order, nothing more
+    parser = cli._serve_parser()
+    options = {o for action in parser._actions for o in action.option_strings}
+    assert options - {o for s in flagged for o in s.flags} == {"-h", "--help", "--version", "--config"}
+    help_text = parser.format_help()
+    for setting in flagged:
+        assert setting.flags[0] in help_text, setting.name
+
+
+def test_every_setting_is_rendered_and_loads_back(tmp_path):
+    settings = _settings_of_every_kind(tmp_path)
+    doc = tomllib.loads(render(settings))
+    for setting in SETTINGS:
+        node: Any = doc
+        for part in setting.key.split("."):
+            assert part in node, (setting.name, setting.key)
+            node = node[part]
+    again = load_config(write(tmp_path, render(settings), "again.toml"))
+    assert comparable(again) == comparable(settings)
+
+
+def test_every_default_is_the_tables():
+    from fastsocks.config.settings import get
+
+    for setting in SETTINGS:
+        assert get(Settings(), setting.name) == setting.make_default(), setting.name
+
+
+@pytest.mark.parametrize("key", [s.key for s in SETTINGS if "." in s.key and s.kind.empty is None])
+def test_unknown_key_in_every_section_gets_a_suggestion(tmp_path, key):
+    section, _, name = key.rpartition(".")
+    path = write(tmp_path, f"[{section}]\n{name}x = 1\n")
+    with pytest.raises(ConfigFileError) as info:
+        load_config(path)
+    assert info.value.errors[0].startswith(f"{path}: {key}x: unknown key (did you mean {name!r}?); "
+                                           f"[{section}] allows ")
+
+
+def test_every_choice_names_file_key_and_fix(tmp_path):
+    from fastsocks.config.scalars import Choice
+
+    choices = [s for s in SETTINGS if isinstance(s.kind, Choice)]
+    assert {s.name for s in choices} >= {"loop", "relay", "log_level", "access_log_format",
+                                         "gssapi_min_protection"}
+    for setting in choices:
+        section, _, name = setting.key.rpartition(".")
+        text = (f"[{section}]\n" if section else "") + f'{name} = "bogus"\n'
+        path = write(tmp_path, text)
+        with pytest.raises(ConfigFileError) as info:
+            load_config(path)
+        allowed = ", ".join(f'"{c}"' for c in setting.kind.choices)
+        assert info.value.errors == [f'{path}: {setting.key}: must be one of {allowed}, got "bogus"']
+        # The API is checked against the same list, worded for the command line.
+        with pytest.raises(ConfigError, match=re.escape(f"'bogus': {setting.kind.fix}")):
+            Settings(**{setting.name: "bogus"}).validate()
+
+
+def test_reload_keeps_what_the_table_marks_fixed():
+    from fastsocks.config import not_reloadable
+
+    assert set(not_reloadable()) == {"listen", "workers", "relay", "loop", "backlog",
+                                     "metrics_listen", "access_log", "access_log_format"}
+
+
+def test_start_up_checks_are_in_validate():
+    """What server.run used to check itself (access log format, metrics address)."""
+    with pytest.raises(ConfigError, match="access log format 'xml': use text or json"):
+        Settings(access_log_format="xml").validate()
+    with pytest.raises(ConfigError, match="listen address 'nope'"):
+        Settings(metrics_listen="nope").validate()
+    with pytest.raises(ConfigError, match="proxy-protocol-timeout 1: the PROXY protocol spec"):
+        Settings(proxy_protocol_from=["10.0.0.0/8"], proxy_protocol_timeout=1.0).validate()
+    settings = Settings(outbound_address="127.0.0.7")  # type: ignore[arg-type]
+    settings.validate()
+    assert settings.outbound_address == ["127.0.0.7"]  # normalised to a list
