@@ -1,0 +1,415 @@
+"""Access rules, evaluated: ordered allow/deny, first match wins, and the SSRF-safe default.
+
+The compiled form of ``[[rules]]`` (``Rule``, built by ``rules.compile_rule``)
+and how a session's attempts are judged against it (``Policy``, bound to one
+session as a ``TargetFilter``).  Decisions are values: a ``Denial`` saying
+why, the allow ``Rule`` that decided (its upstream and outbound address), or
+None (allowed by default, or undecided until the address is known).
+
+Two passes
+----------
+The first match among the rules decides.  For a name, the answer may depend
+on its addresses, so the request is judged twice:
+
+1. On the request, before resolution, with the address unknown.  If the first
+   rule that can match is a deny that does not depend on the address (it has
+   no ``dst``), the request is denied without a DNS lookup.
+2. For each resolved address, with the name *and* the address known: the
+   first matching rule decides for that address.  Only allowed addresses are
+   dialled; none allowed is a denial.
+
+An IP-literal request is judged once, completely.  So ``allow domain
+*.corp`` followed by ``deny dst 10.0.0.0/8`` lets names under corp reach
+10/8 while an IP literal in 10/8 (or any other name resolving there) is
+denied; put the deny first and nothing reaches 10/8, names included.
+
+Defaults and the SSRF-safe default
+----------------------------------
+No rule matches: allowed.  But while any listener is on a non-loopback
+address, destinations in loopback, link-local, private, shared (CGNAT) and
+unspecified ranges (``PROTECTED``, IPv4-mapped forms included) are denied
+unless an *explicit* allow rule matches them: an allow rule with a ``dst`` or
+``domain`` matcher.  An allow rule without either (``allow users = [...]``)
+does not open them; it is skipped for such a destination and the search goes
+on.  Deny rules apply as usual.  The SSRF default covers CONNECT and UDP
+targets; BIND dials nothing, so its peer is judged by the rules only.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+from typing import Any, Iterable, Mapping, Union
+
+from ..constants import Command
+from ..net.address import IpKey, in_ranges, ip_key, normal_network, ranges
+
+__all__ = [
+    "Rule",
+    "Policy",
+    "Subject",
+    "Denial",
+    "Decision",
+    "TargetFilter",
+    "UNKNOWN",
+    "COMMANDS",
+    "PROTECTED",
+    "protected_kind",
+    "normal_name",
+    "describe_target",
+]
+
+# Denials are logged under this name whichever module logs them.
+log = logging.getLogger("fastsocks.rules")
+
+COMMANDS: dict[str, int] = {
+    "connect": Command.CONNECT,
+    "bind": Command.BIND,
+    "udp": Command.UDP_ASSOCIATE,
+}
+_COMMAND_NAMES = {value: name for name, value in COMMANDS.items()}
+
+# Destinations the SSRF-safe default protects: (network, what it is).
+PROTECTED: tuple[tuple[str, str], ...] = (
+    ("127.0.0.0/8", "loopback"),
+    ("::1/128", "loopback"),
+    ("169.254.0.0/16", "link-local"),
+    ("fe80::/10", "link-local"),
+    ("10.0.0.0/8", "private"),
+    ("172.16.0.0/12", "private"),
+    ("192.168.0.0/16", "private"),
+    ("fc00::/7", "private"),
+    ("fec0::/10", "private (site-local)"),
+    ("100.64.0.0/10", "shared address space"),
+    ("0.0.0.0/8", "unspecified"),
+    ("::/128", "unspecified"),
+)
+
+
+class _Unknown:
+    """The value of an input not known yet (the address before resolution)."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "UNKNOWN"
+
+
+UNKNOWN: Any = _Unknown()
+
+def _protected_table(version: int) -> tuple[tuple[int, int, str], ...]:
+    out = []
+    for text, what in PROTECTED:
+        net = ipaddress.ip_network(text)
+        if net.version == version:
+            out.append((int(net.network_address), int(net.broadcast_address), what))
+    return tuple(out)
+
+
+_PROTECTED_V4 = _protected_table(4)
+_PROTECTED_V6 = _protected_table(6)
+
+
+def protected_kind(key: IpKey) -> str | None:
+    """What kind of protected destination ``key`` is, or None."""
+    n = key[1]
+    for lo, hi, what in _PROTECTED_V4 if key[0] == 4 else _PROTECTED_V6:
+        if lo <= n <= hi:
+            return what
+    return None
+
+
+def normal_name(host: str) -> str:
+    """A requested name as rules compare it: lower case, no trailing dot."""
+    return host.lower().rstrip(".")
+
+
+class Subject:
+    """Who is asking: the client's address, the user and the user's groups."""
+
+    __slots__ = ("client", "user", "groups")
+
+    def __init__(self, client: IpKey | None, user: str | None, groups: frozenset[str]) -> None:
+        self.client = client
+        self.user = user
+        self.groups = groups
+
+
+class Denial:
+    """Why an attempt was denied: ``rule`` is the index in [[rules]], None for the SSRF default."""
+
+    __slots__ = ("rule", "kind")
+
+    def __init__(self, rule: int | None, kind: str | None = None) -> None:
+        self.rule = rule
+        self.kind = kind  # for the SSRF default: "loopback", "private", ...
+
+    def __str__(self) -> str:
+        if self.rule is not None:
+            return f"denied by rules[{self.rule}]"
+        return (f"denied by the SSRF-safe default ({self.kind} destination; "
+                "an allow rule with dst or domain can permit it)")
+
+    def __repr__(self) -> str:
+        return f"Denial({self.rule!r}, {self.kind!r})"
+
+
+class Rule:
+    """One compiled ``[[rules]]`` entry."""
+
+    __slots__ = ("index", "allow", "src", "dst", "exact", "suffixes", "has_domain", "ports",
+                 "users", "groups", "commands", "explicit", "spec", "upstream", "source")
+
+    def __init__(
+        self,
+        index: int,
+        allow: bool,
+        *,
+        src: Iterable[Any] | None = None,
+        dst: Iterable[Any] | None = None,
+        domains: Iterable[str] | None = None,
+        ports: Iterable[tuple[int, int]] | None = None,
+        users: Iterable[str] | None = None,
+        groups: Iterable[str] | None = None,
+        commands: Iterable[int] | None = None,
+        spec: Mapping[str, Any] | None = None,
+        upstream: str | None = None,
+        source: Iterable[str] | None = None,
+    ) -> None:
+        # What an allow rule does besides allowing: the upstream proxy to go
+        # through ([upstreams.NAME]) and the outbound address(es) to dial from.
+        self.upstream = upstream
+        self.source = None if source is None else tuple(source)
+        self.index = index
+        self.allow = allow
+        self.src = None if src is None else ranges(normal_network(n) for n in src)
+        self.dst = None if dst is None else ranges(normal_network(n) for n in dst)
+        self.has_domain = domains is not None
+        exact: set[str] = set()
+        suffixes: set[str] = set()
+        for domain in domains or ():
+            if domain.startswith("*."):
+                suffixes.add(domain[2:])
+            else:
+                exact.add(domain)
+        self.exact = frozenset(exact)
+        self.suffixes = frozenset(suffixes)
+        self.ports = None if ports is None else tuple(ports)
+        self.users = None if users is None else frozenset(users)
+        self.groups = None if groups is None else frozenset(groups)
+        self.commands = None if commands is None else frozenset(commands)
+        # Only a rule that names the destination may open a protected one.
+        self.explicit = self.dst is not None or self.has_domain
+        self.spec = dict(spec or {"action": "allow" if allow else "deny"})
+
+    def __repr__(self) -> str:
+        return f"<Rule rules[{self.index}] {self.spec!r}>"
+
+    def domain_matches(self, name: str) -> bool:
+        if name in self.exact:
+            return True
+        suffixes = self.suffixes
+        if suffixes:
+            i = name.find(".")
+            while i >= 0:
+                if name[i + 1:] in suffixes:
+                    return True
+                i = name.find(".", i + 1)
+        return False
+
+    def match(self, command: int, subject: Subject, name: Any, ip: Any, port: Any) -> bool | None:
+        """True, False, or None when the answer depends on an input still UNKNOWN.
+
+        ``name`` is the normalised requested name, None for an IP-literal
+        request, or UNKNOWN; ``ip`` an ``ip_key`` or UNKNOWN; ``port`` an int
+        or UNKNOWN.
+        """
+        if self.commands is not None and command not in self.commands:
+            return False
+        if self.src is not None and (subject.client is None or not in_ranges(self.src, subject.client)):
+            return False
+        if self.users is not None and subject.user not in self.users:
+            return False
+        if self.groups is not None and self.groups.isdisjoint(subject.groups):
+            return False
+        undecided = False
+        if self.ports is not None:
+            if port is UNKNOWN:
+                undecided = True
+            else:
+                for lo, hi in self.ports:
+                    if lo <= port <= hi:
+                        break
+                else:
+                    return False
+        if self.has_domain:
+            if name is UNKNOWN:
+                undecided = True
+            elif name is None or not self.domain_matches(name):
+                return False
+        if self.dst is not None:
+            if ip is UNKNOWN:
+                undecided = True
+            elif not in_ranges(self.dst, ip):
+                return False
+        return None if undecided else True
+
+
+class Policy:
+    """The compiled rules, the groups, and whether the SSRF default is on.
+
+    A server without rules whose listeners are all loopback has no Policy
+    at all (``build_policy`` returns None), so sessions pay one attribute
+    test.
+    """
+
+    __slots__ = ("rules", "ssrf", "user_groups")
+
+    def __init__(self, rules: Iterable[Rule], groups: Mapping[str, Iterable[str]] | None = None,
+                 ssrf: bool = False) -> None:
+        self.rules = tuple(rules)
+        self.ssrf = ssrf
+        user_groups: dict[str, set[str]] = {}
+        for group, members in (groups or {}).items():
+            for member in members:
+                user_groups.setdefault(member, set()).add(group)
+        self.user_groups = {user: frozenset(g) for user, g in user_groups.items()}
+
+    def subject(self, client_host: str | None, user: str | None) -> Subject:
+        client = ip_key(client_host) if client_host else None
+        groups = self.user_groups.get(user, frozenset()) if user is not None else frozenset()
+        return Subject(client, user, groups)
+
+    def check(self, command: int, subject: Subject, name: Any, ip: Any, port: Any) -> Denial | None:
+        """The first match decides; None: allowed (or not denied before the address is known)."""
+        decision = self.decide(command, subject, name, ip, port)
+        return decision if type(decision) is Denial else None
+
+    def decide(self, command: int, subject: Subject, name: Any, ip: Any,
+               port: Any) -> Decision:
+        """Like ``check``, but an allow by a rule returns that rule (its upstream, source)."""
+        protected = None
+        if self.ssrf and ip is not UNKNOWN and command != Command.BIND:
+            protected = protected_kind(ip)
+        for rule in self.rules:
+            matched = rule.match(command, subject, name, ip, port)
+            if matched is False:
+                continue
+            if matched is None:
+                return None  # depends on the address: judged again once it is known
+            if rule.allow:
+                if protected is not None and not rule.explicit:
+                    continue  # only an allow that names the destination opens it
+                return rule
+            return Denial(rule.index)
+        if protected is not None:
+            return Denial(None, protected)
+        return None
+
+    def check_request(self, command: int, subject: Subject, host: str,
+                      port: Any) -> Decision:
+        """Pass 1, on the request as sent: complete for an IP literal, early for a name.
+
+        A Denial, the allow Rule that decided, or None (allowed by default, or
+        undecided until the address is known).
+        """
+        key = ip_key(host)
+        if key is not None:
+            return self.decide(command, subject, None, key, port)
+        return self.decide(command, subject, normal_name(host), UNKNOWN, port)
+
+    def check_address(self, command: int, subject: Subject, host: str, address: str,
+                      port: Any) -> Decision:
+        """Pass 2: ``host`` as requested, now dialling ``address`` (an IP literal)."""
+        key = ip_key(address)
+        if key is None:  # not an IP: nothing a dst rule or the SSRF default can judge
+            return Denial(None, "unparsable")
+        name = None if ip_key(host) is not None else normal_name(host)
+        return self.decide(command, subject, name, key, port)
+
+
+#: What a judgement returns: why it was denied, the allow rule that decided, or
+#: None (allowed by default, or undecided until the address is known).
+Decision = Union[Denial, Rule, None]
+
+
+class TargetFilter:
+    """One session's view of the policy: its subject and command, bound once.
+
+    ``early(host, port)`` is pass 1 (before resolution); ``allowed(host, port,
+    addresses)`` is pass 2: the (family, sockaddr) entries that may be
+    dialled, in order; ``denial`` is then why the first refused one was refused.
+    ``rule`` is the allow rule that decided (pass 1, or pass 2 for the first
+    allowed address), None when the default allowed: it carries the
+    upstream and the outbound address to use.
+    """
+
+    __slots__ = ("policy", "subject", "command", "denial", "rule")
+
+    def __init__(self, policy: Policy, subject: Subject, command: int) -> None:
+        self.policy = policy
+        self.subject = subject
+        self.command = command
+        self.denial: Denial | None = None
+        self.rule: Rule | None = None
+
+    def _verdict(self, decision: Decision) -> Decision:
+        if (isinstance(decision, Rule) and decision.upstream is not None
+                and self.command == Command.BIND):
+            # BIND is not chained: a peer that rule sends to an upstream must
+            # not come in directly instead.  (CONNECT and UDP datagrams go
+            # through the upstream.)
+            return Denial(decision.index)
+        return decision
+
+    def decide(self, name: Any, ip: Any, port: Any) -> Denial | None:
+        """``Policy.decide`` for this subject and command (the rule is kept in ``rule``)."""
+        decision = self.policy.decide(self.command, self.subject, name, ip, port)
+        if isinstance(decision, Denial):
+            return decision
+        self.rule = decision  # the session answers X'07' for BIND under an upstream rule
+        return None
+
+    def early(self, host: str, port: Any) -> Denial | None:
+        decision = self.policy.check_request(self.command, self.subject, host, port)
+        if self.command == Command.UDP_ASSOCIATE:  # a datagram's target
+            decision = self._verdict(decision)
+        if isinstance(decision, Denial):
+            return decision
+        self.rule = decision
+        return None
+
+    def judge(self, host: str, port: Any, address: str) -> Denial | None:
+        """Pass 2 for one address (``host`` as requested)."""
+        decision = self._verdict(
+            self.policy.check_address(self.command, self.subject, host, address, port))
+        if isinstance(decision, Denial):
+            return decision
+        self.rule = decision
+        return None
+
+    def allowed(self, host: str, port: int, addresses: list[Any]) -> list[Any]:
+        policy, subject, command = self.policy, self.subject, self.command
+        self.denial = None
+        out: list[Any] = []
+        for entry in addresses:
+            decision = policy.check_address(command, subject, host, entry[1][0], port)
+            if command != Command.CONNECT:
+                decision = self._verdict(decision)
+            if isinstance(decision, Denial):
+                if self.denial is None:
+                    self.denial = decision
+                continue
+            if not out:
+                self.rule = decision
+            out.append(entry)
+        return out
+
+
+def describe_target(command: int, host: str, port: int, address: str | None = None) -> str:
+    """``CONNECT example.com port 443 (10.0.0.5)`` for log lines."""
+    name = Command(command).name if command in _COMMAND_NAMES else str(command)
+    text = f"{name} {host} port {port}"
+    if address is not None and address != host:
+        text += f" ({address})"
+    return text
