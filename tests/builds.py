@@ -18,3 +18,12 @@ RELAYS = ("splice", "protocol") if HAVE_ENGINE else ("protocol",)
 # UDP ASSOCIATE: datagrams in C (_datagram) or in Python (asyncio endpoints,
 # which ``--relay protocol`` selects).
 UDP_PATHS = ("c", "py") if HAVE_DATAGRAM else ("py",)
+# Every relay path a TCP connection can take, as (server arguments, environment):
+# the splice engine (C token buckets), the Cython protocol relay, pure Python.
+RELAY_PATHS: dict[str, tuple[tuple[str, ...], dict[str, str]]] = {
+    **({"splice": ((), {})} if HAVE_ENGINE else {}),
+    "protocol": (("--relay", "protocol"), {}),
+    "pure": ((), {"FASTSOCKS_NO_EXTENSIONS": "1"}),
+}
+# The server arguments that pick each datagram path of UDP_PATHS.
+UDP_PATH_ARGS: dict[str, tuple[str, ...]] = {"c": ("--relay", "auto"), "py": ("--relay", "protocol")}

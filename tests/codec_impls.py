@@ -1,7 +1,7 @@
 """Both SOCKS5 codec implementations, and helpers to drive and compare them.
 
-Imported by ``test_codec.py`` and ``test_codec_properties.py`` (it is not a
-test module itself).  Every codec test runs on the Cython codec and on its
+Imported by conftest.py (the ``impl`` fixture) and the codec tests in
+tests/unit/ (it is not a test module itself).  Every codec test runs on the Cython codec and on its
 pure-Python twin; the events of the two are different classes, so they are
 compared through ``event_fields()``.
 

@@ -34,7 +34,7 @@ from typing import Any, Callable, Iterator
 import pytest
 
 import codec_impls
-from builds import HAVE_EXTENSION, IMPLS, RELAYS, UDP_PATHS
+from builds import HAVE_EXTENSION, IMPLS, RELAY_PATHS, RELAYS, UDP_PATHS
 from launcher import FastsocksProcess, ServerLauncher, clean_env, fastsocks_command, log_errors
 from procs import EchoProcess, UdpEcho
 
@@ -53,9 +53,17 @@ def relay(request: pytest.FixtureRequest) -> str:
     return request.param
 
 
+@pytest.fixture(params=list(RELAY_PATHS))
+def relay_path(request: pytest.FixtureRequest) -> tuple[tuple[str, ...], dict[str, str]]:
+    """(server arguments, environment) of each relay path a TCP connection can take:
+    "splice" (where built), "protocol" (the Cython relay) and "pure" (Python)."""
+    return RELAY_PATHS[request.param]
+
+
 @pytest.fixture(scope="module", params=UDP_PATHS)
 def udp_path(request: pytest.FixtureRequest) -> str:
-    """Which datagram path: "c" (_datagram, recvmmsg/sendmmsg) or "py" (asyncio)."""
+    """Which datagram path: "c" (_datagram, recvmmsg/sendmmsg) or "py" (asyncio);
+    ``builds.UDP_PATH_ARGS[udp_path]`` are the server arguments that pick it."""
     return request.param
 
 

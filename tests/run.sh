@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # The README's test command: installs everything the test suite needs, then
 # runs it.  Extra arguments go to pytest (e.g. `bash tests/run.sh -k codec`).
+# The suite is laid out by what a test starts: tests/unit/ (no process),
+# tests/e2e/ (real servers and clients), tests/load/ (thousands of clients, a
+# few minutes); `bash tests/run.sh tests/unit` is the quick pass.
 #
 # Real programs the tests drive (curl) come from Debian's packages; the Python
 # side goes into a virtual environment at .venv unless one is already active.

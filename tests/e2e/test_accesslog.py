@@ -17,7 +17,6 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-import pytest
 
 from procs import wait_lines
 
@@ -30,14 +29,6 @@ _LINE = re.compile(
     r"(?P<command>\S+) (?P<target>\S+) (?P<dialled>\S+) (?P<reply>\S+) (?P<up>\d+) "
     r"(?P<down>\d+) (?P<duration>\d+\.\d{3}) (?P<reason>\S+)(?: datagrams=(?P<dgrams>\d+/\d+))?$"
 )
-
-# Every relay path: the splice engine, the Cython protocol relay, pure Python.
-RELAYS = {
-    "splice": ((), {}),
-    "protocol": (("--relay", "protocol"), {}),
-    "pure": ((), {"FASTSOCKS_NO_EXTENSIONS": "1"}),
-}
-
 
 def _lines(path: Path, count: int, timeout: float = WAIT) -> list[str]:
     """Wait until ``path`` holds at least ``count`` lines; return them all."""
@@ -66,9 +57,9 @@ def _stop_and_count(server: Any, path: Path, expected: int) -> list[str]:
 # -- CONNECT ------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("relay", list(RELAYS))
 def test_connect_line_has_every_field_and_the_bytes_sent(
-        relay: str, tmp_path: Path, fastsocks_server: Callable[..., Any], socks: Any,
+        relay_path: tuple[tuple[str, ...], dict[str, str]], tmp_path: Path,
+        fastsocks_server: Callable[..., Any], socks: Any,
         tcp_target: Callable[..., Any]) -> None:
     up, down = 150_000, 70_001  # more than one read's worth each way
 
@@ -82,7 +73,7 @@ def test_connect_line_has_every_field_and_the_bytes_sent(
 
     target = tcp_target(handler)
     log_path = tmp_path / "access.log"
-    args, env = RELAYS[relay]
+    args, env = relay_path
     server = fastsocks_server("--access-log", str(log_path), *args, env=env)
     sock, (rep, _, _) = socks.connect(server.address, "127.0.0.1", target.address[1])
     client = sock.getsockname()
@@ -282,14 +273,14 @@ def test_json_lines_parse(tmp_path: Path, fastsocks_server: Callable[..., Any], 
     _stop_and_count(server, log_path, 2)
 
 
-@pytest.mark.parametrize("relay", list(RELAYS))
 def test_open_relays_get_a_shutdown_line_when_the_server_stops(
-        relay: str, tmp_path: Path, fastsocks_server: Callable[..., Any], socks: Any,
+        relay_path: tuple[tuple[str, ...], dict[str, str]], tmp_path: Path,
+        fastsocks_server: Callable[..., Any], socks: Any,
         tcp_target: Callable[..., Any]) -> None:
     release = threading.Event()
     target = tcp_target(lambda conn: (conn.sendall(b"x"), release.wait(10)))
     log_path = tmp_path / "access.log"
-    args, env = RELAYS[relay]
+    args, env = relay_path
     server = fastsocks_server("--access-log", str(log_path), *args, env=env)
     held = []
     try:

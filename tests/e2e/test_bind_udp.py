@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator
 import pytest
 import socks  # PySocks: the UDP client
 
+from builds import UDP_PATH_ARGS
 from launcher import FastsocksProcess, ServerLauncher
 from procs import UdpEcho
 from procs import recv_exact as _exact
@@ -30,14 +31,11 @@ def bind_proxy(fastsocks_server: Callable[..., FastsocksProcess], relay: str) ->
                             stop_timeout=STOP_TIMEOUT)
 
 
-UDP_ARGS = {"c": ("--relay", "auto"), "py": ("--relay", "protocol")}
-
-
 @pytest.fixture(scope="module")
 def udp_proxy(udp_path: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[FastsocksProcess]:
     """One server per datagram path for these tests."""
     launcher = ServerLauncher(tmp_path_factory.mktemp(f"udp-{udp_path}"))
-    yield launcher.start(*ARGS, "--idle-timeout", "30", *UDP_ARGS[udp_path],
+    yield launcher.start(*ARGS, "--idle-timeout", "30", *UDP_PATH_ARGS[udp_path],
                          stop_timeout=STOP_TIMEOUT)
     launcher.stop_all()
 
@@ -273,7 +271,7 @@ def test_fragment_timer_abandons_a_sequence(udp_proxy: FastsocksProcess, echo4: 
 
 def test_fragments_dropped_with_reassembly_off(fastsocks_server: Callable[..., FastsocksProcess],
                                                 udp_path: str, echo4: UdpEcho) -> None:
-    p = fastsocks_server(*ARGS, "--no-udp-reassembly", *UDP_ARGS[udp_path], stop_timeout=STOP_TIMEOUT)
+    p = fastsocks_server(*ARGS, "--no-udp-reassembly", *UDP_PATH_ARGS[udp_path], stop_timeout=STOP_TIMEOUT)
     c = RawUdp(p)
     c.send(b"a", echo4.port, frag=1)
     c.send(b"b", echo4.port, frag=0x82)

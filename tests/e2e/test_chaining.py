@@ -23,6 +23,7 @@ from typing import Any, Callable, Iterator
 
 import pytest
 
+from builds import UDP_PATH_ARGS
 from procs import UdpEcho, access_entries, free_port, terminate
 
 CHAINED_FROM = "127.0.0.8"  # microsocks binds its outgoing connections here
@@ -399,11 +400,10 @@ class UdpClient:
         self.udp.close()
 
 
-@pytest.mark.parametrize("relay", ["auto", "protocol"])  # the C and the Python datagram path
 @pytest.mark.parametrize("auth", [False, True], ids=["noauth", "userpass"])
 def test_udp_through_a_fastsocks_upstream(fastsocks_server: Callable[..., Any], tmp_path: Path,
                                           socks: Any, udp_echo: Any, users_file: Path,
-                                          relay: str, auth: bool) -> None:
+                                          udp_path: str, auth: bool) -> None:
     log = tmp_path / "upstream-access.log"
     users = ["--users", str(users_file)] if auth else []
     upstream = fastsocks_server("--access-log", str(log), "--access-log-format", "json",
@@ -411,7 +411,7 @@ def test_udp_through_a_fastsocks_upstream(fastsocks_server: Callable[..., Any], 
     direct = UdpEcho("127.0.0.1")
     rules = chain_port(udp_echo.port)
     path = config(tmp_path, upstream.address, rules, ("alice", "s3cret") if auth else None)
-    server = fastsocks_server("--config", str(path), "--relay", relay, "--log-level", "debug")
+    server = fastsocks_server("--config", str(path), *UDP_PATH_ARGS[udp_path], "--log-level", "debug")
     client = UdpClient(socks, server.address)
     try:
         sizes = [1, 700, 1400, 8000]
@@ -496,10 +496,9 @@ def test_udp_association_ends_while_its_upstream_opens(fastsocks_server: Callabl
     assert "through upstream next" not in server.log  # cancelled, not failed
 
 
-@pytest.mark.parametrize("relay", ["auto", "protocol"])
 def test_chained_associations_leave_no_fds(fastsocks_server: Callable[..., Any],
                                            tmp_path: Path, socks: Any, udp_echo: Any,
-                                           relay: str) -> None:
+                                           udp_path: str) -> None:
     # 400 associations, each with its own association at the upstream (a UDP
     # socket and a control connection on both servers): all of it is gone
     # once the clients close.
@@ -509,7 +508,7 @@ def test_chained_associations_leave_no_fds(fastsocks_server: Callable[..., Any],
         return len(os.listdir(f"/proc/{server.pid}/fd"))
 
     upstream = fastsocks_server()
-    server = fastsocks_server("--relay", relay,
+    server = fastsocks_server(*UDP_PATH_ARGS[udp_path],
                               "--config", str(config(tmp_path, upstream.address, CHAIN_ALL)))
     baseline = fds(server), fds(upstream)
     for _ in range(4):

@@ -30,18 +30,8 @@ from hypothesis import strategies as st
 from fastsocks.errors import ConfigError
 from fastsocks.control.limits import Limits, LimitSettings, SharedCounts, TokenBucket, parse_rate
 
-from builds import HAVE_ENGINE
 from procs import recv_exact
 
-# Every relay path that enforces bandwidth: the splice engine (C token
-# buckets), the Cython protocol relay and the pure-Python one.
-RELAYS = {
-    "splice": ((), {}),
-    "protocol": (("--relay", "protocol"), {}),
-    "pure": ((), {"FASTSOCKS_NO_EXTENSIONS": "1"}),
-}
-if not HAVE_ENGINE:
-    del RELAYS["splice"]
 
 
 # -- the shared count tables ----------------------------------------------------------
@@ -312,10 +302,10 @@ def _transfer(sock: socket.socket, size: int) -> tuple[float, float]:
     return up, time.monotonic() - start
 
 
-@pytest.mark.parametrize("relay", list(RELAYS))
-def test_bandwidth_per_connection(relay: str, fastsocks_server: Callable[..., Any],
+def test_bandwidth_per_connection(relay_path: tuple[tuple[str, ...], dict[str, str]],
+                                  fastsocks_server: Callable[..., Any],
                                   tcp_target: Callable[..., Any], socks: Any) -> None:
-    args, env = RELAYS[relay]
+    args, env = relay_path
     rate, size = 2 * 1024 * 1024, 3 * 1024 * 1024
     target = _sink_and_source(tcp_target, size)
     server = fastsocks_server("--bandwidth-per-connection", "2MiB", *args, env=env)

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import pytest
+from builds import UDP_PATH_ARGS
 from procs import children as _children, sockets as _sockets
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -172,11 +173,10 @@ def test_auth_failures_counted(fastsocks_server: Callable[..., Any], socks: Any,
     assert _value(s, "fastsocks_connections_total", command="none") == 2
 
 
-@pytest.mark.parametrize("relay", ["auto", "protocol"])  # the C and the Python datagram path
 def test_bind_timeout_and_udp_datagrams(fastsocks_server: Callable[..., Any], socks: Any,
-                                        relay: str) -> None:
+                                        udp_path: str) -> None:
     server = fastsocks_server("--metrics", "127.0.0.1:0", "--bind-timeout", "0.3",
-                              "--relay", relay)
+                              *UDP_PATH_ARGS[udp_path])
     address = _metrics_address(server)
     ctrl = socks.open(server.address)
     ctrl.sendall(b"\x05\x01\x00" + socks.request(0x02, "0.0.0.0", 0))
