@@ -1,11 +1,9 @@
 """Limits: how many connections, how fast they may come, how fast they may move.
 
 Connection counts (in all, per source IP, per user) and the per-IP handshake
-rate hold across worker processes.  They live in shared memory mapped before
-the workers are forked: each process writes only its own table and reads the
-others', so there is no lock to hold and nothing a crashed worker can leave
-held; a worker wipes its slot's table when it starts, which also clears what
-a dead predecessor counted.  A check and the increment that follows are not
+rate hold across worker processes, in memory they share
+(``sharedcounts.SharedCounts``: lock-free, nothing a crashed worker can
+leave held).  A check and the increment that follows are not
 one atomic step across processes: two workers admitting at the same instant
 may both take the last place (at most one extra connection per worker).
 
@@ -30,13 +28,13 @@ one process; with several workers each enforces it on its own share.
 from __future__ import annotations
 
 import logging
-import mmap
 import re
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import ConfigError
+from .sharedcounts import SharedCounts
 
 __all__ = ["LimitSettings", "UserLimits", "Limits", "SharedCounts", "TokenBucket", "TokenBuckets",
            "parse_rate", "format_rate", "LIMIT_NAMES"]
@@ -137,120 +135,7 @@ class LimitSettings:
         return self.bandwidth_per_user
 
 
-# -- counts shared between processes ------------------------------------------------
-
-
-class SharedCounts:
-    """Per-process hash tables of signed 64-bit counts in one shared mapping.
-
-    Table ``i`` belongs to worker ``i``: only it writes there (linear
-    probing, deletion by backward shift, so no tombstones pile up); anyone
-    reads every table and sums.  Keys are 62-bit hashes of tuples: Python's
-    string hashing is seeded per interpreter, and forked workers share the
-    master's seed.
-    """
-
-    SLOTS = 1 << 16  # per table; a process holds < 10,000 connections (fd limit)
-
-    def __init__(self, tables: int = 1) -> None:
-        self.tables = tables
-        self.map = mmap.mmap(-1, tables * self.SLOTS * 16)  # MAP_SHARED | MAP_ANONYMOUS
-        self.words = memoryview(self.map).cast("q")
-        self.own = 0
-        self.used = 0
-
-    def attach(self, index: int) -> None:
-        """This process is worker ``index``: wipe its table (a dead predecessor's counts)."""
-        self.own = index
-        start = index * self.SLOTS * 16
-        self.map[start:start + self.SLOTS * 16] = bytes(self.SLOTS * 16)
-        self.used = 0
-
-    def get(self, key: int, others: bool = False) -> int:
-        """The sum over every process's table (``others``: but this one's)."""
-        words = self.words
-        mask = self.SLOTS - 1
-        total = 0
-        for table in range(self.tables):
-            if others and table == self.own:
-                continue
-            base = table * self.SLOTS * 2
-            i = key & mask
-            while True:
-                j = base + 2 * i
-                k = words[j]
-                if k == key:
-                    total += words[j + 1]
-                    break
-                if k == 0:
-                    break
-                i = (i + 1) & mask
-        return total
-
-    def add(self, key: int, delta: int) -> int | None:
-        """Add ``delta`` to this process's count: the new count, None when the table is full."""
-        words = self.words
-        mask = self.SLOTS - 1
-        base = self.own * self.SLOTS * 2
-        i = key & mask
-        while True:
-            j = base + 2 * i
-            k = words[j]
-            if k == key:
-                value = words[j + 1] + delta
-                if value:
-                    words[j + 1] = value
-                else:
-                    self._delete(i)
-                return value
-            if k == 0:
-                if delta == 0:
-                    return 0
-                if self.used >= self.SLOTS * 3 // 4:
-                    return None
-                words[j + 1] = delta
-                words[j] = key
-                self.used += 1
-                return delta
-            i = (i + 1) & mask
-
-    def drop(self, key: int) -> None:
-        """Remove ``key`` from this process's table, whatever its count."""
-        words = self.words
-        mask = self.SLOTS - 1
-        base = self.own * self.SLOTS * 2
-        i = key & mask
-        while True:
-            k = words[base + 2 * i]
-            if k == key:
-                self._delete(i)
-                return
-            if k == 0:
-                return
-            i = (i + 1) & mask
-
-    def _delete(self, i: int) -> None:
-        words = self.words
-        mask = self.SLOTS - 1
-        base = self.own * self.SLOTS * 2
-        j = i
-        while True:
-            j = (j + 1) & mask
-            k = words[base + 2 * j]
-            if k == 0:
-                break
-            home = k & mask
-            # Move the entry at j back into the hole at i unless its home
-            # lies cyclically in (i, j].
-            if (i <= j and (home <= i or home > j)) or (i > j and home <= i and home > j):
-                words[base + 2 * i + 1] = words[base + 2 * j + 1]
-                words[base + 2 * i] = k
-                i = j
-        words[base + 2 * i] = 0
-        words[base + 2 * i + 1] = 0
-        self.used -= 1
-
-
+# Keys of the shared counts: 62-bit hashes of tuples, never 0 (an empty slot).
 def _key(*parts: Any) -> int:
     return (hash(parts) & 0x3FFF_FFFF_FFFF_FFFF) or 1
 

@@ -2,7 +2,9 @@
 
 Each worker runs its own event loop (and relay engine) with its own listening
 sockets on the same addresses (SO_REUSEPORT), so the kernel spreads incoming
-connections over them; nothing is shared between workers at run time.
+connections over them.  What they share at run time is the connection counts
+of the limits (``control.sharedcounts.SharedCounts``, a shared mapping made
+before the fork, each worker writing only its own table); nothing else.
 
 The master binds (without listening) one SO_REUSEPORT socket per address
 first: that fixes the port when the configuration says port 0, and holds it
