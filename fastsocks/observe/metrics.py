@@ -1,4 +1,4 @@
-"""Prometheus metrics, and the HTTP listener that serves them.
+"""Prometheus metrics: what the sessions count, and how workers add up.
 
 The session reports to ``Metrics`` at four points only: accept, request,
 reply and close, each a few increments of plain integers (no label lookup, no
@@ -19,28 +19,25 @@ directory when it exits.
 
 prometheus_client is imported lazily: whether its values live in memory or in
 files is decided when it is first imported, so the master must set the
-directory first.
+directory first.  ``observe/exporter.py`` serves the registry over HTTP.
 """
 
 from __future__ import annotations
 
 import asyncio
 import bisect
-import http.server
-import ipaddress
 import logging
 import os
 import shutil
-import socket
 import tempfile
 import threading
-from typing import Any, Callable
+from typing import Any
 
 from ..control.limits import LIMIT_NAMES
 from ..control.record import CloseReason, CloseRecord
 
-__all__ = ["Metrics", "get_metrics", "MetricsServer", "serve_metrics",
-           "setup_multiprocess", "worker_exited", "cleanup_multiprocess", "NAMES"]
+__all__ = ["Metrics", "get_metrics", "process_registry", "flush_local", "setup_multiprocess",
+           "worker_exited", "cleanup_multiprocess", "NAMES"]
 
 log = logging.getLogger("fastsocks.metrics")
 
@@ -267,7 +264,7 @@ _metrics: Metrics | None = None
 _registry: Any = None
 
 
-def _process_registry() -> Any:
+def process_registry() -> Any:
     """The registry to serve from this process (aggregated in multiprocess mode)."""
     global _registry
     if _registry is None:
@@ -293,8 +290,14 @@ def get_metrics() -> Metrics:
     if _metrics is None:
         # In multiprocess mode values live in files and the master aggregates
         # them; registering them here too would only serve this worker's part.
-        _metrics = Metrics(None if os.environ.get(_ENV) else _process_registry())
+        _metrics = Metrics(None if os.environ.get(_ENV) else process_registry())
     return _metrics
+
+
+def flush_local() -> None:
+    """Bring this process's exported values up to date (one process: before a scrape)."""
+    if _metrics is not None:
+        _metrics.flush()
 
 
 # -- multiprocess mode (the master of --workers N) ----------------------------
@@ -325,115 +328,3 @@ def cleanup_multiprocess(path: str) -> None:
     shutil.rmtree(path, ignore_errors=True)
     if os.environ.get(_ENV) == path:
         del os.environ[_ENV]
-
-
-# -- the HTTP listener ---------------------------------------------------------
-
-
-def is_loopback(host: str) -> bool:
-    try:
-        return ipaddress.ip_address(host.partition("%")[0]).is_loopback
-    except ValueError:
-        return host == "localhost"
-
-
-class _Handler(http.server.BaseHTTPRequestHandler):
-    server: _HTTPServer
-    protocol_version = "HTTP/1.1"
-
-    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
-        path = self.path.partition("?")[0]
-        if path == "/metrics":
-            from prometheus_client.exposition import choose_encoder
-
-            if _metrics is not None:  # this process counts (one process): be current
-                _metrics.flush()
-
-            # Text format 0.0.4 unless the scraper asks for OpenMetrics.
-            encoder, content_type = choose_encoder(self.headers.get("Accept") or "")
-            try:
-                body = encoder(self.server.registry)
-            except Exception:  # a torn file from a dying worker: say so, don't die
-                log.exception("collecting metrics failed")
-                self._send(500, b"collecting metrics failed\n", "text/plain; charset=utf-8")
-                return
-            self._send(200, body, content_type)
-        elif path == "/healthz":
-            if self.server.healthy():
-                self._send(200, b"ok\n", "text/plain; charset=utf-8")
-            else:
-                self._send(503, b"stopping\n", "text/plain; charset=utf-8")
-        else:
-            self._send(404, b"not found: try /metrics or /healthz\n", "text/plain; charset=utf-8")
-
-    def do_HEAD(self) -> None:  # noqa: N802
-        self.do_GET()
-
-    def _send(self, status: int, body: bytes, content_type: str) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(body)
-
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
-        pass  # scrapes every few seconds would flood the log
-
-
-class _HTTPServer(http.server.ThreadingHTTPServer):
-    daemon_threads = True
-    registry: Any
-    healthy: Callable[[], bool]
-
-
-class MetricsServer:
-    """``/metrics`` and ``/healthz`` on their own listener, served by a thread."""
-
-    def __init__(self, host: str, port: int, registry: Any, healthy: Callable[[], bool]) -> None:
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        cls = type("_MetricsHTTPServer", (_HTTPServer,), {"address_family": family})
-        self.httpd: _HTTPServer = cls((host, port), _Handler)
-        self.httpd.registry = registry
-        self.httpd.healthy = healthy
-        self.address = self.httpd.server_address[:2]
-        self.thread: threading.Thread | None = None
-
-    def start(self) -> None:
-        """Serve from a thread (the master: only after forking its workers)."""
-        self.thread = threading.Thread(target=self.httpd.serve_forever,
-                                       kwargs={"poll_interval": 0.2},
-                                       name="fastsocks-metrics", daemon=True)
-        self.thread.start()
-
-    @property
-    def url(self) -> str:
-        host, port = self.address
-        return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
-
-    def close(self) -> None:
-        if self.thread is not None:
-            self.httpd.shutdown()
-            self.thread.join(5)
-            self.thread = None
-        self.httpd.server_close()
-
-
-def serve_metrics(listen: tuple[str, int], healthy: Callable[[], bool],
-                  start: bool = True) -> MetricsServer:
-    """Listen for this process's registry; warn when it is not loopback."""
-    from ..errors import ConfigError
-
-    host, port = listen
-    try:
-        server = MetricsServer(host, port, _process_registry(), healthy)
-    except OSError as exc:
-        raise ConfigError(f"metrics listen {host}:{port}: cannot listen: "
-                          f"{exc.strerror or exc}") from None
-    if not is_loopback(host):
-        log.warning("metrics listen on %s, which is not a loopback address: anyone who can "
-                    "reach it can read the metrics; put it behind a firewall", server.url)
-    if start:
-        server.start()
-    log.info("metrics on %s/metrics", server.url)
-    return server

@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    from .server import run
+    from .serve import run
 
     def reload() -> Settings:
         # SIGHUP: the same sources again, the command line still on top.

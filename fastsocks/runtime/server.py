@@ -1,4 +1,9 @@
-"""Listeners, the event loop, signals and shutdown."""
+"""The server of one process: its listeners, sessions, reload, drain and stop.
+
+``Server`` is what an embedding application creates (README, "Embedding");
+``runtime/serve.py`` runs one in a process of its own (or one per worker)
+with signals and systemd notifications around it.
+"""
 
 from __future__ import annotations
 
@@ -7,49 +12,26 @@ import dataclasses
 import errno
 import logging
 import os
-import signal
 import socket
-import sys
 from typing import Any, Callable
 
-from .. import __version__, describe_implementation
-from . import systemd
-from ..observe.accesslog import AccessLog, check_access_log
+from ..observe.accesslog import AccessLog
 from ..control.auth import Users
-from ..config import Settings, parse_listen
+from ..config import Settings, not_reloadable
 from ..errors import ConfigError
 from ..net.address import format_peer
 from ..control.gssapi import Acceptor, acceptor_from_settings
 from ..hooks import AuthenticateHook, AuthorizeHook
 from ..control.limits import Limits, SharedCounts
-from ..observe.metrics import (cleanup_multiprocess, get_metrics, serve_metrics, setup_multiprocess,
-                      worker_exited)
+from ..observe.metrics import (get_metrics)
 from ..relay import Engine
 from ..control.rules import Policy, build_policy
 from ..control.session import Session
 from ..net.upstream import trusted_ranges
 
-__all__ = ["Server", "run", "new_event_loop", "loop_name"]
+__all__ = ["Server"]
 
 log = logging.getLogger("fastsocks")
-
-
-def new_event_loop(choice: str = "auto") -> asyncio.AbstractEventLoop:
-    """uvloop where it is installed (or asked for), else the stdlib loop."""
-    if choice in ("auto", "uvloop"):
-        try:
-            import uvloop
-        except ImportError:
-            if choice == "uvloop":
-                raise
-        else:
-            return uvloop.new_event_loop()
-    return asyncio.new_event_loop()
-
-
-def loop_name(loop: asyncio.AbstractEventLoop) -> str:
-    module = type(loop).__module__.partition(".")[0]
-    return "uvloop" if module == "uvloop" else "asyncio"
 
 
 class Server:
@@ -255,8 +237,7 @@ class Server:
         except (ConfigError, OSError, ValueError) as exc:
             log.error("reload rejected, keeping the running configuration: %s", exc)
             return
-        fixed = [name for name in ("listen", "workers", "relay", "loop", "backlog", "metrics_listen",
-                                   "access_log", "access_log_format")
+        fixed = [name for name in not_reloadable()
                  if getattr(settings, name) != getattr(self.settings, name)]
         if fixed:
             log.warning("reload: %s cannot change while running; restart to apply",
@@ -316,165 +297,3 @@ class Server:
         if self.access_log is not None:
             self.access_log.close()
             self.access_log = None
-
-
-async def _serve(settings: Settings, users: Users | None, worker: int | None = None,
-                 ready_fd: int | None = None,
-                 reload: Callable[[], Settings] | None = None,
-                 counts: SharedCounts | None = None) -> None:
-    server = Server(settings, users, reload, counts)
-    await server.start(reuse_port=worker is not None)
-    exporter = None
-    if worker is None and settings.metrics_listen:  # workers: the master serves them
-        try:
-            exporter = serve_metrics(parse_listen(settings.metrics_listen), lambda: server.serving)
-        except BaseException:
-            server.stop()
-            await server.close_observers(0)
-            raise
-    loop = server.loop
-    if sys.platform != "win32":
-        if worker is None:  # the service itself: systemd hears of stops and reloads
-            def shutdown() -> None:
-                systemd.stopping()
-                server.shutdown()
-
-            def reload() -> None:
-                systemd.reloading()
-                server.reload()
-                systemd.ready()
-
-            for signum in (signal.SIGINT, signal.SIGTERM):
-                loop.add_signal_handler(signum, shutdown)
-            loop.add_signal_handler(signal.SIGHUP, reload)
-        else:
-            for signum in (signal.SIGINT, signal.SIGTERM):
-                loop.add_signal_handler(signum, server.shutdown)
-            loop.add_signal_handler(signal.SIGHUP, server.reload)
-    if ready_fd is None:
-        log.info("fastsocks %s listening on %s (%s)", __version__, ", ".join(server.addresses),
-                 _describe(settings, users, server.relay_name, loop_name(loop)))
-        systemd.ready(f"listening on {', '.join(server.addresses)}")
-    else:
-        try:
-            os.write(ready_fd, b"1")
-        except OSError:
-            pass  # a restarted worker: the master is not waiting for it
-        os.close(ready_fd)
-        log.debug("worker %d (pid %d) listening", worker, os.getpid())
-    try:
-        await server.wait_stopped()
-    finally:
-        server.stop()
-        if exporter is not None:
-            exporter.close()
-        await server.close_observers()
-    if worker is None:
-        log.info("fastsocks stopped")
-
-
-def _describe(settings: Settings, users: Users | None, relay: str, loop: str) -> str:
-    auth = f"username/password ({len(users)} users)" if users is not None else "none"
-    if settings.gssapi:
-        # GSSAPI first: the session prefers it when a client offers it.
-        level = settings.gssapi_min_protection
-        other = auth if users is not None or settings.allow_open else ""
-        auth = f"GSSAPI (minimum {level})" + (f", else {other}" if other else "")
-    workers = f"{settings.workers} workers, " if settings.workers > 1 else ""
-    return f"auth: {auth}; {workers}{describe_implementation()}, {relay}, {loop}"
-
-
-def _run_loop(settings: Settings, users: Users | None, worker: int | None = None,
-              ready_fd: int | None = None, reload: Callable[[], Settings] | None = None,
-              counts: SharedCounts | None = None) -> None:
-    loop = new_event_loop(settings.loop)
-    try:
-        asyncio.set_event_loop(loop)
-        loop.run_until_complete(_serve(settings, users, worker, ready_fd, reload, counts))
-    except KeyboardInterrupt:  # Windows: no signal handlers on the loop
-        log.info("fastsocks stopped")
-    finally:
-        loop.run_until_complete(loop.shutdown_asyncgens())
-        loop.close()
-        asyncio.set_event_loop(None)
-
-
-def run(settings: Settings, reload: Callable[[], Settings] | None = None) -> int:
-    """Validate ``settings``, load the users file, and serve until stopped.
-
-    ``reload`` gives fresh settings on SIGHUP (the config file and command
-    line read again); without it SIGHUP re-reads the users file only.
-    """
-    settings.validate()
-    users = Users.load(settings.users_file) if settings.users_file else None
-    acceptor_from_settings(settings)  # a keytab without the principal: fail now, not per worker
-    if settings.access_log:
-        check_access_log(settings.access_log)  # fail now, not in each worker
-    if settings.workers <= 1:
-        _run_loop(settings, users, reload=reload)
-        return 0
-    from .workers import Master, reserve
-
-    reserved = reserve(settings)
-    addresses = [sock.getsockname()[:2] for sock in reserved]
-    # Connection counts for the limits, one table per worker slot, mapped
-    # before forking so that every worker sees every table (fastsocks/limits.py).
-    counts = SharedCounts(settings.workers)
-    worker_settings = dataclasses.replace(settings, listen=addresses)
-
-    # Metrics across workers: each writes its values to files in this
-    # directory (set before any fork), the master serves their sum from a
-    # thread started once the workers are forked.
-    metrics_dir = setup_multiprocess() if settings.metrics_listen else None
-    exporter: list[Any] = []
-    try:
-        if settings.metrics_listen:
-            exporter.append(serve_metrics(parse_listen(settings.metrics_listen),
-                                          lambda: bool(master.pids) and not master.stopping,
-                                          start=False))
-    except BaseException:
-        for sock in reserved:
-            sock.close()
-        if metrics_dir is not None:
-            cleanup_multiprocess(metrics_dir)
-        raise
-
-    def worker_main(index: int, ready_fd: int) -> None:
-        for sock in reserved:
-            sock.close()
-        for listener in exporter:  # the master's metrics listener, not ours
-            listener.httpd.socket.close()
-        # A worker's settings always listen where the master reserved.
-        worker_reload = (lambda: dataclasses.replace(reload(), listen=addresses)) if reload else None
-        counts.attach(index)  # wipes what a dead predecessor in this slot counted
-        _run_loop(worker_settings, users, index, ready_fd, worker_reload, counts)
-
-    master = Master(settings, reserved, worker_main)
-    relay = "splice engine" if Engine is not None and settings.relay != "protocol" else "protocol relay"
-    loop = "uvloop" if settings.loop != "asyncio" and _have_uvloop() else "asyncio"
-
-    def announce() -> None:
-        for listener in exporter:
-            listener.start()
-        log.info("fastsocks %s listening on %s (%s)", __version__,
-                 ", ".join(format_peer(a) for a in addresses),
-                 _describe(settings, users, relay, loop))
-        systemd.ready(f"{settings.workers} workers listening on "
-                      f"{', '.join(format_peer(a) for a in addresses)}")
-
-    if metrics_dir is not None:
-        master.on_exit = worker_exited
-    try:
-        code = master.run_with_announce(announce)
-    finally:
-        for listener in exporter:
-            listener.close()
-        if metrics_dir is not None:
-            cleanup_multiprocess(metrics_dir)
-    return code
-
-
-def _have_uvloop() -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec("uvloop") is not None

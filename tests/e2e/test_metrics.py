@@ -21,7 +21,8 @@ from builds import UDP_PATH_ARGS
 from procs import children as _children, sockets as _sockets
 from prometheus_client.parser import text_string_to_metric_families
 
-from fastsocks.observe.metrics import NAMES, is_loopback
+from fastsocks.observe.exporter import is_loopback
+from fastsocks.observe.metrics import NAMES
 
 WAIT = 10.0
 
