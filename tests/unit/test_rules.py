@@ -11,7 +11,7 @@ import socket
 import struct
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 
@@ -546,13 +546,6 @@ dst = ["127.0.0.0/8"]
             rep2, _, _ = socks.read_reply(sock)
             assert rep2 == NOT_ALLOWED
             assert socks.read_until_closed(sock) == b""
-
-
-@pytest.fixture
-def udp_echo() -> Iterator[UdpEcho]:
-    echo = UdpEcho()
-    yield echo
-    echo.close()
 
 
 def _udp_header(host: str, port: int) -> bytes:
