@@ -36,11 +36,6 @@ CLIENT_NAMES = ("Reply", "encode_greeting", "encode_userpass", "encode_request",
                 "parse_method_choice", "parse_auth_status", "parse_reply", "reply_size")
 
 
-@pytest.fixture(params=ci.IMPL_PARAMS)
-def impl(request: pytest.FixtureRequest) -> ModuleType:
-    return request.param
-
-
 def fields(ev: Any) -> Any:
     if type(ev).__name__ == "_NeedData":
         return "NEED_DATA"
