@@ -6,7 +6,6 @@ duration asked for.
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import os
 import socket
@@ -14,6 +13,7 @@ import sys
 import time
 from typing import Callable
 
+from .._accel import new_event_loop
 from ..net.client import SocksError
 
 __all__ = [
@@ -164,15 +164,3 @@ def cpu_split() -> tuple[float, float]:
 
 def family(host: str) -> int:
     return socket.AF_INET6 if ":" in host else socket.AF_INET
-
-
-def new_event_loop(engine: str = "auto") -> asyncio.AbstractEventLoop:
-    if engine in ("auto", "uvloop"):
-        try:
-            import uvloop
-        except ImportError:
-            if engine == "uvloop":
-                raise
-        else:
-            return uvloop.new_event_loop()
-    return asyncio.new_event_loop()

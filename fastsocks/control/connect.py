@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING, Any
 
 from ..constants import Reply
 from ..net.address import unmapped
-from ..net.resolver import ConnectError, Connector, literal_addresses, resolve
-from ..net.upstream import connect_via, source_addresses
+from ..net.resolver import ConnectError, Connector, literal_addresses, resolve, source_addresses
+from ..net.upstream import connect_via
 from .record import CloseReason, reason_for_reply
 
 if TYPE_CHECKING:

@@ -13,8 +13,7 @@ from typing import TYPE_CHECKING
 
 from .. import codec
 from ..errors import ProtocolError
-from ..net.address import format_peer
-from ..net.upstream import is_trusted
+from ..net.address import format_peer, is_trusted
 from .record import CloseReason, State
 
 if TYPE_CHECKING:

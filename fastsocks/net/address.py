@@ -26,6 +26,8 @@ __all__ = [
     "normal_network",
     "ranges",
     "in_ranges",
+    "trusted_ranges",
+    "is_trusted",
 ]
 
 Network = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
@@ -168,3 +170,16 @@ def in_ranges(table: Ranges, key: IpKey) -> bool:
         if lo <= n <= hi:
             return True
     return False
+
+
+# -- PROXY protocol trust: is the peer one of the balancers? ---------------------------
+
+
+def trusted_ranges(cidrs: Iterable[str]) -> Ranges:
+    """``proxy_protocol.trusted`` as ranges (fast membership tests per connection)."""
+    return ranges(normal_network(ipaddress.ip_network(c, strict=False)) for c in cidrs)
+
+
+def is_trusted(table: Ranges, host: str | None) -> bool:
+    key = ip_key(host) if host else None
+    return key is not None and in_ranges(table, key)

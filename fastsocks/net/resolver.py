@@ -7,13 +7,14 @@ import asyncio
 import errno
 import os
 import socket
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 from ..constants import Reply
 from .address import unmapped
 
 __all__ = [
     "ConnectError",
+    "source_addresses",
     "resolve",
     "resolve_cached",
     "resolve_and_cache",
@@ -90,6 +91,23 @@ def literal_addresses(host: str, port: int) -> list[Address] | None:
                                    flags=socket.AI_NUMERICHOST)
         return [(socket.AF_INET6, infos[0][4])]
     return [(socket.AF_INET6, (addr, port, 0, 0))]
+
+
+def source_addresses(addresses: Iterable[str]) -> tuple[Any, ...]:
+    """(family, sockaddr with port 0) for each configured outbound address.
+
+    ``[outbound] address`` (one IPv4 and/or one IPv6 address), per user
+    (``[outbound.users]``) or per rule (``source``): the source address of
+    outgoing connections, picked by the target's family (no address for
+    that family: the system chooses).  ``[outbound] interface`` binds them
+    to a device (SO_BINDTODEVICE; needs CAP_NET_RAW, i.e. root, on Linux).
+    """
+    out = []
+    for text in addresses:
+        literal = literal_addresses(text, 0)
+        if literal:
+            out.extend(literal)
+    return tuple(out)
 
 
 async def resolve(host: str, port: int) -> list[Address]:

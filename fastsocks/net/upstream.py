@@ -1,7 +1,5 @@
-"""Beyond one machine: upstream SOCKS5 proxies, the outbound address, PROXY protocol trust.
+"""Upstream chaining: a CONNECT (or a UDP association) through another SOCKS5 proxy.
 
-Upstream chaining
------------------
 An allow rule with ``upstream = "NAME"`` sends a CONNECT through the SOCKS5
 proxy ``[upstreams.NAME]`` instead of dialling the target.  ``connect_via``
 connects to the upstream (from the outbound address, like any other outgoing
@@ -26,37 +24,22 @@ whose target an upstream rule allows to the upstream's own UDP ASSOCIATE
 datagram comes; see udp.py), and the upstream's replies back to the client.
 BIND is not chained: a BIND that an upstream rule allows is answered X'07'
 (command not supported).
-
-Outbound address
-----------------
-``[outbound] address`` (one IPv4 and/or one IPv6 address), per user
-(``[outbound.users]``) or per rule (``source``): the source address of
-outgoing connections, picked by the target's family (no address for that
-family: the system chooses).  ``[outbound] interface`` binds them to a
-device (SO_BINDTODEVICE; needs CAP_NET_RAW, i.e. root, on Linux).
 """
 
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 import socket
 from dataclasses import dataclass
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 
 from ..constants import Command, Reply
 from .client import Negotiation, SocksError, negotiate_async
-from .resolver import Connector, ConnectError, literal_addresses, resolve
-from .address import format_address, in_ranges, ip_key, normal_network, ranges
+from .resolver import Connector, ConnectError, resolve
+from .address import format_address
 
-__all__ = [
-    "Upstream",
-    "connect_via",
-    "source_addresses",
-    "trusted_ranges",
-    "is_trusted",
-]
+__all__ = ["Upstream", "connect_via"]
 
 log = logging.getLogger("fastsocks.upstream")
 
@@ -161,29 +144,3 @@ async def connect_via(upstream: Upstream, host: str, port: int, timeout: float,
         sock.close()
         raise
     return sock, bound[0], bound[1]
-
-
-# -- the outbound address -------------------------------------------------------------
-
-
-def source_addresses(addresses: Iterable[str]) -> tuple[Any, ...]:
-    """(family, sockaddr with port 0) for each configured source address."""
-    out = []
-    for text in addresses:
-        literal = literal_addresses(text, 0)
-        if literal:
-            out.extend(literal)
-    return tuple(out)
-
-
-# -- PROXY protocol trust -------------------------------------------------------------
-
-
-def trusted_ranges(cidrs: Iterable[str]) -> Any:
-    """The trusted sources as rules-style ranges (fast membership tests)."""
-    return ranges(normal_network(ipaddress.ip_network(c, strict=False)) for c in cidrs)
-
-
-def is_trusted(ranges: Any, host: str | None) -> bool:
-    key = ip_key(host) if host else None
-    return key is not None and in_ranges(ranges, key)

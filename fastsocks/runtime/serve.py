@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import importlib.util
 import logging
 import os
 import signal
@@ -18,6 +17,7 @@ import sys
 from typing import Any, Callable
 
 from .. import __version__, describe_implementation
+from .._accel import have_uvloop, loop_name, new_event_loop
 from ..config import Settings, parse_listen
 from ..control.auth import Users
 from ..control.gssapi import acceptor_from_settings
@@ -31,27 +31,9 @@ from . import systemd
 from .server import Server
 from .workers import Master, reserve
 
-__all__ = ["run", "new_event_loop", "loop_name"]
+__all__ = ["run"]
 
 log = logging.getLogger("fastsocks")
-
-
-def new_event_loop(choice: str = "auto") -> asyncio.AbstractEventLoop:
-    """uvloop where it is installed (or asked for), else the stdlib loop."""
-    if choice in ("auto", "uvloop"):
-        try:
-            import uvloop
-        except ImportError:
-            if choice == "uvloop":
-                raise
-        else:
-            return uvloop.new_event_loop()
-    return asyncio.new_event_loop()
-
-
-def loop_name(loop: asyncio.AbstractEventLoop) -> str:
-    module = type(loop).__module__.partition(".")[0]
-    return "uvloop" if module == "uvloop" else "asyncio"
 
 
 async def _serve(settings: Settings, users: Users | None, worker: int | None = None,
@@ -185,7 +167,7 @@ def run(settings: Settings, reload: Callable[[], Settings] | None = None) -> int
 
     master = Master(settings, reserved, worker_main)
     relay = "splice engine" if Engine is not None and settings.relay != "protocol" else "protocol relay"
-    loop = "uvloop" if settings.loop != "asyncio" and _have_uvloop() else "asyncio"
+    loop = "uvloop" if settings.loop != "asyncio" and have_uvloop() else "asyncio"
 
     def announce() -> None:
         for listener in exporter:
@@ -206,7 +188,3 @@ def run(settings: Settings, reload: Callable[[], Settings] | None = None) -> int
         if metrics_dir is not None:
             cleanup_multiprocess(metrics_dir)
     return code
-
-
-def _have_uvloop() -> bool:
-    return importlib.util.find_spec("uvloop") is not None

@@ -27,7 +27,7 @@ from ..observe.metrics import (get_metrics)
 from ..relay import Engine
 from ..control.rules import Policy, build_policy
 from ..control.session import Session
-from ..net.upstream import trusted_ranges
+from ..net.address import trusted_ranges
 
 __all__ = ["Server"]
 
