@@ -8,25 +8,23 @@ the TCP connection only as the association's lifetime.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ..constants import Reply
 from ..net.address import unmapped
+from .core import SessionCore
 from .record import CloseReason, State
 from .udp import UdpAssociation
-
-if TYPE_CHECKING:
-    from .session import Session
 
 __all__ = ["AssociateStage"]
 
 
-class AssociateStage:
+class AssociateStage(SessionCore):
     """The ASSOCIATED state of a ``Session``."""
 
     __slots__ = ()
 
-    async def _udp_associate(self: Session, request: Any) -> None:
+    async def _udp_associate(self, request: Any) -> None:
         settings = self.server.settings
         # RFC 1961 §5: under integrity or confidentiality every datagram
         # either way is one MTYP 3 message (Python path only, see udp.py).
@@ -68,5 +66,5 @@ class AssociateStage:
         # The TCP connection now only says how long the association lives.
         self.transport.resume_reading()
 
-    def _udp_idle(self: Session) -> None:
+    def _udp_idle(self) -> None:
         self._close(CloseReason.IDLE_TIMEOUT, "UDP association idle")

@@ -22,11 +22,13 @@ import secrets
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import bcrypt
 
 from ..errors import ConfigError
 
+argon2: Any
 try:
     import argon2
     import argon2.exceptions

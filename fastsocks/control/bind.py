@@ -12,25 +12,23 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ..constants import Reply
 from ..net.address import unmapped
 from ..net.resolver import ConnectError, resolve
+from .core import SessionCore
 from .record import CloseReason
-
-if TYPE_CHECKING:
-    from .session import Session
 
 __all__ = ["BindStage"]
 
 
-class BindStage:
+class BindStage(SessionCore):
     """The BINDING state of a ``Session``."""
 
     __slots__ = ()
 
-    async def _bind(self: Session, request: Any) -> None:
+    async def _bind(self, request: Any) -> None:
         settings = self.server.settings
         loop = self.server.loop
         expected: set[str] | None = None

@@ -10,38 +10,36 @@ of the error (``ConnectError.reply``); success goes to the hand-off.
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ..constants import Reply
 from ..net.address import unmapped
 from ..net.resolver import ConnectError, Connector, literal_addresses, resolve, source_addresses
 from ..net.upstream import connect_via
+from .core import SessionCore
 from .record import CloseReason, reason_for_reply
-
-if TYPE_CHECKING:
-    from .session import Session
 
 __all__ = ["ConnectStage"]
 
 
-class ConnectStage:
+class ConnectStage(SessionCore):
     """The CONNECTING state of a ``Session`` (CONNECT only)."""
 
     __slots__ = ()
 
-    def _connect_failed(self: Session, error: ConnectError) -> None:
+    def _connect_failed(self, error: ConnectError) -> None:
         """Refuse with the error's reply; a connect timeout is named as such."""
         reason = CloseReason.CONNECT_TIMEOUT if error.timed_out else reason_for_reply(error.reply)
         self._refuse(error.reply, reason, f"{self._what()}: {error.reason}")
 
-    def _start_connect(self: Session, request: Any) -> None:
+    def _start_connect(self, request: Any) -> None:
         addresses = literal_addresses(request.host, request.port)
         if addresses is None:
             self.task = asyncio.ensure_future(self._resolve_then_connect(request))
         else:
             self._connect(addresses)
 
-    async def _resolve_then_connect(self: Session, request: Any) -> None:
+    async def _resolve_then_connect(self, request: Any) -> None:
         try:
             addresses = await resolve(request.host, request.port)
         except ConnectError as exc:
@@ -62,14 +60,14 @@ class ConnectStage:
                 return
         self._connect(addresses)
 
-    def _connect(self: Session, addresses: list[Any]) -> None:
+    def _connect(self, addresses: list[Any]) -> None:
         settings = self.server.settings
         self.connector = Connector(self.server.loop, addresses, settings.connect_timeout,
                                    self._on_connected, self._sources(),
                                    settings.outbound_interface)
         self.connector.start()
 
-    def _on_connected(self: Session, sock: Any, error: ConnectError | None) -> None:
+    def _on_connected(self, sock: Any, error: ConnectError | None) -> None:
         connector, self.connector = self.connector, None
         if error is not None:
             if not self.closed:
@@ -80,7 +78,7 @@ class ConnectStage:
         bound = sock.getsockname()
         self._relay(sock, bound[0], bound[1])
 
-    def _sources(self: Session) -> tuple[Any, ...]:
+    def _sources(self) -> tuple[Any, ...]:
         """The outbound address(es): the allow rule's, else the user's, else the global ones."""
         settings = self.server.settings
         rule = self.rule
@@ -92,7 +90,7 @@ class ConnectStage:
             chosen = settings.outbound_address
         return source_addresses(chosen) if chosen else ()
 
-    async def _chain(self: Session, host: str) -> None:
+    async def _chain(self, host: str) -> None:
         """CONNECT through the rule's upstream SOCKS5 proxy, then relay as usual."""
         settings = self.server.settings
         name = self.rule.upstream

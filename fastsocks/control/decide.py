@@ -11,17 +11,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ..constants import Command, Reply
-from ..hooks import RequestInfo
+from ..hooks import AuthorizeHook, RequestInfo
 from ..net.address import format_peer
+from .core import SessionCore
 from .record import CloseReason, State
 from .rules import UNKNOWN, TargetFilter, describe_target
 from .rules import log as rules_log
-
-if TYPE_CHECKING:
-    from .session import Session
 
 __all__ = ["DecideStage"]
 
@@ -31,12 +29,12 @@ _COMMAND_NAMES = {Command.CONNECT: "connect", Command.BIND: "bind",
                   Command.UDP_ASSOCIATE: "udp_associate"}
 
 
-class DecideStage:
+class DecideStage(SessionCore):
     """The DECIDING state of a ``Session``."""
 
     __slots__ = ()
 
-    def _on_request(self: Session, request: Any) -> None:
+    def _on_request(self, request: Any) -> None:
         self.request = request
         self.state = State.DECIDING
         self.transport.pause_reading()
@@ -57,18 +55,18 @@ class DecideStage:
         if policy is not None and not self._admit(policy, request):
             return
         if server.authorize is not None:
-            self.task = asyncio.ensure_future(self._authorize(request))
+            self.task = asyncio.ensure_future(self._authorize(server.authorize, request))
             return
         self._dispatch(request)
 
-    async def _authorize(self: Session, request: Any) -> None:
+    async def _authorize(self, hook: AuthorizeHook, request: Any) -> None:
         """The embedding application's access hook: True goes on, False is X'02'."""
         peer = self.peer
         info = RequestInfo((peer[0], peer[1]) if peer else ("", 0), self.user,
                            _COMMAND_NAMES.get(request.command, "?"), request.host, request.port)
         timeout = self.server.settings.handshake_timeout
         try:
-            allowed = await asyncio.wait_for(self.server.authorize(info), timeout)
+            allowed = await asyncio.wait_for(hook(info), timeout)
         except Exception as exc:
             if self.closed:
                 return
@@ -91,7 +89,7 @@ class DecideStage:
             return
         self._dispatch(request)
 
-    def _dispatch(self: Session, request: Any) -> None:
+    def _dispatch(self, request: Any) -> None:
         """Carry out a request the rules (and the authorize hook) allowed."""
         command = request.command
         rule = self.rule
@@ -117,7 +115,7 @@ class DecideStage:
 
     # -- access rules -------------------------------------------------------
 
-    def _admit(self: Session, policy: Any, request: Any) -> bool:
+    def _admit(self, policy: Any, request: Any) -> bool:
         """Pass 1 on the request; False when denied (X'02' sent, closing).
 
         An IP literal is judged completely here; a name again per resolved
@@ -141,7 +139,7 @@ class DecideStage:
         self.rule = targets.rule
         return True
 
-    def _allowed(self: Session, addresses: list[Any]) -> list[Any]:
+    def _allowed(self, addresses: list[Any]) -> list[Any]:
         """Pass 2: the resolved addresses the rules allow; none: denied (X'02')."""
         request = self.request
         targets = self.targets
@@ -150,9 +148,9 @@ class DecideStage:
             self._deny(targets.denial, addresses[0][1][0] if addresses else None)
         else:
             self.rule = targets.rule
-        return allowed  # type: ignore[no-any-return]
+        return allowed
 
-    def _deny(self: Session, denial: Any, address: str | None = None) -> None:
+    def _deny(self, denial: Any, address: str | None = None) -> None:
         """A rule or the SSRF default refused: log at INFO, reply X'02', close."""
         request = self.request
         what = describe_target(request.command, request.host, request.port, address)

@@ -40,6 +40,7 @@ class _ClientSide(Half):
     """Reads MTYP 3 messages from the client; writes their plain bytes upstream."""
 
     __slots__ = ("conversation",)
+    conversation: Conversation
 
     def data_received(self, data: bytes) -> None:
         conversation = self.conversation
@@ -75,6 +76,7 @@ class _UpstreamSide(Half):
     """Reads plain bytes from the target; writes them wrapped to the client."""
 
     __slots__ = ("conversation",)
+    conversation: Conversation
 
     def data_received(self, data: bytes) -> None:
         self.nbytes += len(data)

@@ -15,17 +15,15 @@ import logging
 import os
 import socket
 from time import monotonic as _monotonic
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ..constants import Reply
 from ..net.address import format_peer
 from ..relay import Relay
 from .gssrelay import GssRelay
 from .limits import TokenBuckets
+from .core import SessionCore
 from .record import CloseReason, State
-
-if TYPE_CHECKING:
-    from .session import Session
 
 __all__ = ["HandoffStage", "relay_reason"]
 
@@ -39,12 +37,12 @@ def relay_reason(text: str) -> CloseReason:
     return _REASONS.get(text, CloseReason.ERROR)
 
 
-class HandoffStage:
+class HandoffStage(SessionCore):
     """The RELAYING state of a ``Session``."""
 
     __slots__ = ()
 
-    def _relay(self: Session, sock: Any, reply_host: str, reply_port: int) -> None:
+    def _relay(self, sock: Any, reply_host: str, reply_port: int) -> None:
         """Reply with (reply_host, reply_port), then relay the client and ``sock``."""
         if self.closed:
             sock.close()
@@ -73,7 +71,7 @@ class HandoffStage:
             self.relay.throttles = held.owner.throttles(held, self.user, TokenBuckets)
         self.task = asyncio.ensure_future(self._relay_protocol(sock))
 
-    async def _relay_protocol(self: Session, sock: Any) -> None:
+    async def _relay_protocol(self, sock: Any) -> None:
         if not isinstance(sock, socket.socket):  # the Connector's plain _socket.socket
             sock = socket.socket(sock.family, sock.type, fileno=sock.detach())
         try:
@@ -84,7 +82,7 @@ class HandoffStage:
             self._refuse(Reply.GENERAL_FAILURE, CloseReason.GENERAL_FAILURE,
                          f"{self._what()}: {exc}")
 
-    def _on_upstream(self: Session, relay: Any) -> None:
+    def _on_upstream(self, relay: Any) -> None:
         """The outbound transport exists: reply, then hand both to the relay."""
         if self.closed:
             relay.upstream.transport.abort()
@@ -99,7 +97,7 @@ class HandoffStage:
         self.state = State.RELAYING
         relay.start(self.transport, pending)
 
-    def _hand_to_engine(self: Session, engine: Any, sock: socket.socket, reply_host: str,
+    def _hand_to_engine(self, engine: Any, sock: socket.socket, reply_host: str,
                         reply_port: int) -> None:
         """Give both descriptors to the splice engine; the reply goes with them.
 
@@ -129,16 +127,16 @@ class HandoffStage:
         # removes it from the event loop without touching the connection.
         transport.abort()
 
-    def _on_engine_closed(self: Session, bytes_up: int, bytes_down: int, reason: str) -> None:
+    def _on_engine_closed(self, bytes_up: int, bytes_down: int, reason: str) -> None:
         self._relay_ended(reason, bytes_up, bytes_down)
 
-    def _on_relay_closed(self: Session, relay: Any) -> None:
+    def _on_relay_closed(self, relay: Any) -> None:
         if not relay.started:
             self._close(CloseReason.UPSTREAM_CLOSED, "target closed before the relay started")
             return
         self._relay_ended(relay.reason, relay.bytes_up, relay.bytes_down)
 
-    def _relay_ended(self: Session, reason: str, bytes_up: int, bytes_down: int) -> None:
+    def _relay_ended(self, reason: str, bytes_up: int, bytes_down: int) -> None:
         self.state = State.CLOSED
         self.server.sessions.discard(self)
         if log.isEnabledFor(logging.DEBUG):

@@ -10,17 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from .. import codec
 from ..constants import Method, Phase
 from ..errors import ProtocolError
 from ..net.address import format_peer
 from .gssapi import GssFailure
+from .core import SessionCore
 from .record import CloseReason, State
-
-if TYPE_CHECKING:
-    from .session import Session
 
 __all__ = ["NegotiateStage"]
 
@@ -35,12 +33,12 @@ _PHASE_GSSAPI = Phase.GSSAPI
 _PHASE_REQUEST = Phase.REQUEST
 
 
-class NegotiateStage:
+class NegotiateStage(SessionCore):
     """The NEGOTIATING, AUTHENTICATING and GSSAPI states of a ``Session``."""
 
     __slots__ = ()
 
-    def _advance(self: Session) -> None:
+    def _advance(self) -> None:
         """Act on every event the buffered bytes make up, in order."""
         codec_ = self.codec
         while not self.closed:
@@ -69,7 +67,7 @@ class NegotiateStage:
                 self._on_request(event)
                 return
 
-    def _refuse_raw(self: Session, data: bytes, code: int, detail: str) -> None:
+    def _refuse_raw(self, data: bytes, code: int, detail: str) -> None:
         """The codec's own error reply (a request it could not parse), then close."""
         if self.gss is not None:
             wrapped = self._protect(data)
@@ -79,7 +77,7 @@ class NegotiateStage:
         self._record_reply(code)
         self._end(data, CloseReason.PROTOCOL_ERROR, detail)
 
-    def _on_greeting(self: Session, event: Any) -> None:
+    def _on_greeting(self, event: Any) -> None:
         # Preference: GSSAPI (when configured and offered), then username/
         # password (when configured), then no authentication — which, with
         # GSSAPI on, only --allow-open permits.
@@ -103,7 +101,7 @@ class NegotiateStage:
 
     # -- GSSAPI (RFC 1961; control/gssapi.py) --------------------------------
 
-    def _start_gssapi(self: Session, acceptor: Any) -> None:
+    def _start_gssapi(self, acceptor: Any) -> None:
         try:
             self.gss = acceptor.conversation()
         except Exception as exc:  # python-gssapi failing outright: refuse, stay up
@@ -115,7 +113,7 @@ class NegotiateStage:
         self.state = State.GSSAPI
         self._on_gss_data(self.codec.take_trailing_data())
 
-    def _on_gss_data(self: Session, data: bytes) -> None:
+    def _on_gss_data(self, data: bytes) -> None:
         """RFC 1961 messages from the client: context, protection level, the request."""
         gss = self.gss
         gss.receive_data(data)
@@ -139,21 +137,21 @@ class NegotiateStage:
             self.codec.receive_data(plain)
             self._advance()
 
-    def _gss_refuse(self: Session, reason: str) -> None:
+    def _gss_refuse(self, reason: str) -> None:
         """RFC 1961 §3.8: the abort message, then close; the cause goes to the log."""
         log.info("%s GSSAPI authentication refused: %s", format_peer(self.peer), reason)
         if self.gss is not None and self.gss.user:
             self.user = self.gss.user  # for the access log: the session ends here
         self._end(_GSS_ABORT, CloseReason.AUTH_FAILED, f"authentication failed: GSSAPI: {reason}")
 
-    def _protect(self: Session, data: bytes) -> bytes | None:
+    def _protect(self, data: bytes) -> bytes | None:
         """What the server sends, as the client must get it (RFC 1961 §5 at levels 1, 2).
 
         None when wrapping failed: the connection is then closed, since a
         client that cannot read the reply must not be relayed either.
         """
         try:
-            return self.gss.wrap(data)  # type: ignore[no-any-return]
+            return self.gss.wrap(data)
         except GssFailure as exc:
             log.warning("%s GSSAPI: %s", format_peer(self.peer), exc)
             self._close(CloseReason.ERROR, f"GSSAPI: {exc}")
@@ -161,15 +159,18 @@ class NegotiateStage:
 
     # -- RFC 1929 ---------------------------------------------------------
 
-    async def _authenticate(self: Session, event: Any) -> None:
+    async def _authenticate(self, event: Any) -> None:
         name = event.username.decode("utf-8", "replace")
         hook = self.server.authenticate
+        ok: bool | str
         try:
+            users = self.server.users
             if hook is None:
-                ok = await self.server.users.verify(event.username, event.password)
+                # USERPASS is only chosen with a users file or a hook.
+                ok = users is not None and await users.verify(event.username, event.password)
             else:
                 ok = await self._ask_authenticate(hook, name, event.password)
-                if isinstance(ok, str):
+                if isinstance(ok, str):  # the hook named the user
                     name, ok = ok, True
         except Exception:  # a broken hash (or hook) must not take the server down
             log.exception("credential check for user %r failed", name)
@@ -186,7 +187,7 @@ class NegotiateStage:
         self.transport.resume_reading()
         self._advance()  # the request may already be buffered
 
-    async def _ask_authenticate(self: Session, hook: Any, name: str,
+    async def _ask_authenticate(self, hook: Any, name: str,
                                 password: bytes) -> bool | str:
         """The embedding application's authentication hook, bounded in time."""
         peer = self.peer

@@ -9,15 +9,12 @@ everyone else.  The header is parsed by the codec (``parse_proxy_header``).
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
 
 from .. import codec
 from ..errors import ProtocolError
 from ..net.address import format_peer, is_trusted
+from .core import SessionCore
 from .record import CloseReason, State
-
-if TYPE_CHECKING:
-    from .session import Session
 
 __all__ = ["ProxyHeaderStage"]
 
@@ -27,12 +24,12 @@ _NEED_DATA = codec.NEED_DATA
 _parse_proxy_header = codec.parse_proxy_header
 
 
-class ProxyHeaderStage:
+class ProxyHeaderStage(SessionCore):
     """The PROXY_HEADER state of a ``Session``."""
 
     __slots__ = ()
 
-    def _awaits_proxy_header(self: Session) -> bool:
+    def _awaits_proxy_header(self) -> bool:
         """True when this connection must start with a PROXY header (or was refused)."""
         settings = self.server.settings
         only = settings.proxy_protocol_listen
@@ -55,7 +52,7 @@ class ProxyHeaderStage:
                                                  self._proxy_timeout)
         return True
 
-    def _on_proxy_data(self: Session, data: bytes) -> None:
+    def _on_proxy_data(self, data: bytes) -> None:
         buf = self.proxy_buf + data
         try:
             header = _parse_proxy_header(buf)
@@ -85,7 +82,7 @@ class ProxyHeaderStage:
             self.codec.receive_data(rest)
             self._advance()
 
-    def _proxy_timeout(self: Session) -> None:
+    def _proxy_timeout(self) -> None:
         self.timer = None
         log.info("%s: no PROXY protocol header within %g s", format_peer(self.peer),
                  self.server.settings.proxy_protocol_timeout)

@@ -162,9 +162,9 @@ class Metrics:
         buckets, hist_sum = getattr(hist, "_buckets", None), getattr(hist, "_sum", None)
         self._batch_histogram = (isinstance(buckets, list) and hasattr(hist_sum, "inc")
                                  and len(buckets) == len(_HANDSHAKE_BUCKETS) + 1)
-        if self._batch_histogram:
+        self._hist_sum: Any = hist_sum
+        if self._batch_histogram and isinstance(buckets, list):
             children += buckets
-            self._hist_sum = hist_sum
         self._children = children
         self.counts = [0] * len(children)  # written by the event loop only
         self._flushed = [0] * len(children)

@@ -19,9 +19,9 @@ __all__ = ["main"]
 
 def _version_text() -> str:
     try:
-        import uvloop
+        from importlib.metadata import version
 
-        loop = f"uvloop {uvloop.__version__}"
+        loop = f"uvloop {version('uvloop')}"
     except ImportError:
         loop = "asyncio (uvloop not installed)"
     return (

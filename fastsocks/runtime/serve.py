@@ -53,18 +53,18 @@ async def _serve(settings: Settings, users: Users | None, worker: int | None = N
     loop = server.loop
     if sys.platform != "win32":
         if worker is None:  # the service itself: systemd hears of stops and reloads
-            def shutdown() -> None:
+            def on_stop() -> None:
                 systemd.stopping()
                 server.shutdown()
 
-            def reload() -> None:
+            def on_reload() -> None:
                 systemd.reloading()
                 server.reload()
                 systemd.ready()
 
             for signum in (signal.SIGINT, signal.SIGTERM):
-                loop.add_signal_handler(signum, shutdown)
-            loop.add_signal_handler(signal.SIGHUP, reload)
+                loop.add_signal_handler(signum, on_stop)
+            loop.add_signal_handler(signal.SIGHUP, on_reload)
         else:
             for signum in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(signum, server.shutdown)

@@ -20,7 +20,7 @@ from typing import Any, Awaitable, Callable
 import pytest
 
 from fastsocks.config import Settings
-from fastsocks.control import negotiate, session as session_module
+from fastsocks.control import core, negotiate
 from fastsocks.control.record import CloseReason, CloseRecord, State, reason_for_reply
 from fastsocks.control.session import Session
 from fastsocks.runtime.server import Server
@@ -120,9 +120,9 @@ def reply_code(data: bytes, offset: int) -> int:
 def run(impl: ModuleType, monkeypatch: pytest.MonkeyPatch,
         body: Callable[..., Awaitable[None]], **settings: Any) -> None:
     """Run ``body(server, session, transport, records)`` with the codec ``impl``."""
-    # The session and its negotiation stage name the codec's classes once, at
+    # The session's core and its negotiation stage name the codec's classes once, at
     # import: swap them all, so events and codec come from the same module.
-    monkeypatch.setattr(session_module, "_ServerCodec", impl.ServerCodec)
+    monkeypatch.setattr(core, "_ServerCodec", impl.ServerCodec)
     for name, value in (("_NEED_DATA", impl.NEED_DATA), ("_Greeting", impl.Greeting),
                         ("_UserPass", impl.UserPass), ("_Request", impl.Request),
                         ("_GSS_ABORT", impl.GSS_ABORT)):
