@@ -46,4 +46,8 @@ python -m fastsocks --version
 if command -v apt-get >/dev/null 2>&1; then
     bash tests/build_dante.sh >/dev/null
 fi
+# The layering of the planes (import-linter contracts in pyproject.toml) and the
+# types (mypy over the package, the compiled modules through their stubs).
+lint-imports
+mypy
 python -m pytest "$@"
