@@ -66,7 +66,7 @@ class Settings:
     access_log: str | None = _default("access_log")  # a path, "-" for stdout, None: none
     access_log_format: str = _default("access_log_format")
     metrics_listen: str | None = _default("metrics_listen")  # HOST:PORT, None: off
-    rules: list[Any] = _default("rules")  # compiled fastsocks.control.rules.Rule, in order
+    rules: list[Any] = _default("rules")  # compiled fastsocks.control.rulebook.Rule, in order
     groups: dict[str, list[str]] = _default("groups")
     limits: LimitSettings = field(default_factory=LimitSettings)
     proxy_protocol_from: list[str] = _default("proxy_protocol_from")  # empty: off

@@ -19,6 +19,7 @@ from ..net.address import unmapped
 from ..net.resolver import ConnectError, resolve
 from .core import SessionCore
 from .record import CloseReason
+from .rulebook import Denial
 
 __all__ = ["BindStage"]
 
@@ -65,10 +66,10 @@ class BindStage(SessionCore):
                              f"port {peer[1]}")
                 return
             if self.targets is not None:  # access rules: dst is the peer for BIND
-                denial = self.targets.judge(request.host, request.port, peer[0])
-                if denial is not None:
+                decision = self.targets.judge(request.host, request.port, peer[0])
+                if isinstance(decision, Denial):
                     sock.close()
-                    self._deny(denial, unmapped(peer[0]))
+                    self._deny(decision, unmapped(peer[0]))
                     return
         except asyncio.TimeoutError:
             if not self.closed:

@@ -18,8 +18,8 @@ from ..hooks import AuthorizeHook, RequestInfo
 from ..net.address import format_peer
 from .core import SessionCore
 from .record import CloseReason, State
-from .rules import UNKNOWN, TargetFilter, describe_target
-from .rules import log as rules_log
+from .rulebook import UNKNOWN, Denial, TargetFilter, describe_target
+from .rulebook import log as rules_log
 
 __all__ = ["DecideStage"]
 
@@ -128,27 +128,26 @@ class DecideStage(SessionCore):
         targets = self.targets = TargetFilter(
             policy, policy.subject(peer[0] if peer else None, self.user), command)
         if command == Command.UDP_ASSOCIATE:  # DST is where the client sends from
-            denial = targets.decide(UNKNOWN, UNKNOWN, UNKNOWN)
+            decision = targets.decide(UNKNOWN, UNKNOWN, UNKNOWN)
         elif command == Command.BIND and request.host in ("0.0.0.0", "::"):
-            denial = targets.decide(None, UNKNOWN, request.port)
+            decision = targets.decide(None, UNKNOWN, request.port)
         else:
-            denial = targets.early(request.host, request.port)
-        if denial is not None:
-            self._deny(denial)
+            decision = targets.early(request.host, request.port)
+        if isinstance(decision, Denial):
+            self._deny(decision)
             return False
-        self.rule = targets.rule
+        self.rule = decision
         return True
 
     def _allowed(self, addresses: list[Any]) -> list[Any]:
         """Pass 2: the resolved addresses the rules allow; none: denied (X'02')."""
         request = self.request
-        targets = self.targets
-        allowed = targets.allowed(request.host, request.port, addresses)
-        if not allowed:
-            self._deny(targets.denial, addresses[0][1][0] if addresses else None)
+        allowed = self.targets.allowed(request.host, request.port, addresses)
+        if allowed.addresses:
+            self.rule = allowed.rule
         else:
-            self.rule = targets.rule
-        return allowed
+            self._deny(allowed.denial, addresses[0][1][0] if addresses else None)
+        return allowed.addresses
 
     def _deny(self, denial: Any, address: str | None = None) -> None:
         """A rule or the SSRF default refused: log at INFO, reply X'02', close."""

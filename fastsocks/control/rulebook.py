@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-from typing import Any, Iterable, Mapping, Union
+from typing import Any, Iterable, Mapping, NamedTuple, Union
 
 from ..constants import Command
 from ..net.address import IpKey, in_ranges, ip_key, normal_network, ranges
@@ -51,6 +51,7 @@ __all__ = [
     "Denial",
     "Decision",
     "TargetFilter",
+    "Allowed",
     "UNKNOWN",
     "COMMANDS",
     "PROTECTED",
@@ -333,25 +334,32 @@ class Policy:
 Decision = Union[Denial, Rule, None]
 
 
+class Allowed(NamedTuple):
+    """Pass 2 over resolved addresses: what may be dialled, and why."""
+
+    addresses: list[Any]  # the (family, sockaddr) entries the rules allow, in order
+    rule: Rule | None  # the allow rule that decided the first of them (None: the default)
+    denial: Denial | None  # why the first refused entry was refused (None: none was)
+
+
 class TargetFilter:
     """One session's view of the policy: its subject and command, bound once.
 
-    ``early(host, port)`` is pass 1 (before resolution); ``allowed(host, port,
-    addresses)`` is pass 2: the (family, sockaddr) entries that may be
-    dialled, in order; ``denial`` is then why the first refused one was refused.
-    ``rule`` is the allow rule that decided (pass 1, or pass 2 for the first
-    allowed address), None when the default allowed: it carries the
-    upstream and the outbound address to use.
+    Every method returns its decision (nothing is left in attributes to be
+    read back): ``early(host, port)`` is pass 1 (before resolution) and
+    ``judge(host, port, address)`` pass 2 for one address, each a
+    ``Decision``: a ``Denial``, the allow ``Rule`` that decided (it carries
+    the upstream and the outbound address to use), or None when the default
+    allowed.  ``allowed(host, port, addresses)`` is pass 2 over a name's
+    addresses, as an ``Allowed``.
     """
 
-    __slots__ = ("policy", "subject", "command", "denial", "rule")
+    __slots__ = ("policy", "subject", "command")
 
     def __init__(self, policy: Policy, subject: Subject, command: int) -> None:
         self.policy = policy
         self.subject = subject
         self.command = command
-        self.denial: Denial | None = None
-        self.rule: Rule | None = None
 
     def _verdict(self, decision: Decision) -> Decision:
         if (isinstance(decision, Rule) and decision.upstream is not None
@@ -362,48 +370,39 @@ class TargetFilter:
             return Denial(decision.index)
         return decision
 
-    def decide(self, name: Any, ip: Any, port: Any) -> Denial | None:
-        """``Policy.decide`` for this subject and command (the rule is kept in ``rule``)."""
-        decision = self.policy.decide(self.command, self.subject, name, ip, port)
-        if isinstance(decision, Denial):
-            return decision
-        self.rule = decision  # the session answers X'07' for BIND under an upstream rule
-        return None
+    def decide(self, name: Any, ip: Any, port: Any) -> Decision:
+        """``Policy.decide`` for this subject and command (the session answers
+        X'07' for a BIND under an upstream rule)."""
+        return self.policy.decide(self.command, self.subject, name, ip, port)
 
-    def early(self, host: str, port: Any) -> Denial | None:
+    def early(self, host: str, port: Any) -> Decision:
         decision = self.policy.check_request(self.command, self.subject, host, port)
         if self.command == Command.UDP_ASSOCIATE:  # a datagram's target
             decision = self._verdict(decision)
-        if isinstance(decision, Denial):
-            return decision
-        self.rule = decision
-        return None
+        return decision
 
-    def judge(self, host: str, port: Any, address: str) -> Denial | None:
+    def judge(self, host: str, port: Any, address: str) -> Decision:
         """Pass 2 for one address (``host`` as requested)."""
-        decision = self._verdict(
+        return self._verdict(
             self.policy.check_address(self.command, self.subject, host, address, port))
-        if isinstance(decision, Denial):
-            return decision
-        self.rule = decision
-        return None
 
-    def allowed(self, host: str, port: int, addresses: list[Any]) -> list[Any]:
+    def allowed(self, host: str, port: int, addresses: list[Any]) -> Allowed:
         policy, subject, command = self.policy, self.subject, self.command
-        self.denial = None
+        denial: Denial | None = None
+        rule: Rule | None = None
         out: list[Any] = []
         for entry in addresses:
             decision = policy.check_address(command, subject, host, entry[1][0], port)
             if command != Command.CONNECT:
                 decision = self._verdict(decision)
             if isinstance(decision, Denial):
-                if self.denial is None:
-                    self.denial = decision
+                if denial is None:
+                    denial = decision
                 continue
             if not out:
-                self.rule = decision
+                rule = decision
             out.append(entry)
-        return out
+        return Allowed(out, rule, denial)
 
 
 def describe_target(command: int, host: str, port: int, address: str | None = None) -> str:

@@ -3,7 +3,7 @@
 What config uses: ``compile_rule`` (one entry, every problem reported as a
 dotted key and a message that says the fix), ``RULE_KEYS``, and
 ``build_policy`` (the ``Policy`` for a server's settings).  Evaluation lives
-in ``rulebook``; its names are importable from here too.
+in ``rulebook``.
 
 What a rule sees
 ----------------
@@ -43,30 +43,9 @@ from typing import Any, Iterable, Mapping
 
 from ..errors import ConfigError
 from ..net.address import ip_key, is_loopback_host, normal_network, parse_sources
-from .rulebook import (COMMANDS, PROTECTED, UNKNOWN, Decision, Denial, Policy, Rule, Subject,
-                       TargetFilter, describe_target, log, normal_name, protected_kind)
+from .rulebook import (COMMANDS, Policy, Rule)
 
-__all__ = [
-    "RULE_KEYS",
-    "compile_rule",
-    "build_policy",
-    "ssrf_default_applies",
-    # Evaluation (rulebook), for the code that imports it from here.
-    "Rule",
-    "Policy",
-    "Subject",
-    "Denial",
-    "Decision",
-    "TargetFilter",
-    "UNKNOWN",
-    "COMMANDS",
-    "PROTECTED",
-    "describe_target",
-    "ip_key",
-    "log",
-    "normal_name",
-    "protected_kind",
-]
+__all__ = ["RULE_KEYS", "compile_rule", "build_policy", "ssrf_default_applies"]
 
 RULE_KEYS = ("action", "src", "dst", "domain", "ports", "users", "groups", "commands",
              "upstream", "source")

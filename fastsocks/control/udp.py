@@ -14,7 +14,7 @@ decides what it does with each:
   it with the address and port given here.
 * The UDP request header is parsed by the codec; a bad header drops that
   datagram only.  Domain targets are resolved off the loop and cached.
-* Access rules judge each target (``targets``, a ``rules.TargetFilter``): a
+* Access rules judge each target (``targets``, a ``rulebook.TargetFilter``): a
   name first, then its addresses; a refused datagram is dropped (one INFO
   line per association).  An IP literal once judged is installed in the C
   table, so its next datagrams stay in C.
@@ -49,6 +49,7 @@ from ..datagram import Path, open_path
 from ..errors import ProtocolError
 from ..net.address import unmapped
 from ..net.resolver import ConnectError, resolve_and_cache, resolve_cached
+from .rulebook import Denial
 from .udp_upstream import UpstreamLink
 
 __all__ = ["UdpAssociation", "MAX_FRAGMENTS", "MAX_REASSEMBLY_BYTES", "REASSEMBLY_TIMEOUT"]
@@ -110,7 +111,7 @@ class UdpAssociation:
         self._frag_high = 0
         self._frag_timer: asyncio.TimerHandle | None = None
         self._tasks: set[asyncio.Task[None]] = set()
-        # Access rules (a rules.TargetFilter), set by the session; None: none.
+        # Access rules (a rulebook.TargetFilter), set by the session; None: none.
         self.targets: Any = None
         # The outbound source addresses, (family, sockaddr) as the session
         # chose them (rule, user, global); set by the session; none: any.
@@ -244,9 +245,11 @@ class UdpAssociation:
             # Access rules, pass 1, on the name: one denied whatever its
             # addresses is not looked up, and one that an upstream rule allows
             # goes there unresolved (the upstream resolves it).
-            if self._denied(targets.early(host, port), host, port):
+            decision = targets.early(host, port)
+            if isinstance(decision, Denial):
+                self._denied(decision, host, port)
                 return
-            if self._chained(targets.rule, host, port, payload):
+            if self._chained(decision, host, port, payload):
                 return
         try:
             addresses = resolve_cached(host, port)
@@ -264,32 +267,29 @@ class UdpAssociation:
             return
         if targets is not None:  # pass 2: only an allowed address is sent to
             allowed = targets.allowed(host, port, addresses)
-            if not allowed:
-                self._denied(targets.denial, host, port)
+            if not allowed.addresses:
+                self._denied(allowed.denial, host, port)
                 if literal:
                     # The same literal is refused the same way next time (in C).
                     path.deny(addresses[0][0], addresses[0][1])
                 return
-            addresses = allowed
+            addresses = allowed.addresses
             # A rule needed the address to decide: the upstream gets the allowed
             # address, not the name (as for CONNECT).
-            if self._chained(targets.rule, unmapped(addresses[0][1][0]), port, payload,
+            if self._chained(allowed.rule, unmapped(addresses[0][1][0]), port, payload,
                              addresses[0] if literal else None):
                 return
         family, sockaddr = addresses[0]
         path.send(family, sockaddr, payload, literal)
 
-    def _denied(self, denial: Any, host: str, port: int) -> bool:
+    def _denied(self, denial: Denial | None, host: str, port: int) -> None:
         """Drop a datagram the access rules refuse (silently: UDP has no reply)."""
-        if denial is None:
-            return False
         self._dropped += 1
         level = logging.DEBUG if self._denials_logged else logging.INFO
         self._denials_logged = True  # one INFO line per association, then DEBUG
         if log.isEnabledFor(level):
             log.log(level, "UDP from %s to %s port %d dropped: %s", self.client_host, host, port,
                     denial)
-        return True
 
     async def _resolve_then_send(self, host: str, port: int, payload: bytes) -> None:
         try:

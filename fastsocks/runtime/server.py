@@ -25,7 +25,8 @@ from ..hooks import AuthenticateHook, AuthorizeHook
 from ..control.limits import Limits, SharedCounts
 from ..observe.metrics import (get_metrics)
 from ..relay import Engine
-from ..control.rules import Policy, build_policy
+from ..control.rulebook import Policy
+from ..control.rules import build_policy
 from ..control.session import Session
 from ..net.address import trusted_ranges
 

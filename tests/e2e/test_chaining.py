@@ -309,23 +309,23 @@ def test_rules_send_connect_and_datagrams_to_the_upstream_but_refuse_bind() -> N
     # Policy level: CONNECT and a UDP datagram's target get the upstream rule;
     # a BIND peer that rule would send there is denied, not let in directly.
     from fastsocks.constants import Command
-    from fastsocks.control.rules import Denial, Policy, Rule, TargetFilter
+    from fastsocks.control.rulebook import Denial, Policy, Rule, TargetFilter
 
     rules = [Rule(0, True, ports=[(53, 53)], upstream="corp"), Rule(1, True)]
     policy = Policy(rules)
     udp = TargetFilter(policy, policy.subject("127.0.0.1", None), Command.UDP_ASSOCIATE)
-    assert udp.early("192.0.2.1", 53) is None and udp.rule is rules[0]
-    assert udp.early("192.0.2.1", 123) is None and udp.rule is rules[1]
-    assert udp.allowed("a.example", 53, [(2, ("192.0.2.1", 53))]) != []
-    assert udp.rule is rules[0]
+    assert udp.early("192.0.2.1", 53) is rules[0]
+    assert udp.early("192.0.2.1", 123) is rules[1]
+    allowed = udp.allowed("a.example", 53, [(2, ("192.0.2.1", 53))])
+    assert allowed.addresses != [] and allowed.rule is rules[0]
     bind = TargetFilter(policy, policy.subject("127.0.0.1", None), Command.BIND)
     assert isinstance(bind.judge("0.0.0.0", 53, "192.0.2.1"), Denial)
-    assert bind.judge("0.0.0.0", 123, "192.0.2.1") is None
-    assert bind.allowed("a.example", 53, [(2, ("192.0.2.1", 53))]) == []
+    assert bind.judge("0.0.0.0", 123, "192.0.2.1") is rules[1]
+    assert bind.allowed("a.example", 53, [(2, ("192.0.2.1", 53))]).addresses == []
     connect = TargetFilter(policy, policy.subject("127.0.0.1", None), Command.CONNECT)
-    assert connect.early("192.0.2.1", 53) is None and connect.rule is rules[0]
-    assert connect.allowed("a.example", 123, [(2, ("192.0.2.1", 123))]) != []
-    assert connect.rule is rules[1]
+    assert connect.early("192.0.2.1", 53) is rules[0]
+    allowed = connect.allowed("a.example", 123, [(2, ("192.0.2.1", 123))])
+    assert allowed.addresses != [] and allowed.rule is rules[1]
 
 
 def test_chain_to_a_fastsocks_upstream_on_ipv6_with_auth(

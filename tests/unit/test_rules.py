@@ -19,8 +19,9 @@ from procs import UdpEcho
 
 from fastsocks.config import Settings
 from fastsocks.constants import Command
-from fastsocks.control.rules import (UNKNOWN, Policy, TargetFilter, build_policy, compile_rule, ip_key,
-                             protected_kind)
+from fastsocks.control.rulebook import UNKNOWN, Denial, Policy, TargetFilter, protected_kind
+from fastsocks.control.rules import build_policy, compile_rule
+from fastsocks.net.address import ip_key
 
 NOT_ALLOWED = 0x02
 LONG_LABEL = "l" * 64  # longer than DNS allows (63): resolving it fails without a query
@@ -47,16 +48,16 @@ def decide(policy: Policy, host: str, port: int = 443, *, command: str = "connec
     """
     targets = TargetFilter(policy, policy.subject(client, user), CMD[command])
     first = targets.early(host, port)
-    if first is not None:
+    if isinstance(first, Denial):
         return _verdict(first)
     if ip_key(host) is not None:
         return "allow"
     assert resolved is not None, f"{host!r} is a name: give its addresses"
     entries = [(socket.AF_INET6 if ":" in a else socket.AF_INET, (a, port)) for a in resolved]
-    allowed = targets.allowed(host, port, entries)
+    allowed = targets.allowed(host, port, entries).addresses
     if allowed:
         return "allow" if len(allowed) == len(entries) else ("allow", [e[1][0] for e in allowed])
-    return _verdict(targets.denial)
+    return _verdict(targets.allowed(host, port, entries).denial)
 
 
 def _verdict(denial: Any) -> Any:
