@@ -18,6 +18,9 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
+# Every Python module and type stub of the package, every plane's folder included.
+SOURCES = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "fastsocks").rglob("*.py*")
+                 if p.suffix in (".py", ".pyi") and "__pycache__" not in p.parts)
 # What the compiled wheel is built and checked with, even when this suite
 # runs with the pure implementation selected.
 COMPILED_ENV = {k: v for k, v in os.environ.items() if k != "FASTSOCKS_NO_EXTENSIONS"}
@@ -70,7 +73,7 @@ def test_compiled_wheel_contents(dist: Path) -> None:
     for module in modules:
         assert any(n.startswith(f"fastsocks/{module}.") and n.endswith((".so", ".pyd")) for n in names), module
     assert "fastsocks/py.typed" in names
-    assert "fastsocks/_codec_py.py" in names and "fastsocks/_relay_py.py" in names
+    assert [n for n in SOURCES if n not in names] == []
     assert not [n for n in names if n.endswith(".c") or n.startswith(("tests/", "build/"))]
 
 
@@ -80,7 +83,8 @@ def test_pure_wheel_contents(dist: Path) -> None:
     assert wheel.name.endswith("-py3-none-any.whl")
     names = zipfile.ZipFile(wheel).namelist()
     assert not [n for n in names if n.endswith((".so", ".pyd", ".c"))]
-    assert "fastsocks/_codec_py.py" in names and "fastsocks/cli.py" in names
+    assert "fastsocks/runtime/cli.py" in SOURCES
+    assert [n for n in SOURCES if n not in names] == []
 
 
 @pytest.mark.timeout(600)
