@@ -371,3 +371,38 @@ def test_every_failure_reply_has_a_reason() -> None:
                      "host_unreachable", "refused", "bind_timeout", "command_not_supported",
                      "address_type_not_supported"}
     assert reason_for_reply(0x42) is CloseReason.ERROR
+
+
+# -- RFC 1961: a reply that cannot be wrapped ---------------------------------------------
+
+
+class _UnwrappableGss:
+    """A GSSAPI conversation at integrity level whose wrap fails (a broken context)."""
+
+    wraps = True
+    clear = False
+
+    def wrap(self, data: bytes) -> bytes:
+        from fastsocks.control.gssapi import GssFailure
+
+        raise GssFailure("cannot wrap data: the context expired")
+
+
+def test_unwrappable_reply_closes_without_relaying(impl: ModuleType,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    async def body(server: Server, session: Session, transport: FakeTransport,
+                   records: Records) -> None:
+        echo, port = await _echo_server()
+        session.data_received(greeting(0))
+        session.data_received(request(1, "127.0.0.1", port))
+        # The conversation breaks while the target is dialled: the success reply
+        # cannot reach the client readable, so nothing may be relayed either.
+        session.gss = _UnwrappableGss()
+        await until(lambda: bool(records.records))
+        assert bytes(transport.written) == b"\x05\x00"  # the method choice, no reply
+        assert session.closed and session.state is not State.RELAYING
+        (record,) = records.records
+        assert (record.reason, record.reply) == (CloseReason.ERROR, None)
+        echo.close()
+
+    run(impl, monkeypatch, body)
