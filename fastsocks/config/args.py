@@ -26,7 +26,7 @@ HELP_ORDER = (
     "gssapi_min_protection", "allow_open", "handshake_timeout", "connect_timeout",
     "idle_timeout", "drain_timeout", "bind_timeout", "bind_address", "udp_public_address",
     "udp_reassembly", "proxy_protocol_from", "proxy_protocol_timeout", "outbound_address",
-    "outbound_interface", "workers", "loop", "relay", "log_level", "access_log",
+    "outbound_interface", "dns_resolver", "dns_servers", "workers", "loop", "relay", "log_level", "access_log",
     "access_log_format", "limits.connections", "limits.connections_per_ip",
     "limits.connections_per_user", "limits.handshake_rate_per_ip",
     "limits.bandwidth_per_connection", "limits.bandwidth_per_user", "metrics_listen",

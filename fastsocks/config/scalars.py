@@ -19,11 +19,12 @@ from typing import Any, Callable
 from ..control.limits import format_rate, parse_rate
 from ..errors import ConfigError
 from ..net.address import parse_sources
+from ..net.dns import parse_nameserver
 from .kinds import INVALID, Invalid, Kind, Reading, cpu_count, leaf, put, show
 
 __all__ = ["Seconds", "ProxyTimeout", "Boolean", "Choice", "Integer", "Workers", "Rate",
            "PerSecond", "IpAddress", "Path", "Principal", "Cidrs", "Sources", "Interface",
-           "MIN_PROXY_PROTOCOL_TIMEOUT"]
+           "Nameservers", "MIN_PROXY_PROTOCOL_TIMEOUT"]
 
 #: The PROXY protocol spec asks receivers to wait at least 3 s for the header.
 MIN_PROXY_PROTOCOL_TIMEOUT = 3.0
@@ -341,3 +342,35 @@ class Interface(Kind):
         if not hasattr(socket, "SO_BINDTODEVICE"):
             raise ConfigError(f"{label} needs SO_BINDTODEVICE (Linux); leave it out here")
         return value
+
+
+class Nameservers(Kind):
+    """DNS servers for c-ares: "IP", "IP:PORT" or "[IPv6]:PORT"; one string is a list of one."""
+
+    def load(self, value: Any, key: str, reading: Reading) -> Any:
+        items = value if isinstance(value, list) else [value]
+        out = []
+        for i, item in enumerate(items):
+            try:
+                out.append(parse_nameserver(item))
+            except (ValueError, AttributeError):
+                reading.problem(f"{key}[{i}]" if isinstance(value, list) else key,
+                                "must be a DNS server's address such as \"192.0.2.53\", "
+                                f"\"192.0.2.53:5353\" or \"[2001:db8::53]:53\", got {show(item)}")
+        return out if len(out) == len(items) else INVALID
+
+    def argparse(self, flag: str) -> dict[str, Any]:
+        return {"action": "append"}
+
+    def validated(self, value: Any, label: str) -> Any:
+        out = []
+        for text in value:
+            try:
+                out.append(parse_nameserver(text))
+            except (ValueError, AttributeError):
+                raise ConfigError(f"{label} {text!r}: give a DNS server's address, e.g. "
+                                  "192.0.2.53 or 192.0.2.53:5353") from None
+        return out
+
+    def render(self, key: str, value: Any, settings: Any, unset: str) -> list[str]:
+        return put(leaf(key), value or None, unset)

@@ -16,6 +16,7 @@ from typing import Any
 from ..control.limits import LimitSettings
 from ..errors import ConfigError
 from ..net.address import format_address, is_loopback_host
+from ..net.dns import HAVE_CARES
 from .table import BY_NAME, COMPOSITES, SETTINGS
 
 __all__ = ["Settings", "get", "assign"]
@@ -76,12 +77,24 @@ class Settings:
     outbound_address: list[str] = _default("outbound_address")
     outbound_users: dict[str, list[str]] = _default("outbound_users")
     outbound_interface: str | None = _default("outbound_interface")
+    dns_resolver: str = _default("dns_resolver")  # auto, c-ares or system (net/dns.py)
+    dns_servers: list[str] = _default("dns_servers")  # empty: resolv.conf's
+    dns_cache_size: int = _default("dns_cache_size")
+    dns_min_ttl: float = _default("dns_min_ttl")
+    dns_max_ttl: float = _default("dns_max_ttl")
+    dns_negative_ttl: float = _default("dns_negative_ttl")
     gssapi: bool = _default("gssapi")
     gssapi_keytab: str | None = _default("gssapi_keytab")  # None: KRB5_KTNAME or the system's
     gssapi_principal: str | None = _default("gssapi_principal")  # None: any in the keytab
     gssapi_min_protection: str = _default("gssapi_min_protection")
     gssapi_principal_map: dict[str, str] = _default("gssapi_principal_map")
     config_file: str | None = None  # where these settings came from, if a file
+
+    def dns_options(self) -> dict[str, Any]:
+        """``[dns]`` as ``net.dns.configure`` takes it."""
+        return {"resolver": self.dns_resolver, "servers": self.dns_servers,
+                "cache_size": self.dns_cache_size, "min_ttl": self.dns_min_ttl,
+                "max_ttl": self.dns_max_ttl, "negative_ttl": self.dns_negative_ttl}
 
     def validate(self) -> None:
         """Raise ConfigError for the first setting that is not allowed; may normalise some."""
@@ -92,6 +105,7 @@ class Settings:
                                                               setting.validate_label))
         self.limits.validate()
         _check_proxy_listeners(self)
+        _check_dns(self)
         # GSSAPI is authentication too: with it on, clients that do not offer
         # it get no-auth only with --allow-open (session._on_greeting).
         exposed = exposed_listeners(self.listen, self.users_file, self.allow_open, self.gssapi)
@@ -123,3 +137,16 @@ def _check_proxy_listeners(settings: Settings) -> None:
         if (host, port) not in settings.listen:
             raise ConfigError(f"proxy_protocol.listeners: {format_address(host, port)} is not one "
                               "of the listen addresses; name listeners exactly as in listen")
+
+
+def _check_dns(settings: Settings) -> None:
+    if settings.dns_min_ttl > settings.dns_max_ttl:
+        raise ConfigError(f"dns.min_ttl ({settings.dns_min_ttl:g} s) is above dns.max_ttl "
+                          f"({settings.dns_max_ttl:g} s): lower min_ttl or raise max_ttl")
+    if settings.dns_resolver == "c-ares" and not HAVE_CARES:
+        raise ConfigError("dns.resolver \"c-ares\" needs aiodns (pip install aiodns), which "
+                          "is not installed: install it, or use \"auto\" or \"system\"")
+    if settings.dns_servers and (settings.dns_resolver == "system" or not HAVE_CARES):
+        raise ConfigError("dns.servers is set but names are looked up by the system resolver, "
+                          "which reads /etc/resolv.conf: leave servers out or use resolver "
+                          "\"auto\" or \"c-ares\" (aiodns installed)")

@@ -23,8 +23,8 @@ from typing import Any, Callable
 
 from ..control.limits import LimitSettings
 from .kinds import Kind, default_workers
-from .scalars import (Boolean, Choice, Cidrs, Integer, Interface, IpAddress, Path, PerSecond,
-                      Principal, ProxyTimeout, Rate, Seconds, Sources, Workers)
+from .scalars import (Boolean, Choice, Cidrs, Integer, Interface, IpAddress, Nameservers, Path,
+                      PerSecond, Principal, ProxyTimeout, Rate, Seconds, Sources, Workers)
 from .structured import (Groups, Listen, Listeners, Metrics, PrincipalMap, Rules, Upstreams,
                          UserLimitsTable, UserSources)
 
@@ -180,6 +180,18 @@ SETTINGS: tuple[Setting, ...] = (
       "bind outgoing connections to this network interface (SO_BINDTODEVICE; needs root)",
       "NAME", unset="any"),
     S("outbound_users", UserSources(), dict, "outbound.users"),
+    # [dns] (net/dns.py; README "DNS")
+    S("dns_resolver", Choice("auto", "c-ares", "system"), "auto", "dns.resolver",
+      ("--dns-resolver",), "how names are looked up: c-ares with the records' TTLs, the "
+      "system's getaddrinfo for /etc/hosts, localhost and single-label names (auto), c-ares "
+      "for every name, or getaddrinfo for every name (system: nsswitch wins)"),
+    S("dns_servers", Nameservers(), list, "dns.servers", ("--dns-server",),
+      "a DNS server for c-ares, IP or IP:PORT; repeatable (default: resolv.conf's)",
+      "IP[:PORT]", unset="resolv.conf's"),
+    S("dns_cache_size", Integer(1, 10 ** 7), 10000, "dns.cache_size"),
+    S("dns_min_ttl", Seconds(zero="the records' own TTL"), 1.0, "dns.min_ttl"),
+    S("dns_max_ttl", Seconds(), 3600.0, "dns.max_ttl"),
+    S("dns_negative_ttl", Seconds(zero="not kept"), 5.0, "dns.negative_ttl"),
     # [gssapi] (RFC 1961)
     S("gssapi", Boolean(), False, "gssapi.enabled", ("--gssapi",),
       "offer GSSAPI/Kerberos authentication (RFC 1961), preferred over username/password; "
@@ -217,6 +229,7 @@ SECTIONS: tuple[Section, ...] = (
     Section("proxy_protocol", "[proxy_protocol]"),
     Section("upstreams"),  # one [upstreams.NAME] per upstream
     Section("outbound", "[outbound]"),
+    Section("dns", "[dns]"),
     Section("gssapi", "[gssapi]"),
     Section("groups", "[groups]"),
     Section("rules"),  # one [[rules]] per rule

@@ -28,6 +28,7 @@ from ..relay import Engine
 from ..control.rulebook import Policy
 from ..control.rules import build_policy
 from ..control.session import Session
+from ..net import dns
 from ..net.address import trusted_ranges
 
 __all__ = ["Server"]
@@ -86,6 +87,7 @@ class Server:
         self.counts = counts
         self.limits: Limits | None = None
         self.limits = self._limits(settings)
+        dns.configure(**settings.dns_options())  # [dns]: the process's cache (net/dns.py)
 
     def _limits(self, settings: Settings) -> Limits | None:
         if not settings.limits.any:
@@ -250,6 +252,7 @@ class Server:
         self.gssapi = gssapi
         self.proxy_trusted = trusted_ranges(settings.proxy_protocol_from)
         self.limits = self._limits(settings)
+        dns.configure(**settings.dns_options())  # [dns]: the process's cache (net/dns.py)
         log.info("configuration reloaded%s (%s)",
                  f" from {settings.config_file}" if settings.config_file else "",
                  f"{len(users)} users" if users is not None else "no authentication")

@@ -460,7 +460,9 @@ def test_example_config_covers_every_key(tmp_path):
     doc = tomllib.loads(_example_copy(tmp_path, uncomment=True).read_text())
     assert set(doc) == {"listen", "users", "allow_open", "workers", "loop", "relay", "backlog",
                         "timeouts", "bind", "udp", "log", "metrics", "limits", "groups", "rules",
-                        "proxy_protocol", "upstreams", "outbound", "gssapi"}
+                        "proxy_protocol", "upstreams", "outbound", "gssapi", "dns"}
+    assert set(doc["dns"]) == {"resolver", "servers", "cache_size", "min_ttl", "max_ttl",
+                               "negative_ttl"}
     assert set(doc["proxy_protocol"]) == {"trusted", "listeners", "timeout"}
     assert set(doc["gssapi"]) == {"enabled", "keytab", "principal", "min_protection"}
     assert set(doc["upstreams"]["corp"]) == {"address", "user", "password"}
