@@ -1,10 +1,15 @@
 """CONNECT (RFC 1928 §4): resolve, dial (or go through an upstream), then relay.
 
 An IP literal is dialled at once by a ``Connector`` (non-blocking connect
-on the loop, no Task); a name is resolved first and each address judged by
-the rules again.  A rule with an upstream sends the request through that
-SOCKS5 proxy instead (``net/upstream.py``).  Failures become the reply code
-of the error (``ConnectError.reply``); success goes to the hand-off.
+on the loop, no Task).  A name is dialled by the same Connector as its
+addresses come in (Happy Eyeballs, RFC 8305: AAAA and A looked up at once,
+attempts interleaved; a cached name is dialled without waiting), each
+family's addresses judged by the rules again first (``_judge``).  A rule
+with an upstream sends the request through that SOCKS5 proxy instead
+(``net/upstream.py``).  Failures become the reply code of the error
+(``ConnectError.reply``); success goes to the hand-off.  A client that
+leaves meanwhile takes its Connector with it (``SessionCore._close``
+cancels it): the lookup is released and every attempt closed.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ from typing import Any
 
 from ..constants import Reply
 from ..net.address import unmapped
-from ..net.resolver import ConnectError, Connector, literal_addresses, resolve, source_addresses
+from ..net.resolver import ConnectError, Connector, Refused, literal_addresses, source_addresses
 from ..net.upstream import connect_via
 from .core import SessionCore
 from .record import CloseReason, reason_for_reply
@@ -29,36 +34,61 @@ class ConnectStage(SessionCore):
 
     def _connect_failed(self, error: ConnectError) -> None:
         """Refuse with the error's reply; a connect timeout is named as such."""
+        if isinstance(error, Refused):  # pass 2 allowed none of the name's addresses
+            self._deny(error.denial, error.address)
+            return
         reason = CloseReason.CONNECT_TIMEOUT if error.timed_out else reason_for_reply(error.reply)
         self._refuse(error.reply, reason, f"{self._what()}: {error.reason}")
 
-    def _start_connect(self, request: Any) -> None:
-        addresses = literal_addresses(request.host, request.port)
-        if addresses is None:
-            self.task = asyncio.ensure_future(self._resolve_then_connect(request))
-        else:
-            self._connect(addresses)
+    def _watch_client(self) -> None:
+        """Read on while connecting, to see a client that leaves (issue 17).
 
-    async def _resolve_then_connect(self, request: Any) -> None:
-        try:
-            addresses = await resolve(request.host, request.port)
-        except ConnectError as exc:
-            if not self.closed:
-                self._connect_failed(exc)
+        Its EOF, with nothing sent after the request, closes the session,
+        which cancels the Connector (or the chaining task): no connection is
+        made for a client that is gone.  Early bytes pause reading again
+        (``Session.data_received``) and wait for the relay, as does a FIN
+        after them (``nc -N``).  Under GSSAPI protection reading stays paused.
+        """
+        if self.gss is None and not self.codec.trailing_data:
+            self.transport.resume_reading()
+
+    def _start_connect(self, request: Any) -> None:
+        self._watch_client()
+        addresses = literal_addresses(request.host, request.port)
+        if addresses is not None:
+            self._connect(addresses)
             return
-        if self.closed:
-            return
-        if self.targets is not None:
-            addresses = self._allowed(addresses)
-            if not addresses:
-                return
-            rule = self.rule
+        settings = self.server.settings
+        connector = self.connector = Connector(
+            self.server.loop, [], settings.connect_timeout, self._on_connected,
+            self._sources(), settings.outbound_interface)
+        connector.resolve(request.host, request.port,
+                          self._judge if self.targets is not None else None)
+
+    def _judge(self, addresses: list[Any]) -> tuple[list[Any], Any]:
+        """Pass 2 on one family's addresses: (those allowed, (denial, address) or None).
+
+        The first allowed addresses decide the rule (its outbound address, its
+        upstream): a rule that chains takes the request to its upstream with
+        the address it allowed, not the name.
+        """
+        request = self.request
+        allowed = self.targets.allowed(request.host, request.port, addresses)
+        refusal = None
+        if allowed.denial is not None:
+            refused = next((a for a in addresses if a not in allowed.addresses), addresses[0])
+            refusal = (allowed.denial, refused[1][0])
+        connector = self.connector
+        if allowed.addresses and connector is not None and connector.admitted == 0:
+            rule = self.rule = allowed.rule
             if rule is not None and rule.upstream is not None:
-                # A rule needed the address to decide: the upstream is
-                # given the address the rules allowed, not the name.
-                await self._chain(unmapped(addresses[0][1][0]))
-                return
-        self._connect(addresses)
+                connector.cancel()
+                self.connector = None
+                self.task = asyncio.ensure_future(
+                    self._chain(unmapped(allowed.addresses[0][1][0])))
+                return [], None
+            connector.sources = self._sources()
+        return allowed.addresses, refusal
 
     def _connect(self, addresses: list[Any]) -> None:
         settings = self.server.settings
@@ -73,8 +103,12 @@ class ConnectStage(SessionCore):
             if not self.closed:
                 self._connect_failed(error)
             return
+        if self.closed:  # never: _close cancels the Connector first; but never relay then
+            sock.close()
+            return
         if connector is not None:
             self.dialled = connector.sockaddr
+        self.transport.pause_reading()  # the relay takes the client paused, as before
         bound = sock.getsockname()
         self._relay(sock, bound[0], bound[1])
 
@@ -92,6 +126,7 @@ class ConnectStage(SessionCore):
 
     async def _chain(self, host: str) -> None:
         """CONNECT through the rule's upstream SOCKS5 proxy, then relay as usual."""
+        self._watch_client()
         settings = self.server.settings
         name = self.rule.upstream
         upstream = settings.upstreams.get(name)
@@ -114,4 +149,5 @@ class ConnectStage(SessionCore):
             self.dialled = sock.getpeername()  # the access log's "dialled": the upstream
         except OSError:
             self.dialled = None
+        self.transport.pause_reading()
         self._relay(sock, bound_host, bound_port)

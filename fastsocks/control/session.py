@@ -103,6 +103,8 @@ class Session(ProxyHeaderStage, NegotiateStage, DecideStage, ConnectStage, BindS
             self.codec.receive_data(data)
             if state is _NEGOTIATING or state is _GSSAPI:
                 self._advance()
+            else:  # early bytes for the target (CONNECTING reads for EOF): keep, read no more
+                self.transport.pause_reading()
 
     def eof_received(self) -> bool:
         # A client that half-closes before its request is answered has nothing

@@ -149,6 +149,29 @@ class DnsCache:
         self.min_ttl, self.max_ttl, self.negative_ttl = min_ttl, max(min_ttl, max_ttl), negative_ttl
         while len(self.entries) > self.size:
             self.entries.popitem(last=False)
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        # A server configures from its loop: make the channel (its thread and
+        # descriptors) now, not inside the first CONNECT that needs it.
+        if resolver != "system" and HAVE_CARES:
+            self._bind(loop)
+            try:
+                self._channel()
+            except Exception as exc:  # lookups fail one by one, each with this reason
+                log.warning("c-ares could not start (%s); names will not resolve", exc)
+
+    def _bind(self, loop: asyncio.AbstractEventLoop) -> None:
+        if loop is not self._loop:  # a new loop (tests, a restarted worker)
+            self._loop, self._cares = loop, None
+            self.inflight.clear()
+
+    def _channel(self) -> Any:
+        if self._cares is None:
+            self._cares = aiodns.DNSResolver(nameservers=list(self.servers) or None,
+                                             loop=self._loop)
+        return self._cares
 
     # -- the cache ------------------------------------------------------------
 
@@ -188,9 +211,7 @@ class DnsCache:
         leave just remove their callback, and the answer is still cached.
         """
         loop = asyncio.get_running_loop()
-        if loop is not self._loop:  # a new loop (tests, a restarted worker)
-            self._loop, self._cares = loop, None
-            self.inflight.clear()
+        self._bind(loop)
         key = (host, family)
         future = self.inflight.get(key)
         if future is not None:
@@ -260,10 +281,7 @@ class DnsCache:
 
     def _cares_lookup(self, host: str, family: int, future: asyncio.Future[Any]) -> None:
         try:
-            if self._cares is None:
-                self._cares = aiodns.DNSResolver(nameservers=list(self.servers) or None,
-                                                 loop=self._loop)
-            query = self._cares.getaddrinfo(host, family=family, type=socket.SOCK_STREAM)
+            query = self._channel().getaddrinfo(host, family=family, type=socket.SOCK_STREAM)
         except Exception as exc:  # a name c-ares refuses outright (NUL, too long)
             self._settle(host, family, future, f"cannot resolve {host!r}: {exc}", None, False)
             return
@@ -275,7 +293,9 @@ class DnsCache:
         if exc is not None:
             status = exc.args[0] if exc.args and isinstance(exc.args[0], int) else None
             what = exc.args[1] if len(exc.args) > 1 else exc
-            self._settle(host, family, future, f"cannot resolve {host!r}: {what}", None,
+            reason = f"{host!r} has no {_FAMILY_NAME[family]} address" \
+                if status == _ARES_NODATA else f"cannot resolve {host!r}: {what}"
+            self._settle(host, family, future, reason, None,
                          status in (_ARES_NODATA, _ARES_NOTFOUND))
             return
         result = query.result()
@@ -316,7 +336,7 @@ class Resolution:
     """
 
     __slots__ = ("cache", "host", "on_addresses", "on_end", "waiting", "held", "timer",
-                 "found", "reasons", "over")
+                 "found", "reasons", "over", "left")
 
     def __init__(self, cache: DnsCache, host: str,
                  on_addresses: Callable[[int, tuple[str, ...]], None],
@@ -331,6 +351,7 @@ class Resolution:
         self.found = False
         self.reasons: list[str] = []
         self.over = False
+        self.left = len(_FAMILIES)  # families not answered yet
 
     def start(self) -> None:
         cache, host = self.cache, self.host
@@ -365,6 +386,7 @@ class Resolution:
                     self._answer(family, future.result())
 
     def _answer(self, family: int, answer: Any) -> None:
+        self.left -= 1
         if isinstance(answer, str):
             self.reasons.append(answer)
         elif family == socket.AF_INET and socket.AF_INET6 in self.waiting:
@@ -378,7 +400,7 @@ class Resolution:
             return
         if family == socket.AF_INET6:
             self._release()
-        elif not self.waiting and self.held is None:
+        elif not self.left and self.held is None:
             self._finish()
 
     def _release(self) -> None:
@@ -389,7 +411,7 @@ class Resolution:
         if held is not None:
             self.found = True
             self.on_addresses(socket.AF_INET, held)
-        if not self.over and not self.waiting:
+        if not self.over and not self.left:
             self._finish()
 
     def _finish(self) -> None:
