@@ -24,6 +24,9 @@ command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
 # Programs wrapped by LD_PRELOAD (tests/e2e/test_wrappers.py).
 command -v socksify >/dev/null 2>&1 || need+=(dante-client)
 command -v proxychains4 >/dev/null 2>&1 || need+=(proxychains4)
+# Happy Eyeballs runs in a network namespace of its own (tests/e2e/test_happy_eyeballs.py).
+command -v ip >/dev/null 2>&1 || need+=(iproute2)
+command -v unshare >/dev/null 2>&1 || need+=(util-linux)
 # Only Debian and Ubuntu get the programs installed; elsewhere (macOS CI runs
 # the codec tests) what is missing stays missing.
 if ((${#need[@]})) && command -v apt-get >/dev/null 2>&1; then

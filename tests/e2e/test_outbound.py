@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -213,3 +214,50 @@ def test_udp_associate_sends_from_the_outbound_address(
         client.close()
         control.close()
         echo.close()
+
+
+# -- abandoned CONNECTs (issue 17): a client that leaves takes its outbound attempt along --
+
+
+def _leave_during_connect(server: Any, socks: Any, host: str, port: int) -> None:
+    """Greeting, CONNECT, then close before the reply (a FIN, nothing sent after the request)."""
+    sock = socks.open(server.address)
+    with sock:
+        sock.sendall(b"\x05\x01\x00")
+        assert socks.recv_exact(sock, 2) == b"\x05\x00"
+        sock.sendall(socks.request(0x01, host, port))
+        time.sleep(0.3)  # the server is resolving or connecting now
+
+
+def test_client_leaving_during_resolve_makes_no_connection(
+        fastsocks_server: Callable[..., Any], socks: Any, echo_target: Any) -> None:
+    """The name's answer comes 1.5 s late; the client left at 0.3 s: the target never
+    sees a connection, and the lookup's answer is only cached."""
+    from dnsserver import DnsServer
+
+    dns = DnsServer({"slow.test": [("A", "127.0.0.1", 60)]},
+                    delay={("slow.test", "A"): 1.5, ("slow.test", "AAAA"): 1.5})
+    try:
+        server = fastsocks_server("--dns-server", dns.address, "--log-level", "debug")
+        baseline = server.fds()["socket"]
+        _leave_during_connect(server, socks, "slow.test", echo_target.port)
+        server.wait_log("client closed during handshake")
+        time.sleep(2.0)  # the answer came meanwhile
+        assert dns.count("slow.test", "A") == 1
+        assert echo_target.peers == []
+        assert server.wait_sockets(baseline)["socket"] <= baseline
+    finally:
+        dns.close()
+
+
+def test_client_leaving_during_connect_closes_the_attempt(
+        fastsocks_server: Callable[..., Any], socks: Any, blackhole: Any) -> None:
+    """A black-holed target (SYNs dropped): the client leaves, the server's half-open
+    socket goes at once, not after the 10 s connect timeout."""
+    server = fastsocks_server("--connect-timeout", "10", "--log-level", "debug")
+    baseline = server.fds()["socket"]
+    _leave_during_connect(server, socks, *blackhole)
+    server.wait_log("client closed during handshake")
+    started = time.monotonic()
+    assert server.wait_sockets(baseline, timeout=3.0)["socket"] <= baseline
+    assert time.monotonic() - started < 3.0
