@@ -17,8 +17,8 @@ Which resolver answers (``[dns] resolver``):
 * ``auto`` (the default): c-ares, except for the names the host itself
   knows, which go to the system resolver so that /etc/hosts and nsswitch
   win: "localhost" and ``*.localhost`` (RFC 6761 §6.3), single-label names
-  (search domains, the host's own name), ``*.local`` (mDNS, RFC 6762) and
-  every name in /etc/hosts.  Without aiodns installed, everything is ``system``.
+  (search domains, the host's own name), ``*.local`` (mDNS, RFC 6762),
+  inet_aton shorthands such as ``127.1`` and every name in /etc/hosts.  Without aiodns installed, everything is ``system``.
 
 The cache keeps answers for their TTL, clamped to [min_ttl, max_ttl];
 NXDOMAIN and "no address of this family" for ``negative_ttl`` (RFC 2308
@@ -241,8 +241,11 @@ class DnsCache:
         if self.resolver == "c-ares":
             return False
         name = host.lower().rstrip(".")
+        last = name.rpartition(".")[2]
+        # A numeric last label is no DNS name (no TLD is all digits, RFC 3696 §2) but an
+        # inet_aton form ("127.1", "0x7f.1") that getaddrinfo turns into an address.
         return ("." not in name or name == "localhost" or name.endswith((".localhost", ".local"))
-                or name in self.hosts)
+                or last.isdigit() or last.startswith("0x") or name in self.hosts)
 
     def _settle(self, host: str, family: int, future: asyncio.Future[Any], answer: Any,
                 ttl: float | None, keep: bool = True) -> None:

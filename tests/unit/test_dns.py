@@ -156,7 +156,7 @@ def test_auto_leaves_what_the_host_knows_to_the_system(tmp_path: Any) -> None:
     cache = dns.DnsCache(hosts_path=str(hosts))
     cache.configure(resolver="auto")
     for name in ("localhost", "LOCALHOST.", "app.localhost", "db", "printer.local",
-                 "db.internal.example"):
+                 "db.internal.example", "127.1", "0x7f.1"):
         assert cache._use_system(name), name
     assert not cache._use_system("example.com")
     cache.configure(resolver="system")
