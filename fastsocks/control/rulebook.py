@@ -27,22 +27,30 @@ Defaults and the SSRF-safe default
 ----------------------------------
 No rule matches: allowed.  But while any listener is on a non-loopback
 address, destinations in loopback, link-local, private, shared (CGNAT) and
-unspecified ranges (``PROTECTED``, IPv4-mapped forms included) are denied
-unless an *explicit* allow rule matches them: an allow rule with a ``dst`` or
+unspecified ranges (``PROTECTED``, in net/address.py) are denied unless an
+*explicit* allow rule matches them: an allow rule with a ``dst`` or
 ``domain`` matcher.  An allow rule without either (``allow users = [...]``)
 does not open them; it is skipped for such a destination and the search goes
 on.  Deny rules apply as usual.  The SSRF default covers CONNECT and UDP
 targets; BIND dials nothing, so its peer is judged by the rules only.
+
+IPv6 forms that carry an IPv4 address (``net.address.embedded_ipv4``: NAT64,
+6to4, Teredo, IPv4-compatible, -mapped and -translated) are judged by the
+IPv4 inside as well: ``64:ff9b::7f00:1`` is a loopback destination and
+``deny dst 10.0.0.0/8`` denies ``2002:a00:1::``.  Where a form carries two
+(Teredo's server and client), a protected one makes it protected, a deny
+rule matches when either matches and an allow rule only when both do.  A
+``dst`` CIDR that covers the IPv6 address itself matches as usual.
 """
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 from typing import Any, Iterable, Mapping, NamedTuple, Union
 
 from ..constants import Command
-from ..net.address import IpKey, in_ranges, ip_key, normal_network, ranges
+from ..net.address import (EMBEDS_BELOW, PROTECTED, IpKey, embedded_ipv4, in_ranges, ip_key,
+                           normal_network, protected_inside, protected_kind, ranges)
 
 __all__ = [
     "Rule",
@@ -70,23 +78,6 @@ COMMANDS: dict[str, int] = {
 }
 _COMMAND_NAMES = {value: name for name, value in COMMANDS.items()}
 
-# Destinations the SSRF-safe default protects: (network, what it is).
-PROTECTED: tuple[tuple[str, str], ...] = (
-    ("127.0.0.0/8", "loopback"),
-    ("::1/128", "loopback"),
-    ("169.254.0.0/16", "link-local"),
-    ("fe80::/10", "link-local"),
-    ("10.0.0.0/8", "private"),
-    ("172.16.0.0/12", "private"),
-    ("192.168.0.0/16", "private"),
-    ("fc00::/7", "private"),
-    ("fec0::/10", "private (site-local)"),
-    ("100.64.0.0/10", "shared address space"),
-    ("0.0.0.0/8", "unspecified"),
-    ("::/128", "unspecified"),
-)
-
-
 class _Unknown:
     """The value of an input not known yet (the address before resolution)."""
 
@@ -97,27 +88,6 @@ class _Unknown:
 
 
 UNKNOWN: Any = _Unknown()
-
-def _protected_table(version: int) -> tuple[tuple[int, int, str], ...]:
-    out = []
-    for text, what in PROTECTED:
-        net = ipaddress.ip_network(text)
-        if net.version == version:
-            out.append((int(net.network_address), int(net.broadcast_address), what))
-    return tuple(out)
-
-
-_PROTECTED_V4 = _protected_table(4)
-_PROTECTED_V6 = _protected_table(6)
-
-
-def protected_kind(key: IpKey) -> str | None:
-    """What kind of protected destination ``key`` is, or None."""
-    n = key[1]
-    for lo, hi, what in _PROTECTED_V4 if key[0] == 4 else _PROTECTED_V6:
-        if lo <= n <= hi:
-            return what
-    return None
 
 
 def normal_name(host: str) -> str:
@@ -139,20 +109,23 @@ class Subject:
 class Denial:
     """Why an attempt was denied: ``rule`` is the index in [[rules]], None for the SSRF default."""
 
-    __slots__ = ("rule", "kind")
+    __slots__ = ("rule", "kind", "inside")
 
-    def __init__(self, rule: int | None, kind: str | None = None) -> None:
+    def __init__(self, rule: int | None, kind: str | None = None,
+                 inside: str | None = None) -> None:
         self.rule = rule
         self.kind = kind  # for the SSRF default: "loopback", "private", ...
+        self.inside = inside  # the protected IPv4 inside an IPv6 destination
 
     def __str__(self) -> str:
         if self.rule is not None:
             return f"denied by rules[{self.rule}]"
-        return (f"denied by the SSRF-safe default ({self.kind} destination; "
+        inside = f": IPv4 {self.inside} inside the IPv6 address" if self.inside else ""
+        return (f"denied by the SSRF-safe default ({self.kind} destination{inside}; "
                 "an allow rule with dst or domain can permit it)")
 
     def __repr__(self) -> str:
-        return f"Denial({self.rule!r}, {self.kind!r})"
+        return f"Denial({self.rule!r}, {self.kind!r}, {self.inside!r})"
 
 
 class Rule:
@@ -218,12 +191,14 @@ class Rule:
                 i = name.find(".", i + 1)
         return False
 
-    def match(self, command: int, subject: Subject, name: Any, ip: Any, port: Any) -> bool | None:
+    def match(self, command: int, subject: Subject, name: Any, ip: Any, port: Any,
+              inner: tuple[int, ...] = ()) -> bool | None:
         """True, False, or None when the answer depends on an input still UNKNOWN.
 
         ``name`` is the normalised requested name, None for an IP-literal
         request, or UNKNOWN; ``ip`` an ``ip_key`` or UNKNOWN; ``port`` an int
-        or UNKNOWN.
+        or UNKNOWN; ``inner`` the IPv4 addresses an IPv6 ``ip`` carries
+        (``embedded_ipv4``).
         """
         if self.commands is not None and command not in self.commands:
             return False
@@ -252,8 +227,24 @@ class Rule:
             if ip is UNKNOWN:
                 undecided = True
             elif not in_ranges(self.dst, ip):
-                return False
+                if not inner or not self._inner_match(self.dst[0], inner):
+                    return False
         return None if undecided else True
+
+    def _inner_match(self, v4: tuple[tuple[int, int], ...], inner: tuple[int, ...]) -> bool:
+        """``dst`` against the IPv4 inside an IPv6 address: a deny matches when
+        any of them is in range, an allow only when all are (Teredo carries two)."""
+        for n in inner:
+            for lo, hi in v4:
+                if lo <= n <= hi:
+                    break
+            else:
+                if self.allow:
+                    return False  # one outside: the allow does not cover it
+                continue
+            if not self.allow:
+                return True  # one inside: the deny matches
+        return self.allow
 
 
 class Policy:
@@ -290,10 +281,16 @@ class Policy:
                port: Any) -> Decision:
         """Like ``check``, but an allow by a rule returns that rule (its upstream, source)."""
         protected = None
-        if self.ssrf and ip is not UNKNOWN and command != Command.BIND:
-            protected = protected_kind(ip)
+        inner: tuple[int, ...] = ()
+        if ip is not UNKNOWN:
+            # NAT64, 6to4, ...: the IPv4 inside is judged too (two comparisons
+            # for the rest: from 2003:: up, no form carries one).
+            if ip[0] == 6 and ip[1] < EMBEDS_BELOW:
+                inner = embedded_ipv4(ip[1])
+            if self.ssrf and command != Command.BIND:
+                protected = protected_kind(ip, inner)
         for rule in self.rules:
-            matched = rule.match(command, subject, name, ip, port)
+            matched = rule.match(command, subject, name, ip, port, inner)
             if matched is False:
                 continue
             if matched is None:
@@ -304,7 +301,7 @@ class Policy:
                 return rule
             return Denial(rule.index)
         if protected is not None:
-            return Denial(None, protected)
+            return Denial(None, protected, protected_inside(inner) if inner else None)
         return None
 
     def check_request(self, command: int, subject: Subject, host: str,

@@ -1,4 +1,4 @@
-"""Addresses: formatting (once), listen addresses, IP keys and ranges.
+"""Addresses: formatting (once), listen addresses, IP keys and ranges, what is protected.
 
 Everything here is pure and cheap; the control plane, the configuration and
 the observers all format and compare addresses through it, so an address
@@ -23,6 +23,11 @@ __all__ = [
     "IpKey",
     "Ranges",
     "ip_key",
+    "embedded_ipv4",
+    "EMBEDS_BELOW",
+    "PROTECTED",
+    "protected_kind",
+    "protected_inside",
     "normal_network",
     "ranges",
     "in_ranges",
@@ -146,6 +151,57 @@ def ip_key(host: str) -> IpKey | None:
     return (6, int.from_bytes(packed, "big"))
 
 
+_NONE: tuple[int, ...] = ()
+
+#: No IPv6 address from 2003:: up carries an IPv4 address: a caller on a hot
+#: path skips ``embedded_ipv4`` for those (most of the address space) with one
+#: comparison.
+EMBEDS_BELOW = 0x2003 << 112
+
+
+def embedded_ipv4(n: int) -> tuple[int, ...]:
+    """The IPv4 address(es) an IPv6 address (as an integer) carries inside, or ().
+
+    A target written in one of these forms reaches (or is meant to reach) the
+    IPv4 address inside, so destinations are judged by it as well:
+
+    * 6to4, 2002:V4ADDR::/48 (RFC 3056 §2): bits 16-47;
+    * Teredo, 2001::/32 (RFC 4380 §4): the server in bits 32-63 and the
+      client, obfuscated (every bit inverted), in bits 96-127: both;
+    * NAT64, the well-known prefix 64:ff9b::/96 (RFC 6052 §2.1) and the
+      local-use 64:ff9b:1::/48 (RFC 8215): the last 32 bits (the /96 layout
+      of RFC 6052 §2.2, the one NAT64 deployments use);
+    * IPv4-compatible ::a.b.c.d (::/96, RFC 4291 §2.5.5.1; not :: and ::1),
+      IPv4-mapped ::ffff:a.b.c.d (§2.5.5.2; ``ip_key`` already makes those
+      IPv4) and IPv4-translated ::ffff:0:a.b.c.d (SIIT, RFC 2765 §2.1):
+      the last 32 bits.
+
+    Cheap on purpose (judged IPv6 targets below ``EMBEDS_BELOW`` pass here):
+    an address outside these prefixes costs a shift and one comparison from
+    2003:: up, three in the rest of 2001::/16.
+    """
+    high = n >> 96  # the first 32 bits
+    if high > 0x2002_FFFF:
+        return _NONE  # 2003:: and above: most of the address space
+    if high >= 0x2002_0000:
+        return ((n >> 80) & 0xFFFF_FFFF,)  # 6to4
+    if high > 0x2001_0000:
+        return _NONE  # the rest of 2001::/16
+    if high == 0x2001_0000:  # Teredo: the server, and the client de-obfuscated
+        return ((n >> 64) & 0xFFFF_FFFF, (n & 0xFFFF_FFFF) ^ 0xFFFF_FFFF)
+    if high == 0x0064_FF9B:
+        if n >> 32 == 0x0064_FF9B << 64 or n >> 80 == 0x0064_FF9B_0001:
+            return (n & 0xFFFF_FFFF,)  # NAT64, well-known or local-use prefix
+        return _NONE
+    if high == 0:
+        first96 = n >> 32
+        if first96 == 0:
+            return (n,) if n > 1 else _NONE  # IPv4-compatible; :: and ::1 are themselves
+        if first96 == 0xFFFF or first96 == 0xFFFF_0000:
+            return (n & 0xFFFF_FFFF,)  # IPv4-mapped, IPv4-translated
+    return _NONE
+
+
 def normal_network(net: Network) -> Network:
     """``::ffff:10.0.0.0/104`` → ``10.0.0.0/8``: rules and traffic in one form."""
     if (isinstance(net, ipaddress.IPv6Network) and net.prefixlen >= 96
@@ -170,6 +226,77 @@ def in_ranges(table: Ranges, key: IpKey) -> bool:
         if lo <= n <= hi:
             return True
     return False
+
+
+# -- what the SSRF-safe default protects (control/rulebook decides with it) -------------
+
+# Destinations the SSRF-safe default (control/rulebook) protects: (network, what
+# it is).  An IPv6 address that carries an IPv4 address (embedded_ipv4) is
+# protected when either is.
+PROTECTED: tuple[tuple[str, str], ...] = (
+    ("127.0.0.0/8", "loopback"),
+    ("::1/128", "loopback"),
+    ("169.254.0.0/16", "link-local"),
+    ("fe80::/10", "link-local"),
+    ("10.0.0.0/8", "private"),
+    ("172.16.0.0/12", "private"),
+    ("192.168.0.0/16", "private"),
+    ("fc00::/7", "private"),
+    ("fec0::/10", "private (site-local)"),
+    ("100.64.0.0/10", "shared address space"),
+    ("0.0.0.0/8", "unspecified"),
+    ("::/128", "unspecified"),
+)
+
+
+def _protected_table(version: int) -> tuple[tuple[int, int, str], ...]:
+    out = []
+    for text, what in PROTECTED:
+        net = ipaddress.ip_network(text)
+        if net.version == version:
+            out.append((int(net.network_address), int(net.broadcast_address), what))
+    return tuple(out)
+
+
+_PROTECTED_V4 = _protected_table(4)
+_PROTECTED_V6 = _protected_table(6)
+
+
+def protected_kind(key: IpKey, inner: tuple[int, ...] | None = None) -> str | None:
+    """What kind of protected destination ``key`` is, or None.
+
+    An IPv6 key is also judged by the IPv4 address(es) it carries (``inner``:
+    ``embedded_ipv4(key[1])``, computed here unless the caller has it).
+    """
+    n = key[1]
+    if key[0] == 4:
+        for lo, hi, what in _PROTECTED_V4:
+            if lo <= n <= hi:
+                return what
+        return None
+    for lo, hi, what in _PROTECTED_V6:
+        if lo <= n <= hi:
+            return what
+    for v4 in embedded_ipv4(n) if inner is None else inner:
+        kind = _v4_kind(v4)
+        if kind is not None:
+            return kind
+    return None
+
+
+def _v4_kind(n: int) -> str | None:
+    for lo, hi, what in _PROTECTED_V4:
+        if lo <= n <= hi:
+            return what
+    return None
+
+
+def protected_inside(inner: tuple[int, ...]) -> str | None:
+    """The protected IPv4 address inside, as text (for the denial's message)."""
+    for v4 in inner:
+        if _v4_kind(v4) is not None:
+            return str(ipaddress.IPv4Address(v4))
+    return None
 
 
 # -- PROXY protocol trust: is the peer one of the balancers? ---------------------------

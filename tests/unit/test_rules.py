@@ -21,7 +21,7 @@ from fastsocks.config import Settings
 from fastsocks.constants import Command
 from fastsocks.control.rulebook import UNKNOWN, Denial, Policy, TargetFilter, protected_kind
 from fastsocks.control.rules import build_policy, compile_rule
-from fastsocks.net.address import ip_key
+from fastsocks.net.address import embedded_ipv4, ip_key
 
 NOT_ALLOWED = 0x02
 LONG_LABEL = "l" * 64  # longer than DNS allows (63): resolving it fails without a query
@@ -100,6 +100,50 @@ def test_ip_key(text, key):
 def test_protected_ranges(address, kind):
     key = ip_key(address)
     assert key is not None
+    assert protected_kind(key) == kind
+
+
+# IPv6 forms that carry an IPv4 address (issue 17): the address, what it carries.
+TEREDO = "2001:0:4136:e378:8000:63bf:3fff:fdd2"  # RFC 4380 §4's example
+EMBEDDED = [
+    ("64:ff9b::7f00:1", ["127.0.0.1"]),  # NAT64 well-known prefix, RFC 6052
+    ("64:ff9b::a9fe:a9fe", ["169.254.169.254"]),
+    ("64:ff9b:1::a00:1", ["10.0.0.1"]),  # NAT64 local-use prefix, RFC 8215
+    ("64:ff9b:1:abcd::c0a8:1", ["192.168.0.1"]),
+    ("2002:7f00:1::", ["127.0.0.1"]),  # 6to4, RFC 3056
+    ("2002:a00:1:ffff::5", ["10.0.0.1"]),
+    ("::127.0.0.1", ["127.0.0.1"]),  # IPv4-compatible
+    ("::ffff:0:127.0.0.1", ["127.0.0.1"]),  # IPv4-translated (SIIT)
+    ("::ffff:10.1.2.3", ["10.1.2.3"]),  # IPv4-mapped (ip_key makes it IPv4 first)
+    (TEREDO, ["65.54.227.120", "192.0.2.45"]),  # Teredo: server, client
+    # Not forms that carry one:
+    ("::1", []), ("::", []), ("2001:db8::1", []), ("2001:1::7f00:1", []), ("2003::7f00:1", []),
+    ("64:ff9b:2::7f00:1", []), ("64:ff9a::7f00:1", []), ("::1:0:7f00:1", []),
+    ("fe80::7f00:1", []), ("2a00:1450::7f00:1", []), ("ffff:ffff::7f00:1", []),
+]
+
+
+@pytest.mark.parametrize("address, inside", EMBEDDED, ids=[a for a, _ in EMBEDDED])
+def test_embedded_ipv4(address, inside):
+    n = int.from_bytes(socket.inet_pton(socket.AF_INET6, address), "big")
+    assert [socket.inet_ntoa(v4.to_bytes(4, "big")) for v4 in embedded_ipv4(n)] == inside
+
+
+@pytest.mark.parametrize("address, kind", [
+    ("64:ff9b::7f00:1", "loopback"), ("64:ff9b::a9fe:a9fe", "link-local"),
+    ("64:ff9b:1::a00:1", "private"), ("2002:7f00:1::", "loopback"),
+    ("2002:6440:1::", "shared address space"), ("::127.0.0.1", "loopback"),
+    ("::ffff:0:127.0.0.1", "loopback"), ("::ffff:0:192.168.9.9", "private"),
+    ("::0.0.0.2", "unspecified"),
+    # Teredo: either address protected makes it protected
+    ("2001:0:7f00:1:8000:63bf:3fff:fdd2", "loopback"),  # the server 127.0.0.1
+    ("2001:0:4136:e378:8000:63bf:f5ff:fffe", "private"),  # the client 10.0.0.1
+    (TEREDO, None), ("64:ff9b::808:808", None), ("2002:808:808::", None), ("::8.8.8.8", None),
+    ("64:ff9b:2::7f00:1", None),
+])
+def test_protected_embedded(address, kind):
+    key = ip_key(address)
+    assert key is not None and key[0] == 6
     assert protected_kind(key) == kind
 
 
@@ -269,7 +313,11 @@ def test_bind_peer_and_no_ssrf_default():
 
 PROTECTED_TARGETS = ["127.0.0.1", "::1", "::ffff:127.0.0.1", "169.254.169.254",
                      "::ffff:169.254.169.254", "fe80::1", "10.0.0.1", "172.16.5.4",
-                     "192.168.0.1", "fc00::1", "fd00::1", "100.64.0.1", "0.0.0.0", "::"]
+                     "192.168.0.1", "fc00::1", "fd00::1", "100.64.0.1", "0.0.0.0", "::",
+                     # IPv4 inside IPv6 (issue 17): NAT64, 6to4, compatible, SIIT, Teredo
+                     "64:ff9b::7f00:1", "64:ff9b::a9fe:a9fe", "64:ff9b:1::a00:1",
+                     "2002:7f00:1::", "::127.0.0.1", "::ffff:0:127.0.0.1",
+                     "2001:0:7f00:1:8000:63bf:3fff:fdd2"]
 
 
 @pytest.mark.parametrize("target", PROTECTED_TARGETS)
@@ -284,6 +332,64 @@ def test_ssrf_default_on(target):
 @pytest.mark.parametrize("target", PROTECTED_TARGETS)
 def test_ssrf_default_off_on_loopback_listeners(target):
     assert decide(make_policy(ssrf=False), target) == "allow"
+
+
+def test_ssrf_default_sees_the_ipv4_inside():
+    """Issue 17: an IPv6 form that carries a protected IPv4 address is that address."""
+    policy = make_policy(ssrf=True)
+    subject = policy.subject("192.0.2.1", None)
+    denial = policy.check_request(Command.CONNECT, subject, "64:ff9b::7f00:1", 80)
+    assert isinstance(denial, Denial) and denial.kind == "loopback"
+    assert str(denial) == ("denied by the SSRF-safe default (loopback destination: IPv4 "
+                           "127.0.0.1 inside the IPv6 address; an allow rule with dst or "
+                           "domain can permit it)")
+    # a name resolving to such an address, for CONNECT and for a UDP datagram's target
+    for command in ("connect", "udp"):
+        assert decide(policy, "nat64.example", command=command,
+                      resolved=["64:ff9b::7f00:1"]) == ("ssrf", "loopback")
+        assert decide(policy, "nat64.example", command=command,
+                      resolved=["64:ff9b::a9fe:a9fe", "64:ff9b::808:808"]) == \
+            ("allow", ["64:ff9b::808:808"])
+    # outside the prefixes nothing changes
+    for target in ("64:ff9b::808:808", "2002:808:808::", TEREDO, "2001:db8::7f00:1",
+                   "64:ff9b:2::7f00:1"):
+        assert decide(policy, target) == "allow", target
+
+
+def test_dst_rules_see_the_ipv4_inside():
+    """``deny dst 10.0.0.0/8`` also denies 64:ff9b::a00:1 and the other forms, for
+    CONNECT, UDP and BIND; an IPv6 CIDR still matches the IPv6 address itself."""
+    policy = make_policy({"action": "deny", "dst": ["10.0.0.0/8"]},
+                         {"action": "deny", "dst": ["2002:c000:200::/40"]})
+    for target in ("64:ff9b::a00:1", "64:ff9b:1::a00:1", "2002:a00:1::", "::10.0.0.1",
+                   "::ffff:0:10.0.0.1", "2001:0:4136:e378:8000:63bf:f5ff:fffe"):
+        for command in ("connect", "udp", "bind"):
+            assert decide(policy, target, command=command) == ("rule", 0), (target, command)
+        assert decide(policy, "x.example", resolved=[target]) == ("rule", 0)
+    assert decide(policy, "2002:c000:201::") == ("rule", 1)  # the IPv6 CIDR, as before
+    assert decide(policy, "64:ff9b::b00:1") == "allow"
+    # BIND's peer (pass 2 on the address that connected in)
+    bind = policy.check_address(Command.BIND, policy.subject("192.0.2.1", None), "0.0.0.0",
+                                "64:ff9b::a00:7", 0)
+    assert isinstance(bind, Denial) and bind.rule == 0
+
+
+def test_explicit_allow_and_teredo_pairs():
+    """An allow rule opens an embedded form when the IPv4 inside (both, for Teredo)
+    is in its dst, or when its dst covers the IPv6 address itself."""
+    teredo_lo = "2001:0:7f00:1:8000:63bf:3fff:fdd2"  # server 127.0.0.1, client 192.0.2.45
+    policy = make_policy({"action": "allow", "dst": ["127.0.0.0/8"]},
+                         {"action": "allow", "dst": ["64:ff9b:1::/48"]}, ssrf=True)
+    assert decide(policy, "64:ff9b::7f00:1") == "allow"
+    assert decide(policy, "2002:7f00:1::") == "allow"
+    assert decide(policy, teredo_lo) == ("ssrf", "loopback")  # 192.0.2.45 is not in 127/8
+    assert decide(policy, "64:ff9b:1::a00:1") == "allow"  # by the IPv6 CIDR
+    assert decide(policy, "64:ff9b::a00:1") == ("ssrf", "private")
+    both = make_policy({"action": "allow", "dst": ["127.0.0.0/8", "192.0.2.0/24"]}, ssrf=True)
+    assert decide(both, teredo_lo) == "allow"
+    # a deny matches when either is in range
+    deny = make_policy({"action": "deny", "dst": ["192.0.2.45/32"]})
+    assert decide(deny, teredo_lo) == ("rule", 0)
 
 
 def test_ssrf_default_for_names_resolving_inside():
