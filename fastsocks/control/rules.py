@@ -31,7 +31,9 @@ anything; a list matches when any of its entries does):
 * ``commands``: connect, bind or udp.
 
 Addresses are compared in one form: an IPv4-mapped IPv6 address
-(``::ffff:127.0.0.1``) is its IPv4 address, in rules and in traffic alike.
+(``::ffff:127.0.0.1``) is its IPv4 address, in rules and in traffic alike;
+other IPv6 forms that carry an IPv4 address (NAT64, 6to4, Teredo, ...) match
+a ``dst`` by the IPv4 inside as well (``rulebook``).
 How the rules are then judged (two passes, the SSRF-safe default) is told in
 ``rulebook``.
 """
@@ -45,7 +47,8 @@ from ..errors import ConfigError
 from ..net.address import ip_key, is_loopback_host, normal_network, parse_sources
 from .rulebook import (COMMANDS, Policy, Rule)
 
-__all__ = ["RULE_KEYS", "compile_rule", "build_policy", "ssrf_default_applies"]
+__all__ = ["RULE_KEYS", "compile_rule", "build_policy", "ssrf_default_applies",
+           "describe_ssrf_default"]
 
 RULE_KEYS = ("action", "src", "dst", "domain", "ports", "users", "groups", "commands",
              "upstream", "source")
@@ -56,6 +59,19 @@ _COMMAND_NAMES = {value: name for name, value in COMMANDS.items()}
 def ssrf_default_applies(listen: Iterable[tuple[str, int]]) -> bool:
     """True when any listener is on a non-loopback address."""
     return any(not is_loopback_host(host) for host, _ in listen)
+
+
+def describe_ssrf_default(listen: Iterable[tuple[str, int]]) -> str:
+    """The start-up line: is the SSRF-safe default on, and why (the listeners)."""
+    hosts = list(dict.fromkeys(host for host, _ in listen))
+    outside = [host for host in hosts if not is_loopback_host(host)]
+    if outside:
+        return (f"SSRF-safe default on (listening on {', '.join(outside)}, not loopback): "
+                "loopback, link-local, private, shared and unspecified destinations, IPv6 "
+                "forms carrying them (NAT64, 6to4, Teredo, ...) included, are denied unless "
+                "an allow rule with dst or domain matches")
+    return (f"SSRF-safe default off (listening on loopback only: {', '.join(hosts)}): clients "
+            "may reach loopback, link-local and private destinations unless [[rules]] deny them")
 
 
 def build_policy(settings: Any) -> Policy | None:

@@ -22,6 +22,7 @@ from ..config import Settings, parse_listen
 from ..control.auth import Users
 from ..control.gssapi import acceptor_from_settings
 from ..control.limits import SharedCounts
+from ..control.rules import describe_ssrf_default
 from ..net.address import format_peer
 from ..observe.accesslog import check_access_log
 from ..observe.metrics import cleanup_multiprocess, setup_multiprocess, worker_exited
@@ -70,6 +71,7 @@ async def _serve(settings: Settings, users: Users | None, worker: int | None = N
                 loop.add_signal_handler(signum, server.shutdown)
             loop.add_signal_handler(signal.SIGHUP, server.reload)
     if ready_fd is None:
+        log.info("%s", describe_ssrf_default(settings.listen))
         log.info("fastsocks %s listening on %s (%s)", __version__, ", ".join(server.addresses),
                  _describe(settings, users, server.relay_name, loop_name(loop)))
         systemd.ready(f"listening on {', '.join(server.addresses)}")
@@ -172,6 +174,7 @@ def run(settings: Settings, reload: Callable[[], Settings] | None = None) -> int
     def announce() -> None:
         for listener in exporter:
             listener.start()
+        log.info("%s", describe_ssrf_default(settings.listen))
         log.info("fastsocks %s listening on %s (%s)", __version__,
                  ", ".join(format_peer(a) for a in addresses),
                  _describe(settings, users, relay, loop))
