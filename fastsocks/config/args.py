@@ -29,7 +29,9 @@ HELP_ORDER = (
     "outbound_interface", "dns_resolver", "dns_servers", "workers", "loop", "relay", "log_level", "access_log",
     "access_log_format", "limits.connections", "limits.connections_per_ip",
     "limits.connections_per_user", "limits.handshake_rate_per_ip",
-    "limits.bandwidth_per_connection", "limits.bandwidth_per_user", "metrics_listen",
+    "limits.bandwidth_per_connection", "limits.bandwidth_per_user", "limits.handshakes",
+    "limits.handshake_pressure_timeout", "limits.password_checks", "limits.auth_failures_per_ip",
+    "metrics_listen",
 )
 
 

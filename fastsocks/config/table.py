@@ -155,6 +155,24 @@ SETTINGS: tuple[Setting, ...] = (
     S("limits.bandwidth_per_user", Rate(), 0, "limits.bandwidth_per_user",
       ("--bandwidth-per-user",), "bytes per second each way for all of one user's connections "
       "(in each worker)", "RATE"),
+    S("limits.handshakes", Integer(0, 10 ** 9, " (0: no limit)"), None, "limits.handshakes",
+      ("--max-handshakes",), "unfinished handshakes at once, in all: past it a new connection "
+      "is closed at once (default: half of --max-connections, or 1000 without it)", "N",
+      unset="half of connections, or 1000 without it"),
+    S("limits.handshake_pressure", Integer(0, 100, " (percent of handshakes)"), 50,
+      "limits.handshake_pressure"),
+    S("limits.handshake_pressure_timeout", Seconds(), 2.0, "limits.handshake_pressure_timeout",
+      ("--handshake-pressure-timeout",), "the handshake timeout once more than "
+      "handshake_pressure percent (50) of --max-handshakes are unfinished; older silent "
+      "handshakes are then cut (default 2)", _SECONDS),
+    S("limits.password_checks", Integer(0, 10 ** 9, " (0: no limit)"), 32,
+      "limits.password_checks", ("--max-password-checks",), "password checks queued or "
+      "running at once, per worker; past it (or a quarter of it from one address) a login "
+      "gets the failure status at once (default 32)", "N"),
+    S("limits.auth_failures_per_ip", Integer(0, 10 ** 9, " (0: no back-off)"), 10,
+      "limits.auth_failures_per_ip", ("--auth-failures-per-ip",), "failed logins one client "
+      "address may have before each further one makes it wait (1 s, doubling to 60 s) "
+      "(default 10; 0: no back-off)", "N"),
     S("limits.users", UserLimitsTable(), dict, "limits.users"),
     # [proxy_protocol]
     S("proxy_protocol_from", Cidrs(), list, "proxy_protocol.trusted", ("--proxy-protocol-from",),

@@ -4,22 +4,29 @@ The users file holds one ``name:hash`` per line, as ``htpasswd -B`` writes it
 (bcrypt ``$2y$``/``$2b$``/``$2a$``), or with an argon2id hash (``$argon2id$``).
 Blank lines and lines starting with ``#`` are ignored.
 
-A hash check costs milliseconds, so it runs in the default executor, never on
-the event loop.  A successful check is remembered as an HMAC of the password
-under a per-process random key, so a client that reconnects costs one SHA-256
-instead of a bcrypt round; the comparison is constant-time.  Unknown users
-are checked against a dummy hash so that timing does not reveal which names
-exist.  Passwords are never logged.
+A hash check costs milliseconds, so it runs in a thread pool of its own
+(never on the event loop, and never in the default executor, where a flood
+of wrong passwords would hold up the system resolver's lookups); how many may
+wait there is bounded (``control/authgate.py``).  A successful check is
+remembered as an HMAC of the password under a per-process random key, so a
+client that reconnects costs one SHA-256 instead of a bcrypt round, without
+queueing (``cached``); the comparison is constant-time.  Unknown users are
+checked against a dummy hash made like the file's own (the algorithm and
+cost most of its hashes use, re-made with the file on reload), so that
+timing does not reveal which names exist.  Passwords are never logged.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import collections
 import hmac
 import os
 import re
 import secrets
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -55,6 +62,52 @@ def _check_hash(password: bytes, hashed: str) -> bool:
         except argon2.exceptions.InvalidHashError:
             return False
     return bcrypt.checkpw(password[:_BCRYPT_MAX], hashed.encode("ascii"))
+
+
+_pool: tuple[int, ThreadPoolExecutor] | None = None
+
+
+def hash_pool() -> ThreadPoolExecutor:
+    """This process's threads for hash checks (made on first use: workers fork first)."""
+    global _pool
+    if _pool is None or _pool[0] != os.getpid():
+        threads = min(8, max(2, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                             else os.cpu_count() or 2))
+        _pool = (os.getpid(), ThreadPoolExecutor(threads, thread_name_prefix="fastsocks-hash"))
+    return _pool[1]
+
+
+def cost_of(hashed: str) -> tuple[Any, ...]:
+    """What a check against ``hashed`` costs: its algorithm and parameters."""
+    if hashed.startswith(_ARGON2_PREFIXES):
+        p = argon2.extract_parameters(hashed)
+        return ("argon2", p.type.name.lower(), p.version, p.memory_cost, p.time_cost,
+                p.parallelism, p.hash_len, p.salt_len)
+    return ("bcrypt", int(hashed[4:6]))
+
+
+def dummy_like(hashes: list[str]) -> str | None:
+    """A hash that costs what most of ``hashes`` cost to check, and that nothing matches.
+
+    One of them with a fresh random salt: the same algorithm and parameters
+    (bcrypt cost; argon2 type, memory, time, parallelism, lengths), so the
+    check of an unknown user takes as long as a known user's.  None for an
+    empty file.
+    """
+    if not hashes:
+        return None
+    costs = collections.Counter(cost_of(h) for h in hashes)
+    common = costs.most_common(1)[0][0]
+    model = next(h for h in hashes if cost_of(h) == common)
+    if common[0] == "bcrypt":
+        # $2b$NN$ + 22 characters of salt + 31 of digest; gensalt's salt is canonical.
+        salt = bcrypt.gensalt(rounds=common[1]).decode("ascii")[7:29]
+        return model[:7] + salt + model[29:]
+    # $argon2id$v=19$m=...,t=...,p=...$SALT$HASH: a new salt of the same length.
+    head, _, tail = model.rpartition("$")
+    head = head.rpartition("$")[0]
+    salt = base64.b64encode(secrets.token_bytes(common[7])).decode("ascii").rstrip("=")
+    return f"{head}${salt}${tail}"
 
 
 def hash_password(password: bytes, scheme: str = "bcrypt", cost: int = 10) -> str:
@@ -121,7 +174,7 @@ class Users:
             if problem:
                 raise ConfigError(f"{where}: user {name!r}: {problem}")
             hashes[name] = hashed.strip()
-        return cls(path, hashes)
+        return cls(path, hashes, _dummy=dummy_like(list(hashes.values())))
 
     def __len__(self) -> int:
         return len(self.hashes)
@@ -130,22 +183,30 @@ class Users:
         return hmac.new(self._key, b"%s\0%s\0%s" % (name.encode(), hashed.encode(), password),
                         "sha256").digest()
 
-    async def verify(self, username: bytes, password: bytes) -> bool:
-        """True when the credentials match; never blocks the loop."""
+    def cached(self, username: bytes, password: bytes) -> bool:
+        """True when a recent good check vouches for these credentials (no hashing, no queue)."""
         name = username.decode("utf-8", "surrogateescape")
         hashed = self.hashes.get(name)
-        if hashed is not None:
-            cached = self._verified.get(name)
-            if cached is not None and cached[0] == hashed:
-                if hmac.compare_digest(cached[1], self._digest(name, hashed, password)):
-                    return True
-        loop = asyncio.get_running_loop()
         if hashed is None:
-            if self._dummy is None:
-                self._dummy = await loop.run_in_executor(None, hash_password, b"\0", "bcrypt", 10)
-            await loop.run_in_executor(None, _check_hash, password, self._dummy)
             return False
-        ok = await loop.run_in_executor(None, _check_hash, password, hashed)
+        cached = self._verified.get(name)
+        return (cached is not None and cached[0] == hashed
+                and hmac.compare_digest(cached[1], self._digest(name, hashed, password)))
+
+    async def verify(self, username: bytes, password: bytes) -> bool:
+        """True when the credentials match; never blocks the loop."""
+        if self.cached(username, password):
+            return True
+        name = username.decode("utf-8", "surrogateescape")
+        hashed = self.hashes.get(name)
+        loop = asyncio.get_running_loop()
+        pool = hash_pool()
+        if hashed is None:
+            if self._dummy is None:  # an empty users file: nothing to match
+                self._dummy = await loop.run_in_executor(pool, hash_password, b"\0", "bcrypt", 10)
+            await loop.run_in_executor(pool, _check_hash, password, self._dummy)
+            return False
+        ok = await loop.run_in_executor(pool, _check_hash, password, hashed)
         if ok:
             self._verified[name] = (hashed, self._digest(name, hashed, password))
         return ok

@@ -62,6 +62,7 @@ class SessionCore(asyncio.Protocol):
         "held",
         "listener",
         "proxy_buf",
+        "shaking",
     )
 
     def __init__(self, server: Server, listener: tuple[str, int] | None = None) -> None:
@@ -94,8 +95,10 @@ class SessionCore(asyncio.Protocol):
         self.rule: Any = None
         # The RFC 1961 exchange (control/gssapi.Conversation) once X'01' is chosen.
         self.gss: Any = None
-        # What this connection counts against the limits (None: no limits).
+        # What this connection counts against the limits (None: no limits), and
+        # the handshake slots it holds until its request is in (control/handshakes.py).
         self.held: Any = None
+        self.shaking: Any = None
 
     @property
     def closed(self) -> bool:
@@ -166,6 +169,19 @@ class SessionCore(asyncio.Protocol):
         self.timer = None
         self._close(CloseReason.HANDSHAKE_TIMEOUT, "handshake timeout")
 
+    def _cut_handshake(self) -> None:
+        """Too many unfinished handshakes, and this one is past the short timeout."""
+        self._close(CloseReason.HANDSHAKE_TIMEOUT, "handshake timeout (handshake slots under "
+                    "pressure)")
+
+    def _handshake_done(self) -> None:
+        """The request is in: no more handshake timer, and the handshake slot is free."""
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        if self.shaking is not None:
+            self.shaking.leave(self)
+
     def _close(self, reason: CloseReason, detail: str) -> None:
         if self.state is _CLOSED:
             return
@@ -174,6 +190,8 @@ class SessionCore(asyncio.Protocol):
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
+        if self.shaking is not None:
+            self.shaking.leave(self)
         if self.connector is not None:
             self.connector.cancel()
             self.connector = None

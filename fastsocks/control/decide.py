@@ -38,9 +38,7 @@ class DecideStage(SessionCore):
         self.request = request
         self.state = State.DECIDING
         self.transport.pause_reading()
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
+        self._handshake_done()  # the timer, the handshake slot (control/handshakes.py)
         server = self.server
         if server.metrics is not None:
             server.metrics.requested(request.command)

@@ -12,6 +12,11 @@ What a client sees when a limit is hit (README, "Limits"):
 * ``connections`` / ``connections_per_ip`` / ``handshake_rate_per_ip``: the
   connection is closed at once, before the method-selection reply; under a
   flood that costs the server one accept and one close, nothing more;
+* ``handshakes`` (unfinished handshakes; ``control/handshakes.py``): the
+  connection is closed at once; under pressure, silent handshakes are cut
+  after a short timeout so that clients that finish in time get in;
+* ``password_checks`` / ``auth_failures_per_ip`` (``control/authgate.py``):
+  the RFC 1929 failure status at once, without a password check;
 * ``connections_per_user`` (and a user's own ``connections``): once the
   user has authenticated, the request is answered X'02' (not allowed by
   ruleset) and the connection closed;
@@ -34,6 +39,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import ConfigError
+from .authgate import PasswordGate
+from .handshakes import DEFAULT_HANDSHAKES, HandshakeSlots
 from .sharedcounts import SharedCounts
 
 __all__ = ["LimitSettings", "UserLimits", "Limits", "SharedCounts", "TokenBucket", "TokenBuckets",
@@ -43,7 +50,7 @@ log = logging.getLogger("fastsocks.limits")
 
 #: The ``limit`` label of fastsocks_limit_rejections_total.
 LIMIT_NAMES = ("connections", "connections_per_ip", "handshake_rate_per_ip",
-               "connections_per_user")
+               "connections_per_user", "handshakes", "password_checks", "auth_failures_per_ip")
 
 _RATE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([a-zA-Z]*)(?:/s)?\s*$")
 _UNITS = {
@@ -103,11 +110,22 @@ class LimitSettings:
     bandwidth_per_connection: int = 0  # bytes per second, each direction
     bandwidth_per_user: int = 0
     users: dict[str, UserLimits] = field(default_factory=dict)
+    # Unfinished handshakes (control/handshakes.py); None: half of
+    # ``connections``, or DEFAULT_HANDSHAKES without it.
+    handshakes: int | None = None
+    handshake_pressure: int = 50  # percent of the quota: past it, the short timeout
+    handshake_pressure_timeout: float = 2.0
+    # Password checks (control/authgate.py), per worker.
+    password_checks: int = 32
+    auth_failures_per_ip: int = 10
 
     def validate(self) -> None:
         for name in ("connections", "connections_per_ip", "connections_per_user",
-                     "bandwidth_per_connection", "bandwidth_per_user"):
+                     "bandwidth_per_connection", "bandwidth_per_user", "handshakes",
+                     "password_checks", "auth_failures_per_ip"):
             value = getattr(self, name)
+            if value is None and name == "handshakes":
+                continue
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ConfigError(f"limits.{name} must be 0 (no limit) or a positive whole "
                                   f"number, got {value!r}")
@@ -115,12 +133,28 @@ class LimitSettings:
         if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 <= rate < 1e9:
             raise ConfigError("limits.handshake_rate_per_ip must be 0 (no limit) or a positive "
                               f"number of new connections per second, got {rate!r}")
+        percent = self.handshake_pressure
+        if isinstance(percent, bool) or not isinstance(percent, int) or not 0 <= percent <= 100:
+            raise ConfigError("limits.handshake_pressure must be a percentage of "
+                              f"limits.handshakes from 0 to 100, got {percent!r}")
+        short = self.handshake_pressure_timeout
+        if isinstance(short, bool) or not isinstance(short, (int, float)) or not short > 0:
+            raise ConfigError("limits.handshake_pressure_timeout must be a positive number of "
+                              f"seconds, got {short!r}")
+
+    @property
+    def handshake_quota(self) -> int:
+        """The effective ``handshakes``: half of ``connections`` by default (0: no quota)."""
+        if self.handshakes is not None:
+            return self.handshakes
+        return max(1, self.connections // 2) if self.connections else DEFAULT_HANDSHAKES
 
     @property
     def any(self) -> bool:
         return bool(self.connections or self.connections_per_ip or self.connections_per_user
                     or self.handshake_rate_per_ip or self.bandwidth_per_connection
-                    or self.bandwidth_per_user or self.users)
+                    or self.bandwidth_per_user or self.users or self.handshake_quota
+                    or self.password_checks or self.auth_failures_per_ip)
 
     def user_connections(self, user: str) -> int:
         own = self.users.get(user)
@@ -194,12 +228,14 @@ class Held:
 class Limits:
     """The admission checks of one process, over the shared counts."""
 
-    __slots__ = ("settings", "counts", "rejected", "_window", "_rate_keys", "_warned",
-                 "_user_throttles", "_user_conns", "metrics")
+    __slots__ = ("_settings", "counts", "rejected", "_window", "_rate_keys", "_warned",
+                 "_user_throttles", "_user_conns", "metrics", "handshakes", "passwords")
 
     def __init__(self, settings: LimitSettings, counts: SharedCounts | None = None) -> None:
-        self.settings = settings
         self.counts = counts if counts is not None else SharedCounts(1)
+        self.handshakes = HandshakeSlots(self.counts, self._reject)
+        self.passwords = PasswordGate(self._reject)
+        self.settings = settings
         self.rejected = dict.fromkeys(LIMIT_NAMES, 0)
         self._window = -1
         self._rate_keys: dict[int, list[int]] = {}  # window -> keys this process wrote
@@ -210,6 +246,18 @@ class Limits:
         self._user_throttles: dict[str, dict[Any, Any]] = {}
         self._user_conns: dict[str, int] = {}  # user -> this process's relays with it
         self.metrics: Any = None
+
+    @property
+    def settings(self) -> LimitSettings:
+        return self._settings
+
+    @settings.setter
+    def settings(self, settings: LimitSettings) -> None:
+        """New numbers (at start, on reload); what is held stays held."""
+        self._settings = settings
+        self.handshakes.configure(settings.handshake_quota, settings.handshake_pressure,
+                                  settings.handshake_pressure_timeout)
+        self.passwords.configure(settings.password_checks, settings.auth_failures_per_ip)
 
     def admit(self, ip: str | None) -> tuple[Held | None, str | None]:
         """A new connection from ``ip``: (what it holds, None) or (None, the limit hit)."""
@@ -315,6 +363,8 @@ class Limits:
         self.rejected[limit] += 1
         if self.metrics is not None:
             self.metrics.limited(limit)
+        if limit == "handshakes":
+            return limit  # one warning per episode: HandshakeSlots says it
         # One warning per limit per 10 s, with how many were refused since.
         now = time.monotonic()
         since, count = self._warned.get(limit, (0.0, 0))

@@ -3,7 +3,9 @@
 The codec turns bytes into events; this stage answers them: it picks the
 method (RFC 1928 §3), checks a username/password (RFC 1929) off the event
 loop's path (bcrypt and argon2 run in a thread; the users file caches a
-good check), or carries the GSSAPI exchange (RFC 1961) until the request.
+good check, which answers without queueing; a bounded queue and a back-off
+per source hold off floods of wrong passwords, ``control/authgate.py``), or
+carries the GSSAPI exchange (RFC 1961) until the request.
 """
 
 from __future__ import annotations
@@ -161,24 +163,51 @@ class NegotiateStage(SessionCore):
 
     async def _authenticate(self, event: Any) -> None:
         name = event.username.decode("utf-8", "replace")
-        hook = self.server.authenticate
-        ok: bool | str
+        server = self.server
+        hook = server.authenticate
+        users = server.users
+        limits = server.limits
+        gate = limits.passwords if limits is not None else None
+        ip = self.peer[0] if self.peer else None
+        ok: bool | str = False
+        queued = False
+        # A source that failed too often waits, whatever it sends now; then
+        # the cache, which answers at once; only then the hash queue, bounded
+        # (control/authgate.py).
+        denial = gate.waiting(ip, name) if gate is not None else None
         try:
-            users = self.server.users
-            if hook is None:
-                # USERPASS is only chosen with a users file or a hook.
-                ok = users is not None and await users.verify(event.username, event.password)
-            else:
+            if denial is not None:
+                pass
+            elif hook is not None:
                 ok = await self._ask_authenticate(hook, name, event.password)
                 if isinstance(ok, str):  # the hook named the user
                     name, ok = ok, True
+            elif users is None:  # USERPASS is only chosen with a users file or a hook
+                ok = False
+            elif users.cached(event.username, event.password):
+                ok = True
+            else:
+                queued = gate is not None and gate.checks > 0
+                denial = gate.enter(ip, name) if gate is not None else None
+                if denial is None:
+                    ok = await users.verify(event.username, event.password)
+                else:
+                    queued = False
         except Exception:  # a broken hash (or hook) must not take the server down
             log.exception("credential check for user %r failed", name)
             ok = False
+        finally:
+            if queued and gate is not None:
+                gate.leave(ip)
+        if not ok and denial is None and gate is not None:  # a verdict: count it
+            gate.failed(ip)
         if self.closed:
             return
-        data = self.codec.send_auth_status(ok)
+        data = self.codec.send_auth_status(bool(ok))
         self.user = name  # on failure, only for the access log: the session ends here
+        if denial is not None:  # RFC 1929 §2: a failure status, then close
+            self._end(data, CloseReason.LIMIT_REACHED, f"limit {denial} reached")
+            return
         if not ok:
             self._end(data, CloseReason.AUTH_FAILED, f"authentication failed for user {name!r}")
             return

@@ -64,10 +64,19 @@ class Session(ProxyHeaderStage, NegotiateStage, DecideStage, ConnectStage, BindS
         # milliseconds, and a loopback handshake takes a fraction of one.
         self.started = _monotonic()
         server.sessions.add(self)
-        self.timer = server.loop.call_later(server.settings.handshake_timeout,
-                                            self._handshake_timeout)
         if server.metrics is not None:
             server.metrics.opened()
+        timeout = server.settings.handshake_timeout
+        limits = server.limits
+        if limits is not None and limits.handshakes.quota:
+            # Unfinished handshakes have a quota of their own, and a shorter
+            # timeout under pressure (control/handshakes.py).
+            shorter = limits.handshakes.enter(self, self.peer[0] if self.peer else None, timeout)
+            if shorter is None:
+                self._close(CloseReason.LIMIT_REACHED, "limit handshakes reached")
+                return
+            timeout = shorter
+        self.timer = server.loop.call_later(timeout, self._handshake_timeout)
         if server.settings.proxy_protocol_from and self._awaits_proxy_header():
             return  # behind a balancer: who the client is comes first
         self._peer_known()

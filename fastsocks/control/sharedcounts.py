@@ -6,6 +6,12 @@ MAP_ANONYMOUS), one hash table per worker: each process writes only its own
 table and reads the others', so there is no lock to hold and nothing a
 crashed worker can leave held; a worker wipes its table when it starts
 (``attach``), which also clears what a dead predecessor counted.
+
+Beside the tables, each worker has a few gauges (``set_gauge``/``gauge``):
+one word per worker per gauge, written only by its owner, summed by anyone.
+A gauge cannot be refused for a full table, which matters for the count of
+unfinished handshakes (``control/handshakes.py``): it must hold under the
+very flood that fills the tables with per-address keys.
 """
 
 from __future__ import annotations
@@ -26,20 +32,38 @@ class SharedCounts:
     """
 
     SLOTS = 1 << 16  # per table; a process holds < 10,000 connections (fd limit)
+    GAUGES = 4  # per worker, after all the tables
 
     def __init__(self, tables: int = 1) -> None:
         self.tables = tables
-        self.map = mmap.mmap(-1, tables * self.SLOTS * 16)  # MAP_SHARED | MAP_ANONYMOUS
+        # MAP_SHARED | MAP_ANONYMOUS: the tables, then GAUGES words per worker.
+        self.map = mmap.mmap(-1, tables * (self.SLOTS * 16 + self.GAUGES * 8))
         self.words = memoryview(self.map).cast("q")
         self.own = 0
         self.used = 0
 
     def attach(self, index: int) -> None:
-        """This process is worker ``index``: wipe its table (a dead predecessor's counts)."""
+        """This process is worker ``index``: wipe its table and gauges (a dead predecessor's)."""
         self.own = index
         start = index * self.SLOTS * 16
         self.map[start:start + self.SLOTS * 16] = bytes(self.SLOTS * 16)
         self.used = 0
+        for gauge in range(self.GAUGES):
+            self.set_gauge(gauge, 0)
+
+    def set_gauge(self, gauge: int, value: int) -> None:
+        """This process's value of gauge ``gauge`` (0 to GAUGES - 1)."""
+        self.words[self.tables * self.SLOTS * 2 + self.own * self.GAUGES + gauge] = value
+
+    def gauge(self, gauge: int, others: bool = False) -> int:
+        """Gauge ``gauge`` summed over every process (``others``: but this one)."""
+        words = self.words
+        base = self.tables * self.SLOTS * 2 + gauge
+        step = self.GAUGES
+        if not others:
+            return sum(words[base + i * step] for i in range(self.tables))
+        own = self.own
+        return sum(words[base + i * step] for i in range(self.tables) if i != own)
 
     def get(self, key: int, others: bool = False) -> int:
         """The sum over every process's table (``others``: but this one's)."""

@@ -86,6 +86,23 @@ def test_counts_are_shared_with_forked_processes() -> None:
     assert counts.get(7) == 7
 
 
+def test_gauges_are_per_worker_and_summed() -> None:
+    counts = SharedCounts(2)
+    counts.attach(0)
+    counts.set_gauge(0, 3)
+    counts.set_gauge(1, 9)  # another gauge: apart
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        counts.attach(1)
+        counts.set_gauge(0, 4)
+        os._exit(0 if (counts.gauge(0), counts.gauge(0, others=True)) == (7, 3) else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.WEXITSTATUS(status) == 0
+    assert (counts.gauge(0), counts.gauge(0, others=True), counts.gauge(1)) == (7, 4, 9)
+    counts.attach(1)  # a restarted worker wipes its predecessor's gauges
+    assert counts.gauge(0) == 3
+
+
 @pytest.mark.parametrize("text, rate", [
     (1048576, 1048576), ("1048576", 1048576), ("1MiB", 1048576), ("10 MiB/s", 10485760),
     ("500kB", 500_000), ("100Mbit", 12_500_000), ("1.5GiB", 1610612736), ("2M", 2097152),

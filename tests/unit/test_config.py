@@ -474,7 +474,9 @@ def test_example_config_covers_every_key(tmp_path):
     assert set(doc["metrics"]) == {"enabled", "listen"}
     assert set(doc["limits"]) == {"connections", "connections_per_ip", "connections_per_user",
                                   "handshake_rate_per_ip", "bandwidth_per_connection",
-                                  "bandwidth_per_user", "users"}
+                                  "bandwidth_per_user", "users", "handshakes",
+                                  "handshake_pressure", "handshake_pressure_timeout",
+                                  "password_checks", "auth_failures_per_ip"}
     assert set(doc["limits"]["users"]["bob"]) == {"connections", "bandwidth"}
     assert set().union(*(rule.keys() for rule in doc["rules"])) == set(RULE_KEYS)
 

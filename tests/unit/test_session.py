@@ -406,3 +406,59 @@ def test_unwrappable_reply_closes_without_relaying(impl: ModuleType,
         echo.close()
 
     run(impl, monkeypatch, body)
+
+
+# -- handshake slots (control/handshakes.py) ----------------------------------------------
+
+
+def _another(server: Server) -> tuple[Session, FakeTransport]:
+    session = Session(server, LISTENER)
+    transport = FakeTransport(asyncio.get_running_loop())
+    transport.set_protocol(session)
+    session.connection_made(transport)
+    return session, transport
+
+
+def test_handshake_quota_and_pressure(impl: ModuleType, monkeypatch: pytest.MonkeyPatch) -> None:
+    from fastsocks.control.limits import LimitSettings
+
+    async def body(server: Server, session: Session, transport: FakeTransport,
+                   records: Records) -> None:
+        slots = server.limits.handshakes  # type: ignore[union-attr]
+        assert list(slots.open) == [session] and session.timer is not None
+        # The second makes more than half the quota unfinished: the short timeout.
+        second, _ = _another(server)
+        assert list(slots.open) == [session, second]
+        assert second.timer is not None and second.timer.when() - server.loop.time() <= 0.3
+        # At the quota, closed at once: no byte written, reason limit_reached.
+        third, third_transport = _another(server)
+        assert third.closed and bytes(third_transport.written) == b""
+        await until(lambda: len(records.records) == 1)
+        assert records.records[0].reason is CloseReason.LIMIT_REACHED
+        # Under pressure, the first (10 s timeout) is cut once past the short one.
+        await until(lambda: session.closed and second.closed)
+        assert not slots.open and session.shaking is None
+        await until(lambda: len(records.records) == 3)
+        assert [r.reason for r in records.records[1:]] == [CloseReason.HANDSHAKE_TIMEOUT] * 2
+        assert server.limits.rejected["handshakes"] == 1  # type: ignore[union-attr]
+
+    run(impl, monkeypatch, body,
+        limits=LimitSettings(handshakes=2, handshake_pressure_timeout=0.2))
+
+
+def test_request_in_frees_the_handshake_slot(impl: ModuleType,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    from fastsocks.control.limits import LimitSettings
+
+    async def body(server: Server, session: Session, transport: FakeTransport,
+                   records: Records) -> None:
+        slots = server.limits.handshakes  # type: ignore[union-attr]
+        session.data_received(greeting(0) + request(3, "0.0.0.0", 0))
+        await until(lambda: session.state is State.ASSOCIATED)
+        assert not slots.open and session.shaking is None and session.timer is None
+        other, _ = _another(server)  # the one slot is free again
+        assert not other.closed and list(slots.open) == [other]
+        other.abort("shutdown")
+        assert not slots.open
+
+    run(impl, monkeypatch, body, limits=LimitSettings(handshakes=1))
