@@ -174,11 +174,11 @@ def test_password_flood_leaves_good_logins_fast(fastsocks_server: Callable[..., 
         while True:
             attempt = time.monotonic()
             status = _login(socks, server.address, "bob", "pw")
-            assert time.monotonic() - attempt < 3.0, "queued behind the flood"
+            assert time.monotonic() - attempt < 5.0, "queued behind the flood"
             if status == b"\x01\x00":
                 break
             assert status == b"\x01\x01", status
-            assert time.monotonic() - start < 8.0
+            assert time.monotonic() - start < 15.0
             time.sleep(0.1)
         # Every one of the flood got its failure status: most at once, without a check.
         quick = 0
@@ -277,7 +277,7 @@ def test_unknown_user_takes_as_long_as_a_wrong_password(tmp_path: Path) -> None:
 
     async def main() -> tuple[float, float]:
         known, unknown = [], []
-        for _ in range(3):
+        for _ in range(5):
             known.append(await timed(b"user0"))
             unknown.append(await timed(b"nobody"))
         return statistics.median(known), statistics.median(unknown)
