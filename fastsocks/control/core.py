@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from .. import codec
 from ..constants import Command
 from ..net.address import format_peer
-from .record import CloseReason, CloseRecord, State
+from .record import CloseReason, CloseRecord, Protocol, State
 
 if TYPE_CHECKING:
     from ..runtime.server import Server
@@ -33,6 +33,8 @@ log = logging.getLogger("fastsocks.session")
 
 _ServerCodec = codec.ServerCodec
 _CLOSED = State.CLOSED
+_SOCKS5 = Protocol.SOCKS5
+_SOCKS4 = Protocol.SOCKS4
 
 
 class SessionCore(asyncio.Protocol):
@@ -63,6 +65,8 @@ class SessionCore(asyncio.Protocol):
         "listener",
         "proxy_buf",
         "shaking",
+        "protocol",
+        "early",
     )
 
     def __init__(self, server: Server, listener: tuple[str, int] | None = None) -> None:
@@ -99,6 +103,11 @@ class SessionCore(asyncio.Protocol):
         # the handshake slots it holds until its request is in (control/handshakes.py).
         self.held: Any = None
         self.shaking: Any = None
+        # What the client speaks (SOCKS5 unless its first byte says otherwise),
+        # and, for the protocols whose parser is not the SOCKS5 codec, the bytes
+        # that came after the request (they go to the target first).
+        self.protocol = Protocol.SOCKS5
+        self.early = b""
 
     @property
     def closed(self) -> bool:
@@ -120,6 +129,9 @@ class SessionCore(asyncio.Protocol):
         async def _bind(self, request: Any) -> None: ...
         async def _udp_associate(self, request: Any) -> None: ...
         def _relay(self, sock: Any, reply_host: str, reply_port: int) -> None: ...
+        # The other protocols' replies (control/socks4.py, control/http.py).
+        def _socks4_reply(self, code: int, host: str, port: int) -> bytes: ...
+        def _http_reply(self, code: int, reason: CloseReason | None) -> bytes: ...
 
     # -- replies and endings ------------------------------------------------
 
@@ -135,18 +147,42 @@ class SessionCore(asyncio.Protocol):
         if metrics is not None:
             metrics.replied(code, _monotonic() - self.started if first else None)
 
-    def _reply_bytes(self, code: int, host: str = "0.0.0.0", port: int = 0) -> bytes | None:
+    def _encode_reply(self, code: int, host: str = "0.0.0.0", port: int = 0,
+                      reason: CloseReason | None = None) -> bytes:
+        """The reply to the request in the client's protocol.
+
+        ``code`` is always a SOCKS5 reply code (RFC 1928 §6): the control
+        plane decides in one vocabulary, and each protocol words it (SOCKS4:
+        90-93; HTTP: a status line, ``reason`` telling a timeout's 504 apart).
+        """
+        protocol = self.protocol
+        if protocol is _SOCKS5:
+            return self.codec.send_reply(code, host, port)
+        if protocol is _SOCKS4:
+            return self._socks4_reply(code, host, port)
+        return self._http_reply(code, reason)
+
+    def _take_pending(self) -> bytes:
+        """The bytes the client sent after its request, for the target, first."""
+        if self.protocol is _SOCKS5:
+            return self.codec.trailing_data
+        early, self.early = self.early, b""
+        return early
+
+    def _reply_bytes(self, code: int, host: str = "0.0.0.0", port: int = 0,
+                     reason: CloseReason | None = None) -> bytes | None:
         """The reply (RFC 1928 §6) as the client must get it, recorded as sent.
 
         Under GSSAPI integrity or confidentiality it is wrapped (RFC 1961 §5);
         if wrapping fails the connection is closed and None returned: no
         reply, and no relay, since the client cannot read anything after it.
         """
-        data = self.codec.send_reply(code, host, port)
+        data = self._encode_reply(code, host, port, reason)
         if self.gss is not None:
-            data = self._protect(data)
-            if data is None:
+            wrapped = self._protect(data)
+            if wrapped is None:
                 return None
+            data = wrapped
         self._record_reply(code)
         return data
 
@@ -154,7 +190,7 @@ class SessionCore(asyncio.Protocol):
         """Send the failure reply ``code``, then close (RFC 1928 §6)."""
         if self.state is _CLOSED:
             return
-        data = self._reply_bytes(code)
+        data = self._reply_bytes(code, reason=reason)
         if data is not None and not self.transport.is_closing():
             self.transport.write(data)
         self._close(reason, detail)
@@ -239,6 +275,7 @@ class SessionCore(asyncio.Protocol):
             datagrams_up=udp.datagrams_up if udp is not None else None,
             datagrams_down=udp.datagrams_down if udp is not None else None,
             dropped=udp.dropped if udp is not None else None,
+            protocol=self.protocol,
         )
         if server.metrics is not None:
             server.metrics.closed(record)

@@ -92,7 +92,7 @@ class HandoffStage(SessionCore):
             relay.upstream.transport.abort()
             return
         self.transport.write(reply)
-        pending = self.codec.trailing_data
+        pending = self._take_pending()
         self.codec = None  # the negotiation is over; free its buffer
         self.state = State.RELAYING
         relay.start(self.transport, pending)
@@ -107,8 +107,8 @@ class HandoffStage(SessionCore):
         """
         transport = self.transport
         client_fd = os.dup(transport.get_extra_info("socket").fileno())
-        reply = self.codec.send_reply(Reply.SUCCEEDED, reply_host, reply_port)
-        pending = self.codec.trailing_data
+        reply = self._encode_reply(Reply.SUCCEEDED, reply_host, reply_port)
+        pending = self._take_pending()
         held = self.held
         throttles = held.owner.throttles(held, self.user, engine.throttle) if held else ()
         try:

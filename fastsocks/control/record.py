@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from ..constants import Reply
 
-__all__ = ["State", "CloseReason", "CloseRecord", "reason_for_reply"]
+__all__ = ["State", "Protocol", "CloseReason", "CloseRecord", "reason_for_reply"]
 
 
 class State(enum.Enum):
@@ -29,6 +29,17 @@ class State(enum.Enum):
     ASSOCIATED = "associated"  # UDP ASSOCIATE: the TCP connection only holds it open
     RELAYING = "relaying"  # both sockets belong to the relay (or the engine)
     CLOSED = "closed"
+
+
+class Protocol(str, enum.Enum):
+    """What a client speaks, told apart by its first byte (one port serves them all)."""
+
+    SOCKS5 = "socks5"  # RFC 1928: first byte 5
+    SOCKS4 = "socks4"  # SOCKS4 and 4a: first byte 4
+    HTTP = "http"  # HTTP/1.1 proxying (CONNECT, absolute-form requests): a method's letter
+
+    def __str__(self) -> str:
+        return self.value
 
 
 class CloseReason(str, enum.Enum):
@@ -111,3 +122,4 @@ class CloseRecord:
     datagrams_up: int | None = None
     datagrams_down: int | None = None
     dropped: int | None = None
+    protocol: Protocol = Protocol.SOCKS5

@@ -11,7 +11,9 @@ user (``-``: none), command (``-``: no valid request), target as requested,
 address dialled (the resolved address connected to for CONNECT, the peer for
 BIND; ``-``: none), reply code sent (``-``: none, e.g. a handshake timeout),
 bytes up (client to target), bytes down, duration in seconds, close reason.
-A UDP association adds ``datagrams=UP/DOWN``.  Text that a client chose (user
+A UDP association adds ``datagrams=UP/DOWN``, a client that spoke another
+protocol than SOCKS5 ``protocol=NAME`` (JSON lines always carry
+``protocol``).  Text that a client chose (user
 names, requested names) is escaped, so a line is always one line of
 space-separated fields.  Passwords are never recorded.
 
@@ -30,7 +32,7 @@ import os
 import time
 from typing import Any
 
-from ..control.record import CloseRecord
+from ..control.record import CloseRecord, Protocol
 from ..errors import ConfigError
 from ..net.address import format_address
 
@@ -122,6 +124,7 @@ class AccessLog:
                 "bytes_down": record.bytes_down,
                 "duration": duration,
                 "reason": record.reason.value,
+                "protocol": record.protocol.value,
             }
             if udp:
                 fields["datagrams_up"] = record.datagrams_up
@@ -140,6 +143,8 @@ class AccessLog:
             )
             if udp:
                 line += f" datagrams={record.datagrams_up}/{record.datagrams_down}"
+            if record.protocol is not Protocol.SOCKS5:  # SOCKS5 lines keep their fields
+                line += f" protocol={record.protocol.value}"
             line += "\n"
         self._buf.append(line)
         self._size += len(line)

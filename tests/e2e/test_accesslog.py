@@ -261,8 +261,9 @@ def test_json_lines_parse(tmp_path: Path, fastsocks_server: Callable[..., Any], 
     sock.close()
     records = [json.loads(line) for line in _lines(log_path, 2)]
     keys = {"time", "client", "user", "command", "target", "dialled", "reply", "bytes_up",
-            "bytes_down", "duration", "reason"}
+            "bytes_down", "duration", "reason", "protocol"}
     assert all(set(r) == keys for r in records), records
+    assert {r["protocol"] for r in records} == {"socks5"}
     ok = next(r for r in records if r["reply"] == 0)
     assert ok["user"] is None and ok["command"] == "CONNECT"
     assert (ok["bytes_up"], ok["bytes_down"]) == (2, 5)
