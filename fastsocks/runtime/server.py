@@ -85,21 +85,26 @@ class Server:
         # Limits; None when none is set.  The counts are shared with the other
         # workers (mapped by the master before forking) and outlive reloads.
         self.counts = counts
-        self.limits: Limits | None = None
-        self.limits = self._limits(settings)
+        self._kept_limits: Limits | None = None
+        self.limits: Limits | None = self._limits(settings)
         dns.configure(**settings.dns_options())  # [dns]: the process's cache (net/dns.py)
 
     def _limits(self, settings: Settings) -> Limits | None:
-        if not settings.limits.any:
-            return None
-        if self.limits is not None:  # a reload: new numbers, the same counts
-            self.limits.settings = settings.limits
-            return self.limits
-        if self.counts is None:
-            self.counts = SharedCounts(1)
-        limits = Limits(settings.limits, self.counts)
-        limits.metrics = self.metrics
-        return limits
+        """The limits to apply (None: none is set), one object for the server's life.
+
+        A reload gives the same object new numbers: its counts, handshake
+        slots and password-check state carry over, also across a reload that
+        turns every limit off and a later one that turns them on again.
+        """
+        limits = self._kept_limits
+        if limits is not None:  # a reload: new numbers, the same counts
+            limits.settings = settings.limits
+        elif settings.limits.any:
+            if self.counts is None:
+                self.counts = SharedCounts(1)
+            limits = self._kept_limits = Limits(settings.limits, self.counts)
+            limits.metrics = self.metrics
+        return limits if settings.limits.any else None
 
     @property
     def relay_name(self) -> str:
