@@ -9,6 +9,7 @@ ProtocolError.  The behaviour, events and bytes are identical to the twin's.
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.long cimport PyLong_AsLongLongAndOverflow
 from cpython.unicode cimport PyUnicode_DecodeASCII, PyUnicode_DecodeUTF8
+from libc.stdint cimport uint32_t
 from libc.string cimport memcmp, memcpy
 
 import socket as _socket
@@ -131,7 +132,8 @@ cdef inline str _parse_address(const unsigned char* buf, Py_ssize_t* pos,
     Returns the host and advances ``pos[0]`` past the port, or returns None
     (``pos[0]`` unchanged) when more bytes are needed.
     """
-    cdef Py_ssize_t p = pos[0], n
+    cdef Py_ssize_t p = pos[0], n, i
+    cdef unsigned char c
     cdef str host
     if atyp == ATYP_IPV4:
         if end - p < 6:
@@ -146,6 +148,16 @@ cdef inline str _parse_address(const unsigned char* buf, Py_ssize_t* pos,
             raise ProtocolError("empty domain name", REP_GENERAL_FAILURE)
         if end - p < 1 + n + 2:
             return None
+        # §5: a length octet and the name, "there is no terminating NUL
+        # octet"; a NUL or another C0 control (or DEL) names no host, and
+        # would not reach the resolver intact: c-ares and getaddrinfo take C
+        # strings (c-ares looked up "internal" for "internal\0.example.com",
+        # past rules that matched the whole name), and the log would carry it.
+        for i in range(p + 1, p + 1 + n):
+            c = buf[i]
+            if c < 0x20 or c == 0x7F:
+                raise ProtocolError(f"domain name contains control byte {c:#04x}",
+                                    REP_HOST_UNREACHABLE)
         try:
             host = PyUnicode_DecodeUTF8(<const char*>buf + p + 1, n, NULL)
         except UnicodeDecodeError:
@@ -747,6 +759,61 @@ cdef int _PP_AF_UNIX = getattr(_socket, "AF_UNIX", 1)
 cdef object _PP_FAMILY_NAMES = ("AF_UNSPEC", "AF_INET", "AF_INET6", "AF_UNIX")
 
 
+# §2.2.5 PP2_TYPE_CRC32C: CRC32c as RFC 4960 Appendix B computes it
+# (Castagnoli, reflected polynomial 0x82F63B78), one table lookup a byte: a
+# header is at most 64 KiB and comes once per connection.
+cdef enum:
+    _PP2_TYPE_CRC32C = 0x03
+cdef uint32_t _CRC32C_TABLE[256]
+
+
+cdef void _crc32c_init() noexcept:
+    cdef uint32_t c
+    cdef int i, k
+    for i in range(256):
+        c = <uint32_t>i
+        for k in range(8):
+            c = (c >> 1) ^ (0x82F63B78 if c & 1 else 0)
+        _CRC32C_TABLE[i] = c
+
+
+_crc32c_init()
+
+
+cdef inline uint32_t _crc32c_update(uint32_t crc, const unsigned char* p, Py_ssize_t n) noexcept:
+    """``crc`` (pre- and post-inverted by the caller) over ``n`` more bytes."""
+    cdef Py_ssize_t i
+    for i in range(n):
+        crc = _CRC32C_TABLE[(crc ^ p[i]) & 0xFF] ^ (crc >> 8)
+    return crc
+
+
+def crc32c(data):
+    """CRC32c (Castagnoli, RFC 4960 Appendix B) of ``data``, as an int."""
+    cdef bytes b = data if type(data) is bytes else bytes(data)
+    return _crc32c_update(0xFFFFFFFF, <const unsigned char*>PyBytes_AS_STRING(b),
+                          PyBytes_GET_SIZE(b)) ^ 0xFFFFFFFF
+
+
+cdef int _check_crc32c(const unsigned char* buf, Py_ssize_t total,
+                       Py_ssize_t at) except -1:
+    """§2.2.5: the checksum over the whole header with its own 4 bytes (at
+    ``at``) zeroed must be the one sent (network byte order); else the
+    connection is invalid."""
+    cdef unsigned char zeros[4]
+    cdef uint32_t sent, crc
+    zeros[0] = zeros[1] = zeros[2] = zeros[3] = 0
+    sent = ((<uint32_t>buf[at] << 24) | (<uint32_t>buf[at + 1] << 16)
+            | (<uint32_t>buf[at + 2] << 8) | buf[at + 3])
+    crc = _crc32c_update(0xFFFFFFFF, buf, at)
+    crc = _crc32c_update(crc, zeros, 4)
+    crc = _crc32c_update(crc, buf + at + 4, total - at - 4) ^ 0xFFFFFFFF
+    if crc != sent:
+        raise ProtocolError(f"PROXY v2 header: CRC32C is {sent:#010x}, the header's is "
+                            f"{crc:#010x}", REP_GENERAL_FAILURE)
+    return 0
+
+
 cdef class ProxyHeader:
     """A parsed PROXY protocol header; the client's bytes start at ``length``.
 
@@ -755,7 +822,10 @@ cdef class ProxyHeader:
     then, so ``family`` is AF_UNSPEC (0) and there are no addresses.  A v2
     PROXY header for AF_UNSPEC or AF_UNIX carries no IP address either
     (``src_host`` None).  ``tlvs`` holds the v2 TLVs as (type, value) pairs,
-    walked with bounds checks and otherwise not interpreted.
+    walked with bounds checks; the one interpreted is PP2_TYPE_CRC32C
+    (§2.2.5): when present its checksum must match, or the header is refused.
+    A LOCAL header, and one for AF_UNSPEC, is discarded whole as the spec
+    says (its TLVs are neither walked nor checked).
     """
 
     def __init__(self, int version, bint local, int family, src_host, int src_port, dst_host,
@@ -904,7 +974,7 @@ cdef object _parse_proxy_v1(const unsigned char* buf, Py_ssize_t end):
 
 cdef object _parse_proxy_v2(const unsigned char* buf, Py_ssize_t end):
     cdef Py_ssize_t i, n = end if end < 12 else 12
-    cdef Py_ssize_t size, total, need, pos, length
+    cdef Py_ssize_t size, total, need, pos, length, crc_at = -1
     cdef int ver_cmd, fam, command, family
     cdef object src = None, dst = None
     cdef int sport = 0, dport = 0
@@ -969,8 +1039,18 @@ cdef object _parse_proxy_v2(const unsigned char* buf, Py_ssize_t end):
         length = (buf[pos + 1] << 8) | buf[pos + 2]
         if total - pos - 3 < length:
             raise ProtocolError("PROXY v2 header: TLV runs past the header", REP_GENERAL_FAILURE)
+        if buf[pos] == _PP2_TYPE_CRC32C:
+            if length != 4:
+                raise ProtocolError(f"PROXY v2 header: CRC32C TLV of {length} bytes, not 4",
+                                    REP_GENERAL_FAILURE)
+            if crc_at >= 0:
+                raise ProtocolError("PROXY v2 header: more than one CRC32C TLV",
+                                    REP_GENERAL_FAILURE)
+            crc_at = pos + 3
         tlvs.append((<int>buf[pos], PyBytes_FromStringAndSize(<const char*>buf + pos + 3, length)))
         pos += 3 + length
+    if crc_at >= 0:
+        _check_crc32c(buf, total, crc_at)
     return _proxy_header(2, False, family, src, sport, dst, dport, tuple(tlvs), total)
 
 

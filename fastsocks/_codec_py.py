@@ -12,6 +12,7 @@ only exception that escapes is ``ProtocolError``.
 from __future__ import annotations
 
 import operator
+import re
 import socket
 from dataclasses import dataclass
 
@@ -45,6 +46,7 @@ __all__ = [
     "parse_proxy_header",
     "PROXY_V1_MAX",
     "PROXY_V2_SIGNATURE",
+    "crc32c",
     # GSSAPI message framing (RFC 1961)
     "GssMessage",
     "GssFramer",
@@ -77,6 +79,8 @@ _REP_GENERAL_FAILURE = 0x01
 _REP_HOST_UNREACHABLE = 0x04
 _REP_COMMAND_NOT_SUPPORTED = 0x07
 _REP_ATYP_NOT_SUPPORTED = 0x08
+# The octets no domain name may hold: C0 controls and DEL (see _parse_address).
+_CONTROL = re.compile(rb"[\x00-\x1f\x7f]")
 
 
 class _NeedData:
@@ -146,6 +150,15 @@ def _parse_address(buf: bytes, pos: int, end: int, atyp: int) -> tuple[str, int,
             raise ProtocolError("empty domain name", _REP_GENERAL_FAILURE)
         if end - pos < 1 + n + 2:
             return None
+        # §5: a length octet and the name, "there is no terminating NUL
+        # octet"; a NUL or another C0 control (or DEL) names no host, and
+        # would not reach the resolver intact: c-ares and getaddrinfo take C
+        # strings (c-ares looked up "internal" for "internal\0.example.com",
+        # past rules that matched the whole name), and the log would carry it.
+        bad = _CONTROL.search(buf, pos + 1, pos + 1 + n)
+        if bad is not None:
+            raise ProtocolError(f"domain name contains control byte {buf[bad.start()]:#04x}",
+                                _REP_HOST_UNREACHABLE)
         try:
             host = buf[pos + 1 : pos + 1 + n].decode("utf-8")
         except UnicodeDecodeError:
@@ -609,6 +622,50 @@ _V2_ADDRESS_BLOCK = ((_AF_UNSPEC, 0), (_AF_INET, 12), (_AF_INET6, 36), (_AF_UNIX
 _V2_FAMILY_NAMES = ("AF_UNSPEC", "AF_INET", "AF_INET6", "AF_UNIX")
 
 
+# §2.2.5 PP2_TYPE_CRC32C: CRC32c as RFC 4960 Appendix B computes it
+# (Castagnoli, reflected polynomial 0x82F63B78), one table lookup a byte.
+_PP2_TYPE_CRC32C = 0x03
+
+
+def _crc32c_table() -> tuple[int, ...]:
+    table = []
+    for i in range(256):
+        c = i
+        for _ in range(8):
+            c = (c >> 1) ^ (0x82F63B78 if c & 1 else 0)
+        table.append(c)
+    return tuple(table)
+
+
+_CRC32C_TABLE = _crc32c_table()
+
+
+def _crc32c_update(crc: int, data: bytes) -> int:
+    """``crc`` (pre- and post-inverted by the caller) over more bytes."""
+    table = _CRC32C_TABLE
+    for byte in data:
+        crc = table[(crc ^ byte) & 0xFF] ^ (crc >> 8)
+    return crc
+
+
+def crc32c(data: bytes) -> int:
+    """CRC32c (Castagnoli, RFC 4960 Appendix B) of ``data``, as an int."""
+    return _crc32c_update(0xFFFFFFFF, bytes(data)) ^ 0xFFFFFFFF
+
+
+def _check_crc32c(buf: bytes, total: int, at: int) -> None:
+    """§2.2.5: the checksum over the whole header with its own 4 bytes (at
+    ``at``) zeroed must be the one sent (network byte order); else the
+    connection is invalid."""
+    sent = int.from_bytes(buf[at : at + 4], "big")
+    crc = _crc32c_update(0xFFFFFFFF, buf[:at])
+    crc = _crc32c_update(crc, bytes(4))
+    crc = _crc32c_update(crc, buf[at + 4 : total]) ^ 0xFFFFFFFF
+    if crc != sent:
+        raise ProtocolError(f"PROXY v2 header: CRC32C is {sent:#010x}, the header's is "
+                            f"{crc:#010x}", _REP_GENERAL_FAILURE)
+
+
 @dataclass(frozen=True, slots=True)
 class ProxyHeader:
     """A parsed PROXY protocol header; the client's bytes start at ``length``.
@@ -618,7 +675,10 @@ class ProxyHeader:
     then, so ``family`` is AF_UNSPEC (0) and there are no addresses.  A v2
     PROXY header for AF_UNSPEC or AF_UNIX carries no IP address either
     (``src_host`` None).  ``tlvs`` holds the v2 TLVs as (type, value) pairs,
-    walked with bounds checks and otherwise not interpreted.
+    walked with bounds checks; the one interpreted is PP2_TYPE_CRC32C
+    (§2.2.5): when present its checksum must match, or the header is refused.
+    A LOCAL header, and one for AF_UNSPEC, is discarded whole as the spec
+    says (its TLVs are neither walked nor checked).
     """
 
     version: int
@@ -741,14 +801,25 @@ def _parse_proxy_v2(buf: bytes, end: int) -> ProxyHeader | _NeedData:
     # §2.2.7: TLVs fill the rest, each type, a 16-bit length and the value.
     tlvs = []
     pos = 16 + need
+    crc_at = -1
     while pos < total:
         if total - pos < 3:
             raise ProtocolError("PROXY v2 header: TLV runs past the header", _REP_GENERAL_FAILURE)
         length = (buf[pos + 1] << 8) | buf[pos + 2]
         if total - pos - 3 < length:
             raise ProtocolError("PROXY v2 header: TLV runs past the header", _REP_GENERAL_FAILURE)
+        if buf[pos] == _PP2_TYPE_CRC32C:
+            if length != 4:
+                raise ProtocolError(f"PROXY v2 header: CRC32C TLV of {length} bytes, not 4",
+                                    _REP_GENERAL_FAILURE)
+            if crc_at >= 0:
+                raise ProtocolError("PROXY v2 header: more than one CRC32C TLV",
+                                    _REP_GENERAL_FAILURE)
+            crc_at = pos + 3
         tlvs.append((buf[pos], buf[pos + 3 : pos + 3 + length]))
         pos += 3 + length
+    if crc_at >= 0:
+        _check_crc32c(buf, total, crc_at)
     return ProxyHeader(2, False, family, src, sport, dst, dport, tuple(tlvs), total)
 
 

@@ -50,7 +50,9 @@ class NegotiateStage(SessionCore):
             except ProtocolError as exc:
                 data = codec_.send_error()
                 if phase == _PHASE_REQUEST and data:
-                    # A bad request gets a reply with the error's code (RFC 1928 §6).
+                    # A bad request gets a reply with the error's code (RFC 1928 §6),
+                    # and one line (the codec's messages carry no raw peer bytes).
+                    log.info("%s: bad request: %s", format_peer(self.peer), exc)
                     self._refuse_raw(data, exc.reply_code, f"protocol error: {exc}")
                 else:
                     self._end(data, CloseReason.PROTOCOL_ERROR, f"protocol error: {exc}")

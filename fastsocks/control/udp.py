@@ -186,8 +186,12 @@ class UdpAssociation:
             return
         try:
             header = _parse_udp_header(data)
-        except ProtocolError:
+        except ProtocolError as exc:
             self._dropped += 1
+            level = logging.DEBUG if self._denials_logged else logging.INFO
+            self._denials_logged = True  # one INFO line per association, then DEBUG
+            if log.isEnabledFor(level):
+                log.log(level, "UDP from %s dropped: %s", self.client_host, exc)
             return
         self._activity += 1
         if header.frag:

@@ -27,6 +27,8 @@ import pytest
 
 from procs import free_port, terminate, wait_lines
 
+from fastsocks import _codec_py, codec
+
 SIG = b"\r\n\r\n\x00\r\nQUIT\n"
 WAIT = 5.0  # seconds an access-log line may take (written at most 1 s late)
 
@@ -442,3 +444,63 @@ def test_curl_through_haproxy_send_proxy_v1(haproxy: Any, pp_server: Any, curl: 
     assert server.stop() == 0  # flushes the access log
     lines = [line for line in access_lines(log, 2) if line[3] == "CONNECT"]
     assert sorted(line[1].split(":")[0] for line in lines) == ["127.0.0.5", "127.0.0.6"]
+
+
+# -- PP2_TYPE_CRC32C (§2.2.5), as HAProxy sends it -------------------------------------
+
+CRC32C = "send-proxy-v2 proxy-v2-options crc32c"
+
+
+def _capture_header(listener: socket.socket, source: str, timeout: float = 10.0) -> bytes:
+    """The first PROXY v2 header from ``source`` that reaches ``listener`` (health
+    checks, LOCAL, are skipped)."""
+    listener.settimeout(timeout)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        conn, _ = listener.accept()
+        with conn:
+            conn.settimeout(timeout)
+            data = b""
+            while len(data) < 16 or len(data) < 16 + int.from_bytes(data[14:16], "big"):
+                chunk = conn.recv(4096)
+                if not chunk:
+                    break
+                data += chunk
+            if len(data) < 16:
+                continue
+            header = data[:16 + int.from_bytes(data[14:16], "big")]
+            parsed = _codec_py.parse_proxy_header(header)
+            if not parsed.local and parsed.src_host == source:
+                return header
+    raise AssertionError(f"no PROXY header from {source} within {timeout} s")
+
+
+def test_haproxy_crc32c_checked(haproxy: Any, pp_server: Any, socks: Any,
+                                echo_target: Any) -> None:
+    """HAProxy's checksummed headers pass both codecs; a header whose checksum
+    does not match is refused: the connection closed without a SOCKS reply."""
+    first, _ = pp_server()
+    second, _ = pp_server(env={"FASTSOCKS_NO_EXTENSIONS": "1"})
+    front = haproxy([first.address, second.address], send=CRC32C)
+    for i in range(4):
+        with connect_from("127.0.0.5", front) as sock:
+            assert socks_connect(sock, socks, echo_target.port) == 0
+            sock.sendall(b"hello %d" % i)
+            assert socks.recv_exact(sock, 7) == b"hello %d" % i
+    # What HAProxy sends, taken from the wire: a CRC32C TLV that both codecs check.
+    with socket.create_server(("127.0.0.1", 0)) as capture:
+        tap = haproxy([capture.getsockname()], send=CRC32C)
+        with connect_from("127.0.0.5", tap) as client:
+            client.sendall(b"\x05\x01\x00")
+            header = _capture_header(capture, "127.0.0.5")
+    for parse in (_codec_py.parse_proxy_header, codec.parse_proxy_header):
+        parsed = parse(header)
+        assert 0x03 in dict(parsed.tlvs), parsed.tlvs
+    forged = bytearray(header)
+    forged[19] ^= 0x01  # the source address's last octet: 127.0.0.5 -> 127.0.0.4
+    for server in (first, second):
+        with connect_from("127.0.0.1", server.address) as sock:
+            sock.sendall(bytes(forged) + b"\x05\x01\x00")
+            assert socks.read_until_closed(sock) == b""  # no SOCKS reply at all
+        server.wait_log("PROXY v2 header: CRC32C is 0x")
+        assert "Traceback" not in server.log

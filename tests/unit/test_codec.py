@@ -364,6 +364,47 @@ def test_request_domain_not_utf8(impl: ModuleType, name: bytes) -> None:
     tr_error(lambda: ci.in_request(impl), data, 0x04, _reply_error(0x04))
 
 
+# RFC 1928 §5: a name has "no terminating NUL octet"; no C0 control or DEL
+# is in a host name either.  Such a name gets X'04', as a name that does not
+# resolve (and as one that is not UTF-8), before any resolver sees it.
+CONTROL_NAMES = [b"exa\x00mple.com", b"\x00", b"example.com\x00", b"internal\x00.example.com",
+                 b"a\nb", b"a\r\nb", b"\x1b[31mred", b"a\tb", b"\x7f", b"\x1f.example",
+                 "bücher\x00".encode()]
+CONTROL_IDS = ["nul-inside", "nul-only", "nul-last", "nul-label", "lf", "crlf", "esc", "tab",
+               "del", "unit-sep", "nul-after-utf8"]
+
+
+@pytest.mark.parametrize("name", CONTROL_NAMES, ids=CONTROL_IDS)
+@pytest.mark.parametrize("command", [1, 2, 3], ids=["connect", "bind", "udp"])
+def test_request_domain_control_byte(impl: ModuleType, name: bytes, command: int) -> None:
+    data = bytes((0x05, command, 0x00, 0x03, len(name))) + name + b"\x00\x50"
+    tr_error(lambda: ci.in_request(impl), data, 0x04, _reply_error(0x04))
+    c = ci.in_request(impl)
+    c.receive_data(data)
+    with pytest.raises(ProtocolError, match="domain name contains control byte 0x") as info:
+        c.next_event()
+    # The message names the octet; it never carries it (it goes to the log).
+    assert str(info.value).isprintable()
+
+
+def test_request_domain_control_byte_before_utf8(impl: ModuleType) -> None:
+    # Both wrong: the control byte is reported (the same in both implementations).
+    data = b"\x05\x01\x00\x03\x03\xff\x00a\x00\x50"
+    tr_error(lambda: ci.in_request(impl), data, 0x04, _reply_error(0x04))
+    c = ci.in_request(impl)
+    c.receive_data(data)
+    with pytest.raises(ProtocolError, match="control byte 0x00"):
+        c.next_event()
+
+
+def test_request_domain_every_printable_octet(impl: ModuleType) -> None:
+    # What is refused is exactly the C0 controls and DEL: every other ASCII
+    # octet (space, "_", "%", "/" ...: the resolver's business) and UTF-8 passes.
+    name = bytes(range(0x20, 0x7F)) + "é€😀".encode()
+    data = b"\x05\x01\x00\x03" + bytes((len(name),)) + name + b"\x01\xbb"
+    tr(lambda: ci.in_request(impl), data, ("Request", (1, 3, name.decode(), 443)))
+
+
 def test_request_domain_empty(impl: ModuleType) -> None:
     data = b"\x05\x01\x00\x03\x00\x00\x50"
     tr_error(lambda: ci.in_request(impl), data, 0x01, _reply_error(0x01), detect_at=5)
@@ -813,6 +854,19 @@ def test_parse_udp_header_bad_domain(impl: ModuleType, kind: Any) -> None:
     assert info.value.reply_code == 0x04
 
 
+@pytest.mark.parametrize("name", CONTROL_NAMES, ids=CONTROL_IDS)
+@pytest.mark.parametrize("kind", [bytes, bytearray, memoryview])
+def test_parse_udp_header_control_byte(impl: ModuleType, name: bytes, kind: Any) -> None:
+    header = b"\x00\x00\x00\x03" + bytes((len(name),)) + name + b"\x00\x35"
+    for datagram in (header, header + b"payload"):
+        with pytest.raises(ProtocolError, match="domain name contains control byte") as info:
+            impl.parse_udp_header(kind(datagram))
+        assert info.value.reply_code == 0x04
+    # A fragment too (FRAG is read before the address, the address all the same).
+    with pytest.raises(ProtocolError):
+        impl.parse_udp_header(kind(b"\x00\x00\x81" + header[3:]))
+
+
 @pytest.mark.parametrize(
     ("host", "canonical", "atyp"),
     [("192.0.2.1", "192.0.2.1", 1), ("2001:db8::1", "2001:db8::1", 4),
@@ -859,7 +913,7 @@ def test_build_udp_header_bad_host(impl: ModuleType) -> None:
 def test_twin_all_is_the_public_api() -> None:
     """``_codec_py.__all__`` names what it defines, and the C codec has the same names."""
     public = {n for n in vars(ci.PY) if not n.startswith("_")}
-    imported = {"annotations", "operator", "socket", "dataclass", "Phase", "ProtocolError"}
+    imported = {"annotations", "operator", "re", "socket", "dataclass", "Phase", "ProtocolError"}
     assert set(ci.PY.__all__) == public - imported
     assert len(ci.PY.__all__) == len(set(ci.PY.__all__))
     if ci.C is not None:

@@ -64,9 +64,12 @@ def userpasses(draw: st.DrawFn) -> bytes:
 ipv4_hosts = st.ip_addresses(v=4).map(str)
 ipv6_hosts = st.ip_addresses(v=6).map(str)
 # Names that encode_address() keeps as names: no ":" (that means IPv6), not a
-# dotted quad, 1..255 octets of UTF-8 (no surrogates).
+# dotted quad, 1..255 octets of UTF-8 (no surrogates), and no C0 control or
+# DEL (which the parsers refuse: RFC 1928 §5 names carry no NUL).
+_NOT_IN_NAMES = ":" + "".join(map(chr, range(0x20))) + "\x7f"
 domain_hosts = (
-    st.text(st.characters(codec="utf-8", exclude_characters=":"), min_size=1, max_size=80)
+    st.text(st.characters(codec="utf-8", exclude_characters=_NOT_IN_NAMES), min_size=1,
+            max_size=80)
     | st.from_regex(r"[a-z0-9-]{1,63}(\.[a-z0-9-]{1,63}){0,3}", fullmatch=True)
     | st.just("a" * 255)
 ).filter(lambda h: 0 < len(h.encode("utf-8")) <= 255 and not _is_ipv4(h))
@@ -422,3 +425,38 @@ def test_argument_errors_agree(value: Any, host: str) -> None:
         return out
 
     assert results(ci.C) == results(ci.PY)
+
+
+# --------------------------------------------------------------------------
+# 6. Which octets a DST.ADDR name may hold (RFC 1928 §5): any but C0 controls
+# and DEL, as valid UTF-8; the request and the datagram parsers agree.
+
+
+def _name_ok(name: bytes) -> bool:
+    try:
+        name.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return not any(b < 0x20 or b == 0x7F for b in name)
+
+
+@pytest.mark.parametrize("impl", ci.IMPL_PARAMS)
+@QUICK
+@given(name=st.binary(min_size=1, max_size=40) | st.text(min_size=1, max_size=20).map(
+    lambda t: t.encode("utf-8", "surrogatepass")[:255]))
+def test_name_octets_accepted_iff_utf8_without_controls(impl: ModuleType, name: bytes) -> None:
+    address = b"\x03" + bytes((len(name),)) + name + b"\x00\x35"
+    c = ci.in_request(impl)
+    c.receive_data(b"\x05\x01\x00" + address)
+    try:
+        ev = c.next_event()
+    except ProtocolError as exc:
+        assert not _name_ok(name) and exc.reply_code == 0x04
+    else:
+        assert _name_ok(name) and ev.host == name.decode("utf-8")
+    try:
+        h = impl.parse_udp_header(b"\x00\x00\x00" + address)
+    except ProtocolError as exc:
+        assert not _name_ok(name) and exc.reply_code == 0x04
+    else:
+        assert _name_ok(name) and h.host == name.decode("utf-8")

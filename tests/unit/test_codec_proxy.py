@@ -186,13 +186,115 @@ def test_v2_inet6(impl: ModuleType) -> None:
 
 
 def test_v2_tlvs_walked_and_kept(impl: ModuleType) -> None:
-    # ALPN, authority, a CRC32C, a zero-length NOOP, a 0xEA (AWS) custom one.
-    tlvs = ((0x01, b"h2"), (0x02, b"example.org"), (0x03, b"\x01\x02\x03\x04"), (0x04, b""),
-            (0xEA, b"\x01vpce-0123"))
+    # ALPN, authority, a zero-length NOOP, a 0xEA (AWS) custom one.
+    tlvs = ((0x01, b"h2"), (0x02, b"example.org"), (0x04, b""), (0xEA, b"\x01vpce-0123"))
     body = inet("10.0.0.1", "10.0.0.2", 1000, 2000) + b"".join(tlv(k, v) for k, v in tlvs)
     data = v2(1, 0x11, body)
     tr(impl, data, header(2, False, AF_INET, "10.0.0.1", 1000, "10.0.0.2", 2000, tlvs,
                           len(data)))
+
+
+# -- PP2_TYPE_CRC32C (§2.2.5) ---------------------------------------------------------
+
+# RFC 3720 B.4 (iSCSI uses the same CRC32c) and the usual check value.
+CRC32C_VECTORS = [
+    (b"123456789", 0xE3069283),
+    (b"", 0x00000000),
+    (bytes(32), 0x8A9136AA),
+    (b"\xff" * 32, 0x62A8AB43),
+    (bytes(range(32)), 0x46DD794E),
+    (bytes(range(31, -1, -1)), 0x113FDB5C),
+]
+
+
+@pytest.mark.parametrize("data, crc", CRC32C_VECTORS)
+def test_crc32c_vectors(impl: ModuleType, data: bytes, crc: int) -> None:
+    assert impl.crc32c(data) == crc
+    assert impl.crc32c(bytearray(data)) == crc
+
+
+def with_crc32c(cmd: int, fam: int, address: bytes, *after: tuple[int, bytes],
+                byteorder: str = "big") -> bytes:
+    """A v2 header as HAProxy's ``proxy-v2-options crc32c`` lays it out: the
+    address block, the CRC32C TLV first, then the others; the checksum is
+    computed over the whole header with its value zeroed, and written in
+    network byte order."""
+    body = address + tlv(0x03, bytes(4)) + b"".join(tlv(k, v) for k, v in after)
+    data = bytearray(v2(cmd, fam, body))
+    at = 16 + len(address) + 3
+    data[at:at + 4] = ci.PY.crc32c(bytes(data)).to_bytes(4, byteorder)  # type: ignore[arg-type]
+    return bytes(data)
+
+
+@pytest.mark.parametrize("fam, address, src", [
+    (0x11, inet("192.0.2.5", "198.51.100.1", 56324, 1080), "192.0.2.5"),
+    (0x21, inet6("2001:db8::5", "::1", 56324, 1080), "2001:db8::5"),
+    (0x31, b"/tmp/a".ljust(108, b"\0") + b"/tmp/b".ljust(108, b"\0"), None),
+])
+def test_v2_crc32c_checked_and_kept(impl: ModuleType, fam: int, address: bytes,
+                                    src: str | None) -> None:
+    data = with_crc32c(1, fam, address, (0x01, b"h2"), (0x04, b"\0" * 7))
+    at = 16 + len(address) + 3
+    got = impl.parse_proxy_header(data)
+    assert got.src_host == src and got.length == len(data)
+    assert got.tlvs == ((0x03, data[at:at + 4]), (0x01, b"h2"), (0x04, b"\0" * 7))
+    tr(impl, data, fields(got))
+
+
+def test_v2_crc32c_known_header(impl: ModuleType) -> None:
+    # Worked by hand once: PROXY TCP4 127.0.0.1:40000 -> 127.0.0.1:1080, the
+    # CRC32C TLV alone.
+    data = with_crc32c(1, 0x11, inet("127.0.0.1", "127.0.0.1", 40000, 1080))
+    assert data == (SIG + b"\x21\x11\x00\x13" + inet("127.0.0.1", "127.0.0.1", 40000, 1080)
+                    + b"\x03\x00\x04" + ci.PY.crc32c(
+                        SIG + b"\x21\x11\x00\x13" + inet("127.0.0.1", "127.0.0.1", 40000, 1080)
+                        + b"\x03\x00\x04" + bytes(4)).to_bytes(4, "big"))
+    assert impl.parse_proxy_header(data).src_port == 40000
+
+
+@pytest.mark.parametrize("position", [5, 12, 13, 15, 16, 19, 24, 27, 31, 34, 38, 44])
+def test_v2_crc32c_mismatch_refused(impl: ModuleType, position: int) -> None:
+    """Any flipped bit fails the check (in the signature, the version, the family
+    or the length another error comes first)."""
+    good = with_crc32c(1, 0x11, inet("10.0.0.1", "10.0.0.2", 1000, 2000), (0x02, b"example"))
+    bad = bytearray(good)
+    bad[position] ^= 0x01
+    if position < 12:
+        tr_error(impl, bytes(bad), "bad signature", position + 1)
+    elif position == 12:
+        # PROXY became LOCAL, which is discarded unchecked (as HAProxy's own
+        # receiver does): the balancer's own address is used, nothing forged.
+        assert impl.parse_proxy_header(bytes(bad)).local
+    elif position in (13, 15):  # family, length: refused all the same
+        with pytest.raises(ProtocolError):
+            impl.parse_proxy_header(bytes(bad) + bytes(8))
+    else:
+        tr_error(impl, bytes(bad), "CRC32C is 0x[0-9a-f]{8}, the header's is 0x[0-9a-f]{8}")
+
+
+@pytest.mark.parametrize("data, match", [
+    (with_crc32c(1, 0x11, inet("10.0.0.1", "10.0.0.2", 1, 2), byteorder="little"),
+     "CRC32C is"),
+    (v2(1, 0x11, inet("10.0.0.1", "10.0.0.2", 1, 2) + tlv(0x03, b"\0" * 3)),
+     "CRC32C TLV of 3 bytes, not 4"),
+    (v2(1, 0x11, inet("10.0.0.1", "10.0.0.2", 1, 2) + tlv(0x03, b"\0" * 5)),
+     "CRC32C TLV of 5 bytes, not 4"),
+    (v2(1, 0x11, inet("10.0.0.1", "10.0.0.2", 1, 2) + tlv(0x03, b"")),
+     "CRC32C TLV of 0 bytes, not 4"),
+    (with_crc32c(1, 0x11, inet("10.0.0.1", "10.0.0.2", 1, 2), (0x03, b"\0" * 4)),
+     "more than one CRC32C TLV"),
+    (v2(1, 0x11, inet("10.0.0.1", "10.0.0.2", 1, 2) + tlv(0x03, b"\1\2\3\4")),
+     "CRC32C is 0x01020304"),
+], ids=["little-endian", "short", "long", "empty", "twice", "wrong"])
+def test_v2_crc32c_malformed(impl: ModuleType, data: bytes, match: str) -> None:
+    tr_error(impl, data, match)
+
+
+def test_v2_crc32c_local_is_discarded_unchecked(impl: ModuleType) -> None:
+    # §2.2: LOCAL "must discard the protocol block including the family": the
+    # connection's own endpoints are used, whatever its TLVs say.
+    data = v2(0, 0x11, inet("10.0.0.1", "10.0.0.2", 1, 2) + tlv(0x03, b"\1\2\3\4"))
+    tr(impl, data, header(2, True, 0, None, 0, None, 0, (), len(data)))
 
 
 def test_v2_udp_transport_accepted(impl: ModuleType) -> None:
@@ -302,6 +404,8 @@ def proxy_inputs(draw: st.DrawFn) -> bytes:
 @given(proxy_inputs())
 @example(b"PROXY TCP4 1.2.3.4 5.6.7.8 1 2\r\n")
 @example(SIG + b"\x21\x11\x00\x0f" + b"\x00" * 15)
+@example(with_crc32c(1, 0x11, inet("10.0.0.1", "10.0.0.2", 1, 2), (0x01, b"h2")))
+@example(with_crc32c(1, 0x11, inet("10.0.0.1", "10.0.0.2", 1, 2))[:-1] + b"\x00")
 def test_c_and_python_agree(data: bytes) -> None:
     assert outcome(ci.C, data) == outcome(ci.PY, data)
 
