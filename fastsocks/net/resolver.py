@@ -109,8 +109,11 @@ def literal_addresses(host: str, port: int) -> list[Address] | None:
     except (OSError, ValueError):
         return None
     if scope:
-        infos = socket.getaddrinfo(host, port, socket.AF_INET6, socket.SOCK_STREAM,
-                                   flags=socket.AI_NUMERICHOST)
+        try:
+            infos = socket.getaddrinfo(host, port, socket.AF_INET6, socket.SOCK_STREAM,
+                                       flags=socket.AI_NUMERICHOST)
+        except (OSError, ValueError):  # no such interface, or a scope no text names (idna)
+            return None  # a name, then, which resolves to nothing: X'04' (issue 17)
         return [(socket.AF_INET6, infos[0][4])]
     return [(socket.AF_INET6, (addr, port, 0, 0))]
 

@@ -1,0 +1,85 @@
+"""Bad names reach ``net/resolver.py`` as ConnectError, never as anything else (issue 17).
+
+The codec refuses control bytes in a name; everything else a client may
+write (empty labels, 64-octet labels, a "%scope" no interface has, text the
+idna codec refuses) goes on to the resolver, whose callers (CONNECT, UDP,
+BIND) handle ConnectError only: a gaierror, ValueError or UnicodeError from
+getaddrinfo was a traceback and no reply (TCP), or a traceback per
+datagram (UDP).  c-ares asks the DNS server in tests/dnsserver.py on
+loopback; the system resolver gets only names it refuses before a query.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from typing import Iterator
+
+import pytest
+
+from dnsserver import DnsServer
+from fastsocks.net import dns, resolver
+
+# Refused before any query: idna's label rules, a lone surrogate, a scope
+# that names no interface (or is no text getaddrinfo takes).
+LOCAL_FAILURES = [
+    "a..b", "." * 3, "x" * 64 + ".example", "a" * 300, "\udcff", "a\udcffb.example",
+    "fe80::1%no-such-interface", "fe80::1%" + "x" * 300, "::1%\udcff", "fe80::1%é",
+    "fe80::1%%",
+]
+# Names a DNS server is asked about (c-ares only here: loopback).
+QUERIED = ["a b.example", "-.example", "é" * 100, "xn--.example", "ß.example", "\u200b.example",
+           "a/b.example", "nowhere.example", "_srv.example", "a%b.example"]
+
+
+@pytest.fixture
+def cache(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    server = DnsServer({})
+    fresh = dns.DnsCache()
+    fresh.configure(resolver=request.param, servers=[server.address]
+                    if request.param == "c-ares" else [])
+    monkeypatch.setattr(dns, "CACHE", fresh)
+    try:
+        yield request.param
+    finally:
+        server.close()
+
+
+def _only_connect_error(name: str) -> None:
+    async def main() -> None:
+        with pytest.raises(resolver.ConnectError) as info:
+            await asyncio.wait_for(resolver.resolve(name, 80), 10)
+        assert info.value.reply == 0x04
+        # A cache miss (None) or ConnectError: nothing else.
+        try:
+            resolver.resolve_cached(name, 80)
+        except resolver.ConnectError:
+            pass
+        with pytest.raises(resolver.ConnectError):
+            await asyncio.wait_for(resolver.resolve_and_cache(name, 80), 10)
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("cache", ["system", "c-ares"], indirect=True)
+@pytest.mark.parametrize("name", LOCAL_FAILURES)
+def test_refused_names_give_connect_error(cache: str, name: str) -> None:
+    _only_connect_error(name)
+
+
+@pytest.mark.parametrize("cache", ["c-ares"], indirect=True)
+@pytest.mark.parametrize("name", QUERIED)
+def test_unresolvable_names_give_connect_error(cache: str, name: str) -> None:
+    _only_connect_error(name)
+
+
+@pytest.mark.parametrize("name", LOCAL_FAILURES + QUERIED + ["fe80::1%lo", "::1", "127.0.0.1"])
+def test_literal_addresses_never_raises(name: str) -> None:
+    """CONNECT calls it on every request's host before anything else."""
+    got = resolver.literal_addresses(name, 80)
+    assert got is None or got[0][0] in (socket.AF_INET, socket.AF_INET6)
+
+
+def test_scoped_literal_still_a_literal() -> None:
+    assert resolver.literal_addresses("fe80::1%lo", 80) == [
+        (socket.AF_INET6, ("fe80::1", 80, 0, socket.if_nametoindex("lo")))]
