@@ -161,7 +161,7 @@ def run(settings: Settings, reload: Callable[[], Settings] | None = None) -> int
         for sock in reserved:
             sock.close()
         for listener in exporter:  # the master's metrics listener, not ours
-            listener.httpd.socket.close()
+            listener.socket.close()
         # A worker's settings always listen where the master reserved.
         worker_reload = (lambda: dataclasses.replace(reload(), listen=addresses)) if reload else None
         counts.attach(index)  # wipes what a dead predecessor in this slot counted

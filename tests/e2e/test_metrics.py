@@ -340,3 +340,78 @@ def test_metrics_address_in_use_is_a_start_up_error(run_cli: Callable[..., Any])
 ])
 def test_is_loopback(host: str, loopback: bool) -> None:
     assert is_loopback(host) is loopback
+
+
+# -- a listener that clients cannot tie up (issue 17) --------------------------------
+
+
+def _threads(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/task"))
+
+
+def _closed_within(sock: socket.socket, timeout: float) -> float:
+    """Seconds until the server closed ``sock`` (EOF or reset); fails after ``timeout``."""
+    start = time.monotonic()
+    sock.settimeout(timeout)
+    try:
+        while sock.recv(4096):
+            pass
+    except ConnectionResetError:
+        pass
+    except socket.timeout:
+        raise AssertionError(f"still open after {timeout} s") from None
+    return time.monotonic() - start
+
+
+def test_idle_connections_do_not_stop_a_scrape(fastsocks_server: Callable[..., Any]) -> None:
+    """Hundreds of connections that say nothing (and some that dribble) cost
+    no thread each, and a scrape still gets its answer at once."""
+    server = fastsocks_server("--metrics", "127.0.0.1:0")
+    address = _metrics_address(server)
+    _scrape(address)
+    baseline = _threads(server.pid)
+    idle: list[socket.socket] = []
+    try:
+        for i in range(300):
+            sock = socket.create_connection(address, timeout=5)
+            if i % 10 == 0:
+                sock.sendall(b"GET /metrics HTTP/1.1\r\n")  # and never the rest
+            idle.append(sock)
+        time.sleep(0.3)
+        for _ in range(3):
+            started = time.monotonic()
+            samples = _scrape(address)
+            assert time.monotonic() - started < 3
+            assert ("fastsocks_connections_active", ()) in samples
+        status, _, body = _get(address, "/healthz")
+        assert (status, body) == (200, "ok\n")
+        # One thread may answer each request at once, and no more than 16.
+        assert _threads(server.pid) <= baseline + 16, (_threads(server.pid), baseline)
+    finally:
+        for sock in idle:
+            sock.close()
+
+
+def test_silent_and_dribbling_clients_are_cut(fastsocks_server: Callable[..., Any]) -> None:
+    """The request head must be in within 5 s of connecting, however it trickles."""
+    server = fastsocks_server("--metrics", "127.0.0.1:0")
+    address = _metrics_address(server)
+    silent = socket.create_connection(address, timeout=5)
+    dribbler = socket.create_connection(address, timeout=5)
+    with silent, dribbler:
+        request = b"GET /metrics HTTP/1.1\r\nHost: x\r\n" + b"X-Pad: y\r\n" * 20
+        start = time.monotonic()
+        for i, byte in enumerate(request):  # one byte every 0.1 s: 3.5 s of it, then 20 more
+            try:
+                dribbler.sendall(bytes((byte,)))
+            except (BrokenPipeError, ConnectionResetError):
+                break
+            time.sleep(0.1)
+            if time.monotonic() - start > 8:
+                break
+        cut_after = time.monotonic() - start + _closed_within(dribbler, 3)
+        assert 4 < cut_after < 7, cut_after
+        assert _closed_within(silent, 3) + (time.monotonic() - start) < 10
+    # Still serving.
+    status, _, body = _get(address, "/healthz")
+    assert (status, body) == (200, "ok\n")
