@@ -21,11 +21,17 @@ class Method(enum.IntEnum):
 
 
 class Command(enum.IntEnum):
-    """Request commands, RFC 1928 §4."""
+    """Request commands, RFC 1928 §4 (SOCKS4's CONNECT and BIND share 1 and 2)."""
 
     CONNECT = 0x01
     BIND = 0x02
     UDP_ASSOCIATE = 0x03
+    # Internal, never on the wire: an HTTP absolute-form request (``GET
+    # http://host/path``) forwarded to its origin.  RFC 1928 §4 assigns only
+    # 1-3 and the SOCKS5 codec refuses any other command with X'07', so no
+    # client can send it; it lets the rules (``commands = ["http"]``), the
+    # access log and the metrics tell a forwarded request from a tunnel.
+    HTTP = 0x04
 
 
 class Atyp(enum.IntEnum):
