@@ -74,6 +74,16 @@ cdef class ServerCodec(_Buffer):
     cdef object _parse_request(self)
 
 
+# SOCKS4 and 4a request, see parse_socks4_request().
+cdef class Socks4Request:
+    cdef readonly int command
+    cdef readonly str host
+    cdef readonly int port
+    cdef readonly str userid
+    cdef readonly bint socks4a
+    cdef readonly Py_ssize_t length
+
+
 # PROXY protocol header (HAProxy's proxy-protocol.txt), see parse_proxy_header().
 cdef class ProxyHeader:
     cdef readonly int version

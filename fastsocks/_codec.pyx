@@ -737,6 +737,170 @@ cdef class ServerCodec(_Buffer):
         return b""
 
 
+# -- SOCKS4 and SOCKS4a (the server side) -------------------------------------------
+#
+# Ying-Da Lee's "SOCKS: A protocol for TCP proxy across firewalls" (SOCKS4)
+# and "SOCKS 4A: A Simple Extension to SOCKS 4 Protocol".  The request is
+# VN CD DSTPORT DSTIP USERID NUL; in 4a, a DSTIP of 0.0.0.x with x non-zero
+# says that a host name follows, NUL-terminated too.  Both fields are read
+# only up to SOCKS4_FIELD_MAX octets (the protocols set no bound; NUL-ended
+# fields must have one, or a client could make the server buffer forever).
+# A function over the bytes so far, like parse_proxy_header(): the session
+# keeps the bytes; what follows ``length`` belongs to the target.
+
+SOCKS4_FIELD_MAX = 255  # octets of USERID, and of a 4a host name, before the NUL
+
+cdef enum:
+    _S4_FIELD_MAX = 255
+    _S4_CONNECT = 0x01
+    _S4_BIND = 0x02
+
+
+cdef class Socks4Request:
+    """VN CD DSTPORT DSTIP USERID NUL [HOST NUL]; what follows starts at ``length``.
+
+    ``command`` is CD (1 CONNECT, 2 BIND: SOCKS5's numbers); ``host`` the
+    DSTIP as a dotted quad, or the 4a host name (``socks4a`` true);
+    ``userid`` the USERID, which identifies nobody (it is not authentication).
+    """
+
+    def __init__(self, int command, str host, int port, str userid, bint socks4a,
+                 Py_ssize_t length):
+        self.command = command
+        self.host = host
+        self.port = port
+        self.userid = userid
+        self.socks4a = socks4a
+        self.length = length
+
+    def __repr__(self):
+        return (f"Socks4Request(command={self.command}, host={self.host!r}, port={self.port}, "
+                f"userid={self.userid!r}, socks4a={self.socks4a}, length={self.length})")
+
+    def __eq__(self, other):
+        if type(other) is not Socks4Request:
+            return False
+        cdef Socks4Request o = <Socks4Request>other
+        return (o.command == self.command and o.host == self.host and o.port == self.port
+                and o.userid == self.userid and o.socks4a == self.socks4a
+                and o.length == self.length)
+
+
+cdef Py_ssize_t _socks4_field(const unsigned char* buf, Py_ssize_t start, Py_ssize_t end,
+                              str what, int code) except -2:
+    """Where the NUL that ends the field at ``start`` is, or -1 while it has not come.
+
+    ProtocolError (``code``) past SOCKS4_FIELD_MAX octets without a NUL, or
+    for a C0 control or DEL inside the field: a name that holds one would not
+    reach the resolver intact, and the log would carry it.  Both are decided
+    on the bytes so far, so any prefix of a request answers NEED_DATA or
+    the request's own answer.
+    """
+    cdef Py_ssize_t limit = end if end - start <= _S4_FIELD_MAX else start + _S4_FIELD_MAX + 1
+    cdef Py_ssize_t i, nul = -1
+    cdef unsigned char c
+    for i in range(start, limit):
+        if buf[i] == 0:
+            nul = i
+            break
+    if nul < 0:
+        if end - start > _S4_FIELD_MAX:
+            raise ProtocolError(f"SOCKS4 {what} longer than {_S4_FIELD_MAX} octets", code)
+        return -1
+    for i in range(start, nul):
+        c = buf[i]
+        if c < 0x20 or c == 0x7F:
+            raise ProtocolError(f"SOCKS4 {what} contains control byte {c:#04x}", code)
+    return nul
+
+
+def parse_socks4_request(data):
+    """The SOCKS4 or 4a request at the start of ``data``, or NEED_DATA.
+
+    ProtocolError carries the SOCKS5 code of the failure (the session words
+    every failure as SOCKS4's 91): X'07' for a CD other than CONNECT and
+    BIND, X'04' for a 4a name that cannot be looked up, X'01' otherwise.
+    """
+    cdef bytes b = data if type(data) is bytes else bytes(data)
+    cdef const unsigned char* buf = <const unsigned char*>PyBytes_AS_STRING(b)
+    cdef Py_ssize_t end = PyBytes_GET_SIZE(b), nul, start, name_end
+    cdef int cmd, port
+    cdef str userid, host
+    cdef Socks4Request r
+    if end < 1:
+        return _NEED_DATA
+    if buf[0] != 0x04:
+        raise ProtocolError(f"not SOCKS4: version {buf[0]:#04x}", REP_GENERAL_FAILURE)
+    if end < 2:
+        return _NEED_DATA
+    cmd = buf[1]
+    if cmd != _S4_CONNECT and cmd != _S4_BIND:
+        raise ProtocolError(f"SOCKS4 command {cmd:#04x} not supported", REP_COMMAND_NOT_SUPPORTED)
+    if end < 9:  # VN CD DSTPORT DSTIP, and at least USERID's NUL
+        return _NEED_DATA
+    nul = _socks4_field(buf, 8, end, "USERID", REP_GENERAL_FAILURE)
+    if nul < 0:
+        return _NEED_DATA
+    try:
+        userid = PyUnicode_DecodeUTF8(<const char*>buf + 8, nul - 8, NULL)
+    except UnicodeDecodeError:
+        raise ProtocolError("SOCKS4 USERID is not valid UTF-8", REP_GENERAL_FAILURE) from None
+    port = (buf[2] << 8) | buf[3]
+    r = Socks4Request.__new__(Socks4Request)
+    r.command = cmd
+    r.port = port
+    r.userid = userid
+    if buf[4] == 0 and buf[5] == 0 and buf[6] == 0 and buf[7] != 0:
+        # 4a: "0.0.0.x with x nonzero, an inadmissible destination address";
+        # the host name follows the USERID's NUL.
+        start = nul + 1
+        name_end = _socks4_field(buf, start, end, "host name", REP_HOST_UNREACHABLE)
+        if name_end < 0:
+            return _NEED_DATA
+        if name_end == start:
+            raise ProtocolError("SOCKS4a: empty host name", REP_GENERAL_FAILURE)
+        try:
+            host = PyUnicode_DecodeUTF8(<const char*>buf + start, name_end - start, NULL)
+        except UnicodeDecodeError:
+            raise ProtocolError("SOCKS4a host name is not valid UTF-8",
+                                REP_HOST_UNREACHABLE) from None
+        r.host = host
+        r.socks4a = True
+        r.length = name_end + 1
+        return r
+    r.host = _format_ipv4(buf + 4)
+    r.socks4a = False
+    r.length = nul + 1
+    return r
+
+
+def encode_socks4_reply(code, str host not None="0.0.0.0", port=0):
+    """VN CD DSTPORT DSTIP, the 8-octet reply (VN 0, the reply's version).
+
+    ``code`` is CD: 90 granted, 91 rejected or failed, 92 and 93 the identd
+    refusals (fastsocks runs no identd check, so never sends them); ValueError
+    for another, for a port out of range, or a ``host`` that is not an IPv4
+    literal (SOCKS4 has no other address).
+    """
+    cdef int cd = _uint_arg(code, 0xFF, "reply code")
+    if cd < 90 or cd > 93:
+        raise ValueError(f"reply code out of range: {code}")
+    cdef int p = _uint_arg(port, 0xFFFF, "port")
+    cdef Py_ssize_t n
+    cdef const char* s = PyUnicode_AsUTF8AndSize(host, &n)
+    cdef unsigned char ip4[4]
+    if not _parse_ipv4(s, n, ip4):
+        raise ValueError(f"not an IPv4 address: {host!r}")
+    cdef bytes out = PyBytes_FromStringAndSize(NULL, 8)
+    cdef unsigned char* o = <unsigned char*>PyBytes_AS_STRING(out)
+    o[0] = 0x00
+    o[1] = <unsigned char>cd
+    o[2] = <unsigned char>(p >> 8)
+    o[3] = <unsigned char>(p & 0xFF)
+    memcpy(o + 4, ip4, 4)
+    return out
+
+
 # -- PROXY protocol (HAProxy's proxy-protocol.txt, versions 1 and 2) ----------------
 #
 # What a load balancer sends before the client's first byte, saying who the

@@ -41,6 +41,11 @@ __all__ = [
     "parse_auth_status",
     "parse_reply",
     "reply_size",
+    # SOCKS4 and SOCKS4a (the server side)
+    "Socks4Request",
+    "parse_socks4_request",
+    "encode_socks4_reply",
+    "SOCKS4_FIELD_MAX",
     # PROXY protocol
     "ProxyHeader",
     "parse_proxy_header",
@@ -601,6 +606,128 @@ class ServerCodec(_Buffer):
         if failed == _GREETING and self._pos < len(self._buf) and self._buf[self._pos] == 0x04:
             return b"\x00\x5b\x00\x00\x00\x00\x00\x00"
         return b""
+
+
+# -- SOCKS4 and SOCKS4a (the server side) -------------------------------------------
+#
+# Ying-Da Lee's "SOCKS: A protocol for TCP proxy across firewalls" (SOCKS4)
+# and "SOCKS 4A: A Simple Extension to SOCKS 4 Protocol".  The request is
+# VN CD DSTPORT DSTIP USERID NUL; in 4a, a DSTIP of 0.0.0.x with x non-zero
+# says that a host name follows, NUL-terminated too.  Both fields are read
+# only up to SOCKS4_FIELD_MAX octets (the protocols set no bound; NUL-ended
+# fields must have one, or a client could make the server buffer forever).
+# A function over the bytes so far, like parse_proxy_header(): the session
+# keeps the bytes; what follows ``length`` belongs to the target.
+
+SOCKS4_FIELD_MAX = 255  # octets of USERID, and of a 4a host name, before the NUL
+_SOCKS4_CONNECT = 0x01
+_SOCKS4_BIND = 0x02
+
+
+@dataclass(frozen=True, slots=True)
+class Socks4Request:
+    """VN CD DSTPORT DSTIP USERID NUL [HOST NUL]; what follows starts at ``length``.
+
+    ``command`` is CD (1 CONNECT, 2 BIND: SOCKS5's numbers); ``host`` the
+    DSTIP as a dotted quad, or the 4a host name (``socks4a`` true);
+    ``userid`` the USERID, which identifies nobody (it is not authentication).
+    """
+
+    command: int
+    host: str
+    port: int
+    userid: str
+    socks4a: bool
+    length: int
+
+
+def _socks4_field(buf: bytes, start: int, end: int, what: str, code: int) -> int:
+    """Where the NUL that ends the field at ``start`` is, or -1 while it has not come.
+
+    ProtocolError (``code``) past SOCKS4_FIELD_MAX octets without a NUL, or
+    for a C0 control or DEL inside the field: a name that holds one would not
+    reach the resolver intact, and the log would carry it.  Both are decided
+    on the bytes so far, so any prefix of a request answers NEED_DATA or
+    the request's own answer.
+    """
+    nul = buf.find(b"\x00", start, min(end, start + SOCKS4_FIELD_MAX + 1))
+    if nul < 0:
+        if end - start > SOCKS4_FIELD_MAX:
+            raise ProtocolError(f"SOCKS4 {what} longer than {SOCKS4_FIELD_MAX} octets", code)
+        return -1
+    bad = _CONTROL.search(buf, start, nul)
+    if bad is not None:
+        raise ProtocolError(f"SOCKS4 {what} contains control byte {buf[bad.start()]:#04x}", code)
+    return nul
+
+
+def parse_socks4_request(data: bytes) -> Socks4Request | _NeedData:
+    """The SOCKS4 or 4a request at the start of ``data``, or NEED_DATA.
+
+    ProtocolError carries the SOCKS5 code of the failure (the session words
+    every failure as SOCKS4's 91): X'07' for a CD other than CONNECT and
+    BIND, X'04' for a 4a name that cannot be looked up, X'01' otherwise.
+    """
+    if type(data) is not bytes:
+        data = bytes(data)
+    end = len(data)
+    if end < 1:
+        return NEED_DATA
+    if data[0] != 0x04:
+        raise ProtocolError(f"not SOCKS4: version {data[0]:#04x}", _REP_GENERAL_FAILURE)
+    if end < 2:
+        return NEED_DATA
+    cmd = data[1]
+    if cmd != _SOCKS4_CONNECT and cmd != _SOCKS4_BIND:
+        raise ProtocolError(f"SOCKS4 command {cmd:#04x} not supported", _REP_COMMAND_NOT_SUPPORTED)
+    if end < 9:  # VN CD DSTPORT DSTIP, and at least USERID's NUL
+        return NEED_DATA
+    nul = _socks4_field(data, 8, end, "USERID", _REP_GENERAL_FAILURE)
+    if nul < 0:
+        return NEED_DATA
+    try:
+        userid = data[8:nul].decode("utf-8")
+    except UnicodeDecodeError:
+        raise ProtocolError("SOCKS4 USERID is not valid UTF-8", _REP_GENERAL_FAILURE) from None
+    port = (data[2] << 8) | data[3]
+    if data[4] == 0 and data[5] == 0 and data[6] == 0 and data[7] != 0:
+        # 4a: "0.0.0.x with x nonzero, an inadmissible destination address";
+        # the host name follows the USERID's NUL.
+        start = nul + 1
+        name_end = _socks4_field(data, start, end, "host name", _REP_HOST_UNREACHABLE)
+        if name_end < 0:
+            return NEED_DATA
+        if name_end == start:
+            raise ProtocolError("SOCKS4a: empty host name", _REP_GENERAL_FAILURE)
+        try:
+            host = data[start:name_end].decode("utf-8")
+        except UnicodeDecodeError:
+            raise ProtocolError("SOCKS4a host name is not valid UTF-8",
+                                _REP_HOST_UNREACHABLE) from None
+        return Socks4Request(cmd, host, port, userid, True, name_end + 1)
+    host = "%d.%d.%d.%d" % (data[4], data[5], data[6], data[7])
+    return Socks4Request(cmd, host, port, userid, False, nul + 1)
+
+
+def encode_socks4_reply(code: int, host: str = "0.0.0.0", port: int = 0) -> bytes:
+    """VN CD DSTPORT DSTIP, the 8-octet reply (VN 0, the reply's version).
+
+    ``code`` is CD: 90 granted, 91 rejected or failed, 92 and 93 the identd
+    refusals (fastsocks runs no identd check, so never sends them); ValueError
+    for another, for a port out of range, or a ``host`` that is not an IPv4
+    literal (SOCKS4 has no other address).
+    """
+    if type(host) is not str:  # as the C codec's typed argument, before the others
+        raise TypeError(f"host must be str, not {type(host).__name__}")
+    cd = _uint_arg(code, 0xFF, "reply code")
+    if not 90 <= cd <= 93:
+        raise ValueError(f"reply code out of range: {code}")
+    port = _uint_arg(port, 0xFFFF, "port")
+    try:
+        packed = socket.inet_pton(socket.AF_INET, host)
+    except (OSError, ValueError):
+        raise ValueError(f"not an IPv4 address: {host!r}") from None
+    return bytes((0x00, cd)) + port.to_bytes(2, "big") + packed
 
 
 # -- PROXY protocol (HAProxy's proxy-protocol.txt, versions 1 and 2) ----------------

@@ -36,6 +36,10 @@ GssFramer = _impl.GssFramer
 gss_frame = _impl.gss_frame
 GSS_ABORT: bytes = _impl.GSS_ABORT
 GSS_TOKEN_MAX: int = _impl.GSS_TOKEN_MAX
+Socks4Request = _impl.Socks4Request
+parse_socks4_request = _impl.parse_socks4_request
+encode_socks4_reply = _impl.encode_socks4_reply
+SOCKS4_FIELD_MAX: int = _impl.SOCKS4_FIELD_MAX
 ProxyHeader = _impl.ProxyHeader
 parse_proxy_header = _impl.parse_proxy_header
 
@@ -64,6 +68,10 @@ __all__ = [
     "gss_frame",
     "GSS_ABORT",
     "GSS_TOKEN_MAX",
+    "Socks4Request",
+    "parse_socks4_request",
+    "encode_socks4_reply",
+    "SOCKS4_FIELD_MAX",
     "ProxyHeader",
     "parse_proxy_header",
 ]
