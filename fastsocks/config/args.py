@@ -23,7 +23,8 @@ __all__ = ["HELP_ORDER", "add_options", "overrides"]
 
 HELP_ORDER = (
     "listen", "users_file", "gssapi", "gssapi_keytab", "gssapi_principal",
-    "gssapi_min_protection", "allow_open", "handshake_timeout", "connect_timeout",
+    "gssapi_min_protection", "allow_open", "protocols", "socks4_unauthenticated_from",
+    "handshake_timeout", "connect_timeout",
     "idle_timeout", "drain_timeout", "bind_timeout", "bind_address", "udp_public_address",
     "udp_reassembly", "proxy_protocol_from", "proxy_protocol_timeout", "outbound_address",
     "outbound_interface", "dns_resolver", "dns_servers", "workers", "loop", "relay", "log_level", "access_log",

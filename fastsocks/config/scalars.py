@@ -269,7 +269,15 @@ class Principal(Kind):
 
 
 class Cidrs(Kind):
-    """A list of networks (one string in the file is a list of one); normalised."""
+    """A list of networks (one string in the file is a list of one); normalised.
+
+    ``what`` names whose addresses they are, for the errors (default: balancers').
+    """
+
+    def __init__(self, what: str = "a balancer's address or network",
+                 whose: str = "the balancers' addresses") -> None:
+        self.what = what
+        self.whose = whose
 
     def load(self, value: Any, key: str, reading: Reading) -> Any:
         items = value if isinstance(value, list) else [value]
@@ -282,7 +290,7 @@ class Cidrs(Kind):
             except ValueError:
                 pass
             reading.problem(f"{key}[{i}]" if isinstance(value, list) else key,
-                            "must be a CIDR (a balancer's address or network) such as "
+                            f"must be a CIDR ({self.what}) such as "
                             f"\"10.0.0.0/8\" or \"192.0.2.7/32\", host bits unset, got {show(item)}")
         return nets
 
@@ -295,7 +303,7 @@ class Cidrs(Kind):
             try:
                 net = ipaddress.ip_network(str(text), strict=True)
             except ValueError:
-                raise ConfigError(f"{label} {text!r}: give the balancers' addresses as CIDRs, e.g. "
+                raise ConfigError(f"{label} {text!r}: give {self.whose} as CIDRs, e.g. "
                                   "10.0.0.0/8 or 192.0.2.7/32 (host bits unset)") from None
             normal.append(net.with_prefixlen)
         return normal

@@ -14,8 +14,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..control.limits import LimitSettings
+from ..control.record import Protocol
 from ..errors import ConfigError
-from ..net.address import format_address, is_loopback_host
+from ..net.address import format_address, is_loopback_host, is_trusted, trusted_ranges
 from ..net.dns import HAVE_CARES
 from .table import BY_NAME, COMPOSITES, SETTINGS
 
@@ -51,6 +52,11 @@ class Settings:
     listen: list[tuple[str, int]] = _default("listen")
     users_file: str | None = _default("users_file")
     allow_open: bool = _default("allow_open")
+    # Which protocols each listener serves (None: by the listener's address;
+    # see protocols_of), and who may use SOCKS4 where authentication is required.
+    protocols: tuple[str, ...] | None = _default("protocols")
+    listener_protocols: dict[tuple[str, int], tuple[str, ...]] = _default("listener_protocols")
+    socks4_unauthenticated_from: list[str] = _default("socks4_unauthenticated_from")
     handshake_timeout: float = _default("handshake_timeout")
     connect_timeout: float = _default("connect_timeout")
     idle_timeout: float = _default("idle_timeout")
@@ -89,6 +95,40 @@ class Settings:
     gssapi_min_protection: str = _default("gssapi_min_protection")
     gssapi_principal_map: dict[str, str] = _default("gssapi_principal_map")
     config_file: str | None = None  # where these settings came from, if a file
+    # Per-listener answers of protocols_of and the CIDRs of socks4_open_to,
+    # worked out once per Settings (a reload brings a new Settings).
+    _served: dict[Any, frozenset[Protocol]] = field(default_factory=dict, init=False,
+                                                    repr=False, compare=False)
+    _socks4_ranges: Any = field(default=None, init=False, repr=False, compare=False)
+
+    def protocols_of(self, listener: tuple[str, int] | None) -> frozenset[Protocol]:
+        """What the listener ``listener`` serves; a dict lookup after its first connection.
+
+        Its own [listener_protocols] entry, else ``protocols``, else the
+        default: every protocol on a loopback listener, SOCKS5 only on any
+        other (a new protocol on a reachable address is the operator's choice).
+        """
+        served = self._served.get(listener)
+        if served is None:
+            own = self.listener_protocols
+            names = None
+            if own and listener is not None:
+                names = own.get(listener) or own.get((listener[0], 0))
+            if names is None:
+                names = self.protocols
+            if names is None:
+                loopback = listener is not None and is_loopback_host(listener[0])
+                names = ("socks5", "socks4", "http") if loopback else ("socks5",)
+            served = self._served[listener] = frozenset(Protocol(n) for n in names)
+        return served
+
+    def socks4_open_to(self, host: str | None) -> bool:
+        """True when a SOCKS4 client at ``host`` is served where authentication is required."""
+        if not self.socks4_unauthenticated_from:
+            return False
+        if self._socks4_ranges is None:
+            self._socks4_ranges = trusted_ranges(self.socks4_unauthenticated_from)
+        return is_trusted(self._socks4_ranges, host)
 
     def dns_options(self) -> dict[str, Any]:
         """``[dns]`` as ``net.dns.configure`` takes it."""
@@ -105,6 +145,10 @@ class Settings:
                                                               setting.validate_label))
         self.limits.validate()
         _check_proxy_listeners(self)
+        for host, port in self.listener_protocols:
+            if (host, port) not in self.listen:
+                raise ConfigError(f"listener_protocols: {format_address(host, port)} is not one "
+                                  "of the listen addresses; name listeners exactly as in listen")
         _check_dns(self)
         # GSSAPI is authentication too: with it on, clients that do not offer
         # it get no-auth only with --allow-open (session._on_greeting).

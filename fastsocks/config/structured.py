@@ -23,7 +23,8 @@ from .kinds import INVALID, Invalid, Kind, Reading, leaf, put, show, toml_value
 from .scalars import Boolean, Integer, Rate
 
 __all__ = ["Listen", "Listeners", "Metrics", "UserLimitsTable", "Upstreams", "UserSources",
-           "PrincipalMap", "Groups", "Rules", "DEFAULT_METRICS_LISTEN"]
+           "PrincipalMap", "Groups", "Rules", "Protocols", "ListenerProtocols",
+           "DEFAULT_METRICS_LISTEN", "PROTOCOL_NAMES"]
 
 DEFAULT_METRICS_LISTEN = "127.0.0.1:9180"
 
@@ -104,6 +105,89 @@ class Listeners(Listen):
         if not settings.proxy_protocol_from:
             return []  # PROXY protocol off: nothing to say about listeners
         return [f"# {leaf(key)}: {unset}"] if value is None else put(leaf(key), self.dump(value))
+
+
+#: What a listener can serve, told apart by the first byte (control/session.py).
+PROTOCOL_NAMES = ("socks5", "socks4", "http")
+_PROTOCOLS_WHY = "must name one or more of \"socks5\", \"socks4\", \"http\""
+
+
+def _protocols_flag(text: str) -> tuple[str, ...]:
+    names = tuple(dict.fromkeys(n.strip().lower() for n in text.split(",") if n.strip()))
+    bad = [n for n in names if n not in PROTOCOL_NAMES]
+    if bad or not names:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a comma-separated list of "
+                                         f"{', '.join(PROTOCOL_NAMES)}")
+    return names
+
+
+class Protocols(Kind):
+    """Which protocols a listener serves: "socks5", "socks4", "http" (a string is a list of one)."""
+
+    def load(self, value: Any, key: str, reading: Reading) -> Any:
+        items = value if isinstance(value, list) else [value]
+        if not items:
+            reading.problem(key, f"{_PROTOCOLS_WHY}, e.g. [\"socks5\", \"http\"]; it must "
+                                 "not be empty")
+            return INVALID
+        out = []
+        for i, item in enumerate(items):
+            if isinstance(item, str) and item in PROTOCOL_NAMES:
+                out.append(item)
+            else:
+                reading.problem(f"{key}[{i}]" if isinstance(value, list) else key,
+                                f"{_PROTOCOLS_WHY}, got {show(item)}")
+        return tuple(dict.fromkeys(out)) if len(out) == len(items) else INVALID
+
+    def argparse(self, flag: str) -> dict[str, Any]:
+        return {"type": _protocols_flag}
+
+    def validated(self, value: Any, label: str) -> Any:
+        if value is None:
+            return None
+        items = [value] if isinstance(value, str) else list(value)
+        if not items or any(item not in PROTOCOL_NAMES for item in items):
+            raise ConfigError(f"{label} {value!r}: give one or more of "
+                              f"{', '.join(PROTOCOL_NAMES)}")
+        return tuple(dict.fromkeys(items))
+
+    def dump(self, value: Any) -> Any:
+        return list(value)
+
+
+class ListenerProtocols(Kind):
+    """``[listener_protocols]``: "HOST:PORT" = [protocols], one listener's own list."""
+
+    empty: Any = {}
+
+    def load(self, value: Any, key: str, reading: Reading) -> Any:
+        out: dict[tuple[str, int], tuple[str, ...]] = {}
+        for name, protocols in value.items():
+            where = f"{key}.{toml_value(name)}"
+            try:
+                listener = parse_listen(name)
+            except ConfigError as exc:
+                reading.problem(where, f"must be one of the listen addresses, \"HOST:PORT\": {exc}")
+                continue
+            names = Protocols().load(protocols, where, reading)
+            if names is not INVALID:
+                out[listener] = names
+        return out
+
+    def validated(self, value: Any, label: str) -> Any:
+        out = {}
+        for listener, protocols in value.items():
+            where = listener if isinstance(listener, str) else format_address(*listener)
+            address = parse_listen(listener) if isinstance(listener, str) else tuple(listener)
+            out[address] = Protocols().validated(protocols, f"{label} {where}")
+        return out
+
+    def render(self, key: str, value: Any, settings: Any, unset: str) -> list[str]:
+        if not value:
+            return []
+        return ["", f"[{key}]"] + [f"{toml_value(format_address(*listener))} = "
+                                   f"{toml_value(list(names))}"
+                                   for listener, names in value.items()]
 
 
 class Metrics(Kind):

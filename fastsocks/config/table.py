@@ -25,8 +25,8 @@ from ..control.limits import LimitSettings
 from .kinds import Kind, default_workers
 from .scalars import (Boolean, Choice, Cidrs, Integer, Interface, IpAddress, Nameservers, Path,
                       PerSecond, Principal, ProxyTimeout, Rate, Seconds, Sources, Workers)
-from .structured import (Groups, Listen, Listeners, Metrics, PrincipalMap, Rules, Upstreams,
-                         UserLimitsTable, UserSources)
+from .structured import (Groups, Listen, ListenerProtocols, Listeners, Metrics, PrincipalMap,
+                         Protocols, Rules, Upstreams, UserLimitsTable, UserSources)
 
 __all__ = ["Setting", "Section", "SETTINGS", "SECTIONS", "BY_NAME", "COMPOSITES",
            "DEFAULT_LISTEN", "LOG_LEVELS", "section_of", "not_reloadable"]
@@ -90,6 +90,11 @@ SETTINGS: tuple[Setting, ...] = (
       "bcrypt (htpasswd -B) or argon2id hashes", "FILE", unset="no authentication"),
     S("allow_open", Boolean(), False, "allow_open", ("--allow-open",),
       "allow listening on a non-loopback address without authentication"),
+    S("protocols", Protocols(), None, "protocols", ("--protocols",),
+      "what the listeners serve, told apart by each client's first byte: a comma-separated "
+      "list of socks5, socks4, http (default: all three on loopback listeners, socks5 only "
+      "on the others; [listener_protocols] gives one listener its own)", "LIST",
+      unset="socks5, socks4 and http on loopback listeners, socks5 only on the others"),
     S("workers", Workers(), default_workers, "workers", ("--workers",),
       "worker processes, each with its own SO_REUSEPORT listeners and relay, supervised by a "
       "master that restarts one that dies (default and 0: one per CPU on Linux, else 1)", "N",
@@ -124,6 +129,14 @@ SETTINGS: tuple[Setting, ...] = (
       unset="the address the client reached"),
     S("udp_reassembly", Boolean(), True, "udp.reassembly", ("--no-udp-reassembly",),
       "UDP ASSOCIATE: drop fragmented datagrams (FRAG != 0) instead of reassembling them"),
+    # [socks4], [listener_protocols] (README "One port, three protocols")
+    S("socks4_unauthenticated_from", Cidrs("a client network", "the client networks"), list,
+      "socks4.unauthenticated_from", ("--socks4-unauthenticated-from",),
+      "serve SOCKS4 to clients in CIDR even where authentication is required (SOCKS4 cannot "
+      "authenticate: its USERID is a claim, not a login); repeatable (default: none, SOCKS4 "
+      "gets 91 rejected there)", "CIDR",
+      unset="none: where authentication is required SOCKS4 gets 91"),
+    S("listener_protocols", ListenerProtocols(), dict, "listener_protocols"),
     # [log]
     S("log_level", Choice(*LOG_LEVELS), "info", "log.level", ("--log-level",),
       "log verbosity (default info)"),
@@ -240,6 +253,8 @@ SECTIONS: tuple[Section, ...] = (
     Section("timeouts", "[timeouts]"),
     Section("bind", "[bind]"),
     Section("udp", "[udp]"),
+    Section("socks4", "[socks4]"),
+    Section("listener_protocols"),  # "HOST:PORT" = [protocols], when any
     Section("log", "[log]"),
     Section("metrics", "[metrics]"),
     Section("limits", "[limits]  # 0: no limit",

@@ -460,7 +460,8 @@ def test_example_config_covers_every_key(tmp_path):
     doc = tomllib.loads(_example_copy(tmp_path, uncomment=True).read_text())
     assert set(doc) == {"listen", "users", "allow_open", "workers", "loop", "relay", "backlog",
                         "timeouts", "bind", "udp", "log", "metrics", "limits", "groups", "rules",
-                        "proxy_protocol", "upstreams", "outbound", "gssapi", "dns"}
+                        "proxy_protocol", "upstreams", "outbound", "gssapi", "dns", "protocols",
+                        "socks4"}
     assert set(doc["dns"]) == {"resolver", "servers", "cache_size", "min_ttl", "max_ttl",
                                "negative_ttl"}
     assert set(doc["proxy_protocol"]) == {"trusted", "listeners", "timeout"}
@@ -497,6 +498,7 @@ def test_render_of_defaults_loads_back(tmp_path):
 def _settings_of_every_kind(tmp_path: Path) -> Settings:
     settings = load_config(_example_copy(tmp_path, uncomment=True))
     settings.gssapi_principal_map = {"bob@EXAMPLE.COM": "robert"}
+    settings.listener_protocols = {("::", 1080): ("socks5", "http")}
     settings.metrics_listen = "127.0.0.1:9300"
     return settings
 
@@ -580,3 +582,76 @@ def test_start_up_checks_are_in_validate():
     settings = Settings(outbound_address="127.0.0.7")  # type: ignore[arg-type]
     settings.validate()
     assert settings.outbound_address == ["127.0.0.7"]  # normalised to a list
+
+
+# -- which protocols each listener serves; SOCKS4 where authentication is required ------
+
+
+def test_protocols_default_by_listener_address():
+    from fastsocks.control.record import Protocol
+
+    settings = Settings(listen=[("127.0.0.1", 1080), ("0.0.0.0", 1081)], allow_open=True)
+    settings.validate()
+    assert settings.protocols is None and settings.listener_protocols == {}
+    assert settings.protocols_of(("127.0.0.1", 1080)) == set(Protocol)
+    # Off loopback, a new protocol is the operator's choice: SOCKS5 only.
+    assert settings.protocols_of(("0.0.0.0", 1081)) == {Protocol.SOCKS5}
+    assert settings.protocols_of(None) == {Protocol.SOCKS5}
+
+
+def test_protocols_from_the_file_and_per_listener(tmp_path):
+    from fastsocks.control.record import Protocol
+
+    path = write(tmp_path, 'listen = ["127.0.0.1:1080", "0.0.0.0:1081", "[::1]:1082"]\n'
+                           'allow_open = true\nprotocols = ["socks4", "socks5", "socks4"]\n'
+                           '[socks4]\nunauthenticated_from = ["10.0.0.0/8", "fd00::/8"]\n'
+                           '[listener_protocols]\n"[::1]:1082" = "http"\n')
+    settings = load_config(path)
+    assert settings.protocols == ("socks4", "socks5")
+    assert settings.protocols_of(("0.0.0.0", 1081)) == {Protocol.SOCKS4, Protocol.SOCKS5}
+    assert settings.protocols_of(("::1", 1082)) == {Protocol.HTTP}
+    assert settings.socks4_open_to("10.9.8.7") and settings.socks4_open_to("fd00::1")
+    assert settings.socks4_open_to("::ffff:10.0.0.1")
+    assert not settings.socks4_open_to("11.0.0.1") and not settings.socks4_open_to(None)
+    assert not Settings().socks4_open_to("10.0.0.1")
+    assert comparable(load_config(write(tmp_path, render(settings), "again.toml"))) == \
+        comparable(settings)
+
+
+@pytest.mark.parametrize("text, problem", [
+    ('protocols = []\n', 'protocols: must name one or more of "socks5", "socks4", "http", e.g. '
+                         '["socks5", "http"]; it must not be empty'),
+    ('protocols = ["socks5", "ftp"]\n', 'protocols[1]: must name one or more of "socks5", '
+                                        '"socks4", "http", got "ftp"'),
+    ('[listener_protocols]\n"nope" = ["socks5"]\n', 'listener_protocols."nope": must be one of '
+                                                    'the listen addresses, "HOST:PORT"'),
+    ('[listener_protocols]\n"127.0.0.1:1080" = ["http", 4]\n',
+     'listener_protocols."127.0.0.1:1080"[1]: must name one or more of'),
+    ('[listener_protocols]\n"127.0.0.1:9" = ["http"]\n', 'listener_protocols: 127.0.0.1:9 is '
+                                                         'not one of the listen addresses'),
+    ('[socks4]\nunauthenticated_from = ["10.0.0.1/8"]\n', 'socks4.unauthenticated_from[0]: must '
+                                                         'be a CIDR (a client network)'),
+])
+def test_protocols_errors_name_file_key_and_fix(tmp_path, text, problem):
+    path = write(tmp_path, 'listen = ["127.0.0.1:1080"]\n' + text)
+    with pytest.raises(ConfigFileError) as info:
+        load_config(path)
+    assert any(line.startswith(f"{path}: {problem}") for line in info.value.errors), \
+        info.value.errors
+
+
+def test_protocols_flags():
+    parser = cli._serve_parser()
+    args = parser.parse_args(["--protocols", "http, SOCKS4", "--socks4-unauthenticated-from",
+                              "192.0.2.0/24"])
+    from fastsocks.config.args import overrides
+
+    given = overrides(args)
+    assert given["protocols"] == ("http", "socks4")
+    assert given["socks4_unauthenticated_from"] == ["192.0.2.0/24"]
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--protocols", "socks5,gopher"])
+    with pytest.raises(ConfigError, match="protocols 'ftp': give one or more of socks5"):
+        Settings(protocols="ftp").validate()  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="give the client networks as CIDRs"):
+        Settings(socks4_unauthenticated_from=["nope"]).validate()
