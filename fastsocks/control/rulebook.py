@@ -51,6 +51,7 @@ from typing import Any, Iterable, Mapping, NamedTuple, Union
 from ..constants import Command
 from ..net.address import (EMBEDS_BELOW, PROTECTED, IpKey, embedded_ipv4, in_ranges, ip_key,
                            normal_network, protected_inside, protected_kind, ranges)
+from .record import Protocol
 
 __all__ = [
     "Rule",
@@ -75,6 +76,7 @@ COMMANDS: dict[str, int] = {
     "connect": Command.CONNECT,
     "bind": Command.BIND,
     "udp": Command.UDP_ASSOCIATE,
+    "http": Command.HTTP,  # an HTTP absolute-form request (an HTTP CONNECT is connect)
 }
 _COMMAND_NAMES = {value: name for name, value in COMMANDS.items()}
 
@@ -96,14 +98,18 @@ def normal_name(host: str) -> str:
 
 
 class Subject:
-    """Who is asking: the client's address, the user and the user's groups."""
+    """Who is asking: the client's address, the user and the user's groups, the
+    protocol, and a SOCKS4 client's USERID (a claim, never the ``user``)."""
 
-    __slots__ = ("client", "user", "groups")
+    __slots__ = ("client", "user", "groups", "protocol", "userid")
 
-    def __init__(self, client: IpKey | None, user: str | None, groups: frozenset[str]) -> None:
+    def __init__(self, client: IpKey | None, user: str | None, groups: frozenset[str],
+                 protocol: Protocol = Protocol.SOCKS5, userid: str | None = None) -> None:
         self.client = client
         self.user = user
         self.groups = groups
+        self.protocol = protocol
+        self.userid = userid
 
 
 class Denial:
@@ -132,7 +138,8 @@ class Rule:
     """One compiled ``[[rules]]`` entry."""
 
     __slots__ = ("index", "allow", "src", "dst", "exact", "suffixes", "has_domain", "ports",
-                 "users", "groups", "commands", "explicit", "spec", "upstream", "source")
+                 "users", "groups", "commands", "protocols", "userids", "explicit", "spec",
+                 "upstream", "source")
 
     def __init__(
         self,
@@ -146,6 +153,8 @@ class Rule:
         users: Iterable[str] | None = None,
         groups: Iterable[str] | None = None,
         commands: Iterable[int] | None = None,
+        protocols: Iterable[Protocol] | None = None,
+        userids: Iterable[str] | None = None,
         spec: Mapping[str, Any] | None = None,
         upstream: str | None = None,
         source: Iterable[str] | None = None,
@@ -172,6 +181,8 @@ class Rule:
         self.users = None if users is None else frozenset(users)
         self.groups = None if groups is None else frozenset(groups)
         self.commands = None if commands is None else frozenset(commands)
+        self.protocols = None if protocols is None else frozenset(protocols)
+        self.userids = None if userids is None else frozenset(userids)
         # Only a rule that names the destination may open a protected one.
         self.explicit = self.dst is not None or self.has_domain
         self.spec = dict(spec or {"action": "allow" if allow else "deny"})
@@ -207,6 +218,10 @@ class Rule:
         if self.users is not None and subject.user not in self.users:
             return False
         if self.groups is not None and self.groups.isdisjoint(subject.groups):
+            return False
+        if self.protocols is not None and subject.protocol not in self.protocols:
+            return False
+        if self.userids is not None and subject.userid not in self.userids:
             return False
         undecided = False
         if self.ports is not None:
@@ -267,10 +282,11 @@ class Policy:
                 user_groups.setdefault(member, set()).add(group)
         self.user_groups = {user: frozenset(g) for user, g in user_groups.items()}
 
-    def subject(self, client_host: str | None, user: str | None) -> Subject:
+    def subject(self, client_host: str | None, user: str | None,
+                protocol: Protocol = Protocol.SOCKS5, userid: str | None = None) -> Subject:
         client = ip_key(client_host) if client_host else None
         groups = self.user_groups.get(user, frozenset()) if user is not None else frozenset()
-        return Subject(client, user, groups)
+        return Subject(client, user, groups, protocol, userid)
 
     def check(self, command: int, subject: Subject, name: Any, ip: Any, port: Any) -> Denial | None:
         """The first match decides; None: allowed (or not denied before the address is known)."""

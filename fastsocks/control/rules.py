@@ -7,9 +7,10 @@ in ``rulebook``.
 
 What a rule sees
 ----------------
-Every decision is about one attempt: the command (connect, bind, udp), the
-client's IP address, the authenticated user (None without authentication)
-and that user's groups, the destination as requested (a name, or an IP
+Every decision is about one attempt: the command (connect, bind, udp,
+http), the protocol the client speaks (socks5, socks4, http), the client's
+IP address, the authenticated user (None without authentication) and that
+user's groups, a SOCKS4 client's USERID, the destination as requested (a name, or an IP
 literal) and its port, and the IP address actually dialled.
 
 A rule matches when every matcher it has matches (a missing matcher matches
@@ -28,7 +29,12 @@ anything; a list matches when any of its entries does):
 * ``ports``: the requested DST.PORT is one of the ports or in a range.
 * ``users`` / ``groups``: the authenticated user is listed, or is a member of
   a listed group (``[groups]`` in the config).  Never matches without auth.
-* ``commands``: connect, bind or udp.
+* ``commands``: connect, bind, udp, or http (an HTTP absolute-form request
+  forwarded to its origin; an HTTP CONNECT is connect).
+* ``protocols``: socks5, socks4 (SOCKS4 and 4a) or http.
+* ``userids``: a SOCKS4 client sent one of these USERIDs (exactly; "" is
+  the empty one).  It is what the client claims, not who it is: it never
+  matches ``users``, and it never matches a SOCKS5 or HTTP client.
 
 Addresses are compared in one form: an IPv4-mapped IPv6 address
 (``::ffff:127.0.0.1``) is its IPv4 address, in rules and in traffic alike;
@@ -45,15 +51,17 @@ from typing import Any, Iterable, Mapping
 
 from ..errors import ConfigError
 from ..net.address import ip_key, is_loopback_host, normal_network, parse_sources
+from .record import Protocol
 from .rulebook import (COMMANDS, Policy, Rule)
 
 __all__ = ["RULE_KEYS", "compile_rule", "build_policy", "ssrf_default_applies",
            "describe_ssrf_default"]
 
 RULE_KEYS = ("action", "src", "dst", "domain", "ports", "users", "groups", "commands",
-             "upstream", "source")
+             "protocols", "userids", "upstream", "source")
 
 _COMMAND_NAMES = {value: name for name, value in COMMANDS.items()}
+_PROTOCOLS = {p.value: p for p in Protocol}
 
 
 def ssrf_default_applies(listen: Iterable[tuple[str, int]]) -> bool:
@@ -278,12 +286,39 @@ def compile_rule(index: int, table: Any, groups: Mapping[str, Any],
             commands = []
             for i, item in enumerate(items):
                 if item not in COMMANDS:
-                    errors.append((f"{here}.commands[{i}]", "must be \"connect\", \"bind\" or "
-                                                            f"\"udp\", got {_show(item)}"))
+                    errors.append((f"{here}.commands[{i}]", "must be \"connect\", \"bind\", "
+                                                            f"\"udp\" or \"http\", got "
+                                                            f"{_show(item)}"))
                 else:
                     commands.append(COMMANDS[item])
             kwargs["commands"] = commands
             spec["commands"] = [_COMMAND_NAMES[c] for c in commands]
+
+    if "protocols" in table:
+        items = _list(table["protocols"], f"{here}.protocols", "protocol", errors)
+        if items is not None:
+            protocols = []
+            for i, item in enumerate(items):
+                if not isinstance(item, str) or item not in _PROTOCOLS:
+                    errors.append((f"{here}.protocols[{i}]", "must be \"socks5\", \"socks4\" or "
+                                                             f"\"http\", got {_show(item)}"))
+                else:
+                    protocols.append(_PROTOCOLS[item])
+            kwargs["protocols"] = protocols
+            spec["protocols"] = list(dict.fromkeys(p.value for p in protocols))
+
+    if "userids" in table:
+        items = _list(table["userids"], f"{here}.userids", "SOCKS4 USERID", errors)
+        if items is not None:
+            for i, item in enumerate(items):
+                if (not isinstance(item, str) or len(item.encode("utf-8", "replace")) > 255
+                        or not (item.isprintable() or item == "")):
+                    errors.append((f"{here}.userids[{i}]", "must be a SOCKS4 USERID: text of at "
+                                                           "most 255 bytes without control "
+                                                           f"characters (\"\": none sent), got "
+                                                           f"{_show(item)}"))
+            kwargs["userids"] = items
+            spec["userids"] = items
 
     if "upstream" in table:
         name = table["upstream"]

@@ -231,7 +231,7 @@ ERRORS = [
     ('[groups]\nadmins = ["a"]\n[[rules]]\naction = "deny"\ngroups = ["ops"]', "rules[0].groups[0]",
      ["defined in [groups]", "admins", 'got "ops"']),
     ('[[rules]]\naction = "deny"\ncommands = ["associate"]', "rules[0].commands[0]",
-     ['"connect", "bind" or "udp"', 'got "associate"']),
+     ['"connect", "bind", "udp" or "http"', 'got "associate"']),
     ('[[rules]]\naction = "deny"\ndts = ["1.2.3.4/32"]', "rules[0].dts",
      ["unknown key", "'dst'", "domain"]),
     ('[[rules]]\naction = "allow"\n[[rules]]\naction = "deny"\nports = [-1]', "rules[1].ports[0]",

@@ -19,6 +19,7 @@ from procs import UdpEcho
 
 from fastsocks.config import Settings
 from fastsocks.constants import Command
+from fastsocks.control.record import Protocol
 from fastsocks.control.rulebook import UNKNOWN, Denial, Policy, TargetFilter, protected_kind
 from fastsocks.control.rules import build_policy, compile_rule
 from fastsocks.net.address import embedded_ipv4, ip_key
@@ -26,7 +27,8 @@ from fastsocks.net.address import embedded_ipv4, ip_key
 NOT_ALLOWED = 0x02
 LONG_LABEL = "l" * 64  # longer than DNS allows (63): resolving it fails without a query
 
-CMD = {"connect": Command.CONNECT, "bind": Command.BIND, "udp": Command.UDP_ASSOCIATE}
+CMD = {"connect": Command.CONNECT, "bind": Command.BIND, "udp": Command.UDP_ASSOCIATE,
+       "http": Command.HTTP}
 
 
 def make_policy(*rules: dict[str, Any], groups: dict[str, list[str]] | None = None,
@@ -39,14 +41,16 @@ def make_policy(*rules: dict[str, Any], groups: dict[str, list[str]] | None = No
 
 def decide(policy: Policy, host: str, port: int = 443, *, command: str = "connect",
            client: str = "192.0.2.10", user: str | None = None,
-           resolved: list[str] | None = None) -> Any:
+           resolved: list[str] | None = None, protocol: str = "socks5",
+           userid: str | None = None) -> Any:
     """The whole decision for one attempt, as the session makes it.
 
     Returns "allow", or the denial as ("rule", N) / ("ssrf", kind); for a name,
     ``resolved`` are the addresses it resolves to (pass 2 judges each; the
     result is "allow" when any is allowed, with the list of those).
     """
-    targets = TargetFilter(policy, policy.subject(client, user), CMD[command])
+    targets = TargetFilter(policy, policy.subject(client, user, Protocol(protocol), userid),
+                           CMD[command])
     first = targets.early(host, port)
     if isinstance(first, Denial):
         return _verdict(first)
@@ -202,6 +206,20 @@ def test_protected_embedded(address, kind):
     ({"commands": ["bind"]}, {}, False),
     ({"commands": ["bind", "connect"]}, {}, True),
     ({"commands": ["udp"]}, {"command": "udp"}, True),
+    ({"commands": ["http"]}, {"command": "http", "protocol": "http"}, True),
+    ({"commands": ["http"]}, {"protocol": "http"}, False),  # an HTTP CONNECT is connect
+    ({"commands": ["connect"]}, {"command": "http", "protocol": "http"}, False),
+    # protocols: what the client speaks
+    ({"protocols": ["socks4"]}, {"protocol": "socks4"}, True),
+    ({"protocols": ["socks4"]}, {}, False),
+    ({"protocols": ["socks5", "http"]}, {"protocol": "http"}, True),
+    ({"protocols": "socks5"}, {}, True),
+    # userids: a SOCKS4 client's claim, never a user
+    ({"userids": ["alice"]}, {"protocol": "socks4", "userid": "alice"}, True),
+    ({"userids": ["alice"]}, {"protocol": "socks4", "userid": "bob"}, False),
+    ({"userids": [""]}, {"protocol": "socks4", "userid": ""}, True),
+    ({"userids": ["alice"]}, {"user": "alice"}, False),
+    ({"users": ["alice"]}, {"protocol": "socks4", "userid": "alice"}, False),
     # several matchers: all must match
     ({"src": ["192.0.2.0/24"], "ports": [443], "users": ["alice"]}, {"user": "alice"}, True),
     ({"src": ["192.0.2.0/24"], "ports": [443], "users": ["alice"]}, {"user": "alice", "port": 80}, False),
@@ -713,3 +731,40 @@ commands = ["udp"]
     with sock:
         assert rep == NOT_ALLOWED
         assert socks.read_until_closed(sock) == b""
+
+
+# -- issue 16: protocols, userids, the http command ------------------------------------------
+
+
+@pytest.mark.parametrize("rule, where, message", [
+    ({"commands": ["ftp"]}, "commands[0]", 'must be "connect", "bind", "udp" or "http", got "ftp"'),
+    ({"protocols": ["socks6"]}, "protocols[0]", 'must be "socks5", "socks4" or "http", got "socks6"'),
+    ({"protocols": [["socks5"]]}, "protocols[0]", 'must be "socks5", "socks4" or "http"'),
+    ({"protocols": []}, "protocols", "must not be empty"),
+    ({"userids": ["a\nb"]}, "userids[0]", "must be a SOCKS4 USERID"),
+    ({"userids": ["u" * 256]}, "userids[0]", "must be a SOCKS4 USERID"),
+    ({"userids": [7]}, "userids[0]", "must be a SOCKS4 USERID"),
+])
+def test_protocol_matchers_errors(rule, where, message):
+    errors: list[tuple[str, str]] = []
+    assert compile_rule(0, {"action": "deny", **rule}, {}, errors) is None
+    assert errors and errors[0][0] == f"rules[0].{where}" and message in errors[0][1], errors
+
+
+def test_protocol_matchers_spec_renders_back():
+    errors: list[tuple[str, str]] = []
+    rule = compile_rule(0, {"action": "allow", "protocols": ["socks4", "socks4", "http"],
+                            "userids": ["", "bob"], "commands": ["http", "connect"]}, {}, errors)
+    assert not errors and rule is not None
+    assert rule.spec == {"action": "allow", "commands": ["http", "connect"],
+                         "protocols": ["socks4", "http"], "userids": ["", "bob"]}
+
+
+def test_socks4_userid_allows_what_a_deny_would_refuse():
+    policy = make_policy({"action": "allow", "protocols": ["socks4"], "userids": ["backup"],
+                          "dst": ["10.0.0.0/8"]},
+                         {"action": "deny", "protocols": ["socks4"]}, ssrf=True)
+    assert decide(policy, "10.1.2.3", protocol="socks4", userid="backup") == "allow"
+    assert decide(policy, "10.1.2.3", protocol="socks4", userid="eve") == ("rule", 1)
+    assert decide(policy, "203.0.113.1", protocol="socks4", userid="backup") == ("rule", 1)
+    assert decide(policy, "10.1.2.3") == ("ssrf", "private")  # SOCKS5: the default holds
