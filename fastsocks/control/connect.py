@@ -49,7 +49,7 @@ class ConnectStage(SessionCore):
         (``Session.data_received``) and wait for the relay, as does a FIN
         after them (``nc -N``).  Under GSSAPI protection reading stays paused.
         """
-        if self.gss is None and not self.codec.trailing_data:
+        if self.gss is None and not self.codec.trailing_data and not self.early:
             self.transport.resume_reading()
 
     def _start_connect(self, request: Any) -> None:

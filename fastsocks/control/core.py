@@ -276,6 +276,7 @@ class SessionCore(asyncio.Protocol):
             datagrams_down=udp.datagrams_down if udp is not None else None,
             dropped=udp.dropped if udp is not None else None,
             protocol=self.protocol,
+            userid=request.userid if request is not None and self.protocol is _SOCKS4 else None,
         )
         if server.metrics is not None:
             server.metrics.closed(record)

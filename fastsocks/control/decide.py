@@ -17,7 +17,7 @@ from ..constants import Command, Reply
 from ..hooks import AuthorizeHook, RequestInfo
 from ..net.address import format_peer
 from .core import SessionCore
-from .record import CloseReason, State
+from .record import CloseReason, Protocol, State
 from .rulebook import UNKNOWN, Denial, TargetFilter, describe_target
 from .rulebook import log as rules_log
 
@@ -26,7 +26,7 @@ __all__ = ["DecideStage"]
 log = logging.getLogger("fastsocks.session")
 
 _COMMAND_NAMES = {Command.CONNECT: "connect", Command.BIND: "bind",
-                  Command.UDP_ASSOCIATE: "udp_associate"}
+                  Command.UDP_ASSOCIATE: "udp_associate", Command.HTTP: "http"}
 
 
 class DecideStage(SessionCore):
@@ -41,7 +41,7 @@ class DecideStage(SessionCore):
         self._handshake_done()  # the timer, the handshake slot (control/handshakes.py)
         server = self.server
         if server.metrics is not None:
-            server.metrics.requested(request.command)
+            server.metrics.requested(request.command, self.protocol)
         if self.user is not None and self.held is not None:
             denial = self.held.owner.admit_user(self.held, self.user,
                                                 self.peer[0] if self.peer else None)
@@ -123,8 +123,11 @@ class DecideStage(SessionCore):
         """
         peer = self.peer
         command = request.command
+        protocol = self.protocol
         targets = self.targets = TargetFilter(
-            policy, policy.subject(peer[0] if peer else None, self.user), command)
+            policy, policy.subject(peer[0] if peer else None, self.user, protocol,
+                                   request.userid if protocol is Protocol.SOCKS4 else None),
+            command)
         if command == Command.UDP_ASSOCIATE:  # DST is where the client sends from
             decision = targets.decide(UNKNOWN, UNKNOWN, UNKNOWN)
         elif command == Command.BIND and request.host in ("0.0.0.0", "::"):

@@ -79,8 +79,7 @@ class ProxyHeaderStage(SessionCore):
         self._peer_known()  # limits per source address: the real client's
         rest = buf[header.length:]
         if rest and not self.closed:
-            self.codec.receive_data(rest)
-            self._advance()
+            self.data_received(rest)  # the client's first bytes: its protocol is told from them
 
     def _proxy_timeout(self) -> None:
         self.timer = None

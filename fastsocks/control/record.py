@@ -105,7 +105,8 @@ class CloseRecord:
     ``command``/``host``/``port`` are None when no valid request arrived;
     ``reply`` is the last reply code sent (None: none); ``dialled`` the
     sockaddr connected to (CONNECT: the target or the upstream; BIND: the
-    peer); the datagram counts are None unless it was a UDP association.
+    peer); the datagram counts are None unless it was a UDP association;
+    ``userid`` is a SOCKS4 client's USERID (None for other protocols).
     """
 
     client: tuple[str, int] | None
@@ -123,3 +124,4 @@ class CloseRecord:
     datagrams_down: int | None = None
     dropped: int | None = None
     protocol: Protocol = Protocol.SOCKS5
+    userid: str | None = None

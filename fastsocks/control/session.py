@@ -17,6 +17,12 @@ a module of its own, mixed in here:
                            RELAYING ─────────────────► CLOSED
                            (handoff)
 
+The first byte a client sends says what it speaks (``_detected``): 5 is
+SOCKS5 (the codec and the stages above), 4 is SOCKS4 or 4a (``socks4``: its
+request then joins at DECIDING), an upper-case ASCII letter is an HTTP
+method; each listener serves the protocols its settings name
+(``Settings.protocols_of``).
+
 Any state can go to CLOSED.  Every failure ends in the reply code the RFCs
 ask for (sent by ``_refuse``, the one place a failure reply is written) and
 a closed connection; every connection ends in exactly one ``CloseRecord``
@@ -37,7 +43,8 @@ from .decide import DecideStage
 from .handoff import HandoffStage
 from .negotiate import NegotiateStage
 from .proxyheader import ProxyHeaderStage
-from .record import CloseReason, State
+from .record import CloseReason, Protocol, State
+from .socks4 import Socks4Stage
 
 __all__ = ["Session", "State"]
 
@@ -46,17 +53,22 @@ _NEGOTIATING = State.NEGOTIATING
 _GSSAPI = State.GSSAPI
 _PROXY_HEADER = State.PROXY_HEADER
 _ASSOCIATED = State.ASSOCIATED
+_SOCKS5 = Protocol.SOCKS5
+_SOCKS4 = Protocol.SOCKS4
+_HTTP = Protocol.HTTP
 
 
-class Session(ProxyHeaderStage, NegotiateStage, DecideStage, ConnectStage, BindStage,
-              AssociateStage, HandoffStage):
+class Session(ProxyHeaderStage, NegotiateStage, Socks4Stage, DecideStage, ConnectStage,
+              BindStage, AssociateStage, HandoffStage):
     """One accepted client connection, from greeting to relay hand-over."""
 
-    __slots__ = ()
+    # fresh: no byte of the client's protocol has come yet (the first one says which).
+    __slots__ = ("fresh",)
 
     # -- asyncio protocol -------------------------------------------------
 
     def connection_made(self, transport: Any) -> None:
+        self.fresh = True
         self.transport = transport
         self.peer = transport.get_extra_info("peername")
         server = self.server
@@ -100,10 +112,16 @@ class Session(ProxyHeaderStage, NegotiateStage, DecideStage, ConnectStage, BindS
 
     def data_received(self, data: bytes) -> None:
         state = self.state
+        if state is _NEGOTIATING and self.fresh:
+            self.fresh = False
+            if self._detected(data):
+                return
         if state is _PROXY_HEADER:
             self._on_proxy_data(data)
         elif state is _ASSOCIATED or state is _CLOSED:
             return  # a UDP association's TCP connection carries nothing more
+        elif self.protocol is _SOCKS4:
+            self._on_socks4_data(data)
         elif self.gss is not None and not self.gss.clear:
             self._on_gss_data(data)
         else:
@@ -114,6 +132,30 @@ class Session(ProxyHeaderStage, NegotiateStage, DecideStage, ConnectStage, BindS
                 self._advance()
             else:  # early bytes for the target (CONNECTING reads for EOF): keep, read no more
                 self.transport.pause_reading()
+
+    def _detected(self, data: bytes) -> bool:
+        """The first byte says what the client speaks; True when it was handled here.
+
+        5: SOCKS5, on to the codec.  4: SOCKS4 or 4a, to its stage where the
+        listener serves it; elsewhere the SOCKS5 codec answers it with a
+        SOCKS4 rejection (91), as it always did.  An upper-case ASCII letter
+        starts an HTTP method.  Anything else goes to the SOCKS5 codec,
+        which refuses it: closed, a protocol error.
+        """
+        first = data[0]
+        served = self.server.settings.protocols_of(self.listener)
+        if first == 5:
+            if _SOCKS5 in served:
+                return False
+            # RFC 1928 §3: "no acceptable methods", the one thing a SOCKS5 client reads.
+            self._end(b"\x05\xff", CloseReason.PROTOCOL_ERROR,
+                      "SOCKS5 is not served on this listener (protocols)")
+            return True
+        if first == 4 and _SOCKS4 in served:
+            self._start_socks4(data)
+            return True
+        # HTTP (0x41 <= first <= 0x5A and _HTTP in served): control/http.py's branch goes here.
+        return False
 
     def eof_received(self) -> bool:
         # A client that half-closes before its request is answered has nothing

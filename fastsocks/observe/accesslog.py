@@ -44,7 +44,7 @@ FORMATS = ("text", "json")
 FLUSH_INTERVAL = 1.0  # seconds a line may wait in the buffer
 FLUSH_BYTES = 64 * 1024
 
-_COMMANDS = {1: "CONNECT", 2: "BIND", 3: "UDP_ASSOCIATE"}
+_COMMANDS = {1: "CONNECT", 2: "BIND", 3: "UDP_ASSOCIATE", 4: "HTTP"}
 # One encoder for every line (json.dumps with options builds one per call).
 _encode_json = json.JSONEncoder(separators=(",", ":")).encode
 
@@ -129,6 +129,8 @@ class AccessLog:
             if udp:
                 fields["datagrams_up"] = record.datagrams_up
                 fields["datagrams_down"] = record.datagrams_down
+            if record.userid is not None:  # a SOCKS4 client's USERID: its claim
+                fields["userid"] = record.userid
             line = _encode_json(fields) + "\n"
         else:
             user = record.user
@@ -145,6 +147,8 @@ class AccessLog:
                 line += f" datagrams={record.datagrams_up}/{record.datagrams_down}"
             if record.protocol is not Protocol.SOCKS5:  # SOCKS5 lines keep their fields
                 line += f" protocol={record.protocol.value}"
+            if record.userid is not None:
+                line += f" userid={_text(record.userid)}"
             line += "\n"
         self._buf.append(line)
         self._size += len(line)

@@ -34,7 +34,7 @@ import threading
 from typing import Any
 
 from ..control.limits import LIMIT_NAMES
-from ..control.record import CloseReason, CloseRecord
+from ..control.record import CloseReason, CloseRecord, Protocol
 
 __all__ = ["Metrics", "get_metrics", "process_registry", "flush_local", "setup_multiprocess",
            "worker_exited", "cleanup_multiprocess", "NAMES"]
@@ -57,7 +57,34 @@ NAMES = (
     "fastsocks_limit_rejections_total",
 )
 
-_COMMANDS = {1: "connect", 2: "bind", 3: "udp_associate"}
+# fastsocks_connections_total{protocol, command}: the commands each protocol
+# can carry (command 4 is Command.HTTP, an absolute-form request); "none":
+# closed before a valid request.  Only these pairs exist as series.
+_PROTOCOL_COMMANDS = (
+    (Protocol.SOCKS5, ("none", "connect", "bind", "udp_associate")),
+    (Protocol.SOCKS4, ("none", "connect", "bind")),
+    (Protocol.HTTP, ("none", "connect", "http")),
+)
+_COMMAND_NUMBERS = {"none": 0, "connect": 1, "bind": 2, "udp_associate": 3, "http": 4}
+_SOCKS5 = Protocol.SOCKS5
+_SOCKS4 = Protocol.SOCKS4
+
+
+def _command_slots() -> tuple[tuple[int, ...], ...]:
+    """Per protocol (socks5, socks4, http), the slot of each command 0-4; a
+    command the protocol cannot carry counts as its "none"."""
+    rows = []
+    slot = 0
+    for _, names in _PROTOCOL_COMMANDS:
+        row = [slot] * 5
+        for name in names:
+            row[_COMMAND_NUMBERS[name]] = slot
+            slot += 1
+        rows.append(tuple(row))
+    return tuple(rows)
+
+
+_CONNECTION_SLOTS = _command_slots()
 # Seconds; a loopback handshake takes a few hundred microseconds, one that
 # resolves a name and connects across the world tens to hundreds of ms.
 _HANDSHAKE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
@@ -72,10 +99,10 @@ _TIMEOUT_KINDS = {
 
 _ENV = "PROMETHEUS_MULTIPROC_DIR"
 
-# Slots of ``Metrics.counts``: commands (none, connect, bind, udp_associate),
+# Slots of ``Metrics.counts``: connections by protocol and command (above),
 # reply codes 0 to 8, then the single counters, the timeouts, the buckets.
 _REPLY_CODES = 9
-_REPLY = 4
+_REPLY = sum(len(names) for _, names in _PROTOCOL_COMMANDS)
 _BYTES_UP = _REPLY + _REPLY_CODES
 _BYTES_DOWN = _BYTES_UP + 1
 _DGRAMS_UP = _BYTES_UP + 2
@@ -106,8 +133,9 @@ class Metrics:
         from prometheus_client import Counter, Gauge, Histogram
 
         self.connections_total = Counter(
-            "fastsocks_connections_total", "Client connections accepted, by SOCKS command "
-            "(none: closed before a valid request)", ["command"], registry=registry)
+            "fastsocks_connections_total", "Client connections accepted, by protocol "
+            "(socks5 until the first byte says otherwise) and command (none: closed before a "
+            "valid request)", ["protocol", "command"], registry=registry)
         self.connections_active = Gauge(
             "fastsocks_connections_active", "Client connections open now",
             registry=registry, multiprocess_mode="livesum")
@@ -145,8 +173,8 @@ class Metrics:
 
         # What each slot of ``counts`` feeds; binding every label child now
         # also makes every series visible (at 0) from the first scrape.
-        children: list[Any] = [self.connections_total.labels(name)
-                               for name in ("none", *_COMMANDS.values())]
+        children: list[Any] = [self.connections_total.labels(protocol.value, name)
+                               for protocol, names in _PROTOCOL_COMMANDS for name in names]
         children += [self.replies_total.labels(str(code)) for code in range(_REPLY_CODES)]
         children += [self.bytes_total.labels("up"), self.bytes_total.labels("down"),
                      self.udp_datagrams_total.labels("up"),
@@ -179,8 +207,9 @@ class Metrics:
     def opened(self) -> None:
         self.active += 1
 
-    def requested(self, command: int) -> None:
-        self.counts[command if 0 < command <= 3 else 0] += 1
+    def requested(self, command: int, protocol: Protocol = _SOCKS5) -> None:
+        row = _CONNECTION_SLOTS[0 if protocol is _SOCKS5 else 1 if protocol is _SOCKS4 else 2]
+        self.counts[row[command] if 0 < command <= 4 else row[0]] += 1
 
     def replied(self, code: int, handshake: float | None) -> None:
         """A reply went out; ``handshake``: seconds since accept, for the first reply only."""
@@ -206,7 +235,9 @@ class Metrics:
         counts = self.counts
         self.active -= 1
         if record.command is None:
-            counts[0] += 1
+            protocol = record.protocol
+            counts[_CONNECTION_SLOTS[0 if protocol is _SOCKS5 else 1 if protocol is _SOCKS4
+                                     else 2][0]] += 1
         counts[_BYTES_UP] += record.bytes_up
         counts[_BYTES_DOWN] += record.bytes_down
         if record.datagrams_up is not None:

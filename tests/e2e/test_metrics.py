@@ -87,7 +87,7 @@ def test_counters_move_after_traffic(fastsocks_server: Callable[..., Any], socks
     server = fastsocks_server("--metrics", "127.0.0.1:0", "--handshake-timeout", "0.3")
     address = _metrics_address(server)
     before = _scrape(address)
-    assert _value(before, "fastsocks_connections_total", command="connect") == 0
+    assert _value(before, "fastsocks_connections_total", protocol="socks5", command="connect") == 0
     for _ in range(3):
         _echo_once(socks, server.address, echo_target.address, b"p" * 100)
     sock, (rep, _, _) = socks.connect(server.address, "127.0.0.1", closed_port)
@@ -103,8 +103,8 @@ def test_counters_move_after_traffic(fastsocks_server: Callable[..., Any], socks
                 and _value(s, "fastsocks_timeouts_total", kind="handshake") == 1)
 
     s = _until(address, settled)
-    assert _value(s, "fastsocks_connections_total", command="connect") == 4
-    assert _value(s, "fastsocks_connections_total", command="none") == 1
+    assert _value(s, "fastsocks_connections_total", protocol="socks5", command="connect") == 4
+    assert _value(s, "fastsocks_connections_total", protocol="socks5", command="none") == 1
     assert _value(s, "fastsocks_replies_total", code="0") == 3
     assert _value(s, "fastsocks_replies_total", code="5") == 1
     assert _value(s, "fastsocks_bytes_total", direction="up") == 300
@@ -115,6 +115,45 @@ def test_counters_move_after_traffic(fastsocks_server: Callable[..., Any], socks
     assert _value(s, "fastsocks_timeouts_total", kind="connect") == 0
     assert _value(s, "fastsocks_connections_active") == 0
     assert _value(s, "fastsocks_auth_failures_total") == 0
+
+
+def test_connections_by_protocol(fastsocks_server: Callable[..., Any], socks: Any,
+                                 echo_target: Any, users_file: Any) -> None:
+    """fastsocks_connections_total{protocol, command}: SOCKS4 counted apart from SOCKS5."""
+    server = fastsocks_server("--metrics", "127.0.0.1:0")
+    address = _metrics_address(server)
+    first = _scrape(address)
+    series = {labels for name, labels in first if name == "fastsocks_connections_total"}
+    assert series == {(("command", c), ("protocol", p)) for p, cs in (
+        ("socks5", ("none", "connect", "bind", "udp_associate")),
+        ("socks4", ("none", "connect", "bind")), ("http", ("none", "connect", "http")))
+        for c in cs}  # only the pairs that can happen, each at 0 from the start
+    request = b"\x04\x01" + echo_target.address[1].to_bytes(2, "big") + b"\x7f\x00\x00\x01u\x00"
+    for _ in range(2):
+        with socket.create_connection(server.address, timeout=10) as sock:
+            sock.sendall(request + b"ping")
+            assert socks.recv_exact(sock, 8)[1] == 90 and socks.recv_exact(sock, 4) == b"ping"
+    with socket.create_connection(server.address, timeout=10) as sock:
+        sock.sendall(b"\x04\x01\x00")  # SOCKS4, then gone before a request
+    _echo_once(socks, server.address, echo_target.address, b"five")
+
+    def settled(s: Samples) -> bool:
+        return _value(s, "fastsocks_connections_total", protocol="socks4", command="none") == 1
+
+    s = _until(address, settled)
+    assert _value(s, "fastsocks_connections_total", protocol="socks4", command="connect") == 2
+    assert _value(s, "fastsocks_connections_total", protocol="socks4", command="none") == 1
+    assert _value(s, "fastsocks_connections_total", protocol="socks5", command="connect") == 1
+    assert _value(s, "fastsocks_connections_total", protocol="socks5", command="none") == 0
+    # A SOCKS4 request refused where authentication is required is counted too.
+    locked = fastsocks_server("--metrics", "127.0.0.1:0", "--users", str(users_file))
+    with socket.create_connection(locked.address, timeout=10) as sock:
+        sock.sendall(request)
+        assert socks.read_until_closed(sock)[:2] == b"\x00\x5b"
+    s = _until(_metrics_address(locked), lambda s: _value(
+        s, "fastsocks_connections_total", protocol="socks4", command="connect") == 1)
+    assert _value(s, "fastsocks_connections_total", protocol="socks4", command="connect") == 1
+    assert _value(s, "fastsocks_replies_total", code="1") == 1
 
 
 def test_active_gauge_counts_open_connections(fastsocks_server: Callable[..., Any], socks: Any,
@@ -129,7 +168,7 @@ def test_active_gauge_counts_open_connections(fastsocks_server: Callable[..., An
             held.append(sock)
         s = _scrape(address)
         assert _value(s, "fastsocks_connections_active") == 5
-        assert _value(s, "fastsocks_connections_total", command="connect") == 5
+        assert _value(s, "fastsocks_connections_total", protocol="socks5", command="connect") == 5
     finally:
         for sock in held:
             sock.close()
@@ -156,7 +195,8 @@ def test_healthz_and_names(fastsocks_server: Callable[..., Any]) -> None:
     for family in families.values():
         for sample in family.samples:
             # No per-user or per-destination labels.
-            assert set(sample.labels) <= {"command", "code", "direction", "kind", "le", "limit"}, sample
+            assert set(sample.labels) <= {"command", "code", "direction", "kind", "le", "limit",
+                                             "protocol"}, sample
     assert "_created" not in body
 
 
@@ -171,7 +211,7 @@ def test_auth_failures_counted(fastsocks_server: Callable[..., Any], socks: Any,
         bad.close()
     s = _until(address, lambda s: _value(s, "fastsocks_auth_failures_total") == 2)
     assert _value(s, "fastsocks_auth_failures_total") == 2
-    assert _value(s, "fastsocks_connections_total", command="none") == 2
+    assert _value(s, "fastsocks_connections_total", protocol="socks5", command="none") == 2
 
 
 def test_bind_timeout_and_udp_datagrams(fastsocks_server: Callable[..., Any], socks: Any,
@@ -224,8 +264,8 @@ def test_bind_timeout_and_udp_datagrams(fastsocks_server: Callable[..., Any], so
     s = _until(address, lambda s: _value(s, "fastsocks_udp_datagrams_total", direction="up") == 4)
     assert _value(s, "fastsocks_timeouts_total", kind="bind") == 1
     assert _value(s, "fastsocks_replies_total", code="6") == 1
-    assert _value(s, "fastsocks_connections_total", command="bind") == 1
-    assert _value(s, "fastsocks_connections_total", command="udp_associate") == 1
+    assert _value(s, "fastsocks_connections_total", protocol="socks5", command="bind") == 1
+    assert _value(s, "fastsocks_connections_total", protocol="socks5", command="udp_associate") == 1
     assert _value(s, "fastsocks_udp_datagrams_total", direction="up") == 4
     assert _value(s, "fastsocks_udp_datagrams_total", direction="down") == 4
     assert _value(s, "fastsocks_udp_dropped_total") == 3
@@ -277,12 +317,12 @@ def test_workers_aggregate(fastsocks_server: Callable[..., Any], socks: Any, ech
         # Workers hand their counts over once a second.
         s = _until(address, lambda s: _value(s, "fastsocks_connections_active") == 20)
         assert _value(s, "fastsocks_connections_active") == 20
-        assert _value(s, "fastsocks_connections_total", command="connect") == 20
+        assert _value(s, "fastsocks_connections_total", protocol="socks5", command="connect") == 20
     finally:
         for sock in held:
             sock.close()
     s = _until(address, lambda s: _value(s, "fastsocks_bytes_total", direction="down") == 100)
-    assert _value(s, "fastsocks_connections_total", command="connect") == 20
+    assert _value(s, "fastsocks_connections_total", protocol="socks5", command="connect") == 20
     assert _value(s, "fastsocks_replies_total", code="0") == 20
     assert _value(s, "fastsocks_handshake_duration_seconds_count") == 20
     assert _value(s, "fastsocks_bytes_total", direction="up") == 100
@@ -304,7 +344,7 @@ def test_workers_aggregate(fastsocks_server: Callable[..., Any], socks: Any, ech
         os.kill(victim, signal.SIGKILL)
         s = _until(address, lambda s: _value(s, "fastsocks_connections_active") == 10 - lost)
         assert _value(s, "fastsocks_connections_active") == 10 - lost
-        assert _value(s, "fastsocks_connections_total", command="connect") == 30
+        assert _value(s, "fastsocks_connections_total", protocol="socks5", command="connect") == 30
         deadline = time.monotonic() + WAIT
         while len(_children(server.pid)) < 2 and time.monotonic() < deadline:
             time.sleep(0.05)
