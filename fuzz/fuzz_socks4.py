@@ -68,6 +68,9 @@ class _Stand:
     def _start_socks4(self, data: bytes) -> None:
         self.calls.append(("socks4", data))
 
+    def _start_http(self, data: bytes) -> None:
+        self.calls.append(("http", data))
+
 
 def fuzz_detection(data: bytes, mask: int) -> None:
     served = tuple(p for i, p in enumerate(_PROTOCOLS) if mask >> i & 1)
@@ -79,6 +82,8 @@ def fuzz_detection(data: bytes, mask: int) -> None:
         expected = (True, [("end", b"\x05\xff")])
     elif first == 4 and "socks4" in names:
         expected = (True, [("socks4", data)])
+    elif 0x41 <= first <= 0x5A and "http" in names:  # an HTTP method's first letter
+        expected = (True, [("http", data)])
     else:
         expected = (False, [])
     if (handled, stand.calls) != expected:

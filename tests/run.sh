@@ -27,6 +27,10 @@ command -v proxychains4 >/dev/null 2>&1 || need+=(proxychains4)
 # Happy Eyeballs runs in a network namespace of its own (tests/e2e/test_happy_eyeballs.py).
 command -v ip >/dev/null 2>&1 || need+=(iproute2)
 command -v unshare >/dev/null 2>&1 || need+=(util-linux)
+# HTTP proxying (tests/e2e/test_http_proxy.py): a browser, git over HTTP, a TLS certificate.
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
+command -v git >/dev/null 2>&1 || need+=(git)
+command -v openssl >/dev/null 2>&1 || need+=(openssl)
 # Only Debian and Ubuntu get the programs installed; elsewhere (macOS CI runs
 # the codec tests) what is missing stays missing.
 if ((${#need[@]})) && command -v apt-get >/dev/null 2>&1; then

@@ -258,7 +258,7 @@ class UserLimitsTable(Kind):
 
 
 class Upstreams(Kind):
-    """``[upstreams.NAME]``: SOCKS5 proxies that rules may send traffic through."""
+    """``[upstreams.NAME]``: SOCKS5 (or HTTP CONNECT) proxies that rules may send traffic through."""
 
     empty: Any = {}
 
@@ -287,9 +287,16 @@ class Upstreams(Kind):
                                                                  f"(RFC 1929), got {show(item)}")
                     else:
                         fields[field_name] = item
+                elif field_name == "type":
+                    if item not in ("socks5", "http"):
+                        reading.problem(f"{where}.type", "must be \"socks5\" (the default) or "
+                                                         "\"http\" (an HTTP proxy that tunnels "
+                                                         f"with CONNECT), got {show(item)}")
+                    else:
+                        fields["type"] = item
                 else:
                     reading.unknown(f"{where}.{field_name}", field_name,
-                                    ["address", "user", "password"], f"[{where}]")
+                                    ["address", "user", "password", "type"], f"[{where}]")
             if "address" not in own:
                 reading.problem(f"{where}.address", "missing: where the upstream SOCKS5 proxy "
                                                     "listens, e.g. address = \"10.0.0.2:1080\"")
@@ -306,6 +313,8 @@ class Upstreams(Kind):
         for name, upstream in value.items():
             lines += ["", f"[{key}.{toml_value(name)}]"]
             lines += put("address", upstream.address)
+            if upstream.type != "socks5":
+                lines += put("type", upstream.type)
             if upstream.user is not None:
                 lines += put("user", upstream.user) + put("password", upstream.password)
         return lines

@@ -67,6 +67,7 @@ class SessionCore(asyncio.Protocol):
         "shaking",
         "protocol",
         "early",
+        "http",
     )
 
     def __init__(self, server: Server, listener: tuple[str, int] | None = None) -> None:
@@ -108,6 +109,8 @@ class SessionCore(asyncio.Protocol):
         # that came after the request (they go to the target first).
         self.protocol = Protocol.SOCKS5
         self.early = b""
+        # HTTP: the client's requests as llhttp parses them (control/http.py Inbound).
+        self.http: Any = None
 
     @property
     def closed(self) -> bool:
@@ -129,6 +132,7 @@ class SessionCore(asyncio.Protocol):
         async def _bind(self, request: Any) -> None: ...
         async def _udp_associate(self, request: Any) -> None: ...
         def _relay(self, sock: Any, reply_host: str, reply_port: int) -> None: ...
+        def _forward(self, request: Any) -> None: ...
         # The other protocols' replies (control/socks4.py, control/http.py).
         def _socks4_reply(self, code: int, host: str, port: int) -> bytes: ...
         def _http_reply(self, code: int, reason: CloseReason | None) -> bytes: ...

@@ -90,6 +90,9 @@ class DecideStage(SessionCore):
     def _dispatch(self, request: Any) -> None:
         """Carry out a request the rules (and the authorize hook) allowed."""
         command = request.command
+        if command == Command.HTTP:  # forwarded, chained or not (control/httpforward.py)
+            self._forward(request)
+            return
         rule = self.rule
         # A UDP association is chained per datagram target (udp.py), not here.
         if rule is not None and rule.upstream is not None \

@@ -164,7 +164,31 @@ class NegotiateStage(SessionCore):
     # -- RFC 1929 ---------------------------------------------------------
 
     async def _authenticate(self, event: Any) -> None:
-        name = event.username.decode("utf-8", "replace")
+        ok, name, denial = await self._check_password(event.username, event.password)
+        if self.closed:
+            return
+        data = self.codec.send_auth_status(ok)
+        self.user = name  # on failure, only for the access log: the session ends here
+        if denial is not None:  # RFC 1929 §2: a failure status, then close
+            self._end(data, CloseReason.LIMIT_REACHED, f"limit {denial} reached")
+            return
+        if not ok:
+            self._end(data, CloseReason.AUTH_FAILED, f"authentication failed for user {name!r}")
+            return
+        self.state = State.NEGOTIATING
+        self.transport.write(data)
+        self.transport.resume_reading()
+        self._advance()  # the request may already be buffered
+
+    async def _check_password(self, username: bytes,
+                              password: bytes) -> tuple[bool, str, str | None]:
+        """One login's verdict: (ok, the user's name, the limit that refused it or None).
+
+        RFC 1929 and HTTP's ``Proxy-Authorization: Basic`` (control/http.py)
+        share it: the back-off per source, the authenticate hook or the users
+        file's cache, then its bounded hash queue (control/authgate.py).
+        """
+        name = username.decode("utf-8", "replace")
         server = self.server
         hook = server.authenticate
         users = server.users
@@ -181,18 +205,18 @@ class NegotiateStage(SessionCore):
             if denial is not None:
                 pass
             elif hook is not None:
-                ok = await self._ask_authenticate(hook, name, event.password)
+                ok = await self._ask_authenticate(hook, name, password)
                 if isinstance(ok, str):  # the hook named the user
                     name, ok = ok, True
             elif users is None:  # USERPASS is only chosen with a users file or a hook
                 ok = False
-            elif users.cached(event.username, event.password):
+            elif users.cached(username, password):
                 ok = True
             else:
                 queued = gate is not None and gate.checks > 0
                 denial = gate.enter(ip, name) if gate is not None else None
                 if denial is None:
-                    ok = await users.verify(event.username, event.password)
+                    ok = await users.verify(username, password)
                 else:
                     queued = False
         except Exception:  # a broken hash (or hook) must not take the server down
@@ -203,20 +227,7 @@ class NegotiateStage(SessionCore):
                 gate.leave(ip)
         if not ok and denial is None and gate is not None:  # a verdict: count it
             gate.failed(ip)
-        if self.closed:
-            return
-        data = self.codec.send_auth_status(bool(ok))
-        self.user = name  # on failure, only for the access log: the session ends here
-        if denial is not None:  # RFC 1929 §2: a failure status, then close
-            self._end(data, CloseReason.LIMIT_REACHED, f"limit {denial} reached")
-            return
-        if not ok:
-            self._end(data, CloseReason.AUTH_FAILED, f"authentication failed for user {name!r}")
-            return
-        self.state = State.NEGOTIATING
-        self.transport.write(data)
-        self.transport.resume_reading()
-        self._advance()  # the request may already be buffered
+        return bool(ok), name, denial
 
     async def _ask_authenticate(self, hook: Any, name: str,
                                 password: bytes) -> bool | str:

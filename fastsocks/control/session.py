@@ -41,6 +41,7 @@ from .bind import BindStage
 from .connect import ConnectStage
 from .decide import DecideStage
 from .handoff import HandoffStage
+from .http import HttpStage
 from .negotiate import NegotiateStage
 from .proxyheader import ProxyHeaderStage
 from .record import CloseReason, Protocol, State
@@ -58,8 +59,8 @@ _SOCKS4 = Protocol.SOCKS4
 _HTTP = Protocol.HTTP
 
 
-class Session(ProxyHeaderStage, NegotiateStage, Socks4Stage, DecideStage, ConnectStage,
-              BindStage, AssociateStage, HandoffStage):
+class Session(ProxyHeaderStage, NegotiateStage, Socks4Stage, HttpStage, DecideStage,
+              ConnectStage, BindStage, AssociateStage, HandoffStage):
     """One accepted client connection, from greeting to relay hand-over."""
 
     # fresh: no byte of the client's protocol has come yet (the first one says which).
@@ -122,6 +123,8 @@ class Session(ProxyHeaderStage, NegotiateStage, Socks4Stage, DecideStage, Connec
             return  # a UDP association's TCP connection carries nothing more
         elif self.protocol is _SOCKS4:
             self._on_socks4_data(data)
+        elif self.protocol is _HTTP:
+            self._on_http_data(data)
         elif self.gss is not None and not self.gss.clear:
             self._on_gss_data(data)
         else:
@@ -154,7 +157,9 @@ class Session(ProxyHeaderStage, NegotiateStage, Socks4Stage, DecideStage, Connec
         if first == 4 and _SOCKS4 in served:
             self._start_socks4(data)
             return True
-        # HTTP (0x41 <= first <= 0x5A and _HTTP in served): control/http.py's branch goes here.
+        if 0x41 <= first <= 0x5A and _HTTP in served:  # an HTTP method (control/http.py)
+            self._start_http(data)
+            return True
         return False
 
     def eof_received(self) -> bool:

@@ -1,4 +1,4 @@
-"""Upstream chaining: a CONNECT (or a UDP association) through another SOCKS5 proxy.
+"""Upstream chaining: a CONNECT (or a UDP association) through another SOCKS5 or HTTP proxy.
 
 An allow rule with ``upstream = "NAME"`` sends a CONNECT through the SOCKS5
 proxy ``[upstreams.NAME]`` instead of dialling the target.  ``connect_via``
@@ -24,11 +24,21 @@ whose target an upstream rule allows to the upstream's own UDP ASSOCIATE
 datagram comes; see udp.py), and the upstream's replies back to the client.
 BIND is not chained: a BIND that an upstream rule allows is answered X'07'
 (command not supported).
+
+An upstream of ``type = "http"`` is an HTTP proxy: ``connect_via`` sends it
+``CONNECT host:port HTTP/1.1`` (RFC 9110 §9.3.6; with ``Proxy-Authorization:
+Basic`` when it has a ``user``, RFC 7617) and reads its answer's head, no
+byte further (what the target sends first stays in the socket for the
+relay).  A 2xx is success; 407 (our credentials refused) and anything
+unparsable are X'01'; 403 is X'02'; 502 and 504 are X'04' host unreachable;
+any other status X'01'.  It carries no UDP: a UDP association that a rule
+sends to it fails like an unreachable upstream.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 import socket
 from dataclasses import dataclass
@@ -52,10 +62,12 @@ class Upstream:
     port: int
     user: str | None = None
     password: str | None = None
+    type: str = "socks5"  # or "http": an HTTP proxy that tunnels with CONNECT
 
     def __repr__(self) -> str:  # never show a password
         return (f"Upstream({self.name!r}, {self.host!r}, {self.port}, user={self.user!r}, "
-                f"password={'<set>' if self.password is not None else None})")
+                f"password={'<set>' if self.password is not None else None}, "
+                f"type={self.type!r})")
 
     @property
     def address(self) -> str:
@@ -107,10 +119,17 @@ async def connect_via(upstream: Upstream, host: str, port: int, timeout: float,
     where = f"upstream {upstream.name} ({upstream.address})"
     # RFC 1928 §3: username/password is offered only when we have credentials.
     auth = (upstream.user, upstream.password or "") if upstream.user is not None else None
-    try:
-        negotiation = Negotiation(host, port, command, auth)
-    except ValueError as exc:  # nothing a SOCKS5 request can carry: do not even connect
-        raise ConnectError(Reply.GENERAL_FAILURE, f"{where}: {exc}") from None
+    negotiation: Any
+    if upstream.type == "http":
+        if command != Command.CONNECT:
+            raise ConnectError(Reply.GENERAL_FAILURE, f"{where} is an HTTP proxy: it carries "
+                                                      "CONNECT only")
+        negotiation = connect_request(host, port, auth)
+    else:
+        try:
+            negotiation = Negotiation(host, port, command, auth)
+        except ValueError as exc:  # nothing a SOCKS5 request can carry: do not even connect
+            raise ConnectError(Reply.GENERAL_FAILURE, f"{where}: {exc}") from None
     try:
         addresses = await resolve(upstream.host, upstream.port)
     except ConnectError as exc:
@@ -121,6 +140,10 @@ async def connect_via(upstream: Upstream, host: str, port: int, timeout: float,
     except ConnectError as exc:
         raise ConnectError(Reply.GENERAL_FAILURE, f"{where}: {exc.reason}") from None
     try:
+        if upstream.type == "http":
+            bound = await asyncio.wait_for(_http_connect(loop, sock, negotiation, where),
+                                           max(deadline - loop.time(), 0.001))
+            return sock, bound[0], bound[1]
         bound = await asyncio.wait_for(negotiate_async(loop, sock, negotiation),
                                        max(deadline - loop.time(), 0.001))
     except asyncio.TimeoutError:
@@ -144,3 +167,83 @@ async def connect_via(upstream: Upstream, host: str, port: int, timeout: float,
         sock.close()
         raise
     return sock, bound[0], bound[1]
+
+
+# -- an HTTP proxy upstream: CONNECT (RFC 9110 §9.3.6) ---------------------------------
+
+MAX_HEAD = 32 * 1024  # octets of the upstream's answer head
+
+
+def connect_request(host: str, port: int, auth: tuple[str, str] | None = None) -> bytes:
+    """``CONNECT host:port HTTP/1.1`` with Host, and Basic credentials (RFC 7617) if any."""
+    authority = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    if any(ord(c) < 0x21 or ord(c) > 0x7E for c in authority):
+        raise ConnectError(Reply.GENERAL_FAILURE, f"{host!r} cannot go in an HTTP request line")
+    lines = f"CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n"
+    if auth is not None:
+        token = base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode("ascii")
+        lines += f"Proxy-Authorization: Basic {token}\r\n"
+    return (lines + "\r\n").encode("ascii")
+
+
+def connect_status(head: bytes) -> int:
+    """The status of an HTTP proxy's answer head to CONNECT (llhttp parses it)."""
+    import httptools  # only where an HTTP upstream is used
+
+    parser = httptools.HttpResponseParser(None)
+    try:
+        parser.feed_data(head)
+    except httptools.HttpParserError as exc:
+        raise ValueError(str(exc)) from None
+    return int(parser.get_status_code())
+
+
+def _wake(ready: asyncio.Future[None]) -> None:
+    if not ready.done():
+        ready.set_result(None)
+
+
+async def read_head(loop: asyncio.AbstractEventLoop, sock: socket.socket) -> bytes:
+    """The answer's head, up to its blank line and not one byte further.
+
+    MSG_PEEK shows what has come; only the head is taken off the socket, so
+    what the target says first (a server that speaks first) stays there.
+    """
+    head = b""
+    while True:
+        ready: asyncio.Future[None] = loop.create_future()
+        loop.add_reader(sock.fileno(), _wake, ready)
+        try:
+            await ready
+        finally:
+            loop.remove_reader(sock.fileno())
+        peeked = sock.recv(65536, socket.MSG_PEEK)
+        if not peeked:
+            raise OSError("closed before its answer")
+        seen = head + peeked
+        end = seen.find(b"\r\n\r\n", max(0, len(head) - 3))
+        take = len(peeked) if end < 0 else end + 4 - len(head)
+        head += sock.recv(take)
+        if end >= 0:
+            return head
+        if len(head) > MAX_HEAD:
+            raise OSError(f"an answer head over {MAX_HEAD} octets")
+
+
+_HTTP_REPLY = {403: Reply.NOT_ALLOWED, 502: Reply.HOST_UNREACHABLE, 504: Reply.HOST_UNREACHABLE}
+
+
+async def _http_connect(loop: asyncio.AbstractEventLoop, sock: socket.socket, request: bytes,
+                        where: str) -> tuple[str, int]:
+    await loop.sock_sendall(sock, request)
+    head = await read_head(loop, sock)
+    try:
+        status = connect_status(head)
+    except ValueError as exc:
+        raise ConnectError(Reply.GENERAL_FAILURE, f"{where}: a bad answer: {exc}") from None
+    if 200 <= status < 300:
+        return "0.0.0.0", 0  # an HTTP proxy does not say where it connected from
+    if status == 407:
+        raise ConnectError(Reply.GENERAL_FAILURE, f"{where} refused our credentials (407)")
+    raise ConnectError(_HTTP_REPLY.get(status, Reply.GENERAL_FAILURE),
+                       f"{where} answered {status}")
