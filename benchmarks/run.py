@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """End-to-end benchmark: fastsocks against microsocks and Dante, direct TCP as the reference.
 
-    python benchmarks/run.py [--quick] [--servers fastsocks,microsocks,dante]
+    python benchmarks/run.py [--quick]
+                             [--servers fastsocks,fastsocks-socks4,fastsocks-http,microsocks,dante]
                              [--only idle,throughput,handshake,udp]
                              [--repeat N] [--json PATH]
 
@@ -19,6 +20,11 @@ loopback and measures with ``fastsocks.bench``:
   1,200-byte datagrams to a sink unpaced and paced (50,000/s): datagrams/s
   received by the sink, loss, server CPU-µs per datagram.  microsocks has no
   UDP ASSOCIATE (it replies X'07'), so it has no UDP row.
+
+``fastsocks-socks4`` and ``fastsocks-http`` are the same fastsocks asked
+for its tunnels in SOCKS4 and HTTP CONNECT (``fastsocks bench --protocol``):
+their rows beside ``fastsocks`` (SOCKS5) measure what each protocol costs
+per connection and in throughput, in the same run (TCP rows only).
 
 ``--only`` picks some of these groups (e.g. ``--only udp``).  It prints
 markdown tables of the medians with ratios to direct (and to microsocks),
@@ -60,11 +66,12 @@ if str(ROOT) not in sys.path:  # run from a checkout without installing
 from fastsocks import bench  # noqa: E402
 from fastsocks.net.address import format_peer  # noqa: E402
 
-SERVERS = ("fastsocks", "microsocks", "dante")
+SERVERS = ("fastsocks", "fastsocks-socks4", "fastsocks-http", "microsocks", "dante")
 GROUPS = ("idle", "throughput", "handshake", "udp")
 TCP_GROUPS = ("idle", "throughput", "handshake")
 # Servers without UDP ASSOCIATE (checked: microsocks 1.0.3 answers X'07').
-NO_UDP = {"microsocks": "no UDP ASSOCIATE (replies X'07', command not supported)"}
+NO_UDP = {"microsocks": "no UDP ASSOCIATE (replies X'07', command not supported)",
+          "fastsocks-socks4": "SOCKS4 has no UDP", "fastsocks-http": "HTTP CONNECT has no UDP"}
 UDP_RATE = 50_000.0  # datagrams/s of the paced one-way run
 DANTED = "/usr/sbin/danted"
 REF_HOST = "127.0.0.2"  # microsocks / Dante listen here, on a port below 32768
@@ -91,6 +98,8 @@ class Server:
     # A plain UDP forwarder (benchmarks/udp_paths.py) is no SOCKS server: the
     # generator sends straight to it, at the front address for each target.
     udp_fronts: dict[tuple[str, int], tuple[str, int]] = field(default_factory=dict)
+    # How the generator asks for a tunnel (fastsocks bench --protocol).
+    protocol: str = "socks5"
 
     @property
     def pid(self) -> int | None:
@@ -177,9 +186,10 @@ _LISTENING = re.compile(r"(fastsocks \S+) listening on (\[[^\]]+\]|[^\s:,]+):(\d
                         re.MULTILINE)
 
 
-def start_fastsocks(echo: tuple[str, int]) -> Server:
+def start_fastsocks(echo: tuple[str, int], protocol: str = "socks5") -> Server:
     tmp = tempfile.TemporaryDirectory(prefix="fastsocks-bench-")
-    server = Server("fastsocks", tmp=tmp, log_path=Path(tmp.name) / "fastsocks.log")
+    name = "fastsocks" if protocol == "socks5" else f"fastsocks-{protocol}"
+    server = Server(name, tmp=tmp, log_path=Path(tmp.name) / "fastsocks.log", protocol=protocol)
     env = {k: v for k, v in os.environ.items()
            if k.lower() not in ("http_proxy", "https_proxy", "all_proxy")}
     # The "listening on" line is logged at INFO, so keep the default level;
@@ -289,6 +299,8 @@ def _dante_version() -> str:
 
 STARTERS: dict[str, Callable[[tuple[str, int]], Server]] = {
     "fastsocks": start_fastsocks,
+    "fastsocks-socks4": lambda echo: start_fastsocks(echo, "socks4"),
+    "fastsocks-http": lambda echo: start_fastsocks(echo, "http"),
     "microsocks": start_microsocks,
     "dante": start_dante,
 }
@@ -376,7 +388,8 @@ def measure_round(server: Server, sink: bench.LocalTarget, echo: bench.LocalTarg
         # memory per idle connection before bulk runs leave freed-but-kept heap.
         try:
             for _ in range(20):
-                with bench.open_connection(proxy, echo.address) as sock:
+                with bench.open_connection(proxy, echo.address,
+                                           protocol=server.protocol) as sock:
                     sock.sendall(b"w")
                     sock.recv(1)
         except (OSError, bench.SocksError) as exc:
@@ -384,7 +397,8 @@ def measure_round(server: Server, sink: bench.LocalTarget, echo: bench.LocalTarg
             return [{"server": server.name, "measurement": "warm-up", "run_error": str(exc)}]
         time.sleep(plan.pause)
     if proxy is not None and "idle" in plan.groups:
-        r = one("idle", bench.Config(mode="idle", proxy=proxy, target=echo.address,
+        r = one("idle", bench.Config(mode="idle", proxy=proxy, protocol=server.protocol,
+                                     target=echo.address,
                                      connections=plan.idle_connections, concurrency=32,
                                      duration=plan.idle_hold, server_pid=pid), echo)
         if r:
@@ -393,14 +407,16 @@ def measure_round(server: Server, sink: bench.LocalTarget, echo: bench.LocalTarg
                 f"{_f(r.get('server_pss_kib_per_connection'), '{:.2f}')} KiB/conn PSS")
     for streams in (1, 8) if "throughput" in plan.groups else ():
         r = one(f"throughput{streams}", bench.Config(
-            mode="throughput", proxy=proxy, target=sink.address, streams=streams,
+            mode="throughput", proxy=proxy, protocol=server.protocol, target=sink.address,
+            streams=streams,
             duration=plan.duration, server_pid=pid), sink)
         if r:
             log(f"  {server.name} {streams} stream(s): {r['gbit_per_s']:.2f} Gbit/s"
                 + (f", {_f(r.get('server_cpu_s_per_gib'), '{:.3f}')} CPU-s/GiB" if pid else ""))
     for conc in (1, 64) if "handshake" in plan.groups else ():
         r = one(f"handshake{conc}", bench.Config(
-            mode="handshake", proxy=proxy, target=echo.address, concurrency=conc,
+            mode="handshake", proxy=proxy, protocol=server.protocol, target=echo.address,
+            concurrency=conc,
             duration=plan.duration, server_pid=pid), echo)
         if r:
             log(f"  {server.name} c={conc}: {r['per_s']:.0f} handshakes/s, p50 "

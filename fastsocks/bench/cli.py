@@ -56,6 +56,10 @@ def _parser() -> argparse.ArgumentParser:
         epilog="Loopback only: point --proxy and --target at addresses on this machine.")
     p.add_argument("--proxy", metavar="HOST:PORT", type=_address,
                    help="the SOCKS5 server under test (omit to connect directly)")
+    p.add_argument("--protocol", choices=("socks5", "socks4", "http"), default="socks5",
+                   help="how the TCP modes ask --proxy for the tunnel: SOCKS5 CONNECT (the "
+                   "default), SOCKS4 (4a for a name; --user is the USERID) or HTTP CONNECT "
+                   "(--user/--password as Proxy-Authorization: Basic)")
     p.add_argument("--user", help="RFC 1929 username")
     p.add_argument("--password", help="RFC 1929 password")
     p.add_argument("--target", metavar="HOST:PORT", type=_address,
@@ -104,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     local_target = args.local_target or ("process" if args.mode.startswith("udp-") else "thread")
     cfg = Config(
-        mode=args.mode, proxy=args.proxy, rate=args.rate, size=args.size,
+        mode=args.mode, proxy=args.proxy, protocol=args.protocol, rate=args.rate, size=args.size,
         auth=(args.user, args.password) if args.user is not None else None,
         target=args.target, streams=args.streams, concurrency=args.concurrency,
         connections=args.connections, duration=args.duration, engine=args.engine,

@@ -54,6 +54,7 @@ UDP_PACE_BURST = 256  # paced sending: at most this many datagrams back to back
 class Config:
     mode: str = "throughput"  # throughput | handshake | idle | udp-rtt | udp-oneway
     proxy: tuple[str, int] | None = None
+    protocol: str = "socks5"  # socks5 | socks4 | http: how a TCP mode asks the proxy
     auth: tuple[str, str] | None = None
     target: tuple[str, int] | None = None  # None: start a local sink/echo
     streams: int = 1
@@ -80,6 +81,10 @@ class Config:
     def validate(self) -> None:
         if self.mode not in MODES:
             raise ValueError(f"unknown mode {self.mode!r}")
+        if self.protocol not in ("socks5", "socks4", "http"):
+            raise ValueError(f"unknown protocol {self.protocol!r}: socks5, socks4 or http")
+        if self.protocol != "socks5" and self.udp:
+            raise ValueError(f"--protocol {self.protocol} has no UDP: the udp modes are SOCKS5")
         if self.mode == "udp-rtt" and not 1 <= self.concurrency <= UDP_MAX_ASSOCIATIONS:
             raise ValueError(f"--concurrency must be 1..{UDP_MAX_ASSOCIATIONS} in udp-rtt mode "
                              "(one association, two fds, each)")

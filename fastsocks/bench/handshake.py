@@ -22,9 +22,9 @@ import threading
 import time
 from typing import Any
 
-from ..constants import Command
-from ..net.client import Negotiation, SocksError
-from .client import BenchNegotiation, connect_async, open_connection, recv_exact, recv_exact_async
+from ..net.client import SocksError
+from .client import (connect_async, make_negotiation, open_connection, recv_exact,
+                     recv_exact_async)
 from .common import (
     IO_TIMEOUT,
     MAX_HANDSHAKES,
@@ -48,7 +48,7 @@ def _handshake_async(cfg: Config, target: tuple[str, int], engine: str) -> tuple
     stats = Stats()
     payload = os.urandom(PAYLOAD_SIZE)
     fam = family((cfg.proxy or target)[0])
-    negotiation = BenchNegotiation(target[0], target[1], Command.CONNECT, cfg.auth)
+    negotiation = make_negotiation(cfg.protocol, target[0], target[1], cfg.auth)
     latencies = stats.latencies
     perf = time.perf_counter
     state = {"deadline": 0.0, "count": 0}
@@ -133,7 +133,7 @@ class _Conn:
     def __init__(self, sock: socket.socket, t0: float) -> None:
         self.sock = sock
         self.state = _S_CONNECT
-        self.negotiation: Negotiation | None = None  # through a proxy: the SOCKS5 part
+        self.negotiation: Any = None  # through a proxy: the SOCKS5 (SOCKS4, HTTP) part
         self.data = b""  # the echo so far
         self.t0 = t0
         self.out = b""
@@ -149,7 +149,7 @@ def _handshake_epoll(cfg: Config, target: tuple[str, int]) -> tuple[Stats, float
     first = proxy or target
     fam = family(first[0])
     # The messages are encoded once; each connection gets a fresh() copy.
-    negotiation = BenchNegotiation(target[0], target[1], Command.CONNECT, cfg.auth)
+    negotiation = make_negotiation(cfg.protocol, target[0], target[1], cfg.auth)
     perf = time.perf_counter
     monotonic = time.monotonic
     conns: dict[int, _Conn] = {}
@@ -292,7 +292,8 @@ def _handshake_threads(cfg: Config, target: tuple[str, int]) -> tuple[Stats, flo
                 break
             t = time.perf_counter()
             try:
-                with open_connection(cfg.proxy, target, cfg.auth) as sock:
+                with open_connection(cfg.proxy, target, cfg.auth,
+                                     protocol=cfg.protocol) as sock:
                     sock.sendall(payload)
                     if recv_exact(sock, PAYLOAD_SIZE, "echo") != payload:
                         raise SocksError("echo", "the echoed bytes differ from those sent")

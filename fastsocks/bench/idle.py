@@ -14,9 +14,8 @@ import socket
 import time
 from typing import Any, Callable, Iterator
 
-from ..constants import Command
 from ..net.client import SocksError
-from .client import BenchNegotiation, connect_async, recv_exact_async
+from .client import connect_async, make_negotiation, recv_exact_async
 from .common import IO_TIMEOUT, Config, Progress, Stats, family, new_event_loop
 from .proc import ProcessTree
 
@@ -31,7 +30,7 @@ def measure(cfg: Config, target: tuple[str, int],
     held: list[socket.socket] = []
     stats = Stats()
     fam = family((cfg.proxy or target)[0])
-    negotiation = BenchNegotiation(target[0], target[1], Command.CONNECT, cfg.auth)
+    negotiation = make_negotiation(cfg.protocol, target[0], target[1], cfg.auth)
     tree = ProcessTree(cfg.server_pid) if cfg.server_pid else None
     result: dict[str, Any] = {"requested": cfg.connections}
 

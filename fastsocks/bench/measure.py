@@ -58,6 +58,7 @@ def run(cfg: Config, on_hold: Callable[[dict[str, Any]], None] | None = None) ->
         "proxy": format_peer(cfg.proxy) if cfg.proxy else None,
         "target": format_peer(target),
         "auth": cfg.auth is not None,
+        "protocol": cfg.protocol,
         "streams": cfg.streams if cfg.mode == "throughput" else None,
         "concurrency": cfg.concurrency if cfg.mode not in ("throughput", "udp-oneway") else None,
         "connections": cfg.connections if cfg.mode == "idle" else None,
@@ -76,7 +77,7 @@ def _probe(cfg: Config, target: tuple[str, int]) -> None:
     if cfg.udp:
         _probe_udp(cfg, target)
         return
-    with open_connection(cfg.proxy, target, cfg.auth) as sock:
+    with open_connection(cfg.proxy, target, cfg.auth, protocol=cfg.protocol) as sock:
         if cfg.mode != "throughput":
             sock.sendall(b"p")
             if recv_exact(sock, 1, "echo") != b"p":

@@ -296,3 +296,17 @@ def test_upstream_type_is_checked(run_cli: Callable[..., Any], tmp_path: Path) -
                     encoding="utf-8")
     result = run_cli("check", str(path))
     assert result.returncode == 0 and b'type = "http"' in result.stdout, result.stderr
+
+
+@pytest.mark.parametrize("protocol", ["socks4", "http"])
+def test_bench_speaks_each_protocol(fastsocks_server: Callable[..., Any], protocol: str) -> None:
+    from fastsocks import bench
+
+    server = fastsocks_server()
+    for mode in ("handshake", "throughput"):
+        result = bench.run(bench.Config(mode=mode, proxy=server.address, protocol=protocol,
+                                        concurrency=4, duration=0.3))
+        assert result["protocol"] == protocol and not result["errors"], result
+        assert result["handshakes"] > 4 if mode == "handshake" else result["bytes"] > 0
+    with pytest.raises(ValueError, match="no UDP"):
+        bench.Config(mode="udp-rtt", protocol=protocol).validate()
