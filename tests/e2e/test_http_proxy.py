@@ -310,3 +310,21 @@ def test_bench_speaks_each_protocol(fastsocks_server: Callable[..., Any], protoc
         assert result["handshakes"] > 4 if mode == "handshake" else result["bytes"] > 0
     with pytest.raises(ValueError, match="no UDP"):
         bench.Config(mode="udp-rtt", protocol=protocol).validate()
+
+
+def test_request_head_drops_hop_by_hop_fields() -> None:
+    # RFC 9110 §7.6.1: Connection, the fields it names, and the fixed list; Host from the URI.
+    from fastsocks.control.httpparse import Inbound, request_head
+
+    inbound = Inbound()
+    inbound.feed(b"POST http://[::1]:8080/p?q=1#f HTTP/1.1\r\nHost: elsewhere\r\n"
+                 b"Connection: close, X-Secret\r\nX-Secret: 1\r\nKeep-Alive: 5\r\n"
+                 b"Proxy-Connection: keep-alive\r\nProxy-Authorization: Basic eDp5\r\nTE: trailers\r\n"
+                 b"Trailer: X-T\r\nUpgrade: h2c\r\nTransfer-Encoding: chunked\r\nX-Kept: yes\r\n\r\n"
+                 b"3\r\nabc\r\n0\r\n\r\n")
+    request = inbound.events[0]
+    assert (request.host, request.port, request.authorization) == ("::1", 8080, b"Basic eDp5")
+    assert list(inbound.events)[1:] == [b"abc", None]
+    assert request_head(request) == (b"POST /p?q=1 HTTP/1.1\r\nHost: [::1]:8080\r\n"
+                                     b"X-Kept: yes\r\nVia: 1.1 fastsocks\r\n"
+                                     b"Transfer-Encoding: chunked\r\n\r\n")
