@@ -144,9 +144,9 @@ def test_manylinux_wheel_installs_without_cython_and_serves(dist: Path, tmp_path
                             cwd=tmp_path, stderr=subprocess.PIPE, text=True, env=COMPILED_ENV)
     try:
         assert proc.stderr is not None
-        line = proc.stderr.readline()
-        match = re.search(r"listening on 127\.0\.0\.1:(\d+) .*accelerated", line)
-        assert match, line
+        lines = [proc.stderr.readline() for _ in range(2)]  # the SSRF note, then the listener
+        match = re.search(r"listening on 127\.0\.0\.1:(\d+) .*accelerated", lines[-1])
+        assert match, lines
         url = f"http://127.0.0.1:{httpd.server_address[1]}/"
         out = subprocess.run(["curl", "-sS", "--max-time", "10", "--socks5-hostname",
                               f"127.0.0.1:{match.group(1)}", url],
