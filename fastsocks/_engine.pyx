@@ -7,13 +7,25 @@ until both directions have ended.  Bytes move socket → pipe → socket with
 splice(2), so they never enter user space and no Python object is made per
 chunk; the event loop thread only does handshakes.
 
-* Each direction moves bytes only while its pipe is empty enough to read
-  into, and stops reading its source while the destination cannot take more
-  (EAGAIN): backpressure is the kernel's socket buffers plus one pipe.
+* A direction starts in copy mode: recv(2) into a 16 KiB buffer on the
+  engine thread's stack, send(2) straight on.  For the few small writes of a
+  short connection that is two system calls per chunk where splice needs a
+  pipe and two splices (and a third to find the source empty).  The first
+  read that fills the buffer switches the direction to splice for good.
+* Each direction tracks whether its source may hold data: set by an epoll
+  event, cleared by EAGAIN or, in copy mode, by a short read (the receive
+  queue was empty; whatever arrives later is a new edge).  An event for one
+  direction never costs the other a system call.
+* In splice mode a direction moves bytes only while its pipe is empty enough
+  to read into, and stops reading its source while the destination cannot
+  take more (EAGAIN): backpressure is the kernel's socket buffers plus one
+  pipe (or, in copy mode, the bytes of one short write held back).
 * Pipes come from a pool and go back to it as soon as they are empty, so an
   idle pair holds no pipe: its cost is one ``Pair`` struct.
 * Half-close: EOF from one side becomes shutdown(SHUT_WR) on the other once
   everything read before it has been written; the other direction goes on.
+  The direction that ends last skips its shutdown: the close that follows
+  sends the same FIN (both receive queues are empty by then, so no RST).
 * Idle pairs are closed by a scan every quarter second against a coarse clock.
 * Bandwidth limits are token buckets (``Throttle``: one per connection, or
   one shared by a user's connections) checked before each read: a direction
@@ -156,6 +168,7 @@ cdef enum:
     PIPE_POOL_MAX = 64
     PIPE_SIZE = 1 << 20
     COPY_SIZE = 65536
+    SMALL_READ = 16384        # copy mode's buffer; a read that fills it means bulk
 
 
 cdef struct Pipe:
@@ -193,6 +206,9 @@ cdef struct Dir:
     uint64_t nbytes           # bytes read from src (plus the handed-over ones)
     bint eof                  # src said EOF
     bint shut                 # dst was shut down for writing
+    bint ready                # src may hold data (an event came; no EAGAIN since)
+    bint hup                  # src reported RDHUP/HUP/ERR: read on to EOF or the error
+    bint bulk                 # splice mode (a copy-mode read filled its buffer)
     Bucket* buckets[2]        # rate limits on reading src (NULL: none)
     bint throttled            # over its rate: waits for wake_us, not for epoll
     int64_t wake_us
@@ -385,13 +401,15 @@ cdef class Engine:
         return Throttle(rate)
 
     def add(self, int client_fd, int upstream_fd, bytes to_upstream, bytes to_client,
-            double idle_timeout, callback, tuple throttles=()):
+            double idle_timeout, callback, tuple throttles=(), *, bint nonblocking=False):
         """Hand over a connected pair; the engine owns (and will close) both fds.
 
         ``to_upstream`` / ``to_client`` are sent before anything read later;
         ``callback(bytes_up, bytes_down, reason)`` runs on the event loop
         once the pair is finished, from ``collect()``.  ``throttles``: up to
-        two ``Throttle`` objects limiting both directions.
+        two ``Throttle`` objects limiting both directions.  ``nonblocking``:
+        the caller knows both fds are non-blocking already (an event loop's
+        sockets and their dups are), which saves two ioctls.
         """
         cdef Pair* p
         cdef Throttle t
@@ -400,8 +418,9 @@ cdef class Engine:
             raise ValueError("at most two throttles per pair")
         # The engine thread must never block: whatever the fds were, they
         # are non-blocking from here on.
-        _os.set_blocking(client_fd, False)
-        _os.set_blocking(upstream_fd, False)
+        if not nonblocking:
+            _os.set_blocking(client_fd, False)
+            _os.set_blocking(upstream_fd, False)
         p = <Pair*>calloc(1, sizeof(Pair))
         if p == NULL:
             raise MemoryError()
@@ -621,14 +640,26 @@ cdef inline void _charge(Dir* d, Py_ssize_t n) noexcept nogil:
         d.buckets[1].tokens -= n
 
 
-cdef int _pump(Engine e, Dir* d) noexcept nogil:
-    """Move what can be moved now in one direction."""
-    cdef ssize_t n
+cdef bint _hold(Dir* d, const char* data, Py_ssize_t n) noexcept nogil:
+    """Keep the ``n`` bytes a short write left over, sent first by ``_pump``."""
+    d.pend = <char*>malloc(n)
+    if d.pend == NULL:
+        return False
+    memcpy(d.pend, data, n)
+    d.pend_len = n
+    d.pend_off = 0
+    return True
+
+
+cdef int _pump(Engine e, Dir* d, Dir* other) noexcept nogil:
+    """Move what can be moved now in one direction (``other``: the opposite one)."""
+    cdef ssize_t n, m
     cdef Py_ssize_t want
+    cdef char buf[SMALL_READ]
     if d.shut:
         return PUMP_DONE
     while True:
-        # Bytes handed over with the pair go first.
+        # Bytes handed over with the pair, or held back by a short write, go first.
         while d.pend_off < d.pend_len:
             n = send(d.dst, d.pend + d.pend_off, d.pend_len - d.pend_off, MSG_NOSIGNAL)
             if n < 0:
@@ -639,6 +670,8 @@ cdef int _pump(Engine e, Dir* d) noexcept nogil:
         if d.pend != NULL:
             free(d.pend)
             d.pend = NULL
+            d.pend_len = 0
+            d.pend_off = 0
         # Drain the pipe into the destination.
         while d.in_pipe > 0:
             n = splice(d.pipe.rfd, NULL, d.dst, NULL, d.in_pipe, SPLICE_F_MOVE | SPLICE_F_NONBLOCK)
@@ -651,15 +684,53 @@ cdef int _pump(Engine e, Dir* d) noexcept nogil:
             _pipe_put(e, d.pipe)
             d.pipe = NULL
         if d.eof:
-            shutdown(d.dst, SHUT_WR)
+            # The last direction to end leaves the FIN to the close.
+            if not other.shut:
+                shutdown(d.dst, SHUT_WR)
             d.shut = True
             return PUMP_DONE
+        if not d.ready:
+            return PUMP_WAIT
         # Over its rate: wait for the bucket, not for epoll.
         want = PIPE_SIZE
         if d.buckets[0] != NULL:
             want = _allowance(d, want)
             if want == 0:
                 return PUMP_THROTTLED
+        if not d.bulk:
+            # Copy mode: recv, then send at once; a short write keeps the rest.
+            if want > SMALL_READ:
+                want = SMALL_READ
+            n = recv(d.src, buf, want, 0)
+            if n > 0:
+                d.nbytes += n
+                if d.buckets[0] != NULL:
+                    _charge(d, n)
+                if n == SMALL_READ:
+                    d.bulk = True
+                elif n < want and not d.hup:
+                    d.ready = False   # drained: more data is a new edge
+                m = send(d.dst, buf, n, MSG_NOSIGNAL)
+                while m < 0 and errno == EINTR:
+                    m = send(d.dst, buf, n, MSG_NOSIGNAL)
+                if m < 0:
+                    if errno != EAGAIN:
+                        return PUMP_DST_ERR
+                    m = 0
+                if m < n:
+                    if not _hold(d, buf + m, n - m):
+                        return PUMP_NOMEM
+                    return PUMP_WAIT  # the destination is full: its EPOLLOUT resumes
+                continue
+            if n == 0:
+                d.eof = True
+                continue
+            if errno == EINTR:
+                continue
+            if errno == EAGAIN:
+                d.ready = False
+                return PUMP_WAIT
+            return PUMP_SRC_ERR
         # Read more, but only into an empty pipe: a full pipe and an empty
         # socket would both say EAGAIN.
         d.pipe = _pipe_get(e)
@@ -687,7 +758,12 @@ cdef int _pump(Engine e, Dir* d) noexcept nogil:
                 continue
             if errno == EINTR:
                 continue
-            return PUMP_WAIT if errno == EAGAIN else PUMP_SRC_ERR
+            if errno == EAGAIN:
+                d.ready = False
+                return PUMP_WAIT
+            return PUMP_SRC_ERR
+        # A short splice proves nothing (the pipe's slots may have run out
+        # before its bytes): splice mode reads on to EAGAIN.
         n = splice(d.src, NULL, d.pipe.wfd, NULL, want if want < d.pipe.size else d.pipe.size,
                    SPLICE_F_MOVE | SPLICE_F_NONBLOCK)
         if n > 0:
@@ -702,7 +778,10 @@ cdef int _pump(Engine e, Dir* d) noexcept nogil:
                 continue
             _pipe_put(e, d.pipe)
             d.pipe = NULL
-            return PUMP_WAIT if errno == EAGAIN else PUMP_SRC_ERR
+            if errno == EAGAIN:
+                d.ready = False
+                return PUMP_WAIT
+            return PUMP_SRC_ERR
 
 
 cdef inline void _drop_pipe(Dir* d) noexcept nogil:
@@ -810,11 +889,14 @@ cdef void _service(Engine e, Pair* p, int which, uint32_t events) noexcept nogil
         return
     p.last_ms = _now_ms()
     if events & (EPOLLIN | EPOLLRDHUP | EPOLLERR | EPOLLHUP):
-        r = _pump(e, reading)
+        reading.ready = True
+        if events & (EPOLLRDHUP | EPOLLERR | EPOLLHUP):
+            reading.hup = True
+        r = _pump(e, reading, writing)
         if _settle(e, p, r, which):
             return
     if events & (EPOLLOUT | EPOLLERR | EPOLLHUP):
-        r = _pump(e, writing)
+        r = _pump(e, writing, reading)
         if _settle(e, p, r, 1 - which):
             return
     if p.up.shut and p.down.shut:
@@ -854,10 +936,11 @@ cdef void _register(Engine e, Pair* p) noexcept nogil:
         if epoll_ctl(e.epfd, EPOLL_CTL_ADD, p.fds[i], &ev) < 0:
             _finish(e, p, R_ERROR)
             return
-    # Edge-triggered: move whatever is already there (handed-over bytes,
-    # data that arrived during the hand-over) now.
-    _service(e, p, 0, EPOLLIN | EPOLLOUT)
-    _service(e, p, 1, EPOLLIN | EPOLLOUT)
+    # Send the handed-over bytes now.  Data that arrived during the hand-over
+    # needs no read here: adding an fd that is already readable to epoll
+    # reports it in the next batch (edge-triggered or not).
+    _service(e, p, 0, EPOLLOUT)
+    _service(e, p, 1, EPOLLOUT)
 
 
 cdef void _commands(Engine e) noexcept nogil:

@@ -111,11 +111,14 @@ class HandoffStage(SessionCore):
         pending = self._take_pending()
         held = self.held
         throttles = held.owner.throttles(held, self.user, engine.throttle) if held else ()
+        # The loop's transport socket is non-blocking (and its dup with it:
+        # they share the file status); the outbound one says so itself.
+        nonblocking = not sock.getblocking()
         try:
             upstream_fd = sock.detach()
             self.pair_id = engine.add(client_fd, upstream_fd, pending, reply,
                                       self.server.settings.idle_timeout, self._on_engine_closed,
-                                      throttles)
+                                      throttles, nonblocking=nonblocking)
         except BaseException:
             os.close(client_fd)
             raise

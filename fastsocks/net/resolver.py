@@ -56,6 +56,10 @@ _ERRNO_REPLY = {
     errno.EAFNOSUPPORT: Reply.ATYP_NOT_SUPPORTED,
 }
 _IN_PROGRESS = (errno.EINPROGRESS, errno.EAGAIN, getattr(errno, "EWOULDBLOCK", errno.EAGAIN))
+# Outbound sockets are made non-blocking by socket(2) itself where the flag
+# exists (Linux): one ioctl less per connection than setblocking(False).
+_SOCK_NONBLOCK = getattr(socket, "SOCK_NONBLOCK", 0)
+_STREAM_NONBLOCKING = socket.SOCK_STREAM | _SOCK_NONBLOCK
 
 if hasattr(errno, "EHOSTDOWN"):
     _ERRNO_REPLY[errno.EHOSTDOWN] = Reply.HOST_UNREACHABLE
@@ -324,11 +328,12 @@ class Connector:
             family, sockaddr = entry
             self.sockaddr = sockaddr
             try:
-                sock = _socket.socket(family, socket.SOCK_STREAM)
+                sock = _socket.socket(family, _STREAM_NONBLOCKING)
             except OSError as exc:
                 self._failed(sockaddr, reply_for_errno(exc.errno), exc.strerror or str(exc))
                 continue
-            sock.setblocking(False)
+            if not _SOCK_NONBLOCK:
+                sock.setblocking(False)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if self.sources or self.interface:
                 try:

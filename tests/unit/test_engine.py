@@ -41,10 +41,12 @@ class Bench:
         self.engine = engine
         self.results: dict[int, tuple[int, int, str]] = {}
 
-    def pair(self, to_upstream: bytes = b"", to_client: bytes = b"",
-             idle: float = 0.0) -> tuple[socket.socket, socket.socket, int]:
+    def pair(self, to_upstream: bytes = b"", to_client: bytes = b"", idle: float = 0.0,
+             upstream_sndbuf: int = 0) -> tuple[socket.socket, socket.socket, int]:
         client, proxy_client = _tcp_pair()
         proxy_upstream, target = _tcp_pair()
+        if upstream_sndbuf:
+            proxy_upstream.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, upstream_sndbuf)
         holder: list[int] = []
         pair_id = self.engine.add(
             proxy_client.detach(), proxy_upstream.detach(), to_upstream, to_client, idle,
@@ -71,6 +73,15 @@ def bench() -> Iterator[Bench]:
     engine.stop()
     engine.collect()
     assert engine.active == 0
+
+
+def _recv_exact(sock: socket.socket, n: int) -> bytes:
+    data = b""
+    while len(data) < n:
+        chunk = sock.recv(n - len(data))
+        assert chunk, f"EOF after {len(data)} of {n} bytes"
+        data += chunk
+    return data
 
 
 def _read_all(sock: socket.socket) -> bytes:
@@ -157,6 +168,82 @@ def test_slow_reader_stops_the_fast_writer(bench: Bench) -> None:
     client.close()
     target.close()
     assert bench.wait(pair_id)[1:] == (sent, "eof")
+
+
+def _pipes() -> int:
+    """This process's pipe descriptors (the engine's pool is among them)."""
+    count = 0
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            count += os.readlink(f"/proc/self/fd/{name}").startswith("pipe:")
+        except FileNotFoundError:
+            pass
+    return count
+
+
+def test_small_exchanges_are_copied_and_bulk_is_spliced(bench: Bench) -> None:
+    """A chatty pair never takes a pipe; the first full read switches to splice."""
+    client, target, pair_id = bench.pair(to_client=b"REPLY")
+    assert client.recv(5) == b"REPLY"
+    before = _pipes()
+    for i in range(50):
+        message = b"%d:" % i + os.urandom(100 + i)
+        client.sendall(message)
+        assert _recv_exact(target, len(message)) == message
+        target.sendall(message[::-1])
+        assert _recv_exact(client, len(message)) == message[::-1]
+    assert _pipes() == before, "copy mode took a pipe"
+    bulk = os.urandom(4 << 20)
+    sender = threading.Thread(target=client.sendall, args=(bulk,))
+    sender.start()
+    got = _recv_exact(target, len(bulk))
+    sender.join(30)
+    assert hashlib.sha256(got).digest() == hashlib.sha256(bulk).digest()
+    assert _pipes() > before, "bulk never switched to splice"
+    # The last direction to end closes without a shutdown: the client still
+    # gets every byte and a FIN (EOF), not a reset.
+    target.sendall(b"bye")
+    target.shutdown(socket.SHUT_WR)
+    client.shutdown(socket.SHUT_WR)
+    assert _read_all(client) == b"bye"
+    assert _read_all(target) == b""
+    client.close()
+    target.close()
+    up, down, reason = bench.wait(pair_id)
+    assert reason == "eof" and up == sum(100 + i + len(b"%d:" % i) for i in range(50)) + len(bulk)
+
+
+def test_short_writes_in_copy_mode_keep_every_byte(bench: Bench) -> None:
+    """Small reads into a destination that fills: the rest waits for EPOLLOUT, in order."""
+    client, target, pair_id = bench.pair(upstream_sndbuf=4096)
+    target.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
+    sent = hashlib.sha256()
+    total = 0
+
+    def dribble() -> None:
+        nonlocal total
+        for i in range(200):  # ~800 KiB in writes of 1-7 KiB, each read alone
+            chunk = os.urandom(1024 * (1 + i % 7))
+            client.sendall(chunk)
+            sent.update(chunk)
+            total += len(chunk)
+            time.sleep(0.001)
+        client.shutdown(socket.SHUT_WR)
+
+    thread = threading.Thread(target=dribble)
+    thread.start()
+    time.sleep(0.3)  # the target reads nothing yet: the engine's writes fall short
+    got = hashlib.sha256()
+    received = 0
+    while chunk := target.recv(65536):
+        got.update(chunk)
+        received += len(chunk)
+    thread.join(30)
+    assert (received, got.digest()) == (total, sent.digest())
+    target.close()
+    assert _read_all(client) == b""
+    client.close()
+    assert bench.wait(pair_id) == (total, 0, "eof")
 
 
 def test_idle_pair_is_closed(bench: Bench) -> None:
