@@ -9,7 +9,9 @@ module each:
     Gbit/s.
 ``handshake`` (handshake.py)
     ``--concurrency C`` workers looping connect, SOCKS5 negotiation, CONNECT,
-    a 64-byte echo, close; handshakes/s and p50/p99 latency.
+    a 64-byte echo, close; handshakes/s and p50/p99 latency.  With
+    ``--target-name NAME`` the CONNECT asks for NAME (ATYP X'03'), so the
+    proxy's name path (its DNS cache) is measured.
 ``idle`` (idle.py)
     ``--connections N`` relayed connections held idle for ``--duration``
     seconds; the server's memory per connection.
@@ -64,7 +66,7 @@ from .common import (
 from .measure import run
 from .proc import CLK_TCK, ProcessTree, udp_socket_drops
 from .report import format_table
-from .targets import TARGET_KINDS, LocalTarget, serve
+from .targets import TARGET_KINDS, LocalTarget, name_hosts, serve
 from .udp_targets import udp_sink_stats
 
 __all__ = [
@@ -75,6 +77,7 @@ __all__ = [
     "udp_header",
     "parse_udp_reply",
     "LocalTarget",
+    "name_hosts",
     "TARGET_KINDS",
     "serve",
     "udp_sink_stats",

@@ -66,6 +66,12 @@ def _parser() -> argparse.ArgumentParser:
                    help="where to CONNECT (or send datagrams): a sink (throughput), an echo "
                    "server (handshake, idle), a UDP echo (udp-rtt) or a UDP sink (udp-oneway); "
                    "omitted: start one on 127.0.0.1 port 0")
+    p.add_argument("--target-name", metavar="NAME",
+                   help="TCP modes: ask --proxy for NAME at the target's port instead of the "
+                   "target's address (SOCKS5 ATYP X'03', SOCKS4a, HTTP CONNECT NAME:PORT), so "
+                   "that the proxy resolves it (its DNS cache) on every connection; e.g. "
+                   "localhost. Without --target the local target listens on every loopback "
+                   "address NAME may lead to (127.0.0.1, ::1)")
     p.add_argument("--mode", choices=MODES, default="throughput")
     p.add_argument("--streams", type=int, default=1, help="throughput: parallel streams (1)")
     p.add_argument("--concurrency", type=int, default=1,
@@ -110,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = Config(
         mode=args.mode, proxy=args.proxy, protocol=args.protocol, rate=args.rate, size=args.size,
         auth=(args.user, args.password) if args.user is not None else None,
-        target=args.target, streams=args.streams, concurrency=args.concurrency,
+        target=args.target, target_name=args.target_name, streams=args.streams, concurrency=args.concurrency,
         connections=args.connections, duration=args.duration, engine=args.engine,
         local_target=local_target, server_pid=args.server_pid,
         progress=sys.stderr.isatty(),

@@ -7,7 +7,9 @@ duration asked for.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
+import re
 import socket
 import sys
 import time
@@ -37,6 +39,9 @@ MAX_CONNECTIONS = 9000  # idle mode: the generator holds one fd per connection
 MAX_DURATION = 3600.0
 ENGINES = ("auto", "epoll", "uvloop", "asyncio", "threads")
 MODES = ("throughput", "handshake", "idle", "udp-rtt", "udp-oneway")
+# --target-name: what a name may be here (its ASCII form: SOCKS5 ATYP X'03', SOCKS4a and
+# an HTTP request line all carry it as it is; RFC 1928 §5 bounds it at 255 octets).
+_NAME = re.compile(r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*\.?")
 GiB = 1 << 30
 
 UDP_RTT_SIZE = 64  # udp-rtt: payload bytes per datagram (after the SOCKS UDP header)
@@ -57,6 +62,7 @@ class Config:
     protocol: str = "socks5"  # socks5 | socks4 | http: how a TCP mode asks the proxy
     auth: tuple[str, str] | None = None
     target: tuple[str, int] | None = None  # None: start a local sink/echo
+    target_name: str | None = None  # TCP modes: ask the proxy for this name, the target's port
     streams: int = 1
     concurrency: int = 1
     connections: int = 1000
@@ -78,9 +84,17 @@ class Config:
             return self.size
         return UDP_RTT_SIZE if self.mode == "udp-rtt" else UDP_ONEWAY_SIZE
 
+    def asked(self, target: tuple[str, int]) -> tuple[str, int]:
+        """What the proxy is asked to CONNECT to: ``target``, or the name with its port."""
+        if self.target_name is None:
+            return target
+        return self.target_name, target[1]
+
     def validate(self) -> None:
         if self.mode not in MODES:
             raise ValueError(f"unknown mode {self.mode!r}")
+        if self.target_name is not None:
+            self._validate_name(self.target_name)
         if self.protocol not in ("socks5", "socks4", "http"):
             raise ValueError(f"unknown protocol {self.protocol!r}: socks5, socks4 or http")
         if self.protocol != "socks5" and self.udp:
@@ -104,6 +118,24 @@ class Config:
                              "in the generator, two in a relaying server)")
         if self.engine not in ENGINES:
             raise ValueError(f"unknown engine {self.engine!r}")
+
+    def _validate_name(self, name: str) -> None:
+        if self.udp:
+            raise ValueError("--target-name is for the TCP modes (throughput, handshake, idle): "
+                             "the udp modes address their datagrams to --target")
+        if self.proxy is None:
+            raise ValueError("--target-name is the name the proxy is asked for: it needs --proxy")
+        try:
+            ipaddress.ip_address(name)
+        except ValueError:
+            pass
+        else:
+            raise ValueError(f"--target-name {name}: an address, not a name; "
+                             "an address goes in --target")
+        if not _NAME.fullmatch(name) or len(name) > 255:
+            raise ValueError(f"--target-name {name!r}: not a host name (letters, digits, '-', "
+                             "'_' and dots, at most 255 octets; a non-ASCII name in its "
+                             "xn-- form)")
 
 
 class Progress:

@@ -30,7 +30,7 @@ def measure(cfg: Config, target: tuple[str, int],
     held: list[socket.socket] = []
     stats = Stats()
     fam = family((cfg.proxy or target)[0])
-    negotiation = make_negotiation(cfg.protocol, target[0], target[1], cfg.auth)
+    negotiation = make_negotiation(cfg.protocol, *cfg.asked(target), cfg.auth)
     tree = ProcessTree(cfg.server_pid) if cfg.server_pid else None
     result: dict[str, Any] = {"requested": cfg.connections}
 

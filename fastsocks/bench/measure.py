@@ -1,7 +1,10 @@
 """One measurement: a local target if none was given, a probe, the mode, the result.
 
 ``run()`` is what ``fastsocks bench`` and benchmarks/run.py call; it returns
-the result as a JSON-able dict (``report.format_table`` prints it).
+the result as a JSON-able dict (``report.format_table`` prints it).  With
+``--target-name`` every request (the probe's too) asks for the name at the
+target's port, and the local target listens wherever the name may lead on
+loopback (``targets.name_hosts``).
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from ..net.client import SocksError
 from . import handshake, idle, throughput, udp_oneway, udp_rtt
 from .client import UdpPath, open_connection, parse_udp_reply, recv_exact
 from .common import Config
-from .targets import LocalTarget
+from .targets import LocalTarget, name_hosts
 from .udp_targets import udp_sink_stats
 
 __all__ = ["run"]
@@ -35,7 +38,8 @@ def run(cfg: Config, on_hold: Callable[[dict[str, Any]], None] | None = None) ->
     if target is None:
         kind = {"throughput": "sink", "udp-rtt": "udp-echo",
                 "udp-oneway": "udp-sink"}.get(cfg.mode, "echo")
-        local = LocalTarget(kind, cfg.local_target)
+        hosts = name_hosts(cfg.target_name) if cfg.target_name is not None else ("127.0.0.1",)
+        local = LocalTarget(kind, cfg.local_target, hosts[0], hosts[1:])
         local.start()
         target = local.address
     try:
@@ -57,6 +61,11 @@ def run(cfg: Config, on_hold: Callable[[dict[str, Any]], None] | None = None) ->
         "mode": cfg.mode,
         "proxy": format_peer(cfg.proxy) if cfg.proxy else None,
         "target": format_peer(target),
+        # The name the proxy was asked for (SOCKS5 ATYP X'03', SOCKS4a, HTTP host:port);
+        # None: the target's address itself.
+        "target_name": cfg.target_name,
+        "target_listens": ([format_peer((h, target[1])) for h in local.hosts]
+                           if local is not None else None),
         "auth": cfg.auth is not None,
         "protocol": cfg.protocol,
         "streams": cfg.streams if cfg.mode == "throughput" else None,
@@ -77,11 +86,12 @@ def _probe(cfg: Config, target: tuple[str, int]) -> None:
     if cfg.udp:
         _probe_udp(cfg, target)
         return
-    with open_connection(cfg.proxy, target, cfg.auth, protocol=cfg.protocol) as sock:
+    asked = cfg.asked(target)
+    with open_connection(cfg.proxy, asked, cfg.auth, protocol=cfg.protocol) as sock:
         if cfg.mode != "throughput":
             sock.sendall(b"p")
             if recv_exact(sock, 1, "echo") != b"p":
-                raise SocksError("echo", f"the target {format_peer(target)} does not echo")
+                raise SocksError("echo", f"the target {format_peer(asked)} does not echo")
 
 
 def _probe_udp(cfg: Config, target: tuple[str, int]) -> None:

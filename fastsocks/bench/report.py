@@ -12,6 +12,10 @@ from .common import GiB
 
 __all__ = ["format_table"]
 
+# How each protocol carries --target-name.
+_NAME_FORMS = {"socks5": "SOCKS5 ATYP X'03'", "socks4": "SOCKS4a",
+               "http": "HTTP CONNECT name:port"}
+
 
 def format_table(result: dict[str, Any]) -> str:
     """The human-readable result: a two-column table."""
@@ -21,6 +25,12 @@ def format_table(result: dict[str, Any]) -> str:
         ("target", result["target"] + (f" (local, {result['local_target']})"
                                        if result.get("local_target") else "")),
     ]
+    if len(result.get("target_listens") or ()) > 1:
+        rows.append(("target listens", ", ".join(result["target_listens"])))
+    if result.get("target_name"):
+        port = result["target"].rpartition(":")[2]
+        rows.append(("asked for", f"{result['target_name']}:{port} (a name: "
+                     + _NAME_FORMS.get(result.get("protocol", "socks5"), "") + ")"))
     if result["mode"] == "throughput":
         rows += [
             ("streams", str(result["streams"])),

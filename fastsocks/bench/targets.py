@@ -2,7 +2,10 @@
 
 Without ``--target`` the generator starts one on loopback port 0, in a thread
 of its own process or in a child process (``LocalTarget``); ``--serve KIND``
-is that child.  For the TCP modes a thread is the default: the sink's
+is that child.  A TCP target may listen on several loopback addresses at
+the same port (``name_hosts``): with ``--target-name localhost`` the proxy
+dials whichever of 127.0.0.1 and ::1 the name gives it first, and either
+must answer, or every connection would pay a refused attempt first.  For the TCP modes a thread is the default: the sink's
 ``recv_into`` releases the GIL, and it measured as fast as a child process.
 For the UDP modes a child process is: a UDP echo in a thread takes the GIL
 for every datagram from the generator's epoll loop (benchmarks/RESULTS.md
@@ -12,8 +15,11 @@ has the figures).
 from __future__ import annotations
 
 import asyncio
+import errno
+import ipaddress
 import os
 import re
+import select
 import signal
 import socket
 import subprocess
@@ -25,7 +31,69 @@ from ..net.address import format_peer
 from .common import BUFFER_SIZE, IO_TIMEOUT, family, new_event_loop
 from .udp_targets import UdpTarget
 
-__all__ = ["TARGET_KINDS", "LocalTarget", "serve"]
+__all__ = ["TARGET_KINDS", "LocalTarget", "serve", "name_hosts"]
+
+_PORT_TRIES = 20  # binding every address at one port: tries before giving up
+
+
+def name_hosts(name: str) -> tuple[str, ...]:
+    """The loopback addresses a local target listens on for ``--target-name name``.
+
+    127.0.0.1 first (the address the result names), then each address the
+    name has here (getaddrinfo: /etc/hosts and nsswitch, what the proxy's
+    system resolver gets on this host), then ::1 where this host has IPv6
+    loopback: ``localhost`` is 127.0.0.1 on some hosts and ::1 and
+    127.0.0.1 on others, and a proxy asking c-ares may get both.
+    ValueError when the name does not resolve here or leads off this host.
+    """
+    try:
+        infos = socket.getaddrinfo(name, None, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError) as exc:
+        raise ValueError(f"--target-name {name} does not resolve here ({exc}): pass --target "
+                         "HOST:PORT where the proxy will find it") from None
+    hosts = ["127.0.0.1"]
+    for *_, sockaddr in infos:
+        address = str(sockaddr[0])
+        if not ipaddress.ip_address(address.partition("%")[0]).is_loopback:
+            raise ValueError(f"--target-name {name} is {address} here, not loopback: the "
+                             "bench's own target listens on loopback only; pass --target "
+                             "HOST:PORT where the name leads")
+        if address not in hosts:
+            hosts.append(address)
+    if "::1" not in hosts and socket.has_ipv6:
+        try:
+            with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as probe:
+                probe.bind(("::1", 0))
+            hosts.append("::1")
+        except OSError:
+            pass  # no IPv6 loopback here: nothing can dial ::1 either
+    return tuple(hosts)
+
+
+def _listeners(hosts: tuple[str, ...], blocking: bool = True) -> list[socket.socket]:
+    """Listening TCP sockets on every one of ``hosts``, all at one port (port 0 picks it)."""
+    for _ in range(_PORT_TRIES):
+        out: list[socket.socket] = []
+        port = 0
+        try:
+            for host in hosts:
+                sock = socket.socket(family(host), socket.SOCK_STREAM)
+                out.append(sock)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                if sock.family == socket.AF_INET6:
+                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                sock.bind((host, port))
+                port = sock.getsockname()[1]
+                sock.listen(4096)
+                sock.setblocking(blocking)
+        except OSError as exc:
+            for sock in out:
+                sock.close()
+            if exc.errno != errno.EADDRINUSE or len(out) < 2:
+                raise
+            continue  # the port is taken on a later address: another one
+        return out
+    raise OSError(errno.EADDRINUSE, f"no port free on all of {', '.join(hosts)}")
 
 
 def _drain(conn: socket.socket) -> None:
@@ -42,41 +110,43 @@ def _drain(conn: socket.socket) -> None:
 
 
 class _Sink:
-    """Accepts on a blocking listener in a thread; one thread per connection."""
+    """Accepts on its listeners (one per address) in a thread; one thread per connection."""
 
     MAX_THREADS = 1024
 
-    def __init__(self, host: str) -> None:
-        self.listener = socket.socket(family(host), socket.SOCK_STREAM)
-        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.listener.bind((host, 0))
-        self.listener.listen(1024)
-        self.address: tuple[str, int] = self.listener.getsockname()[:2]
+    def __init__(self, hosts: tuple[str, ...]) -> None:
+        self.listeners = _listeners(hosts, blocking=False)
+        self.address: tuple[str, int] = self.listeners[0].getsockname()[:2]
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
 
     def serve(self) -> None:
-        self.listener.settimeout(0.2)  # so that stop() is seen
         while not self._stop.is_set():
             try:
-                conn, _ = self.listener.accept()
-            except socket.timeout:
-                continue
-            except OSError:
+                ready, _, _ = select.select(self.listeners, [], [], 0.2)  # stop() is seen
+            except (OSError, ValueError):  # closed
                 break
-            self._threads = [t for t in self._threads if t.is_alive()]
-            if len(self._threads) >= self.MAX_THREADS:
-                conn.close()
-                continue
-            t = threading.Thread(target=_drain, args=(conn,), daemon=True)
-            t.start()
-            self._threads.append(t)
+            for listener in ready:
+                try:
+                    conn, _ = listener.accept()
+                except BlockingIOError:
+                    continue
+                except OSError:
+                    return
+                self._threads = [t for t in self._threads if t.is_alive()]
+                if len(self._threads) >= self.MAX_THREADS:
+                    conn.close()
+                    continue
+                t = threading.Thread(target=_drain, args=(conn,), daemon=True)
+                t.start()
+                self._threads.append(t)
 
     def stop(self) -> None:
         self._stop.set()
 
     def close(self) -> None:
-        self.listener.close()
+        for listener in self.listeners:
+            listener.close()
         for t in self._threads:
             t.join(IO_TIMEOUT)
 
@@ -122,20 +192,23 @@ class _EchoProtocol(asyncio.Protocol):
 
 
 class _Echo:
-    """An echo server on an event loop (uvloop where installed)."""
+    """An echo server on an event loop (uvloop where installed), on one port of each host."""
 
-    def __init__(self, host: str, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, hosts: tuple[str, ...], loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
         self.conns: set[asyncio.Transport] = set()
-        self.server = loop.run_until_complete(loop.create_server(
-            lambda: _EchoProtocol(self.conns), host, 0, backlog=4096, reuse_address=True))
-        self.address: tuple[str, int] = self.server.sockets[0].getsockname()[:2]
+        socks = _listeners(hosts, blocking=False)
+        self.address: tuple[str, int] = socks[0].getsockname()[:2]
+        self.servers = [loop.run_until_complete(loop.create_server(
+            lambda: _EchoProtocol(self.conns), sock=sock, backlog=4096)) for sock in socks]
 
     def close(self) -> None:
-        self.server.close()
+        for server in self.servers:
+            server.close()
         for t in list(self.conns):
             t.abort()
-        self.loop.run_until_complete(self.server.wait_closed())
+        for server in self.servers:
+            self.loop.run_until_complete(server.wait_closed())
         self.loop.run_until_complete(asyncio.sleep(0))
 
 
@@ -145,15 +218,20 @@ TARGET_KINDS = ("sink", "echo", "udp-echo", "udp-sink")
 class LocalTarget:
     """A sink or echo server (TCP or UDP) on loopback port 0, in a thread or a child process.
 
-    Use as a context manager; ``address`` is where it listens.
+    Use as a context manager; ``address`` is where it listens.  A TCP target
+    also listens on each of ``also`` at the same port (``name_hosts``).
     """
 
-    def __init__(self, kind: str, where: str = "process", host: str = "127.0.0.1") -> None:
+    def __init__(self, kind: str, where: str = "process", host: str = "127.0.0.1",
+                 also: tuple[str, ...] = ()) -> None:
         if kind not in TARGET_KINDS:
             raise ValueError(f"target kind {kind!r}")
         if where not in ("process", "thread"):
             raise ValueError(f"target placement {where!r}")
+        if also and kind.startswith("udp-"):
+            raise ValueError("a UDP target listens on one address")
         self.kind, self.where, self.host = kind, where, host
+        self.hosts: tuple[str, ...] = (host, *(h for h in also if h != host))
         self.address: tuple[str, int] = ("", 0)
         self.proc: subprocess.Popen[bytes] | None = None
         self._thread: threading.Thread | None = None
@@ -182,7 +260,7 @@ class LocalTarget:
             self._thread = threading.Thread(target=self._udp.serve, daemon=True)
             self._thread.start()
         elif self.kind == "sink":
-            self._sink = _Sink(self.host)
+            self._sink = _Sink(self.hosts)
             self.address = self._sink.address
             self._thread = threading.Thread(target=self._sink.serve, daemon=True)
             self._thread.start()
@@ -193,7 +271,7 @@ class LocalTarget:
             def serve() -> None:
                 loop = self._loop = new_event_loop()
                 try:
-                    self._echo = _Echo(self.host, loop)
+                    self._echo = _Echo(self.hosts, loop)
                 except BaseException as exc:  # reported to the starting thread
                     errors.append(exc)
                     ready.set()
@@ -216,7 +294,7 @@ class LocalTarget:
     def _start_process(self) -> tuple[str, int]:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "fastsocks.bench", "--serve", self.kind,
-             "--serve-host", self.host],
+             "--serve-host", ",".join(self.hosts)],
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=None)
         assert self.proc.stdout is not None
         line = _readline_timeout(self.proc.stdout, IO_TIMEOUT)
@@ -270,7 +348,11 @@ def _readline_timeout(stream: Any, timeout: float) -> bytes:
 
 
 def serve(kind: str, host: str = "127.0.0.1") -> int:
-    """``--serve KIND``: run one target in the foreground until SIGTERM/SIGINT."""
+    """``--serve KIND``: run one target in the foreground until SIGTERM/SIGINT.
+
+    ``host`` may name several addresses, comma-separated (TCP kinds: one port on each).
+    """
+    hosts = tuple(h for h in host.split(",") if h)
     if kind in ("udp-echo", "udp-sink"):
         udp = UdpTarget(kind, host)
         signal.signal(signal.SIGTERM, lambda *_: udp.stop())
@@ -282,7 +364,7 @@ def serve(kind: str, host: str = "127.0.0.1") -> int:
             udp.close()
         return 0
     if kind == "sink":
-        sink = _Sink(host)
+        sink = _Sink(hosts)
         signal.signal(signal.SIGTERM, lambda *_: sink.stop())
         signal.signal(signal.SIGINT, lambda *_: sink.stop())
         print(f"fastsocks-bench sink listening on {format_peer(sink.address)}", flush=True)
@@ -293,7 +375,7 @@ def serve(kind: str, host: str = "127.0.0.1") -> int:
         return 0
     loop = new_event_loop()
     try:
-        echo = _Echo(host, loop)
+        echo = _Echo(hosts, loop)
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, loop.stop)
         print(f"fastsocks-bench echo listening on {format_peer(echo.address)}", flush=True)

@@ -27,7 +27,8 @@ def measure(cfg: Config, target: tuple[str, int]) -> dict[str, Any]:
     socks_ = []
     try:
         for _ in range(cfg.streams):
-            socks_.append(open_connection(cfg.proxy, target, cfg.auth, protocol=cfg.protocol))
+            socks_.append(open_connection(cfg.proxy, cfg.asked(target), cfg.auth,
+                                          protocol=cfg.protocol))
     except BaseException:
         for s in socks_:
             s.close()

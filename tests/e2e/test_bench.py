@@ -17,6 +17,7 @@ import pytest
 
 from fastsocks import bench
 from fastsocks.net.client import Negotiation
+from procs import access_entries
 
 
 def _addr(server) -> str:
@@ -62,6 +63,82 @@ def test_handshakes_counted(fastsocks_server, engine):
     assert result["per_s"] > 0
     assert 0 < result["p50_ms"] <= result["p99_ms"] <= result["max_ms"]
     assert result["server_cpu_us_per_handshake"] is not None
+
+
+@pytest.mark.parametrize(("protocol", "engine"),
+                         [("socks5", "epoll"), ("socks4", "uvloop"), ("http", "threads")])
+def test_handshakes_ask_for_a_name(fastsocks_server, tmp_path, protocol, engine):
+    """--target-name: every CONNECT names the target (ATYP X'03', SOCKS4a, HTTP host:port),
+    the server resolves it (its DNS cache) and reaches the echo; the result says so."""
+    log = tmp_path / "access.log"
+    server = fastsocks_server("--access-log", str(log), "--access-log-format", "json")
+    result = bench.run(bench.Config(mode="handshake", proxy=server.address, protocol=protocol,
+                                    target_name="localhost", concurrency=2, duration=0.3,
+                                    engine=engine, local_target="thread",
+                                    server_pid=server.pid))
+    assert result["errors"] == {}, result["first_error"]
+    assert result["handshakes"] > 2 and result["target_name"] == "localhost"
+    port = int(result["target"].rpartition(":")[2])
+    # 127.0.0.1, and ::1 where this host has it: wherever the name leads, the echo answers.
+    assert result["target_listens"][0] == f"127.0.0.1:{port}"
+    assert set(result["target_listens"]) <= {f"127.0.0.1:{port}", f"[::1]:{port}"}
+    # The server was asked for the name (the probe's connection too), and dialled loopback.
+    records = access_entries(log, result["handshakes"] + 1)
+    assert len(records) >= result["handshakes"] + 1
+    assert {r["target"] for r in records} == {f"localhost:{port}"}, records[:3]
+    assert {r["dialled"] for r in records} <= set(result["target_listens"])
+    assert {r["protocol"] for r in records} == {protocol}
+    assert result["server_cpu_us_per_handshake"] is not None
+
+
+def test_target_name_cli_and_its_limits(fastsocks_server, capsys):
+    """The command line names the name in JSON and in the table, and refuses it where it has
+    no meaning: UDP modes, no proxy, an address."""
+    server = fastsocks_server()
+    status = bench.main(["--proxy", _addr(server), "--mode", "idle", "--connections", "4",
+                         "--duration", "0.1", "--target-name", "localhost", "--json"])
+    out = capsys.readouterr().out
+    assert status == 0, out
+    result = json.loads(out)
+    assert result["target_name"] == "localhost" and result["opened"] == 4, result
+    assert bench.main(["--proxy", _addr(server), "--mode", "throughput", "--duration", "0.1",
+                       "--target-name", "localhost", "--protocol", "socks4"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"^\| asked for +\| localhost:\d+ \(a name: SOCKS4a\) \|$", out,
+                     re.MULTILINE), out
+    for args, message in [
+        (["--mode", "udp-rtt", "--proxy", _addr(server)], "--target-name is for the TCP modes"),
+        (["--mode", "handshake"], "it needs --proxy"),
+    ]:
+        assert bench.main([*args, "--target-name", "localhost"]) == 2
+        assert message in capsys.readouterr().err
+    for name, message in [("127.0.0.1", "an address goes in --target"),
+                          ("::1", "an address goes in --target"),
+                          ("a b", "not a host name"), ("x" * 256, "not a host name")]:
+        with pytest.raises(ValueError, match=message):
+            bench.Config(mode="handshake", proxy=server.address, target_name=name).validate()
+
+
+
+def test_name_hosts(monkeypatch):
+    """Where the local target listens for a name: 127.0.0.1 first, then the name's loopback
+    addresses here, then ::1; a name that leads elsewhere or nowhere is a clear error."""
+    hosts = bench.name_hosts("localhost")
+    assert hosts[0] == "127.0.0.1" and set(hosts) <= {"127.0.0.1", "::1"}
+    answers = {"two.test": ["127.0.0.2", "::1"], "far.test": ["127.0.0.1", "192.0.2.1"]}
+
+    def getaddrinfo(host, *args, **kw):
+        if host not in answers:
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+        return [(socket.AF_INET6 if ":" in a else socket.AF_INET, socket.SOCK_STREAM, 6, "",
+                 (a, 0)) for a in answers[host]]
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    assert bench.name_hosts("two.test")[:3] == ("127.0.0.1", "127.0.0.2", "::1")
+    with pytest.raises(ValueError, match="is 192.0.2.1 here, not loopback"):
+        bench.name_hosts("far.test")
+    with pytest.raises(ValueError, match="does not resolve here"):
+        bench.name_hosts("none.test")
 
 
 def test_idle_connections_held(fastsocks_server):
