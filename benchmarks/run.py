@@ -2,9 +2,10 @@
 """End-to-end benchmark: fastsocks against microsocks and Dante, direct TCP as the reference.
 
     python benchmarks/run.py [--quick]
-                             [--servers fastsocks,fastsocks-socks4,fastsocks-http,microsocks,dante]
+                             [--servers fastsocks,fastsocks-name,fastsocks-socks4,fastsocks-http,
+                                        microsocks,dante]
                              [--only idle,throughput,handshake,udp]
-                             [--repeat N] [--json PATH]
+                             [--target-name NAME] [--repeat N] [--json PATH]
 
 Starts a sink and an echo target (TCP, and for the UDP rows a UDP echo and a
 UDP sink) in their own processes, then, for each round (``--repeat``,
@@ -25,6 +26,11 @@ loopback and measures with ``fastsocks.bench``:
 for its tunnels in SOCKS4 and HTTP CONNECT (``fastsocks bench --protocol``):
 their rows beside ``fastsocks`` (SOCKS5) measure what each protocol costs
 per connection and in throughput, in the same run (TCP rows only).
+``fastsocks-name`` is the same fastsocks asked for the echo by name
+(``--target-name``, ``localhost`` unless told; ``fastsocks bench
+--target-name``): SOCKS5 ATYP X'03', the name in the server's DNS cache
+from the warm-up on, handshake rows only, with a table of its figures over
+``fastsocks``' (the cost of the name path).
 
 ``--only`` picks some of these groups (e.g. ``--only udp``).  It prints
 markdown tables of the medians with ratios to direct (and to microsocks),
@@ -66,12 +72,17 @@ if str(ROOT) not in sys.path:  # run from a checkout without installing
 from fastsocks import bench  # noqa: E402
 from fastsocks.net.address import format_peer  # noqa: E402
 
-SERVERS = ("fastsocks", "fastsocks-socks4", "fastsocks-http", "microsocks", "dante")
+SERVERS = ("fastsocks", "fastsocks-name", "fastsocks-socks4", "fastsocks-http", "microsocks",
+           "dante")
 GROUPS = ("idle", "throughput", "handshake", "udp")
 TCP_GROUPS = ("idle", "throughput", "handshake")
 # Servers without UDP ASSOCIATE (checked: microsocks 1.0.3 answers X'07').
 NO_UDP = {"microsocks": "no UDP ASSOCIATE (replies X'07', command not supported)",
-          "fastsocks-socks4": "SOCKS4 has no UDP", "fastsocks-http": "HTTP CONNECT has no UDP"}
+          "fastsocks-socks4": "SOCKS4 has no UDP", "fastsocks-http": "HTTP CONNECT has no UDP",
+          "fastsocks-name": "the name row measures handshakes only"}
+# Rows that ask for the echo by name (fastsocks bench --target-name): handshakes only.
+NAME_ROWS = ("fastsocks-name",)
+TARGET_NAME = "localhost"  # resolves to loopback through /etc/hosts (RFC 6761 §6.3)
 UDP_RATE = 50_000.0  # datagrams/s of the paced one-way run
 DANTED = "/usr/sbin/danted"
 REF_HOST = "127.0.0.2"  # microsocks / Dante listen here, on a port below 32768
@@ -98,8 +109,10 @@ class Server:
     # A plain UDP forwarder (benchmarks/udp_paths.py) is no SOCKS server: the
     # generator sends straight to it, at the front address for each target.
     udp_fronts: dict[tuple[str, int], tuple[str, int]] = field(default_factory=dict)
-    # How the generator asks for a tunnel (fastsocks bench --protocol).
+    # How the generator asks for a tunnel (fastsocks bench --protocol), and for
+    # what: the echo's address, or a name at its port (--target-name).
     protocol: str = "socks5"
+    target_name: str | None = None
 
     @property
     def pid(self) -> int | None:
@@ -186,10 +199,13 @@ _LISTENING = re.compile(r"(fastsocks \S+) listening on (\[[^\]]+\]|[^\s:,]+):(\d
                         re.MULTILINE)
 
 
-def start_fastsocks(echo: tuple[str, int], protocol: str = "socks5") -> Server:
+def start_fastsocks(echo: tuple[str, int], protocol: str = "socks5",
+                    target_name: str | None = None) -> Server:
     tmp = tempfile.TemporaryDirectory(prefix="fastsocks-bench-")
-    name = "fastsocks" if protocol == "socks5" else f"fastsocks-{protocol}"
-    server = Server(name, tmp=tmp, log_path=Path(tmp.name) / "fastsocks.log", protocol=protocol)
+    name = ("fastsocks-name" if target_name is not None else
+            "fastsocks" if protocol == "socks5" else f"fastsocks-{protocol}")
+    server = Server(name, tmp=tmp, log_path=Path(tmp.name) / "fastsocks.log", protocol=protocol,
+                    target_name=target_name)
     env = {k: v for k, v in os.environ.items()
            if k.lower() not in ("http_proxy", "https_proxy", "all_proxy")}
     # The "listening on" line is logged at INFO, so keep the default level;
@@ -299,6 +315,7 @@ def _dante_version() -> str:
 
 STARTERS: dict[str, Callable[[tuple[str, int]], Server]] = {
     "fastsocks": start_fastsocks,
+    "fastsocks-name": lambda echo: start_fastsocks(echo, target_name=TARGET_NAME),
     "fastsocks-socks4": lambda echo: start_fastsocks(echo, "socks4"),
     "fastsocks-http": lambda echo: start_fastsocks(echo, "http"),
     "microsocks": start_microsocks,
@@ -352,6 +369,10 @@ def measure_round(server: Server, sink: bench.LocalTarget, echo: bench.LocalTarg
     out: list[dict[str, Any]] = []
     proxy = server.address
     pid = server.pid
+    name = server.target_name
+    # A name row measures the handshake only: the relay after it is fastsocks' own row.
+    groups = tuple(g for g in plan.groups if g == "handshake") if name else plan.groups
+    asked = (name, echo.address[1]) if name else echo.address
 
     tree = bench.ProcessTree(pid) if pid else None
 
@@ -384,19 +405,19 @@ def measure_round(server: Server, sink: bench.LocalTarget, echo: bench.LocalTarg
         return result
 
     if proxy is not None:
-        # Warm the server up (lazy imports, first allocations), then measure
-        # memory per idle connection before bulk runs leave freed-but-kept heap.
+        # Warm the server up (lazy imports, first allocations; a name row's
+        # name into the DNS cache), then measure memory per idle connection
+        # before bulk runs leave freed-but-kept heap.
         try:
             for _ in range(20):
-                with bench.open_connection(proxy, echo.address,
-                                           protocol=server.protocol) as sock:
+                with bench.open_connection(proxy, asked, protocol=server.protocol) as sock:
                     sock.sendall(b"w")
                     sock.recv(1)
         except (OSError, bench.SocksError) as exc:
             log(f"  {server.name} warm-up: FAILED: {exc}")
             return [{"server": server.name, "measurement": "warm-up", "run_error": str(exc)}]
         time.sleep(plan.pause)
-    if proxy is not None and "idle" in plan.groups:
+    if proxy is not None and "idle" in groups:
         r = one("idle", bench.Config(mode="idle", proxy=proxy, protocol=server.protocol,
                                      target=echo.address,
                                      connections=plan.idle_connections, concurrency=32,
@@ -405,7 +426,7 @@ def measure_round(server: Server, sink: bench.LocalTarget, echo: bench.LocalTarg
             log(f"  {server.name} idle: {r['opened']}/{r['requested']} open, "
                 f"{_f(r.get('server_kib_per_connection'), '{:.2f}')} KiB/conn RSS, "
                 f"{_f(r.get('server_pss_kib_per_connection'), '{:.2f}')} KiB/conn PSS")
-    for streams in (1, 8) if "throughput" in plan.groups else ():
+    for streams in (1, 8) if "throughput" in groups else ():
         r = one(f"throughput{streams}", bench.Config(
             mode="throughput", proxy=proxy, protocol=server.protocol, target=sink.address,
             streams=streams,
@@ -413,10 +434,10 @@ def measure_round(server: Server, sink: bench.LocalTarget, echo: bench.LocalTarg
         if r:
             log(f"  {server.name} {streams} stream(s): {r['gbit_per_s']:.2f} Gbit/s"
                 + (f", {_f(r.get('server_cpu_s_per_gib'), '{:.3f}')} CPU-s/GiB" if pid else ""))
-    for conc in (1, 64) if "handshake" in plan.groups else ():
+    for conc in (1, 64) if "handshake" in groups else ():
         r = one(f"handshake{conc}", bench.Config(
             mode="handshake", proxy=proxy, protocol=server.protocol, target=echo.address,
-            concurrency=conc,
+            target_name=name, concurrency=conc,
             duration=plan.duration, server_pid=pid), echo)
         if r:
             log(f"  {server.name} c={conc}: {r['per_s']:.0f} handshakes/s, p50 "
@@ -424,7 +445,7 @@ def measure_round(server: Server, sink: bench.LocalTarget, echo: bench.LocalTarg
                 + (f", {_f(r.get('server_cpu_us_per_handshake'), '{:.0f}')} CPU-µs/handshake"
                    if pid else "")
                 + (f", errors {r['errors']}" if r["errors"] else ""))
-    if "udp" not in plan.groups or udp_echo is None or udp_sink is None \
+    if "udp" not in groups or udp_echo is None or udp_sink is None \
             or server.name in NO_UDP:
         return out
     for conc in (1, 32):
@@ -605,6 +626,30 @@ def markdown(summary: dict[str, dict[str, Any]], names: list[str]) -> str:
     return "\n".join(lines)
 
 
+def name_markdown(summary: dict[str, dict[str, Any]], target_name: str) -> str:
+    """fastsocks asked by name beside by address, from the same run: the name path's cost."""
+    by_address, by_name = summary["fastsocks"], summary["fastsocks-name"]
+    head = (f"| handshake, CONNECT to the echo | fastsocks (IPv4 address) "
+            f"| fastsocks-name ({target_name}, cached) | name / address |")
+    lines = [head, "|---|---|---|---|"]
+    for label, key, fmt in (
+            ("handshakes/s c=1", "hs_1", "{:.0f}"),
+            ("handshakes/s c=64", "hs_64", "{:.0f}"),
+            ("p50 / p99 ms c=1", "hs_1_p50_ms", "{:.3f}"),
+            ("p50 / p99 ms c=64", "hs_64_p50_ms", "{:.3f}"),
+            ("server CPU-µs/handshake c=1", "cpu_us_per_hs_1", "{:.0f}"),
+            ("server CPU-µs/handshake c=64", "cpu_us_per_hs_64", "{:.0f}")):
+        def cell(s: dict[str, Any]) -> str:
+            text = _num(s[key], fmt)
+            if key.endswith("_p50_ms"):
+                text += " / " + _num(s[key.replace("p50", "p99")], fmt)
+            return text
+
+        lines.append(f"| {label} | {cell(by_address)} | {cell(by_name)} "
+                     f"| {_ratio(by_name[key], by_address[key]) or '—'} |")
+    return "\n".join(lines)
+
+
 def evidence_markdown(summary: dict[str, dict[str, Any]], names: list[str]) -> str:
     head = ("| path | generator CPU, 1 / 8 streams (cores) | sink CPU, 1 / 8 streams (cores) "
             "| generator CPU-s/GiB, 8 streams | generator CPU c=64 (cores) "
@@ -710,6 +755,7 @@ def _machine() -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    global TARGET_NAME
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true",
                    help="short runs (1 s, 1 round, 300 idle connections) to check the set-up")
@@ -726,6 +772,9 @@ def main(argv: list[str] | None = None) -> int:
                    "to measure, e.g. --only udp")
     p.add_argument("--udp-rate", type=float, default=UDP_RATE,
                    help=f"datagrams/s of the paced UDP one-way run ({UDP_RATE:g})")
+    p.add_argument("--target-name", metavar="NAME", default=TARGET_NAME,
+                   help=f"the name the fastsocks-name row asks for ({TARGET_NAME}); it must "
+                   "lead to loopback (the echo listens on each loopback address it has)")
     p.add_argument("--json", metavar="PATH", help="also write every raw result as JSON here")
     args = p.parse_args(argv)
     groups = tuple(g.strip() for g in args.only.split(",") if g.strip())
@@ -760,6 +809,8 @@ def main(argv: list[str] | None = None) -> int:
         why = missing(name)
         if name in NO_UDP and not any(g in TCP_GROUPS for g in groups):
             why = f"{NO_UDP[name]}, and only UDP rows were asked for"
+        if name in NAME_ROWS and "handshake" not in groups:
+            why = f"{NO_UDP[name]}, and --only leaves them out"
         if why:
             notes.append(f"{name} skipped: {why}")
             log(f"NOTE: {name} skipped: {why}")
@@ -772,11 +823,22 @@ def main(argv: list[str] | None = None) -> int:
     runs: list[dict[str, Any]] = []
     infos: dict[str, str] = {}
     t_start = time.monotonic()
+    TARGET_NAME = args.target_name  # for STARTERS["fastsocks-name"]
+    echo_hosts: tuple[str, ...] = ("127.0.0.1",)
+    if any(n in NAME_ROWS for n in active):
+        try:  # wherever the name leads on loopback (127.0.0.1, ::1), the echo answers
+            bench.Config(mode="handshake", proxy=("127.0.0.1", 1),
+                         target_name=TARGET_NAME).validate()
+            echo_hosts = bench.name_hosts(TARGET_NAME)
+        except ValueError as exc:
+            p.error(str(exc))
     with contextlib.ExitStack() as stack:
         sink = stack.enter_context(bench.LocalTarget("sink", "process"))
-        echo = stack.enter_context(bench.LocalTarget("echo", "process"))
+        echo = stack.enter_context(bench.LocalTarget("echo", "process", echo_hosts[0],
+                                                     echo_hosts[1:]))
         log(f"targets: sink {sink.address[0]}:{sink.address[1]} (pid {sink.pid}), "
-            f"echo {echo.address[0]}:{echo.address[1]} (pid {echo.pid})")
+            f"echo {', '.join(format_peer((h, echo.address[1])) for h in echo.hosts)} "
+            f"(pid {echo.pid})")
         udp_echo = udp_sink = None
         if "udp" in groups:
             # In their own processes: in a thread of this one, a UDP target
@@ -838,6 +900,12 @@ def main(argv: list[str] | None = None) -> int:
     if tcp:
         print(markdown(summary, shown))
         print()
+        if "fastsocks" in active and "fastsocks-name" in active and "handshake" in groups:
+            print(f"By name: the same fastsocks asked for the echo as {TARGET_NAME!r} (SOCKS5 "
+                  f"ATYP X'03', in its DNS cache from the warm-up on; the echo listens on "
+                  f"{', '.join(echo_hosts)}) beside its IPv4 address:\n")
+            print(name_markdown(summary, TARGET_NAME))
+            print()
         print("Generator and targets (evidence that the load generator is not the limit; "
               "CPU in cores = CPU-seconds per second of the run):\n")
         print(evidence_markdown(summary, shown))
