@@ -167,7 +167,6 @@ cdef enum:
     SCAN_MS = 250
     PIPE_POOL_MAX = 64
     PIPE_SIZE = 1 << 20
-    COPY_SIZE = 65536
     SMALL_READ = 16384        # copy mode's buffer; a read that fills it means bulk
 
 
@@ -697,8 +696,13 @@ cdef int _pump(Engine e, Dir* d, Dir* other) noexcept nogil:
             want = _allowance(d, want)
             if want == 0:
                 return PUMP_THROTTLED
-        if not d.bulk:
-            # Copy mode: recv, then send at once; a short write keeps the rest.
+        # Splice mode reads into an empty pipe only: a full pipe and an empty
+        # socket would both say EAGAIN.
+        if d.bulk:
+            d.pipe = _pipe_get(e)
+        if d.pipe == NULL:
+            # Copy mode, or no pipe to be had (the descriptor limit): recv,
+            # then send at once; a short write keeps the rest.
             if want > SMALL_READ:
                 want = SMALL_READ
             n = recv(d.src, buf, want, 0)
@@ -722,37 +726,6 @@ cdef int _pump(Engine e, Dir* d, Dir* other) noexcept nogil:
                         return PUMP_NOMEM
                     return PUMP_WAIT  # the destination is full: its EPOLLOUT resumes
                 continue
-            if n == 0:
-                d.eof = True
-                continue
-            if errno == EINTR:
-                continue
-            if errno == EAGAIN:
-                d.ready = False
-                return PUMP_WAIT
-            return PUMP_SRC_ERR
-        # Read more, but only into an empty pipe: a full pipe and an empty
-        # socket would both say EAGAIN.
-        d.pipe = _pipe_get(e)
-        if d.pipe == NULL:
-            # No pipe to be had (the descriptor limit): copy through a small
-            # buffer instead, sent by the loop above like handed-over bytes.
-            # Slower, but the connection goes on.
-            d.pend = <char*>malloc(COPY_SIZE)
-            if d.pend == NULL:
-                return PUMP_NOMEM
-            n = recv(d.src, d.pend, want if want < COPY_SIZE else COPY_SIZE, 0)
-            if n > 0:
-                d.pend_len = n
-                d.pend_off = 0
-                d.nbytes += n
-                if d.buckets[0] != NULL:
-                    _charge(d, n)
-                continue
-            free(d.pend)
-            d.pend = NULL
-            d.pend_len = 0
-            d.pend_off = 0
             if n == 0:
                 d.eof = True
                 continue

@@ -25,6 +25,7 @@ if os.environ.get("FASTSOCKS_NO_EXTENSIONS"):
     pytest.skip("pure build: no engine", allow_module_level=True)
 
 from fastsocks._engine import REASONS, Engine  # noqa: E402
+from procs import recv_exact  # noqa: E402
 
 
 def _tcp_pair() -> tuple[socket.socket, socket.socket]:
@@ -73,15 +74,6 @@ def bench() -> Iterator[Bench]:
     engine.stop()
     engine.collect()
     assert engine.active == 0
-
-
-def _recv_exact(sock: socket.socket, n: int) -> bytes:
-    data = b""
-    while len(data) < n:
-        chunk = sock.recv(n - len(data))
-        assert chunk, f"EOF after {len(data)} of {n} bytes"
-        data += chunk
-    return data
 
 
 def _read_all(sock: socket.socket) -> bytes:
@@ -189,14 +181,14 @@ def test_small_exchanges_are_copied_and_bulk_is_spliced(bench: Bench) -> None:
     for i in range(50):
         message = b"%d:" % i + os.urandom(100 + i)
         client.sendall(message)
-        assert _recv_exact(target, len(message)) == message
+        assert recv_exact(target, len(message)) == message
         target.sendall(message[::-1])
-        assert _recv_exact(client, len(message)) == message[::-1]
+        assert recv_exact(client, len(message)) == message[::-1]
     assert _pipes() == before, "copy mode took a pipe"
     bulk = os.urandom(4 << 20)
     sender = threading.Thread(target=client.sendall, args=(bulk,))
     sender.start()
-    got = _recv_exact(target, len(bulk))
+    got = recv_exact(target, len(bulk))
     sender.join(30)
     assert hashlib.sha256(got).digest() == hashlib.sha256(bulk).digest()
     assert _pipes() > before, "bulk never switched to splice"
