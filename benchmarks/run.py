@@ -156,6 +156,40 @@ def _is_alive_child_of_ours(pid: int) -> bool:
     return fields is not None and fields[0] not in ("Z", "X")
 
 
+def _time_wait() -> int:
+    """Sockets in TIME_WAIT on this machine (/proc/net/sockstat's and sockstat6's ``tw``)."""
+    count = 0
+    for path in ("/proc/net/sockstat", "/proc/net/sockstat6"):
+        try:
+            with open(path) as f:
+                for line in f:
+                    fields = line.split()
+                    if fields and fields[0] in ("TCP:", "TCP6:") and "tw" in fields:
+                        count += int(fields[fields.index("tw") + 1])
+        except OSError:
+            pass
+    return count
+
+
+def settle_time_wait(log: Callable[[str], None], at_most: int = 16000,
+                     timeout: float = 60.0) -> None:
+    """Wait (at most ``timeout`` s) until few sockets are left in TIME_WAIT.
+
+    A handshake run closes tens of thousands of loopback connections, each
+    leaving a socket in TIME_WAIT for 60 s; with the ephemeral ports all held
+    by them, the next server cannot bind port 0 and the next clients get
+    EADDRNOTAVAIL.  So every server starts on a machine that has let them go.
+    """
+    left = _time_wait()
+    if left <= at_most:
+        return
+    log(f"  waiting for {left} sockets in TIME_WAIT to go (at most {timeout:g} s)")
+    deadline = time.monotonic() + timeout
+    while left > at_most and time.monotonic() < deadline:
+        time.sleep(1.0)
+        left = _time_wait()
+
+
 def _free_port(host: str) -> int:
     """A free port below the ephemeral range (32768) on ``host``."""
     rng = random.Random()
@@ -775,6 +809,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--target-name", metavar="NAME", default=TARGET_NAME,
                    help=f"the name the fastsocks-name row asks for ({TARGET_NAME}); it must "
                    "lead to loopback (the echo listens on each loopback address it has)")
+    p.add_argument("--time-wait", metavar="N", type=int, default=16000,
+                   help="before each server starts, wait (at most 60 s) until at most N "
+                        "sockets are in TIME_WAIT (16000: enough for port 0 to bind; lower "
+                        "is fairer to the rows that run later, and slower)")
     p.add_argument("--json", metavar="PATH", help="also write every raw result as JSON here")
     args = p.parse_args(argv)
     groups = tuple(g.strip() for g in args.only.split(",") if g.strip())
@@ -852,6 +890,7 @@ def main(argv: list[str] | None = None) -> int:
         for rnd in range(plan.repeat):
             for name in ["direct", *active]:
                 log(f"round {rnd + 1}/{plan.repeat}: {name}")
+                settle_time_wait(log, args.time_wait)
                 if name == "direct":
                     server = Server("direct")
                 else:
