@@ -102,6 +102,8 @@ def reply_for_errno(err: int | None) -> int:
 
 def literal_addresses(host: str, port: int) -> list[Address] | None:
     """The address of an IP literal, without a lookup; None for a name."""
+    if ":" not in host and not host[-1:].isdigit():
+        return None  # a dotted IPv4 address ends in a digit, an IPv6 one has a colon
     try:
         socket.inet_pton(socket.AF_INET, host)
         return [(socket.AF_INET, (host, port))]
