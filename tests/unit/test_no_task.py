@@ -51,6 +51,7 @@ from fastsocks import _accel
 from fastsocks.control.session import Session
 from fastsocks.net import dns
 from fastsocks.relay import Engine
+from procs import recv_exact
 
 LOOPS = ["asyncio"] + (["uvloop"] if _accel.have_uvloop() else [])
 # Decided by what this process really loaded (FASTSOCKS_NO_EXTENSIONS=1 at
@@ -194,15 +195,6 @@ def _name_addresses() -> list[str]:
 # -- the client: blocking sockets on a thread --------------------------------
 
 
-def _recv_exact(sock: socket.socket, n: int) -> bytes:
-    data = b""
-    while len(data) < n:
-        chunk = sock.recv(n - len(data))
-        assert chunk, f"closed after {len(data)} of {n} bytes"
-        data += chunk
-    return data
-
-
 def _request(host: str, port: int) -> bytes:
     """A SOCKS5 CONNECT (RFC 1928 §4): ATYP X'01' for an IPv4 literal, X'03' for a name."""
     try:
@@ -214,10 +206,10 @@ def _request(host: str, port: int) -> bytes:
 
 def _read_reply(sock: socket.socket) -> int:
     """The reply's REP field, after reading the whole reply (RFC 1928 §6)."""
-    version, code, _rsv, atyp = _recv_exact(sock, 4)
+    version, code, _rsv, atyp = recv_exact(sock, 4)
     assert version == 5
-    length = {1: 4, 4: 16}.get(atyp) or _recv_exact(sock, 1)[0]
-    _recv_exact(sock, length + 2)
+    length = {1: 4, 4: 16}.get(atyp) or recv_exact(sock, 1)[0]
+    recv_exact(sock, length + 2)
     return code
 
 
@@ -226,15 +218,15 @@ def _clients(proxy: tuple[str, int], host: str, port: int, count: int) -> None:
     for i in range(count):
         with socket.create_connection(proxy, timeout=DEADLINE) as sock:
             sock.sendall(b"\x05\x01\x00")  # no authentication
-            assert _recv_exact(sock, 2) == b"\x05\x00"
+            assert recv_exact(sock, 2) == b"\x05\x00"
             sock.sendall(_request(host, port))
             assert _read_reply(sock) == 0, f"connection {i}: not succeeded"
             short = f"ping {i}".encode()
             sock.sendall(short)
-            assert _recv_exact(sock, len(short)) == short
+            assert recv_exact(sock, len(short)) == short
             bulk = bytes((i + n) % 251 for n in range(BULK))
             sock.sendall(bulk)
-            assert _recv_exact(sock, BULK) == bulk
+            assert recv_exact(sock, BULK) == bulk
             sock.shutdown(socket.SHUT_WR)
             assert sock.recv(1) == b"", "open after both sides closed"
 
