@@ -276,6 +276,21 @@ def encode_address(str host, port):
     return _encode_address(host, _uint_arg(port, 0xFFFF, "port"), NULL, 0)
 
 
+def encode_reply(rep, str host="0.0.0.0", port=0):
+    """VER REP RSV ATYP BND.ADDR BND.PORT (RFC 1928 §6), outside a conversation.
+
+    For a reply encoded before it is known to be sent: the success reply of
+    a connect still in progress, which the relay engine sends only once the
+    connect is done.  ``ServerCodec.send_reply`` is the same bytes, and also
+    moves the conversation on.
+    """
+    cdef unsigned char prefix[3]
+    prefix[0] = 0x05
+    prefix[1] = <unsigned char>_uint_arg(rep, 0xFF, "reply code")
+    prefix[2] = 0x00
+    return _encode_address(host, _uint_arg(port, 0xFFFF, "port"), prefix, 3)
+
+
 def parse_udp_header(data):
     """Parse the UDP request header that starts a datagram (RFC 1928 §7)."""
     cdef bytes b = data if type(data) is bytes else bytes(data)

@@ -28,6 +28,7 @@ __all__ = [
     "Request",
     "ServerCodec",
     "encode_address",
+    "encode_reply",
     # UDP datagrams (RFC 1928 §7)
     "UdpHeader",
     "parse_udp_header",
@@ -218,6 +219,18 @@ def encode_address(host: str, port: int) -> bytes:
     if not 0 < len(name) <= 255:
         raise ValueError(f"domain name must be 1 to 255 octets: {host!r}")
     return b"\x03" + bytes((len(name),)) + name + port.to_bytes(2, "big")
+
+
+def encode_reply(rep: int, host: str = "0.0.0.0", port: int = 0) -> bytes:
+    """VER REP RSV ATYP BND.ADDR BND.PORT (RFC 1928 §6), outside a conversation.
+
+    For a reply encoded before it is known to be sent: the success reply of
+    a connect still in progress, which the relay engine sends only once the
+    connect is done.  ``ServerCodec.send_reply`` is the same bytes, and also
+    moves the conversation on.
+    """
+    rep = _uint_arg(rep, 0xFF, "reply code")
+    return bytes((0x05, rep, 0x00)) + encode_address(host, port)
 
 
 def parse_udp_header(data: bytes) -> UdpHeader:

@@ -15,7 +15,12 @@ class Throttle:
     def __init__(self, rate: float) -> None: ...
 
 class Engine:
-    """One relay thread and the pairs it owns; call from the event loop thread."""
+    """One relay thread and the pairs it owns; call from the event loop thread.
+
+    ``add()``'s callback gets ``(bytes_up, bytes_down, reason)``, and for a
+    pair added with ``connect_timeout`` (its connect still in progress)
+    ``(bytes_up, bytes_down, reason, err, connect_us)``.
+    """
 
     @property
     def active(self) -> int: ...
@@ -31,10 +36,11 @@ class Engine:
         to_upstream: bytes,
         to_client: bytes,
         idle_timeout: float,
-        callback: Callable[[int, int, str], object],
+        callback: Callable[..., object],
         throttles: tuple[Throttle, ...] = ...,
         *,
         nonblocking: bool = ...,
+        connect_timeout: float = ...,
     ) -> int: ...
     def close(self, pair_id: int, reason: str = ...) -> None: ...
     def close_all(self, reason: str = ...) -> None: ...

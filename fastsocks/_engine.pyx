@@ -26,7 +26,16 @@ chunk; the event loop thread only does handshakes.
   everything read before it has been written; the other direction goes on.
   The direction that ends last skips its shutdown: the close that follows
   sends the same FIN (both receive queues are empty by then, so no RST).
-* Idle pairs are closed by a scan every quarter second against a coarse clock.
+* A pair may come while its outbound connect(2) is still in progress
+  (``connect_timeout``): the engine waits for the upstream socket to become
+  writable, reads SO_ERROR, and only then sends the reply and relays.  The
+  event loop spends no wake-up, no writer callback and no timer on the
+  connect.  A failed connect hands the client's descriptor back, open, so
+  that the control plane words the refusal; a client that leaves before the
+  connect is done (EOF with nothing queued) ends the pair at once, which
+  aborts the connect.
+* Idle pairs (and connects past their timeout) are closed by a scan every
+  quarter second against a coarse clock.
 * Bandwidth limits are token buckets (``Throttle``: one per connection, or
   one shared by a user's connections) checked before each read: a direction
   over its rate stops reading until its bucket refills, so TCP flow control
@@ -41,7 +50,7 @@ Pitfalls handled here: an fd is removed from epoll before it is closed, and
 a pair is freed only after the epoll batch that may still name it.
 """
 
-from libc.errno cimport errno, EAGAIN, EINTR, EPERM
+from libc.errno cimport errno, EAGAIN, EINTR, EPERM, ETIMEDOUT
 from libc.stdint cimport uint32_t, uint64_t, int64_t
 from libc.stdlib cimport calloc, free, malloc
 from libc.string cimport memcpy
@@ -104,9 +113,14 @@ cdef extern from "<sys/socket.h>" nogil:
     ssize_t send(int fd, const void* buf, size_t n, int flags)
     ssize_t recv(int fd, void* buf, size_t n, int flags)
     int shutdown(int fd, int how)
+    int getsockopt(int fd, int level, int name, void* value, unsigned int* size)
     enum:
         SHUT_WR
         MSG_NOSIGNAL
+        MSG_PEEK
+        MSG_DONTWAIT
+        SOL_SOCKET
+        SO_ERROR
 
 
 cdef extern from "<unistd.h>" nogil:
@@ -152,9 +166,12 @@ cdef enum:
     R_CLOSED = 4
     R_SHUTDOWN = 5
     R_ERROR = 6
+    R_CONNECT_FAILED = 7      # the connect failed (Done.err): the client fd is handed back
+    R_CONNECT_TIMEOUT = 8     # the connect took longer than its timeout: likewise
+    R_CLIENT_CLOSED = 9       # the client left while the connect was in progress
 
 REASONS = ("eof", "client_reset", "upstream_reset", "idle_timeout", "closed", "shutdown",
-           "error")
+           "error", "connect_failed", "connect_timeout", "client_closed")
 
 cdef enum:
     CMD_ADD = 1
@@ -219,6 +236,9 @@ cdef struct Done:
     uint64_t up
     uint64_t down
     int reason
+    int err                   # the connect's errno (R_CONNECT_FAILED)
+    bint dialled              # added while connecting: the callback takes five arguments
+    int64_t connect_us        # how long the connect took (-1: it never completed)
     Done* next
 
 
@@ -231,6 +251,11 @@ cdef struct Pair:
     int64_t idle_ms
     int reason
     bint dead
+    bint connecting           # the upstream's connect(2) is still in progress
+    int64_t deadline_ms       # ... until then at the latest
+    int64_t added_us          # when add() was called (connecting pairs)
+    int64_t connect_us        # how long the connect took; -1 until it completed
+    int err                   # the failed connect's errno
     Shared* shared[2]         # the throttles this pair holds a reference to
     bint tlisted              # on the engine's list of throttled pairs
     Pair* tnext
@@ -325,7 +350,7 @@ cdef class Engine:
     cdef readonly Py_ssize_t active
     cdef bint stopping
     cdef object thread
-    cdef object _callbacks        # id -> callable(up, down, reason)
+    cdef object _callbacks        # id -> callable(up, down, reason[, err, connect_us])
 
     def __cinit__(self):
         self.epfd = -1
@@ -400,8 +425,9 @@ cdef class Engine:
         return Throttle(rate)
 
     def add(self, int client_fd, int upstream_fd, bytes to_upstream, bytes to_client,
-            double idle_timeout, callback, tuple throttles=(), *, bint nonblocking=False):
-        """Hand over a connected pair; the engine owns (and will close) both fds.
+            double idle_timeout, callback, tuple throttles=(), *, bint nonblocking=False,
+            double connect_timeout=0.0):
+        """Hand over a pair; the engine owns (and will close) both fds.
 
         ``to_upstream`` / ``to_client`` are sent before anything read later;
         ``callback(bytes_up, bytes_down, reason)`` runs on the event loop
@@ -409,6 +435,17 @@ cdef class Engine:
         two ``Throttle`` objects limiting both directions.  ``nonblocking``:
         the caller knows both fds are non-blocking already (an event loop's
         sockets and their dups are), which saves two ioctls.
+
+        ``connect_timeout`` > 0: ``upstream_fd`` is a socket whose
+        non-blocking connect(2) is in progress.  Nothing is sent or read
+        until it completes (within ``connect_timeout`` seconds); then
+        ``to_client`` (the success reply) goes out first.  The callback then
+        takes two more arguments, ``err`` and ``connect_us`` (how long the
+        connect took, -1 if it never completed).  If the connect fails the
+        reason is ``connect_failed`` (``err`` its errno) or
+        ``connect_timeout``, and ``client_fd`` is NOT closed: the caller owns
+        it again, to send its refusal.  A client that closes while the
+        connect is in progress ends the pair as ``client_closed``.
         """
         cdef Pair* p
         cdef Throttle t
@@ -436,6 +473,12 @@ cdef class Engine:
         p.fds[0] = client_fd
         p.fds[1] = upstream_fd
         p.idle_ms = <int64_t>(idle_timeout * 1000) if idle_timeout > 0 else 0
+        if connect_timeout > 0:
+            p.connecting = True
+            p.added_us = _now_us()
+            p.deadline_ms = _now_ms() + <int64_t>(connect_timeout * 1000)
+            p.connect_us = -1
+            p.report.dialled = True
         p.up.src = client_fd
         p.up.dst = upstream_fd
         p.down.src = upstream_fd
@@ -508,7 +551,11 @@ cdef class Engine:
                 self.active -= 1
                 try:
                     callback = self._callbacks.pop(d.id, None)
-                    if callback is not None:
+                    if callback is None:
+                        pass
+                    elif d.dialled:
+                        callback(d.up, d.down, REASONS[d.reason], d.err, d.connect_us)
+                    else:
                         callback(d.up, d.down, REASONS[d.reason])
                 except Exception:
                     _log.exception("relay close callback failed")
@@ -779,7 +826,8 @@ cdef void _finish(Engine e, Pair* p, int reason) noexcept nogil:
         _untrottle(e, p)
     epoll_ctl(e.epfd, EPOLL_CTL_DEL, p.fds[0], &dummy)
     epoll_ctl(e.epfd, EPOLL_CTL_DEL, p.fds[1], &dummy)
-    close(p.fds[0])
+    if reason != R_CONNECT_FAILED and reason != R_CONNECT_TIMEOUT:
+        close(p.fds[0])       # else the client's fd goes back to the caller, open
     close(p.fds[1])
     _drop_pipe(&p.up)
     _drop_pipe(&p.down)
@@ -800,6 +848,8 @@ cdef void _finish(Engine e, Pair* p, int reason) noexcept nogil:
     d.up = p.up.nbytes
     d.down = p.down.nbytes
     d.reason = reason
+    d.err = p.err
+    d.connect_us = p.connect_us
     pthread_mutex_lock(&e.lock)
     d.next = e.done
     e.done = d
@@ -860,6 +910,9 @@ cdef void _service(Engine e, Pair* p, int which, uint32_t events) noexcept nogil
     cdef Dir* writing = &p.down if which == 0 else &p.up
     if p.dead:
         return
+    if p.connecting:
+        _connecting(e, p, which, events)
+        return
     p.last_ms = _now_ms()
     if events & (EPOLLIN | EPOLLRDHUP | EPOLLERR | EPOLLHUP):
         reading.ready = True
@@ -874,6 +927,47 @@ cdef void _service(Engine e, Pair* p, int which, uint32_t events) noexcept nogil
             return
     if p.up.shut and p.down.shut:
         _finish(e, p, R_EOF)
+
+
+cdef void _connecting(Engine e, Pair* p, int which, uint32_t events) noexcept nogil:
+    """An epoll event on a pair whose upstream connect(2) is still in progress."""
+    cdef int err = 0
+    cdef unsigned int size = sizeof(int)
+    cdef char c
+    cdef ssize_t n
+    if which == 0:
+        # The client: remember that it may hold data (the edge is spent now).
+        # A FIN with nothing sent before it (queued here, or handed over) means
+        # it left: end the pair, which closes the upstream socket and so
+        # aborts the connect.  After bytes for the target it is a half-close
+        # (printf ... | nc -N), relayed once connected.
+        if events & (EPOLLIN | EPOLLRDHUP | EPOLLERR | EPOLLHUP):
+            p.up.ready = True
+        if events & (EPOLLRDHUP | EPOLLERR | EPOLLHUP):
+            p.up.hup = True
+            if p.up.pend_len > 0 and not events & (EPOLLERR | EPOLLHUP):
+                return
+            n = recv(p.fds[0], &c, 1, MSG_PEEK | MSG_DONTWAIT)
+            if n == 0:
+                _finish(e, p, R_CLIENT_CLOSED)
+            elif n < 0 and errno != EAGAIN and errno != EINTR:
+                _finish(e, p, R_CLIENT_RESET)
+        return
+    if not events & (EPOLLOUT | EPOLLERR | EPOLLHUP):
+        return                # data before the connect completed cannot be
+    if getsockopt(p.fds[1], SOL_SOCKET, SO_ERROR, &err, &size) < 0:
+        err = errno
+    if err == 0 and not events & EPOLLOUT:
+        return                # not done yet (a HUP without an error reads on)
+    if err != 0:
+        p.err = err
+        _finish(e, p, R_CONNECT_FAILED)
+        return
+    # Connected: on as a pair handed over connected, the reply first.
+    p.connecting = False
+    p.connect_us = _now_us() - p.added_us
+    _service(e, p, 0, EPOLLOUT)
+    _service(e, p, 1, events)
 
 
 cdef bint _settle(Engine e, Pair* p, int r, int src_side) noexcept nogil:
@@ -909,6 +1003,8 @@ cdef void _register(Engine e, Pair* p) noexcept nogil:
         if epoll_ctl(e.epfd, EPOLL_CTL_ADD, p.fds[i], &ev) < 0:
             _finish(e, p, R_ERROR)
             return
+    if p.connecting:
+        return                # the upstream's EPOLLOUT (or error) comes when it is done
     # Send the handed-over bytes now.  Data that arrived during the hand-over
     # needs no read here: adding an fd that is already readable to epoll
     # reports it in the next batch (edge-triggered or not).
@@ -956,7 +1052,11 @@ cdef void _scan_idle(Engine e, int64_t now) noexcept nogil:
     cdef Pair* nxt
     while p != NULL:
         nxt = p.next
-        if p.idle_ms > 0 and now - p.last_ms >= p.idle_ms:
+        if p.connecting:
+            if now >= p.deadline_ms:
+                p.err = ETIMEDOUT
+                _finish(e, p, R_CONNECT_TIMEOUT)
+        elif p.idle_ms > 0 and now - p.last_ms >= p.idle_ms:
             _finish(e, p, R_IDLE)
         p = nxt
 

@@ -21,6 +21,7 @@ Request = _impl.Request
 UdpHeader = _impl.UdpHeader
 ServerCodec = _impl.ServerCodec
 encode_address = _impl.encode_address
+encode_reply = _impl.encode_reply
 parse_udp_header = _impl.parse_udp_header
 build_udp_header = _impl.build_udp_header
 Reply = _impl.Reply
@@ -53,6 +54,7 @@ __all__ = [
     "UdpHeader",
     "ServerCodec",
     "encode_address",
+    "encode_reply",
     "parse_udp_header",
     "build_udp_header",
     "Reply",

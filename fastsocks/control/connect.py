@@ -1,7 +1,13 @@
 """CONNECT (RFC 1928 §4): resolve, dial (or go through an upstream), then relay.
 
-An IP literal is dialled at once by a ``Connector`` (non-blocking connect
-on the loop, no Task).  A name is dialled by the same Connector as its
+An IP literal is dialled at once: with the splice engine its non-blocking
+connect(2) is started here and the socket handed to the engine still
+connecting, with the success reply encoded in advance (the kernel picks
+BND.ADDR and BND.PORT when the connect starts), so the event loop spends no
+writer callback, timer or wake-up on it (``_dial_in_engine``; a failure
+comes back to ``HandoffStage._on_engine_dialled`` with the client's
+descriptor, to be refused here as always).  Elsewhere a ``Connector`` dials
+it on the loop (no Task).  A name is dialled by the same Connector as its
 addresses come in (Happy Eyeballs, RFC 8305: AAAA and A looked up at once,
 attempts interleaved; a cached name is dialled without waiting), each
 family's addresses judged by the rules again first (``_judge``).  A rule
@@ -17,9 +23,16 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from ..constants import Reply
+from ..constants import Command, Reply
 from ..net.address import unmapped
-from ..net.resolver import ConnectError, Connector, Refused, literal_addresses, source_addresses
+from ..net.connector import Connector, dial
+from ..net.resolver import (
+    ConnectError,
+    Refused,
+    literal_addresses,
+    reply_for_errno,
+    source_addresses,
+)
 from ..net.upstream import connect_via
 from .core import SessionCore
 from .record import CloseReason, reason_for_reply
@@ -53,11 +66,18 @@ class ConnectStage(SessionCore):
             self.transport.resume_reading()
 
     def _start_connect(self, request: Any) -> None:
-        self._watch_client()
         addresses = literal_addresses(request.host, request.port)
         if addresses is not None:
+            engine = self.server.engine
+            if engine is not None and request.command == Command.CONNECT \
+                    and self.transport.get_write_buffer_size() == 0 \
+                    and (self.gss is None or not self.gss.wraps):
+                self._dial_in_engine(engine, *addresses[0])
+                return
+            self._watch_client()
             self._connect(addresses)
             return
+        self._watch_client()
         settings = self.server.settings
         connector = self.connector = Connector(
             self.server.loop, [], settings.connect_timeout, self._on_connected,
@@ -96,6 +116,26 @@ class ConnectStage(SessionCore):
                                    self._on_connected, self._sources(),
                                    settings.outbound_interface)
         self.connector.start()
+
+    def _dial_in_engine(self, engine: Any, family: int, sockaddr: Any) -> None:
+        """Start the connect here and let the engine wait for it (an IP literal)."""
+        settings = self.server.settings
+        try:
+            sock, connected = dial(family, sockaddr, self._sources(),
+                                   settings.outbound_interface)
+        except ConnectError as exc:
+            self._connect_failed(ConnectError(
+                exc.reply, f"{sockaddr[0]} port {sockaddr[1]}: {exc.reason}"))
+            return
+        self.dialled = sockaddr
+        try:
+            bound = sock.getsockname()
+        except OSError as exc:  # the connect failed at once after all (its error is pending)
+            sock.close()
+            self._connect_failed(ConnectError(reply_for_errno(exc.errno), str(exc)))
+            return
+        self._to_engine(engine, sock, bound[0], bound[1],
+                        0.0 if connected else settings.connect_timeout)
 
     def _on_connected(self, sock: Any, error: ConnectError | None) -> None:
         connector, self.connector = self.connector, None

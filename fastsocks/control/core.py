@@ -68,6 +68,8 @@ class SessionCore(asyncio.Protocol):
         "protocol",
         "early",
         "http",
+        "fd",
+        "handed",
     )
 
     def __init__(self, server: Server, listener: tuple[str, int] | None = None) -> None:
@@ -111,6 +113,10 @@ class SessionCore(asyncio.Protocol):
         self.early = b""
         # HTTP: the client's requests as llhttp parses them (control/http.py Inbound).
         self.http: Any = None
+        # A CONNECT handed to the engine while connecting: the client's
+        # descriptor there, and the seconds from accept to the hand-over.
+        self.fd = -1
+        self.handed = 0.0
 
     @property
     def closed(self) -> bool:
@@ -132,6 +138,8 @@ class SessionCore(asyncio.Protocol):
         async def _bind(self, request: Any) -> None: ...
         async def _udp_associate(self, request: Any) -> None: ...
         def _relay(self, sock: Any, reply_host: str, reply_port: int) -> None: ...
+        def _to_engine(self, engine: Any, sock: Any, reply_host: str, reply_port: int,
+                       connect_timeout: float = 0.0) -> None: ...
         def _forward(self, request: Any) -> None: ...
         # The other protocols' replies (control/socks4.py, control/http.py).
         def _socks4_reply(self, code: int, host: str, port: int) -> bytes: ...
@@ -143,13 +151,19 @@ class SessionCore(asyncio.Protocol):
         request = self.request
         return f"{Command(request.command).name} {request.host} port {request.port}"
 
-    def _record_reply(self, code: int) -> None:
-        """A reply to the request went out (access log, metrics)."""
+    def _record_reply(self, code: int, handshake: float | None = None) -> None:
+        """A reply to the request went out (access log, metrics).
+
+        ``handshake``: the seconds from accept to this reply, where it went
+        out earlier than now (the engine's, after its connect).
+        """
         first = self.reply is None
         self.reply = code
         metrics = self.server.metrics
-        if metrics is not None:
-            metrics.replied(code, _monotonic() - self.started if first else None)
+        if metrics is not None and first:
+            metrics.replied(code, _monotonic() - self.started if handshake is None else handshake)
+        elif metrics is not None:
+            metrics.replied(code, None)
 
     def _encode_reply(self, code: int, host: str = "0.0.0.0", port: int = 0,
                       reason: CloseReason | None = None) -> bytes:
@@ -161,6 +175,8 @@ class SessionCore(asyncio.Protocol):
         """
         protocol = self.protocol
         if protocol is _SOCKS5:
+            if self.codec is None:  # a refusal after the engine's connect failed
+                return codec.encode_reply(code, host, port)
             return self.codec.send_reply(code, host, port)
         if protocol is _SOCKS4:
             return self._socks4_reply(code, host, port)

@@ -2,7 +2,10 @@
 
 With the splice engine (Linux, compiled build) both descriptors go to its
 thread and the reply travels with them: the engine sends it first, then the
-bytes the client sent early.  Elsewhere, and under GSSAPI wrapping (RFC 1961
+bytes the client sent early.  A CONNECT to an IP literal goes there before
+its connect is done (``connect.py``): the engine waits for it, and a
+failure comes back here (``_on_engine_dialled``) with the client's
+descriptor, which ``Returned`` lends the refusal.  Elsewhere, and under GSSAPI wrapping (RFC 1961
 §5, MTYP 3 both ways), an asyncio protocol pair relays on the loop.  Either
 way the relay reports how the connection ended, and the session reports it
 once to the observers.
@@ -17,24 +20,75 @@ import socket
 from time import monotonic as _monotonic
 from typing import Any
 
+from ..codec import encode_reply
 from ..constants import Reply
 from ..net.address import format_peer
+from ..net.resolver import ConnectError, reply_for_errno
 from ..relay import Relay
 from .gssrelay import GssRelay
 from .limits import TokenBuckets
 from .core import SessionCore
-from .record import CloseReason, State
+from .record import CloseReason, Protocol, State
 
-__all__ = ["HandoffStage", "relay_reason"]
+__all__ = ["HandoffStage", "Returned", "relay_reason"]
 
 log = logging.getLogger("fastsocks.session")
 
 _REASONS = {reason.value: reason for reason in CloseReason}
+_SOCKS5 = Protocol.SOCKS5
 
 
 def relay_reason(text: str) -> CloseReason:
     """A relay's reason token (the engine's REASONS, the protocol relays') as a CloseReason."""
     return _REASONS.get(text, CloseReason.ERROR)
+
+
+class Returned:
+    """The client's socket, back from the engine after a failed connect.
+
+    What ``SessionCore._refuse`` and ``_close`` need of a transport: the
+    refusal is a few bytes into an empty socket buffer, so one non-blocking
+    write takes it.  Bytes the client sent early are read and dropped before
+    the close, so that it sends a FIN, not an RST that could destroy the
+    refusal before the client reads it.
+    """
+
+    __slots__ = ("fd",)
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    def is_closing(self) -> bool:
+        return self.fd < 0
+
+    def write(self, data: bytes) -> None:
+        try:
+            os.write(self.fd, data)
+        except OSError:
+            pass  # the client is gone: nothing to tell it
+
+    def close(self) -> None:
+        fd, self.fd = self.fd, -1
+        if fd < 0:
+            return
+        try:
+            for _ in range(16):  # bounded: a client that keeps sending gets its RST
+                if not os.read(fd, 65536):
+                    break
+        except OSError:
+            pass  # EAGAIN: nothing more queued
+        os.close(fd)
+
+    abort = close
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+    def get_write_buffer_size(self) -> int:
+        return 0
 
 
 class HandoffStage(SessionCore):
@@ -50,12 +104,7 @@ class HandoffStage(SessionCore):
         engine = self.server.engine
         wrapped = self.gss is not None and self.gss.wraps  # RFC 1961 §5: MTYP 3 both ways
         if engine is not None and not wrapped and self.transport.get_write_buffer_size() == 0:
-            try:
-                self._hand_to_engine(engine, sock, reply_host, reply_port)
-            except OSError as exc:  # e.g. EMFILE from dup(): answer, don't crash
-                sock.close()
-                self._refuse(Reply.GENERAL_FAILURE, CloseReason.GENERAL_FAILURE,
-                             f"{self._what()}: hand-over failed: {exc}")
+            self._to_engine(engine, sock, reply_host, reply_port)
             return
         self.reply_to = (reply_host, reply_port)
         server = self.server
@@ -97,18 +146,35 @@ class HandoffStage(SessionCore):
         self.state = State.RELAYING
         relay.start(self.transport, pending)
 
+    def _to_engine(self, engine: Any, sock: Any, reply_host: str, reply_port: int,
+                   connect_timeout: float = 0.0) -> None:
+        try:
+            self._hand_to_engine(engine, sock, reply_host, reply_port, connect_timeout)
+        except OSError as exc:  # e.g. EMFILE from dup(): answer, don't crash
+            sock.close()
+            self._refuse(Reply.GENERAL_FAILURE, CloseReason.GENERAL_FAILURE,
+                         f"{self._what()}: hand-over failed: {exc}")
+
     def _hand_to_engine(self, engine: Any, sock: socket.socket, reply_host: str,
-                        reply_port: int) -> None:
+                        reply_port: int, connect_timeout: float) -> None:
         """Give both descriptors to the splice engine; the reply goes with them.
 
         The client transport's write buffer is empty (checked by the caller),
         so nothing queued in it is lost: the engine sends the reply, then the
         bytes the client sent early go to the target before anything else.
+        ``connect_timeout``: ``sock``'s connect is still in progress (an IP
+        literal's CONNECT): the reply waits for it in the engine, and is
+        recorded when the engine reports how it went.
         """
         transport = self.transport
         client_fd = os.dup(transport.get_extra_info("socket").fileno())
-        reply = self._encode_reply(Reply.SUCCEEDED, reply_host, reply_port)
         pending = self._take_pending()
+        if connect_timeout and self.protocol is _SOCKS5:
+            # The reply may yet be a refusal: encoded outside the conversation.
+            self.codec = None
+            reply = encode_reply(Reply.SUCCEEDED, reply_host, reply_port)
+        else:
+            reply = self._encode_reply(Reply.SUCCEEDED, reply_host, reply_port)
         held = self.held
         throttles = held.owner.throttles(held, self.user, engine.throttle) if held else ()
         # The loop's transport socket is non-blocking (and its dup with it:
@@ -116,21 +182,59 @@ class HandoffStage(SessionCore):
         nonblocking = not sock.getblocking()
         try:
             upstream_fd = sock.detach()
-            self.pair_id = engine.add(client_fd, upstream_fd, pending, reply,
-                                      self.server.settings.idle_timeout, self._on_engine_closed,
-                                      throttles, nonblocking=nonblocking)
+            if connect_timeout:
+                self.pair_id = engine.add(client_fd, upstream_fd, pending, reply,
+                                          self.server.settings.idle_timeout,
+                                          self._on_engine_dialled, throttles,
+                                          nonblocking=nonblocking,
+                                          connect_timeout=connect_timeout)
+            else:
+                self.pair_id = engine.add(client_fd, upstream_fd, pending, reply,
+                                          self.server.settings.idle_timeout,
+                                          self._on_engine_closed, throttles,
+                                          nonblocking=nonblocking)
         except BaseException:
             os.close(client_fd)
             raise
         self.codec = None
         self.task = None
         self.state = State.RELAYING
-        self._record_reply(Reply.SUCCEEDED)  # the engine sends it first thing
+        if connect_timeout:
+            # Kept for a refusal (the engine hands the descriptor back), and
+            # the handshake's time so far, to which the connect's is added.
+            self.fd = client_fd
+            if self.server.metrics is not None:
+                self.handed = _monotonic() - self.started
+        else:
+            self._record_reply(Reply.SUCCEEDED)  # the engine sends it first thing
         # The engine holds a duplicate; closing the transport's own descriptor
         # removes it from the event loop without touching the connection.
         transport.abort()
 
     def _on_engine_closed(self, bytes_up: int, bytes_down: int, reason: str) -> None:
+        self._relay_ended(reason, bytes_up, bytes_down)
+
+    def _on_engine_dialled(self, bytes_up: int, bytes_down: int, reason: str, err: int,
+                           connect_us: int) -> None:
+        """A pair handed over while connecting has ended (see ``_hand_to_engine``)."""
+        if reason == "connect_failed" or reason == "connect_timeout":
+            # The client's descriptor is back, open: refused as on the loop.
+            self.pair_id = 0
+            self.transport = Returned(self.fd)
+            self.state = State.CONNECTING
+            dialled, self.dialled = self.dialled, None  # "dialled" means connected
+            where = f"{dialled[0]} port {dialled[1]}"
+            if reason == "connect_timeout":
+                error = ConnectError(Reply.HOST_UNREACHABLE, f"{where}: connect timed out", True)
+            else:
+                error = ConnectError(reply_for_errno(err), f"{where}: {os.strerror(err)}")
+            self._connect_failed(error)
+            return
+        if reason == "client_closed":  # it left before the connect was done: no reply
+            self._close(CloseReason.CLIENT_CLOSED, "client closed during handshake")
+            return
+        if connect_us >= 0:  # the reply went out when the connect was done
+            self._record_reply(Reply.SUCCEEDED, self.handed + connect_us / 1e6)
         self._relay_ended(reason, bytes_up, bytes_down)
 
     def _on_relay_closed(self, relay: Any) -> None:

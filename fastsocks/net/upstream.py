@@ -46,7 +46,8 @@ from typing import Any, Sequence
 
 from ..constants import Command, Reply
 from .client import Negotiation, SocksError, negotiate_async
-from .resolver import Connector, ConnectError, resolve
+from .connector import Connector
+from .resolver import ConnectError, resolve
 from .address import format_address
 
 __all__ = ["Upstream", "connect_via"]

@@ -6,6 +6,7 @@ hands the middle two descriptors to the engine, as the session does.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import select
@@ -337,4 +338,139 @@ def test_no_descriptor_left_behind(bench: Bench) -> None:
 
 def test_reason_names() -> None:
     assert REASONS == ("eof", "client_reset", "upstream_reset", "idle_timeout", "closed",
-                       "shutdown", "error")
+                       "shutdown", "error", "connect_failed", "connect_timeout", "client_closed")
+
+
+# -- a pair handed over while its upstream connect is in progress ------------------------
+
+
+class Dialled:
+    """client ⇄ [engine] ⇄ a non-blocking connect() to ``address`` still in progress."""
+
+    def __init__(self, bench: Bench, address: tuple[str, int], to_upstream: bytes = b"",
+                 to_client: bytes = b"REPLY", timeout: float = 5.0) -> None:
+        self.client, proxy_client = _tcp_pair()
+        upstream = socket.socket(socket.AF_INET, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
+        err = upstream.connect_ex(address)
+        assert err in (0, errno.EINPROGRESS), os.strerror(err)
+        self.client_fd = proxy_client.detach()
+        self.bench = bench
+        self.results: list[tuple[int, int, str, int, int]] = []
+        self.added = time.monotonic()
+        self.pair_id = bench.engine.add(
+            self.client_fd, upstream.detach(), to_upstream, to_client, 0.0,
+            lambda *args: self.results.append(args), connect_timeout=timeout)
+
+    def wait(self, timeout: float = 10.0) -> tuple[int, int, str, int, int]:
+        deadline = time.monotonic() + timeout
+        while not self.results:
+            remaining = deadline - time.monotonic()
+            assert remaining > 0, "the engine never reported the pair"
+            select.select([self.bench.engine.done_fileno], [], [], remaining)
+            self.bench.engine.collect()
+        return self.results[0]
+
+
+def _fd_open(fd: int) -> bool:
+    try:
+        os.fstat(fd)
+    except OSError:
+        return False
+    return True
+
+
+def test_a_connecting_pair_replies_once_connected_then_relays(bench: Bench) -> None:
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        dialled = Dialled(bench, listener.getsockname(), to_upstream=b"early")
+        target, _ = listener.accept()
+    with dialled.client as client, target:
+        client.settimeout(10)
+        target.settimeout(10)
+        # The reply comes first, then what the target says; the early bytes go first to it.
+        target.sendall(b"banner")
+        assert recv_exact(client, 11) == b"REPLYbanner"
+        assert recv_exact(target, 5) == b"early"
+        client.sendall(b"ping")
+        assert recv_exact(target, 4) == b"ping"
+        client.shutdown(socket.SHUT_WR)
+        assert target.recv(1) == b""
+        target.close()
+        assert client.recv(1) == b""
+    up, down, reason, err, connect_us = dialled.wait()
+    assert (up, down, reason, err) == (9, 6, "eof", 0)
+    assert 0 <= connect_us < 5_000_000
+    assert not _fd_open(dialled.client_fd)
+
+
+def test_a_refused_connect_hands_the_client_back(bench: Bench, closed_port: int) -> None:
+    dialled = Dialled(bench, ("127.0.0.1", closed_port), to_upstream=b"early")
+    with dialled.client as client:
+        up, down, reason, err, connect_us = dialled.wait()
+        assert (reason, err, connect_us) == ("connect_failed", errno.ECONNREFUSED, -1)
+        # Nothing was sent to the client; its descriptor is the caller's again, open.
+        assert _fd_open(dialled.client_fd)
+        os.write(dialled.client_fd, b"REFUSED")
+        os.close(dialled.client_fd)
+        client.settimeout(10)
+        assert _read_all(client) == b"REFUSED"
+
+
+def test_a_connect_past_its_timeout_hands_the_client_back(
+        bench: Bench, blackhole: tuple[str, int]) -> None:
+    dialled = Dialled(bench, blackhole, timeout=0.3)
+    with dialled.client:
+        up, down, reason, err, connect_us = dialled.wait()
+        waited = time.monotonic() - dialled.added
+        assert (reason, err, connect_us) == ("connect_timeout", errno.ETIMEDOUT, -1)
+        # The quarter-second scan ends it: no sooner than asked, and soon after.
+        assert 0.3 <= waited < 2.0
+        assert _fd_open(dialled.client_fd)
+        os.close(dialled.client_fd)
+
+
+def test_a_client_that_leaves_during_the_connect_ends_it(
+        bench: Bench, blackhole: tuple[str, int]) -> None:
+    before = len(os.listdir("/proc/self/fd"))
+    dialled = Dialled(bench, blackhole, timeout=30)
+    dialled.client.close()
+    up, down, reason, err, connect_us = dialled.wait(timeout=5)
+    assert (up, down, reason, connect_us) == (0, 0, "client_closed", -1)
+    # Both of the engine's descriptors are closed (the connect aborted with its socket).
+    assert not _fd_open(dialled.client_fd)
+    assert len(os.listdir("/proc/self/fd")) <= before
+
+
+def test_bytes_and_a_fin_during_the_connect_are_relayed_after_it(
+        bench: Bench) -> None:
+    """printf ... | nc -N through a connect that takes a while: nothing is lost."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    # Fill the backlog so that the engine's connect waits until the test accepts.
+    filler = socket.socket(socket.AF_INET, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
+    filler.connect_ex(listener.getsockname())
+    time.sleep(0.1)
+    dialled = Dialled(bench, listener.getsockname(), to_upstream=b"handed ", timeout=30)
+    with dialled.client as client:
+        client.sendall(b"sent while connecting")
+        client.shutdown(socket.SHUT_WR)
+        time.sleep(0.3)
+        assert not dialled.results  # still connecting: the client's FIN did not end it
+        with listener:
+            first, _ = listener.accept()
+            first.close()
+            filler.close()
+            listener.settimeout(10)
+            target, _ = listener.accept()  # the engine's SYN, retried, gets in now
+        with target:
+            target.settimeout(10)
+            assert _read_all(target) == b"handed sent while connecting"
+            target.sendall(b"answer")
+            target.close()
+            client.settimeout(10)
+            assert _read_all(client) == b"REPLYanswer"
+    up, down, reason, err, connect_us = dialled.wait()
+    assert (up, down, reason) == (28, 6, "eof")
+    assert connect_us > 0

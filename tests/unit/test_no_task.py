@@ -27,7 +27,7 @@ What is true, and asserted:
   at once, with none.  The test takes the name out of the cache first, so
   the later CONNECTs run well within the 5 s a negative AAAA answer is kept.
 
-A negative control makes the common path start a Task (``_on_connected``
+A negative control makes the common path start a Task (``_start_connect``
 wrapped) and shows that the counter sees it and the check fails.
 """
 
@@ -333,13 +333,13 @@ def test_connect_to_a_cached_name_makes_no_task(loop_name: str, relay: str,
 @pytest.mark.parametrize("loop_name", LOOPS)
 def test_the_counter_sees_a_task_on_the_common_path(loop_name: str, tmp_path: Path,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
-    connected = Session._on_connected
+    start = Session._start_connect
 
-    def on_connected(self: Session, sock: Any, error: Any) -> None:
+    def start_connect(self: Session, request: Any) -> None:
         asyncio.ensure_future(asyncio.sleep(0))  # what the tests above must catch
-        connected(self, sock, error)
+        start(self, request)
 
-    monkeypatch.setattr(Session, "_on_connected", on_connected)
+    monkeypatch.setattr(Session, "_start_connect", start_connect)
     relay = RELAYS[0]
     first, rest = _counted(loop_name, relay, "127.0.0.1", tmp_path)
     assert [m.name for m in first].count("sleep") == 1, first
