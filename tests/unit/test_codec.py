@@ -676,6 +676,25 @@ def test_send_reply_bad_host(impl: ModuleType, host: str) -> None:
     assert c.phase == Phase.REPLY
 
 
+@pytest.mark.parametrize("rep", [0x00, 0x01, 0x04, 0x05, 0xFF])
+@pytest.mark.parametrize("host, port", [("0.0.0.0", 0), ("127.0.0.1", 41000),
+                                        ("2001:db8::1", 443), ("fe80::1%eth0", 5000),
+                                        ("proxy.example", 1080)])
+def test_encode_reply_is_send_reply_outside_a_conversation(
+        impl: ModuleType, rep: int, host: str, port: int) -> None:
+    """What the engine sends once its connect is done: the bytes send_reply gives."""
+    c = ci.in_reply(impl)
+    assert impl.encode_reply(rep, host, port) == c.send_reply(rep, host, port)
+    assert impl.encode_reply(rep) == ci.in_reply(impl).send_reply(rep)
+
+
+@pytest.mark.parametrize("args", [(0x100,), (-1,), (0, "192.0.2.1", 65536), (0, "", 80),
+                                  (0, "1:2:3", 80), (0, "\ud800", 80)])
+def test_encode_reply_bad_arguments(impl: ModuleType, args: tuple) -> None:
+    with pytest.raises(ValueError):
+        impl.encode_reply(*args)
+
+
 # --------------------------------------------------------------------------
 # send_*() in the wrong phase.
 
