@@ -349,6 +349,7 @@ cdef class Engine:
     cdef uint64_t next_id
     cdef readonly Py_ssize_t active
     cdef bint stopping
+    cdef bint reported            # a pair finished in this batch: wake the loop after it
     cdef object thread
     cdef object _callbacks        # id -> callable(up, down, reason[, err, connect_us])
 
@@ -817,7 +818,6 @@ cdef void _finish(Engine e, Pair* p, int reason) noexcept nogil:
     """Close a pair now and report it; it is freed after the current batch."""
     cdef epoll_event dummy
     cdef Done* d = p.report
-    cdef uint64_t one = 1
     if p.dead:
         return
     p.dead = True
@@ -854,7 +854,7 @@ cdef void _finish(Engine e, Pair* p, int reason) noexcept nogil:
     d.next = e.done
     e.done = d
     pthread_mutex_unlock(&e.lock)
-    write(e.done_fd, &one, 8)
+    e.reported = True             # one wake-up for the loop per batch (_engine_loop)
 
 
 cdef void _untrottle(Engine e, Pair* p) noexcept nogil:
@@ -1069,6 +1069,7 @@ cdef void _engine_loop(Engine e) noexcept nogil:
     cdef int64_t now, last_scan = _now_ms()
     cdef int64_t wake_us = 0, left
     cdef int timeout
+    cdef uint64_t one = 1
     while not e.stopping:
         timeout = SCAN_MS
         if wake_us:
@@ -1087,6 +1088,9 @@ cdef void _engine_loop(Engine e) noexcept nogil:
         if now - last_scan >= SCAN_MS:
             last_scan = now
             _scan_idle(e, now)
+        if e.reported:
+            e.reported = False
+            write(e.done_fd, &one, 8)
         # Nothing in this batch names a zombie any more.
         while e.zombies != NULL:
             p = e.zombies
