@@ -1,12 +1,14 @@
 """CONNECT (RFC 1928 §4): resolve, dial (or go through an upstream), then relay.
 
-An IP literal is dialled at once: with the splice engine its non-blocking
-connect(2) is started here and the socket handed to the engine still
-connecting, with the success reply encoded in advance (the kernel picks
-BND.ADDR and BND.PORT when the connect starts), so the event loop spends no
-writer callback, timer or wake-up on it (``_dial_in_engine``; a failure
-comes back to ``HandoffStage._on_engine_dialled`` with the client's
-descriptor, to be refused here as always).  Elsewhere a ``Connector`` dials
+An IP literal (or a name the DNS cache holds one address for, the other
+family cached as having none: nothing to race) is dialled at once: with the
+splice engine its non-blocking connect(2) is started here and the socket
+handed to the engine still connecting, with the success reply encoded in
+advance (the kernel picks BND.ADDR and BND.PORT when the connect starts),
+so the event loop spends no writer callback, timer or wake-up on it
+(``_dial_in_engine``; a failure comes back to
+``HandoffStage._on_engine_dialled`` with the client's descriptor, to be
+refused here as always).  Elsewhere a ``Connector`` dials
 it on the loop (no Task).  A name is dialled by the same Connector as its
 addresses come in (Happy Eyeballs, RFC 8305: AAAA and A looked up at once,
 attempts interleaved; a cached name is dialled without waiting), each
@@ -29,6 +31,7 @@ from ..net.connector import Connector, dial
 from ..net.resolver import (
     ConnectError,
     Refused,
+    cached_only_address,
     literal_addresses,
     reply_for_errno,
     source_addresses,
@@ -67,16 +70,22 @@ class ConnectStage(SessionCore):
 
     def _start_connect(self, request: Any) -> None:
         addresses = literal_addresses(request.host, request.port)
+        engine = self.server.engine
+        dials = engine is not None and request.command == Command.CONNECT \
+            and self.transport.get_write_buffer_size() == 0 \
+            and (self.gss is None or not self.gss.wraps)
         if addresses is not None:
-            engine = self.server.engine
-            if engine is not None and request.command == Command.CONNECT \
-                    and self.transport.get_write_buffer_size() == 0 \
-                    and (self.gss is None or not self.gss.wraps):
+            if dials:
                 self._dial_in_engine(engine, *addresses[0])
                 return
             self._watch_client()
             self._connect(addresses)
             return
+        if dials:
+            only = self._only_address(request)
+            if only is not None:
+                self._dial_in_engine(engine, *only)
+                return
         self._watch_client()
         settings = self.server.settings
         connector = self.connector = Connector(
@@ -84,6 +93,22 @@ class ConnectStage(SessionCore):
             self._sources(), settings.outbound_interface)
         connector.resolve(request.host, request.port,
                           self._judge if self.targets is not None else None)
+
+    def _only_address(self, request: Any) -> Any:
+        """A name with one cached address and nothing to race, allowed by the rules; else None.
+
+        Anything else (a miss, several addresses, a denial, a rule that
+        chains) is the Connector's, which words the refusal as ever.
+        """
+        only = cached_only_address(request.host, request.port)
+        if only is None or self.targets is None:
+            return only
+        allowed = self.targets.allowed(request.host, request.port, [only])
+        rule = allowed.rule
+        if not allowed.addresses or (rule is not None and rule.upstream is not None):
+            return None
+        self.rule = rule
+        return only
 
     def _judge(self, addresses: list[Any]) -> tuple[list[Any], Any]:
         """Pass 2 on one family's addresses: (those allowed, (denial, address) or None).

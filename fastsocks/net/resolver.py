@@ -22,6 +22,7 @@ __all__ = [
     "source_addresses",
     "resolve",
     "resolve_cached",
+    "cached_only_address",
     "resolve_and_cache",
     "literal_addresses",
     "reply_for_errno",
@@ -172,6 +173,28 @@ def resolve_cached(host: str, port: int) -> list[Address] | None:
         return out
     if isinstance(v6, str) and isinstance(v4, str):
         raise ConnectError(Reply.HOST_UNREACHABLE, v4)
+    return None
+
+
+def cached_only_address(host: str, port: int) -> Address | None:
+    """The one address of a name the cache knows completely; None otherwise.
+
+    Completely: one family cached with a single address and the other
+    cached as having none (a negative answer, e.g. an IPv4-only name).  Then
+    RFC 8305 has nothing to race, and the name is dialled like a literal.
+    A miss in either family, or more than one address, is None: the
+    Connector looks it up and races the attempts.
+    """
+    cache = dns.CACHE
+    v6 = cache.get(host, socket.AF_INET6)
+    if v6 is None:
+        return None
+    v4 = cache.get(host, socket.AF_INET)
+    if isinstance(v6, str):
+        if isinstance(v4, tuple) and len(v4) == 1:
+            return socket.AF_INET, (v4[0], port)
+    elif isinstance(v4, str) and len(v6) == 1:
+        return socket.AF_INET6, (v6[0], port, 0, 0)
     return None
 
 

@@ -261,3 +261,53 @@ def test_client_leaving_during_connect_closes_the_attempt(
     started = time.monotonic()
     assert server.wait_sockets(baseline, timeout=3.0)["socket"] <= baseline
     assert time.monotonic() - started < 3.0
+
+
+# -- names dialled like literals: one address cached, nothing to race -----------------------
+
+
+def test_a_name_with_one_cached_address_is_judged_and_refused_as_ever(
+        fastsocks_server: Callable[..., Any], socks: Any, echo_target: Any,
+        closed_port: int, tmp_path: Path) -> None:
+    """A name whose A record is all there is (no AAAA) is dialled from the cache like an
+    IP literal, by the engine: the second CONNECT of each name below.  Pass 2 of the
+    rules still judges its address, and a refused connect still gets X'05'."""
+    from dnsserver import DnsServer
+
+    records = {"one.test": [("A", "127.0.0.1", 300)], "denied.test": [("A", "127.0.0.9", 300)]}
+    dns_server = DnsServer(records)
+    config = write_config(tmp_path, """
+[[rules]]
+action = "deny"
+dst = ["127.0.0.9/32"]
+
+[[rules]]
+action = "allow"
+""")
+    try:
+        server = fastsocks_server("--dns-resolver", "c-ares", "--dns-server", dns_server.address,
+                                  "--config", str(config), "--log-level", "debug")
+        for _ in range(2):  # a lookup, then the cache
+            sock, (rep, _, _) = socks.connect(server.address, "one.test", echo_target.port)
+            with sock:
+                assert rep == 0
+                sock.sendall(b"by name")
+                assert socks.recv_exact(sock, 7) == b"by name"
+            sock, (rep, _, _) = socks.connect(server.address, "denied.test", echo_target.port)
+            sock.close()
+            assert rep == 0x02
+            sock, (rep, _, _) = socks.connect(server.address, "one.test", closed_port)
+            with sock:
+                assert rep == 0x05
+                assert socks.read_until_closed(sock) == b""
+        # One query per name and family: the second round came from the cache.
+        assert dns_server.queries[("one.test", "A")] == 1
+        assert dns_server.queries[("denied.test", "A")] == 1
+        # Both rounds logged alike: the denial (INFO and the close at DEBUG) and the refusal.
+        denied = f"CONNECT denied.test port {echo_target.port} (127.0.0.9): denied by rules[0]"
+        assert server.log.count(denied) == 4, server.log
+        refused = (f"CONNECT one.test port {closed_port}: 127.0.0.1 port {closed_port}: "
+                   "Connection refused")
+        assert server.log.count(refused) == 2, server.log
+    finally:
+        dns_server.close()

@@ -83,3 +83,26 @@ def test_literal_addresses_never_raises(name: str) -> None:
 def test_scoped_literal_still_a_literal() -> None:
     assert resolver.literal_addresses("fe80::1%lo", 80) == [
         (socket.AF_INET6, ("fe80::1", 80, 0, socket.if_nametoindex("lo")))]
+
+
+# -- a name dialled like a literal (connect.py: the engine dials it) ----------------------
+
+
+@pytest.mark.parametrize("v6, v4, expected", [
+    ("no AAAA", ("192.0.2.7",), (socket.AF_INET, ("192.0.2.7", 443))),
+    (("2001:db8::7",), "no A", (socket.AF_INET6, ("2001:db8::7", 443, 0, 0))),
+    ("no AAAA", ("192.0.2.7", "192.0.2.8"), None),  # two to try: the Connector's
+    (("2001:db8::7",), ("192.0.2.7",), None),  # two families to race
+    (None, ("192.0.2.7",), None),  # AAAA not looked up yet: it may win
+    ("no AAAA", None, None),
+    ("no AAAA", "no A", None),  # nothing: the Connector words X'04'
+], ids=["v4-only", "v6-only", "two-v4", "both", "v6-miss", "v4-miss", "negative"])
+def test_cached_only_address(monkeypatch: pytest.MonkeyPatch, v6: object, v4: object,
+                             expected: object) -> None:
+    fresh = dns.DnsCache()
+    monkeypatch.setattr(dns, "CACHE", fresh)
+    for family, answer in ((socket.AF_INET6, v6), (socket.AF_INET, v4)):
+        if answer is not None:
+            fresh.put("only.example", family, answer, 60)
+    assert resolver.cached_only_address("only.example", 443) == expected
+    assert resolver.cached_only_address("other.example", 443) is None
