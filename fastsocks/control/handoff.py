@@ -5,10 +5,10 @@ thread and the reply travels with them: the engine sends it first, then the
 bytes the client sent early.  A CONNECT to an IP literal goes there before
 its connect is done (``connect.py``): the engine waits for it, and a
 failure comes back here (``_on_engine_dialled``) with the client's
-descriptor, which ``Returned`` lends the refusal.  Elsewhere, and under GSSAPI wrapping (RFC 1961
-§5, MTYP 3 both ways), an asyncio protocol pair relays on the loop.  Either
-way the relay reports how the connection ended, and the session reports it
-once to the observers.
+descriptor, which ``Returned`` lends the refusal.  Elsewhere, and under
+GSSAPI wrapping (RFC 1961 §5, MTYP 3 both ways), an asyncio protocol pair
+relays on the loop.  Either way the relay reports how the connection
+ended, and the session reports it once to the observers.
 """
 
 from __future__ import annotations
