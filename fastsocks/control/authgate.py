@@ -74,6 +74,10 @@ class PasswordGate:
         self.per_source = max(1, checks // 4)
         self.free = failures_per_ip
 
+    def backing_off(self) -> bool:
+        """Some source is backing off after its failures: ``waiting`` may refuse."""
+        return bool(self.free and self._failures)
+
     def waiting(self, ip: str | None, user: str | None) -> str | None:
         """``auth_failures_per_ip`` when this source must still wait after its failures."""
         if not self.free or not self._failures:

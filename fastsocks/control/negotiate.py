@@ -3,9 +3,10 @@
 The codec turns bytes into events; this stage answers them: it picks the
 method (RFC 1928 §3), checks a username/password (RFC 1929) off the event
 loop's path (bcrypt and argon2 run in a thread; the users file caches a
-good check, which answers without queueing; a bounded queue and a back-off
-per source hold off floods of wrong passwords, ``control/authgate.py``), or
-carries the GSSAPI exchange (RFC 1961) until the request.
+good check, which answers at once, without a Task or the queue; a bounded
+queue and a back-off per source hold off floods of wrong passwords,
+``control/authgate.py``), or carries the GSSAPI exchange (RFC 1961) until
+the request.
 """
 
 from __future__ import annotations
@@ -63,6 +64,8 @@ class NegotiateStage(SessionCore):
             if kind is _Greeting:
                 self._on_greeting(event)
             elif kind is _UserPass:
+                if self._cached_login(event):
+                    continue  # answered: on to the request, perhaps already buffered
                 self.state = State.AUTHENTICATING
                 self.transport.pause_reading()
                 self.task = asyncio.ensure_future(self._authenticate(event))
@@ -162,6 +165,25 @@ class NegotiateStage(SessionCore):
             return None
 
     # -- RFC 1929 ---------------------------------------------------------
+
+    def _cached_login(self, event: Any) -> bool:
+        """A login the users file's cache vouches for, answered at once: no Task, no queue.
+
+        Anything else (a hook, no cached check, a source backing off after
+        its failures) is ``_authenticate``'s, which judges it in full.
+        """
+        server = self.server
+        users = server.users
+        if users is None or server.authenticate is not None:
+            return False
+        limits = server.limits
+        if limits is not None and limits.passwords.backing_off():
+            return False
+        if not users.cached(event.username, event.password):
+            return False
+        self.user = event.username.decode("utf-8", "replace")
+        self.transport.write(self.codec.send_auth_status(True))
+        return True
 
     async def _authenticate(self, event: Any) -> None:
         ok, name, denial = await self._check_password(event.username, event.password)

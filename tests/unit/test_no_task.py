@@ -48,6 +48,7 @@ import pytest
 
 import fastsocks
 from fastsocks import _accel
+from fastsocks.control.auth import Users, hash_password
 from fastsocks.control.session import Session
 from fastsocks.net import dns
 from fastsocks.relay import Engine
@@ -67,6 +68,7 @@ ASYNCIO = os.path.dirname(os.path.abspath(asyncio.__file__)) + os.sep
 RELAY_TASK = "HandoffStage._relay_protocol"
 LOOKUP_TASK = "DnsCache._system"
 ACCEPT_TASK = "_accept_connection2"  # the stdlib loop's, one per accepted connection
+LOGIN_TASK = "NegotiateStage._authenticate"
 
 
 @dataclass(frozen=True)
@@ -213,13 +215,23 @@ def _read_reply(sock: socket.socket) -> int:
     return code
 
 
-def _clients(proxy: tuple[str, int], host: str, port: int, count: int) -> None:
-    """``count`` CONNECTs in a row, each echoing a short and a bulk message, then half-closing."""
+def _clients(proxy: tuple[str, int], host: str, port: int, count: int,
+             login: bytes = b"") -> None:
+    """``count`` CONNECTs in a row, each echoing a short and a bulk message, then half-closing.
+
+    ``login``: an RFC 1929 request (username/password), sent with the CONNECT.
+    """
     for i in range(count):
         with socket.create_connection(proxy, timeout=DEADLINE) as sock:
-            sock.sendall(b"\x05\x01\x00")  # no authentication
-            assert recv_exact(sock, 2) == b"\x05\x00"
-            sock.sendall(_request(host, port))
+            if login:
+                sock.sendall(b"\x05\x01\x02")  # username/password
+                assert recv_exact(sock, 2) == b"\x05\x02"
+                sock.sendall(login + _request(host, port))  # RFC 1929 §2, then the request
+                assert recv_exact(sock, 2) == b"\x01\x00"
+            else:
+                sock.sendall(b"\x05\x01\x00")  # no authentication
+                assert recv_exact(sock, 2) == b"\x05\x00"
+                sock.sendall(_request(host, port))
             assert _read_reply(sock) == 0, f"connection {i}: not succeeded"
             short = f"ping {i}".encode()
             sock.sendall(short)
@@ -243,8 +255,12 @@ def _run(loop_name: str, main: Callable[[], Coroutine[Any, Any, Any]]) -> Any:
         loop.close()
 
 
-def _counted(loop_name: str, relay: str, host: str, tmp_path: Path) -> tuple[list[Made], list[Made]]:
-    """One server: a first CONNECT to ``host``, then CONNECTIONS more; the Tasks of each part."""
+def _counted(loop_name: str, relay: str, host: str, tmp_path: Path,
+             users: Path | None = None, login: bytes = b"") -> tuple[list[Made], list[Made]]:
+    """One server: a first CONNECT to ``host``, then CONNECTIONS more; the Tasks of each part.
+
+    ``users``: the server's users file, and ``login`` the RFC 1929 request the clients send.
+    """
 
     async def main() -> tuple[list[Made], list[Made]]:
         loop = asyncio.get_running_loop()
@@ -254,14 +270,15 @@ def _counted(loop_name: str, relay: str, host: str, tmp_path: Path) -> tuple[lis
         settings = fastsocks.Settings(listen=[("127.0.0.1", 0)], relay=relay,
                                       access_log=str(tmp_path / "access.log"))
         try:
-            async with fastsocks.Server(settings) as server:
+            async with fastsocks.Server(settings, Users.load(users) if users else None) as server:
                 assert server.relay_name == ("splice engine" if relay == "splice"
                                              else "protocol relay")
                 proxy = ("127.0.0.1", int(server.addresses[0].rsplit(":", 1)[1]))
                 parts = []
                 for count in (1, CONNECTIONS):
                     counter.start()
-                    await loop.run_in_executor(None, _clients, proxy, host, target.port, count)
+                    await loop.run_in_executor(None, _clients, proxy, host, target.port, count,
+                                               login)
                     await _ended(server)
                     parts.append(counter.stop())
         finally:
@@ -346,3 +363,17 @@ def test_the_counter_sees_a_task_on_the_common_path(loop_name: str, tmp_path: Pa
     assert [m.name for m in rest].count("sleep") == CONNECTIONS, rest
     with pytest.raises(AssertionError, match="outside fastsocks"):
         _check(rest, CONNECTIONS, relay, loop_name)
+
+
+@pytest.mark.parametrize("relay", RELAYS)
+@pytest.mark.parametrize("loop_name", LOOPS)
+def test_a_cached_login_makes_no_task(loop_name: str, relay: str, tmp_path: Path) -> None:
+    """RFC 1929: the first login is hashed (one Task waits for the hash pool); the
+    later ones are answered from the users file's cache at once, with none."""
+    users = tmp_path / "users.txt"
+    users.write_text(f"alice:{hash_password(b's3cret', 'bcrypt', 4)}\n")
+    login = b"\x01\x05alice\x06s3cret"
+    first, rest = _counted(loop_name, relay, "127.0.0.1", tmp_path, users, login)
+    assert [m.name for m in first if m.ours].count(LOGIN_TASK) == 1, first
+    _check(first, 1, relay, loop_name, allowed=(LOGIN_TASK,))
+    _check(rest, CONNECTIONS, relay, loop_name)
