@@ -19,7 +19,9 @@ class Engine:
 
     ``add()``'s callback gets ``(bytes_up, bytes_down, reason)``, and for a
     pair added with ``connect_timeout`` (its connect still in progress)
-    ``(bytes_up, bytes_down, reason, err, connect_us)``.
+    ``(bytes_up, bytes_down, reason, err, connect_us)``: once with reason
+    ``connected`` when the connect is done (the pair goes on), then once
+    when it ends.
     """
 
     @property

@@ -164,7 +164,7 @@ class HandoffStage(SessionCore):
         bytes the client sent early go to the target before anything else.
         ``connect_timeout``: ``sock``'s connect is still in progress (an IP
         literal's CONNECT): the reply waits for it in the engine, and is
-        recorded when the engine reports how it went.
+        recorded when the engine reports the pair connected.
         """
         transport = self.transport
         client_fd = os.dup(transport.get_extra_info("socket").fileno())
@@ -216,7 +216,10 @@ class HandoffStage(SessionCore):
 
     def _on_engine_dialled(self, bytes_up: int, bytes_down: int, reason: str, err: int,
                            connect_us: int) -> None:
-        """A pair handed over while connecting has ended (see ``_hand_to_engine``)."""
+        """A pair handed over while connecting: connected, or ended (see ``_hand_to_engine``)."""
+        if reason == "connected":  # the reply went out: counted now, the pair goes on
+            self._record_reply(Reply.SUCCEEDED, self.handed + connect_us / 1e6)
+            return
         if reason == "connect_failed" or reason == "connect_timeout":
             # The client's descriptor is back, open: refused as on the loop.
             self.pair_id = 0
@@ -233,8 +236,6 @@ class HandoffStage(SessionCore):
         if reason == "client_closed":  # it left before the connect was done: no reply
             self._close(CloseReason.CLIENT_CLOSED, "client closed during handshake")
             return
-        if connect_us >= 0:  # the reply went out when the connect was done
-            self._record_reply(Reply.SUCCEEDED, self.handed + connect_us / 1e6)
         self._relay_ended(reason, bytes_up, bytes_down)
 
     def _on_relay_closed(self, relay: Any) -> None:

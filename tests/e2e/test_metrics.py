@@ -176,6 +176,29 @@ def test_active_gauge_counts_open_connections(fastsocks_server: Callable[..., An
     assert _value(s, "fastsocks_connections_active") == 0
 
 
+def test_success_replies_counted_while_the_connections_last(
+        fastsocks_server: Callable[..., Any], socks: Any, echo_target: Any) -> None:
+    """The splice engine dials an IP literal and sends the reply itself: it is counted
+    (reply code and handshake time) while the connection lasts, not when it ends."""
+    server = fastsocks_server("--metrics", "127.0.0.1:0")
+    address = _metrics_address(server)
+    held = []
+    try:
+        for _ in range(3):
+            sock, (rep, _, _) = socks.connect(server.address, *echo_target.address)
+            assert rep == 0
+            held.append(sock)
+        s = _until(address, lambda s: _value(s, "fastsocks_replies_total", code="0") == 3)
+        assert _value(s, "fastsocks_replies_total", code="0") == 3
+        assert _value(s, "fastsocks_handshake_duration_seconds_count") == 3
+        assert _value(s, "fastsocks_connections_active") == 3
+    finally:
+        for sock in held:
+            sock.close()
+    s = _until(address, lambda s: _value(s, "fastsocks_connections_active") == 0)
+    assert _value(s, "fastsocks_replies_total", code="0") == 3  # not counted again
+
+
 def test_healthz_and_names(fastsocks_server: Callable[..., Any]) -> None:
     server = fastsocks_server("--metrics", "[::1]:0", "--listen", "[::1]:0")
     address = _metrics_address(server)

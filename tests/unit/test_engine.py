@@ -338,7 +338,8 @@ def test_no_descriptor_left_behind(bench: Bench) -> None:
 
 def test_reason_names() -> None:
     assert REASONS == ("eof", "client_reset", "upstream_reset", "idle_timeout", "closed",
-                       "shutdown", "error", "connect_failed", "connect_timeout", "client_closed")
+                       "shutdown", "error", "connect_failed", "connect_timeout", "client_closed",
+                       "connected")
 
 
 # -- a pair handed over while its upstream connect is in progress ------------------------
@@ -362,13 +363,20 @@ class Dialled:
             lambda *args: self.results.append(args), connect_timeout=timeout)
 
     def wait(self, timeout: float = 10.0) -> tuple[int, int, str, int, int]:
+        """The pair's end; a "connected" report, if any, must have come before it."""
         deadline = time.monotonic() + timeout
-        while not self.results:
+        while not self.results or self.results[-1][2] == "connected":
             remaining = deadline - time.monotonic()
             assert remaining > 0, "the engine never reported the pair"
             select.select([self.bench.engine.done_fileno], [], [], remaining)
             self.bench.engine.collect()
-        return self.results[0]
+        assert len(self.results) <= 2 and all(r[2] == "connected" for r in self.results[:-1])
+        return self.results[-1]
+
+    @property
+    def connected(self) -> list[int]:
+        """connect_us of the "connected" reports (one, once the connect is done)."""
+        return [r[4] for r in self.results if r[2] == "connected"]
 
 
 def _fd_open(fd: int) -> bool:
@@ -401,6 +409,7 @@ def test_a_connecting_pair_replies_once_connected_then_relays(bench: Bench) -> N
     up, down, reason, err, connect_us = dialled.wait()
     assert (up, down, reason, err) == (9, 6, "eof", 0)
     assert 0 <= connect_us < 5_000_000
+    assert dialled.connected == [connect_us]
     assert not _fd_open(dialled.client_fd)
 
 
@@ -409,6 +418,7 @@ def test_a_refused_connect_hands_the_client_back(bench: Bench, closed_port: int)
     with dialled.client as client:
         up, down, reason, err, connect_us = dialled.wait()
         assert (reason, err, connect_us) == ("connect_failed", errno.ECONNREFUSED, -1)
+        assert dialled.connected == []
         # Nothing was sent to the client; its descriptor is the caller's again, open.
         assert _fd_open(dialled.client_fd)
         os.write(dialled.client_fd, b"REFUSED")
@@ -473,4 +483,26 @@ def test_bytes_and_a_fin_during_the_connect_are_relayed_after_it(
             assert _read_all(client) == b"REPLYanswer"
     up, down, reason, err, connect_us = dialled.wait()
     assert (up, down, reason) == (28, 6, "eof")
-    assert connect_us > 0
+    assert connect_us > 0 and dialled.connected == [connect_us]
+
+
+def test_a_long_connection_is_reported_connected_while_it_lasts(bench: Bench) -> None:
+    """The "connected" report reaches the loop on its own (the reply is counted then),
+    within about half a second, not when the connection ends."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        dialled = Dialled(bench, listener.getsockname())
+        target, _ = listener.accept()
+    with dialled.client as client, target:
+        client.settimeout(10)
+        assert recv_exact(client, 5) == b"REPLY"
+        deadline = time.monotonic() + 2.0
+        while not dialled.connected:
+            assert time.monotonic() < deadline, "no connected report while the pair lives"
+            select.select([bench.engine.done_fileno], [], [], 0.1)
+            bench.engine.collect()
+        assert bench.engine.active == 1  # still relaying
+        client.sendall(b"still")
+        assert recv_exact(target, 5) == b"still"
+    assert dialled.wait()[2] in ("eof", "client_reset", "upstream_reset")
