@@ -70,18 +70,16 @@ class ConnectStage(SessionCore):
 
     def _start_connect(self, request: Any) -> None:
         addresses = literal_addresses(request.host, request.port)
-        engine = self.server.engine
-        dials = engine is not None and request.command == Command.CONNECT \
-            and self.transport.get_write_buffer_size() == 0 \
-            and (self.gss is None or not self.gss.wraps)
+        # A forwarded HTTP request (Command.HTTP) has its own relay.
+        engine = self._engine_relay() if request.command == Command.CONNECT else None
         if addresses is not None:
-            if dials:
+            if engine is not None:
                 self._dial_in_engine(engine, *addresses[0])
                 return
             self._watch_client()
             self._connect(addresses)
             return
-        if dials:
+        if engine is not None:
             only = self._only_address(request)
             if only is not None:
                 self._dial_in_engine(engine, *only)
@@ -143,7 +141,7 @@ class ConnectStage(SessionCore):
         self.connector.start()
 
     def _dial_in_engine(self, engine: Any, family: int, sockaddr: Any) -> None:
-        """Start the connect here and let the engine wait for it (an IP literal)."""
+        """Start the connect here and let the engine wait for it (one address, nothing to race)."""
         settings = self.server.settings
         try:
             sock, connected = dial(family, sockaddr, self._sources(),

@@ -101,11 +101,11 @@ class HandoffStage(SessionCore):
         if self.closed:
             sock.close()
             return
-        engine = self.server.engine
-        wrapped = self.gss is not None and self.gss.wraps  # RFC 1961 §5: MTYP 3 both ways
-        if engine is not None and not wrapped and self.transport.get_write_buffer_size() == 0:
+        engine = self._engine_relay()
+        if engine is not None:
             self._to_engine(engine, sock, reply_host, reply_port)
             return
+        wrapped = self.gss is not None and self.gss.wraps  # RFC 1961 §5: MTYP 3 both ways
         self.reply_to = (reply_host, reply_port)
         server = self.server
         if wrapped:
@@ -145,6 +145,18 @@ class HandoffStage(SessionCore):
         self.codec = self.http = None  # the negotiation is over; free its buffers
         self.state = State.RELAYING
         relay.start(self.transport, pending)
+
+    def _engine_relay(self) -> Any:
+        """The splice engine, where it may take this connection; else None.
+
+        Not under GSSAPI wrapping (RFC 1961 §5: MTYP 3 both ways), and only
+        with nothing left in the client's write buffer (the engine writes first).
+        """
+        engine = self.server.engine
+        if engine is None or (self.gss is not None and self.gss.wraps) \
+                or self.transport.get_write_buffer_size():
+            return None
+        return engine
 
     def _to_engine(self, engine: Any, sock: Any, reply_host: str, reply_port: int,
                    connect_timeout: float = 0.0) -> None:
