@@ -44,7 +44,7 @@ chunk; the event loop thread only does handshakes.
   an eventfd that the event loop watches (each pair's report is allocated
   when it is added, so the engine thread never fails to report one);
   commands (add, close, close all, stop) reach the engine through another
-  queue and eventfd.
+  queue and eventfd, written only by a command that finds the queue empty.
 
 Pitfalls handled here: an fd is removed from epoll before it is closed, and
 a pair is freed only after the epoll batch that may still name it.
@@ -523,6 +523,7 @@ cdef class Engine:
     cdef _command(self, int kind, uint64_t pair_id, int reason, Pair* pair):
         cdef Cmd* c = <Cmd*>malloc(sizeof(Cmd))
         cdef uint64_t one = 1
+        cdef bint wake
         if c == NULL:
             raise MemoryError()
         c.kind = kind
@@ -531,9 +532,13 @@ cdef class Engine:
         c.pair = pair
         pthread_mutex_lock(&self.lock)
         c.next = self.cmds
+        wake = c.next == NULL
         self.cmds = c
         pthread_mutex_unlock(&self.lock)
-        write(self.cmd_fd, &one, 8)
+        # Commands queued behind one not yet taken ride on its wake-up: the
+        # engine reads the eventfd before it takes the whole queue (_commands).
+        if wake:
+            write(self.cmd_fd, &one, 8)
 
     def collect(self):
         """Run the callbacks of finished pairs (call when done_fileno is readable).
