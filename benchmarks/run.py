@@ -789,7 +789,6 @@ def _machine() -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    global TARGET_NAME
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true",
                    help="short runs (1 s, 1 round, 300 idle connections) to check the set-up")
@@ -861,13 +860,15 @@ def main(argv: list[str] | None = None) -> int:
     runs: list[dict[str, Any]] = []
     infos: dict[str, str] = {}
     t_start = time.monotonic()
-    TARGET_NAME = args.target_name  # for STARTERS["fastsocks-name"]
+    target_name = args.target_name
+    starters = {**STARTERS, "fastsocks-name": lambda echo: start_fastsocks(
+        echo, target_name=target_name)}
     echo_hosts: tuple[str, ...] = ("127.0.0.1",)
     if any(n in NAME_ROWS for n in active):
         try:  # wherever the name leads on loopback (127.0.0.1, ::1), the echo answers
             bench.Config(mode="handshake", proxy=("127.0.0.1", 1),
-                         target_name=TARGET_NAME).validate()
-            echo_hosts = bench.name_hosts(TARGET_NAME)
+                         target_name=target_name).validate()
+            echo_hosts = bench.name_hosts(target_name)
         except ValueError as exc:
             p.error(str(exc))
     with contextlib.ExitStack() as stack:
@@ -895,7 +896,7 @@ def main(argv: list[str] | None = None) -> int:
                     server = Server("direct")
                 else:
                     try:
-                        server = STARTERS[name](echo.address)
+                        server = starters[name](echo.address)
                     except RuntimeError as exc:
                         log(f"  {name}: could not start: {exc}")
                         notes.append(f"{name} round {rnd + 1}: could not start: {exc}")
@@ -940,10 +941,10 @@ def main(argv: list[str] | None = None) -> int:
         print(markdown(summary, shown))
         print()
         if "fastsocks" in active and "fastsocks-name" in active and "handshake" in groups:
-            print(f"By name: the same fastsocks asked for the echo as {TARGET_NAME!r} (SOCKS5 "
+            print(f"By name: the same fastsocks asked for the echo as {target_name!r} (SOCKS5 "
                   f"ATYP X'03', in its DNS cache from the warm-up on; the echo listens on "
                   f"{', '.join(echo_hosts)}) beside its IPv4 address:\n")
-            print(name_markdown(summary, TARGET_NAME))
+            print(name_markdown(summary, target_name))
             print()
         print("Generator and targets (evidence that the load generator is not the limit; "
               "CPU in cores = CPU-seconds per second of the run):\n")

@@ -194,17 +194,10 @@ class HandoffStage(SessionCore):
         nonblocking = not sock.getblocking()
         try:
             upstream_fd = sock.detach()
-            if connect_timeout:
-                self.pair_id = engine.add(client_fd, upstream_fd, pending, reply,
-                                          self.server.settings.idle_timeout,
-                                          self._on_engine_dialled, throttles,
-                                          nonblocking=nonblocking,
-                                          connect_timeout=connect_timeout)
-            else:
-                self.pair_id = engine.add(client_fd, upstream_fd, pending, reply,
-                                          self.server.settings.idle_timeout,
-                                          self._on_engine_closed, throttles,
-                                          nonblocking=nonblocking)
+            callback = self._on_engine_dialled if connect_timeout else self._on_engine_closed
+            self.pair_id = engine.add(client_fd, upstream_fd, pending, reply,
+                                      self.server.settings.idle_timeout, callback, throttles,
+                                      nonblocking=nonblocking, connect_timeout=connect_timeout)
         except BaseException:
             os.close(client_fd)
             raise
