@@ -14,7 +14,13 @@ the one server, from this process (uvloop when installed):
 * garbage: 4 clients sending random bytes, wrong versions, truncated
   requests, oversized NMETHODS, bad commands and address types, resets;
 * slowloris: 200 clients that connect and say nothing or dribble a byte every
-  0.5 s; each is cut at the handshake timeout and replaced.
+  0.5 s; each is cut at the handshake timeout and replaced;
+* refused: 2 clients asking for a port nothing listens on (half of them
+  sending bytes after the request): each must get X'05' (connection refused)
+  and the close;
+* stalled: 4 clients asking for a target whose accept queue is full, so the
+  server's connect hangs: half wait for the connect timeout's X'04', half
+  walk away during the connect.
 
 It samples the server's RSS (VmRSS) and descriptors (/proc/PID/fd, sockets
 and pipes apart) every ``--sample`` seconds and prints them, with the
@@ -47,6 +53,7 @@ from pathlib import Path
 from typing import Any
 
 HANDSHAKE_TIMEOUT = 2.0
+CONNECT_TIMEOUT = 2.0
 GREETING = b"\x05\x01\x00"
 RAMP_SECONDS = 20.0
 
@@ -92,7 +99,8 @@ class Server:
     def __init__(self, args: list[str], log_path: Path) -> None:
         self.log_path = log_path
         argv = [sys.executable, "-m", "fastsocks", "--listen", "127.0.0.1:0", "--workers", "1",
-                "--handshake-timeout", str(HANDSHAKE_TIMEOUT), *args]
+                "--handshake-timeout", str(HANDSHAKE_TIMEOUT),
+                "--connect-timeout", str(CONNECT_TIMEOUT), *args]
         self.command = " ".join(argv[1:])
         with open(log_path, "wb") as log:
             self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log,
@@ -174,6 +182,17 @@ async def close(writer: asyncio.StreamWriter) -> None:
         pass
 
 
+async def until_closed(reader: asyncio.StreamReader, limit: int = 4096) -> bytes:
+    """What the server sends until it closes (at most ``limit`` bytes)."""
+    data = b""
+    while len(data) < limit:
+        chunk = await reader.read(limit - len(data))
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
 async def socks_connect(proxy: tuple[str, int], target: tuple[str, int],
                         timeout: float = 10.0) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     reader, writer = await asyncio.wait_for(asyncio.open_connection(*proxy), timeout)
@@ -188,13 +207,40 @@ async def socks_connect(proxy: tuple[str, int], target: tuple[str, int],
     return reader, writer
 
 
+class DeadEnds:
+    """Two targets that fail: a port with no listener, and one whose accept queue is full.
+
+    The first refuses every connect (RST); the second drops every SYN, so a
+    connect to it stays in progress until the server's connect timeout.
+    """
+
+    def __init__(self) -> None:
+        self.closed = socket.socket()
+        self.closed.bind(("127.0.0.1", 0))  # bound, never listening: ECONNREFUSED
+        self.stalled = socket.socket()
+        self.stalled.bind(("127.0.0.1", 0))
+        self.stalled.listen(0)
+        self.fillers = []
+        for _ in range(3):  # listen(0) queues one; the others' SYNs are dropped too
+            filler = socket.socket()
+            filler.setblocking(False)
+            filler.connect_ex(self.stalled.getsockname())
+            self.fillers.append(filler)
+
+    def close(self) -> None:
+        for sock in (self.closed, self.stalled, *self.fillers):
+            sock.close()
+
+
 class Load:
     """All the clients, their counters, and the deadline they share."""
 
-    def __init__(self, proxy: tuple[str, int], echo: tuple[str, int], deadline: float) -> None:
+    def __init__(self, proxy: tuple[str, int], echo: tuple[str, int], deadline: float,
+                 dead: DeadEnds) -> None:
         self.proxy = proxy
         self.echo = echo
         self.deadline = deadline
+        self.dead = dead
         self.counts: collections.Counter[str] = collections.Counter()
         self.errors: list[str] = []
         self.rng = random.Random(1928)
@@ -324,6 +370,59 @@ class Load:
             finally:
                 await close(writer)
 
+    async def refused(self) -> None:
+        """CONNECT to a port nothing listens on: X'05', then the close."""
+        target = self.dead.closed.getsockname()
+        while self.running():
+            try:
+                reader, writer = await asyncio.wait_for(asyncio.open_connection(*self.proxy), 10)
+            except (OSError, asyncio.TimeoutError) as exc:
+                self.error(f"refused connect: {exc!r}")
+                await asyncio.sleep(0.1)
+                continue
+            try:
+                early = os.urandom(16) if self.rng.random() < 0.5 else b""
+                writer.write(GREETING + request(*target) + early)
+                answer = await asyncio.wait_for(until_closed(reader), 10)
+                if answer != b"\x05\x00\x05\x05\x00\x01" + bytes(6):
+                    self.error(f"refused: got {answer!r}")
+                else:
+                    self.counts["refused"] += 1
+            except (OSError, asyncio.TimeoutError) as exc:
+                self.error(f"refused: {exc!r}")
+            finally:
+                await close(writer)
+
+    async def stalled(self, walk_away: bool) -> None:
+        """CONNECT to a target that never answers: the timeout's X'04', or leave first."""
+        target = self.dead.stalled.getsockname()
+        while self.running():
+            try:
+                reader, writer = await asyncio.wait_for(asyncio.open_connection(*self.proxy), 10)
+            except (OSError, asyncio.TimeoutError) as exc:
+                self.error(f"stalled connect: {exc!r}")
+                await asyncio.sleep(0.1)
+                continue
+            start = time.monotonic()
+            try:
+                writer.write(GREETING + request(*target))
+                if walk_away:
+                    await asyncio.sleep(self.rng.uniform(0.05, CONNECT_TIMEOUT * 0.8))
+                    self.counts["stalled_left"] += 1
+                    continue
+                answer = await asyncio.wait_for(until_closed(reader), CONNECT_TIMEOUT + 5)
+                waited = time.monotonic() - start
+                if answer != b"\x05\x00\x05\x04\x00\x01" + bytes(6):
+                    self.error(f"stalled: got {answer!r}")
+                elif not CONNECT_TIMEOUT - 0.1 <= waited <= CONNECT_TIMEOUT + 1.5:
+                    self.error(f"stalled: refused after {waited:.2f} s")
+                else:
+                    self.counts["stalled_timed_out"] += 1
+            except (OSError, asyncio.TimeoutError) as exc:
+                self.error(f"stalled: {exc!r}")
+            finally:
+                await close(writer)
+
     async def slowloris(self, dribble: bool) -> None:
         greeting = b"\x05\xff" + bytes(range(255))
         while self.running():
@@ -352,15 +451,18 @@ class Load:
             self.counts["slowloris_cut"] += 1
 
 
-async def _run(args: argparse.Namespace, server: Server, echo: Echo) -> dict[str, Any]:
+async def _run(args: argparse.Namespace, server: Server, echo: Echo,
+               dead: DeadEnds) -> dict[str, Any]:
     seconds = args.minutes * 60
     t0 = time.monotonic()
-    load = Load(server.address, echo.address, t0 + seconds)
+    load = Load(server.address, echo.address, t0 + seconds, dead)
     tasks = [asyncio.ensure_future(load.handshakes()) for _ in range(8)]
     tasks += [asyncio.ensure_future(load.bulk()) for _ in range(2)]
     tasks += [asyncio.ensure_future(load.idle())]
     tasks += [asyncio.ensure_future(load.garbage()) for _ in range(4)]
     tasks += [asyncio.ensure_future(load.slowloris(i % 2 == 1)) for i in range(200)]
+    tasks += [asyncio.ensure_future(load.refused()) for _ in range(2)]
+    tasks += [asyncio.ensure_future(load.stalled(i % 2 == 1)) for i in range(4)]
     samples: list[tuple[float, dict[str, int], dict[str, int], float]] = []
     marks: dict[str, tuple[float, dict[str, int], dict[str, int]]] = {}
     targets = {"start": min(RAMP_SECONDS, seconds * 0.1), "middle": seconds / 2,
@@ -418,6 +520,7 @@ def main() -> int:
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     log_dir = Path(tempfile.mkdtemp(prefix="fastsocks-soak-"))
     echo = Echo()
+    dead = DeadEnds()
     server = Server(["--relay", args.relay, "--loop", args.loop], log_dir / "fastsocks.log")
     started = datetime.datetime.now(datetime.timezone.utc)
     print(f"# soak: {args.minutes:g} min, {started:%Y-%m-%d %H:%M} UTC, {platform.node()}, "
@@ -435,11 +538,12 @@ def main() -> int:
         client_loop = "asyncio"
     print(f"# clients: this process, {client_loop}")
     try:
-        out = runner(_run(args, server, echo))
+        out = runner(_run(args, server, echo, dead))
     finally:
         cpu = server.cpu_seconds() if server.proc.poll() is None else float("nan")
         code = server.stop()
         echo.close()
+        dead.close()
     load: Load = out["load"]
     c = load.counts
     print()
@@ -463,7 +567,9 @@ def main() -> int:
           f"{max(s[1]['rss_kib'] for s in out['samples']) / 1024:.1f} MiB")
     print(f"totals: {c['handshakes']} handshakes, {c['bulk_transfers']} bulk transfers "
           f"({c['bulk_bytes'] / (1 << 30):.2f} GiB relayed, SHA-256 checked), {c['idle_opened']} idle "
-          f"connections opened, {c['garbage']} garbage clients, {c['slowloris_cut']} slowloris clients cut; "
+          f"connections opened, {c['garbage']} garbage clients, {c['slowloris_cut']} slowloris clients cut, "
+          f"{c['refused']} refused, {c['stalled_timed_out']} connects timed out, "
+          f"{c['stalled_left']} clients left during the connect; "
           f"server CPU {cpu:.1f} s")
     errors_logged = [line for line in server.log.splitlines()
                      if " ERROR " in line or "Traceback" in line or " CRITICAL " in line]
