@@ -3,7 +3,7 @@
 
     python benchmarks/run.py [--quick]
                              [--servers fastsocks,fastsocks-name,fastsocks-socks4,fastsocks-http,
-                                        microsocks,dante]
+                                        microsocks,dante,floor]
                              [--only idle,throughput,handshake,udp]
                              [--target-name NAME] [--repeat N] [--json PATH]
 
@@ -30,7 +30,12 @@ per connection and in throughput, in the same run (TCP rows only).
 (``--target-name``, ``localhost`` unless told; ``fastsocks bench
 --target-name``): SOCKS5 ATYP X'03', the name in the server's DNS cache
 from the warm-up on, handshake rows only, with a table of its figures over
-``fastsocks``' (the cost of the name path).
+``fastsocks``' (the cost of the name path).  ``floor`` is
+``benchmarks/floor.c`` (compiled with ``cc`` at the start): a one-thread
+epoll SOCKS5 CONNECT relay in C with no policy, no logging and no
+timeouts, the system calls any server must make and nothing else; its
+server CPU-µs per handshake is what a short connection costs the kernel
+here, the floor under every server's figure (TCP rows only).
 
 ``--only`` picks some of these groups (e.g. ``--only udp``).  It prints
 markdown tables of the medians with ratios to direct (and to microsocks),
@@ -73,13 +78,14 @@ from fastsocks import bench  # noqa: E402
 from fastsocks.net.address import format_peer  # noqa: E402
 
 SERVERS = ("fastsocks", "fastsocks-name", "fastsocks-socks4", "fastsocks-http", "microsocks",
-           "dante")
+           "dante", "floor")
 GROUPS = ("idle", "throughput", "handshake", "udp")
 TCP_GROUPS = ("idle", "throughput", "handshake")
 # Servers without UDP ASSOCIATE (checked: microsocks 1.0.3 answers X'07').
 NO_UDP = {"microsocks": "no UDP ASSOCIATE (replies X'07', command not supported)",
           "fastsocks-socks4": "SOCKS4 has no UDP", "fastsocks-http": "HTTP CONNECT has no UDP",
-          "fastsocks-name": "the name row measures handshakes only"}
+          "fastsocks-name": "the name row measures handshakes only",
+          "floor": "CONNECT only (a measuring stick, benchmarks/floor.c)"}
 # Rows that ask for the echo by name (fastsocks bench --target-name): handshakes only.
 NAME_ROWS = ("fastsocks-name",)
 TARGET_NAME = "localhost"  # resolves to loopback through /etc/hosts (RFC 6761 §6.3)
@@ -347,6 +353,33 @@ def _dante_version() -> str:
     return out.split(".  ")[0].strip() or "Dante"
 
 
+def start_floor(echo: tuple[str, int]) -> Server:
+    compiler = shutil.which("cc")
+    assert compiler
+    last: BaseException | None = None
+    for _ in range(5):
+        port = _free_port(REF_HOST)
+        tmp = tempfile.TemporaryDirectory(prefix="floor-bench-")
+        binary = Path(tmp.name) / "floor"
+        subprocess.run([compiler, "-O2", "-o", str(binary),
+                        str(ROOT / "benchmarks" / "floor.c")], check=True, timeout=120)
+        server = Server("floor", tmp=tmp, address=(REF_HOST, port),
+                        log_path=Path(tmp.name) / "floor.log")
+        with open(server.log_path, "wb") as log:  # type: ignore[arg-type]
+            server.proc = subprocess.Popen([str(binary), REF_HOST, str(port)],
+                                           stdin=subprocess.DEVNULL, stdout=log,
+                                           stderr=subprocess.STDOUT)
+        try:
+            _wait_ready(server, echo)
+        except RuntimeError as exc:  # e.g. the port was taken meanwhile: another one
+            last = exc
+            server.stop()
+            continue
+        server.info = "benchmarks/floor.c (cc -O2), one thread, epoll"
+        return server
+    raise RuntimeError(f"floor did not start: {last}")
+
+
 STARTERS: dict[str, Callable[[tuple[str, int]], Server]] = {
     "fastsocks": start_fastsocks,
     "fastsocks-name": lambda echo: start_fastsocks(echo, target_name=TARGET_NAME),
@@ -354,6 +387,7 @@ STARTERS: dict[str, Callable[[tuple[str, int]], Server]] = {
     "fastsocks-http": lambda echo: start_fastsocks(echo, "http"),
     "microsocks": start_microsocks,
     "dante": start_dante,
+    "floor": start_floor,
 }
 
 
@@ -363,6 +397,9 @@ def missing(name: str) -> str | None:
         return "microsocks is not installed; " + SETUP_HINT.format(pkg="microsocks")
     if name == "dante" and not os.access(DANTED, os.X_OK):
         return f"Dante ({DANTED}) is not installed; " + SETUP_HINT.format(pkg="dante-server")
+    if name == "floor" and shutil.which("cc") is None:
+        return "a C compiler (cc) is needed to build benchmarks/floor.c; " + SETUP_HINT.format(
+            pkg="gcc")
     return None
 
 
