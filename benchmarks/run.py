@@ -270,20 +270,20 @@ def start_fastsocks(echo: tuple[str, int], protocol: str = "socks5",
     return server
 
 
-def start_microsocks(echo: tuple[str, int]) -> Server:
-    binary = shutil.which("microsocks")
-    assert binary
+def _start_on_port(name: str, echo: tuple[str, int], argv: Callable[[Path, int], list[str]],
+                   info: str) -> Server:
+    """A server that takes its port on the command line: REF_HOST, a free port
+    below the ephemeral range, another one if it was taken meanwhile.
+    ``argv(tmp_dir, port)`` is its command line; its output goes to a log file."""
     last: BaseException | None = None
     for _ in range(5):
         port = _free_port(REF_HOST)
-        tmp = tempfile.TemporaryDirectory(prefix="microsocks-bench-")
-        server = Server("microsocks", tmp=tmp, address=(REF_HOST, port),
-                        log_path=Path(tmp.name) / "microsocks.log")
-        # microsocks logs every connection to stderr; it goes to a file, as
-        # Dante's and fastsocks' logs do.
+        tmp = tempfile.TemporaryDirectory(prefix=f"{name}-bench-")
+        server = Server(name, tmp=tmp, address=(REF_HOST, port),
+                        log_path=Path(tmp.name) / f"{name}.log")
+        command = argv(Path(tmp.name), port)
         with open(server.log_path, "wb") as log:  # type: ignore[arg-type]
-            server.proc = subprocess.Popen([binary, "-i", REF_HOST, "-p", str(port)],
-                                           stdin=subprocess.DEVNULL, stdout=log,
+            server.proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log,
                                            stderr=subprocess.STDOUT)
         try:
             _wait_ready(server, echo)
@@ -291,9 +291,19 @@ def start_microsocks(echo: tuple[str, int]) -> Server:
             last = exc
             server.stop()
             continue
-        server.info = "microsocks (Debian package)"
+        server.info = info
         return server
-    raise RuntimeError(f"microsocks did not start: {last}")
+    raise RuntimeError(f"{name} did not start: {last}")
+
+
+def start_microsocks(echo: tuple[str, int]) -> Server:
+    binary = shutil.which("microsocks")
+    assert binary
+    # microsocks logs every connection to stderr; it goes to a file, as
+    # Dante's and fastsocks' logs do.
+    return _start_on_port("microsocks", echo,
+                          lambda tmp, port: [binary, "-i", REF_HOST, "-p", str(port)],
+                          "microsocks (Debian package)")
 
 
 DANTE_CONF = """\
@@ -356,28 +366,14 @@ def _dante_version() -> str:
 def start_floor(echo: tuple[str, int]) -> Server:
     compiler = shutil.which("cc")
     assert compiler
-    last: BaseException | None = None
-    for _ in range(5):
-        port = _free_port(REF_HOST)
-        tmp = tempfile.TemporaryDirectory(prefix="floor-bench-")
-        binary = Path(tmp.name) / "floor"
+
+    def build(tmp: Path, port: int) -> list[str]:
+        binary = tmp / "floor"
         subprocess.run([compiler, "-O2", "-o", str(binary),
                         str(ROOT / "benchmarks" / "floor.c")], check=True, timeout=120)
-        server = Server("floor", tmp=tmp, address=(REF_HOST, port),
-                        log_path=Path(tmp.name) / "floor.log")
-        with open(server.log_path, "wb") as log:  # type: ignore[arg-type]
-            server.proc = subprocess.Popen([str(binary), REF_HOST, str(port)],
-                                           stdin=subprocess.DEVNULL, stdout=log,
-                                           stderr=subprocess.STDOUT)
-        try:
-            _wait_ready(server, echo)
-        except RuntimeError as exc:  # e.g. the port was taken meanwhile: another one
-            last = exc
-            server.stop()
-            continue
-        server.info = "benchmarks/floor.c (cc -O2), one thread, epoll"
-        return server
-    raise RuntimeError(f"floor did not start: {last}")
+        return [str(binary), REF_HOST, str(port)]
+
+    return _start_on_port("floor", echo, build, "benchmarks/floor.c (cc -O2), one thread, epoll")
 
 
 STARTERS: dict[str, Callable[[tuple[str, int]], Server]] = {

@@ -248,6 +248,16 @@ class Load:
     def running(self) -> bool:
         return time.monotonic() < self.deadline
 
+    async def dial(self, who: str, pause: float
+                   ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:
+        """A plain TCP connection to the proxy; None (counted, after ``pause`` s) if it failed."""
+        try:
+            return await asyncio.wait_for(asyncio.open_connection(*self.proxy), 10)
+        except (OSError, asyncio.TimeoutError) as exc:
+            self.error(f"{who} connect: {exc!r}")
+            await asyncio.sleep(pause)
+            return None
+
     def error(self, what: str) -> None:
         self.counts["errors"] += 1
         if len(self.errors) < 50:
@@ -347,12 +357,10 @@ class Load:
 
     async def garbage(self) -> None:
         while self.running():
-            try:
-                reader, writer = await asyncio.wait_for(asyncio.open_connection(*self.proxy), 10)
-            except (OSError, asyncio.TimeoutError) as exc:
-                self.error(f"garbage connect: {exc!r}")
-                await asyncio.sleep(0.1)
+            opened = await self.dial("garbage", 0.1)
+            if opened is None:
                 continue
+            reader, writer = opened
             try:
                 writer.write(self._garbage())
                 if self.rng.random() < 0.1:
@@ -374,12 +382,10 @@ class Load:
         """CONNECT to a port nothing listens on: X'05', then the close."""
         target = self.dead.closed.getsockname()
         while self.running():
-            try:
-                reader, writer = await asyncio.wait_for(asyncio.open_connection(*self.proxy), 10)
-            except (OSError, asyncio.TimeoutError) as exc:
-                self.error(f"refused connect: {exc!r}")
-                await asyncio.sleep(0.1)
+            opened = await self.dial("refused", 0.1)
+            if opened is None:
                 continue
+            reader, writer = opened
             try:
                 early = os.urandom(16) if self.rng.random() < 0.5 else b""
                 writer.write(GREETING + request(*target) + early)
@@ -397,12 +403,10 @@ class Load:
         """CONNECT to a target that never answers: the timeout's X'04', or leave first."""
         target = self.dead.stalled.getsockname()
         while self.running():
-            try:
-                reader, writer = await asyncio.wait_for(asyncio.open_connection(*self.proxy), 10)
-            except (OSError, asyncio.TimeoutError) as exc:
-                self.error(f"stalled connect: {exc!r}")
-                await asyncio.sleep(0.1)
+            opened = await self.dial("stalled", 0.1)
+            if opened is None:
                 continue
+            reader, writer = opened
             start = time.monotonic()
             try:
                 writer.write(GREETING + request(*target))
@@ -426,12 +430,10 @@ class Load:
     async def slowloris(self, dribble: bool) -> None:
         greeting = b"\x05\xff" + bytes(range(255))
         while self.running():
-            try:
-                reader, writer = await asyncio.wait_for(asyncio.open_connection(*self.proxy), 10)
-            except (OSError, asyncio.TimeoutError) as exc:
-                self.error(f"slowloris connect: {exc!r}")
-                await asyncio.sleep(0.5)
+            opened = await self.dial("slowloris", 0.5)
+            if opened is None:
                 continue
+            reader, writer = opened
             start = time.monotonic()
             try:
                 for i in range(len(greeting)):
