@@ -191,11 +191,14 @@ def cached_only_address(host: str, port: int) -> Address | None:
         return None
     v4 = cache.get(host, socket.AF_INET)
     if isinstance(v6, str):
-        if isinstance(v4, tuple) and len(v4) == 1:
-            return socket.AF_INET, (v4[0], port)
-    elif isinstance(v4, str) and len(v6) == 1:
-        return socket.AF_INET6, (v6[0], port, 0, 0)
-    return None
+        family, only = socket.AF_INET, v4
+    elif isinstance(v4, str):
+        family, only = socket.AF_INET6, v6
+    else:
+        return None
+    if not isinstance(only, tuple) or len(only) != 1:
+        return None
+    return sockaddrs(family, only, port)[0]
 
 
 async def resolve_and_cache(host: str, port: int) -> list[Address]:
