@@ -7,6 +7,7 @@ relayed connection move when it closes, so checks poll (bounded).
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import os
 import re
@@ -14,7 +15,7 @@ import signal
 import socket
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import pytest
 from builds import UDP_PATH_ARGS
@@ -59,6 +60,22 @@ def _scrape(address: tuple[str, int]) -> Samples:
 
 def _value(samples: Samples, name: str, **labels: str) -> float:
     return samples.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+@contextlib.contextmanager
+def _held(socks: Any, proxy: tuple[str, int], target: tuple[str, int],
+          count: int) -> Iterator[list[socket.socket]]:
+    """``count`` CONNECTs to ``target``, each answered X'00', open until the block ends."""
+    held: list[socket.socket] = []
+    try:
+        for _ in range(count):
+            sock, (rep, _, _) = socks.connect(proxy, *target)
+            assert rep == 0
+            held.append(sock)
+        yield held
+    finally:
+        for sock in held:
+            sock.close()
 
 
 def _until(address: tuple[str, int], check: Callable[[Samples], bool],
@@ -160,18 +177,10 @@ def test_active_gauge_counts_open_connections(fastsocks_server: Callable[..., An
                                              echo_target: Any) -> None:
     server = fastsocks_server("--metrics", "127.0.0.1:0", "--relay", "protocol")
     address = _metrics_address(server)
-    held = []
-    try:
-        for _ in range(5):
-            sock, (rep, _, _) = socks.connect(server.address, *echo_target.address)
-            assert rep == 0
-            held.append(sock)
+    with _held(socks, server.address, echo_target.address, 5):
         s = _scrape(address)
         assert _value(s, "fastsocks_connections_active") == 5
         assert _value(s, "fastsocks_connections_total", protocol="socks5", command="connect") == 5
-    finally:
-        for sock in held:
-            sock.close()
     s = _until(address, lambda s: _value(s, "fastsocks_connections_active") == 0)
     assert _value(s, "fastsocks_connections_active") == 0
 
@@ -182,19 +191,11 @@ def test_success_replies_counted_while_the_connections_last(
     (reply code and handshake time) while the connection lasts, not when it ends."""
     server = fastsocks_server("--metrics", "127.0.0.1:0")
     address = _metrics_address(server)
-    held = []
-    try:
-        for _ in range(3):
-            sock, (rep, _, _) = socks.connect(server.address, *echo_target.address)
-            assert rep == 0
-            held.append(sock)
+    with _held(socks, server.address, echo_target.address, 3):
         s = _until(address, lambda s: _value(s, "fastsocks_replies_total", code="0") == 3)
         assert _value(s, "fastsocks_replies_total", code="0") == 3
         assert _value(s, "fastsocks_handshake_duration_seconds_count") == 3
         assert _value(s, "fastsocks_connections_active") == 3
-    finally:
-        for sock in held:
-            sock.close()
     s = _until(address, lambda s: _value(s, "fastsocks_connections_active") == 0)
     assert _value(s, "fastsocks_replies_total", code="0") == 3  # not counted again
 
@@ -353,12 +354,7 @@ def test_workers_aggregate(fastsocks_server: Callable[..., Any], socks: Any, ech
 
     # A worker killed with connections open: its live gauge goes, its counts stay.
     baseline = {pid: _sockets(pid) for pid in workers}
-    held = []
-    try:
-        for _ in range(10):
-            sock, (rep, _, _) = socks.connect(server.address, *echo_target.address)
-            assert rep == 0
-            held.append(sock)
+    with _held(socks, server.address, echo_target.address, 10):
         victim = max(workers, key=lambda pid: _sockets(pid) - baseline[pid])
         lost = (_sockets(victim) - baseline[victim]) // 2
         assert lost > 0
@@ -372,9 +368,6 @@ def test_workers_aggregate(fastsocks_server: Callable[..., Any], socks: Any, ech
         while len(_children(server.pid)) < 2 and time.monotonic() < deadline:
             time.sleep(0.05)
         assert len(_children(server.pid)) == 2  # restarted
-    finally:
-        for sock in held:
-            sock.close()
     s = _until(address, lambda s: _value(s, "fastsocks_connections_active") == 0)
     assert _value(s, "fastsocks_connections_active") == 0
     assert server.stop() == 0
