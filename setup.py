@@ -17,6 +17,7 @@ if not DISABLED:
     extensions = [
         Extension("fastsocks._codec", ["fastsocks/_codec.pyx"]),
         Extension("fastsocks._relay", ["fastsocks/_relay.pyx"]),
+        Extension("fastsocks._tables", ["fastsocks/_tables.pyx"]),
     ]
     if sys.platform.startswith("linux"):
         # epoll + splice(2): Linux only; elsewhere _relay's protocol pair relays.

@@ -49,8 +49,9 @@ import logging
 from typing import Any, Iterable, Mapping, NamedTuple, Union
 
 from ..constants import Command
-from ..net.address import (EMBEDS_BELOW, PROTECTED, IpKey, embedded_ipv4, in_ranges, ip_key,
-                           normal_network, protected_inside, protected_kind, ranges)
+from ..net.address import (EMBEDS_BELOW, PROTECTED, IpKey, embedded_ipv4, ip_key, normal_network,
+                           protected_inside, protected_kind, ranges)
+from ..tables import Spans
 from .record import Protocol
 
 __all__ = [
@@ -177,7 +178,7 @@ class Rule:
                 exact.add(domain)
         self.exact = frozenset(exact)
         self.suffixes = frozenset(suffixes)
-        self.ports = None if ports is None else tuple(ports)
+        self.ports = None if ports is None else Spans(ports)
         self.users = None if users is None else frozenset(users)
         self.groups = None if groups is None else frozenset(groups)
         self.commands = None if commands is None else frozenset(commands)
@@ -213,7 +214,7 @@ class Rule:
         """
         if self.commands is not None and command not in self.commands:
             return False
-        if self.src is not None and (subject.client is None or not in_ranges(self.src, subject.client)):
+        if self.src is not None and (subject.client is None or not self.src.contains(subject.client)):
             return False
         if self.users is not None and subject.user not in self.users:
             return False
@@ -227,12 +228,8 @@ class Rule:
         if self.ports is not None:
             if port is UNKNOWN:
                 undecided = True
-            else:
-                for lo, hi in self.ports:
-                    if lo <= port <= hi:
-                        break
-                else:
-                    return False
+            elif not self.ports.has(port):
+                return False
         if self.has_domain:
             if name is UNKNOWN:
                 undecided = True
@@ -241,19 +238,16 @@ class Rule:
         if self.dst is not None:
             if ip is UNKNOWN:
                 undecided = True
-            elif not in_ranges(self.dst, ip):
-                if not inner or not self._inner_match(self.dst[0], inner):
+            elif not self.dst.contains(ip):
+                if not inner or not self._inner_match(self.dst.v4, inner):
                     return False
         return None if undecided else True
 
-    def _inner_match(self, v4: tuple[tuple[int, int], ...], inner: tuple[int, ...]) -> bool:
+    def _inner_match(self, v4: Spans, inner: tuple[int, ...]) -> bool:
         """``dst`` against the IPv4 inside an IPv6 address: a deny matches when
         any of them is in range, an allow only when all are (Teredo carries two)."""
         for n in inner:
-            for lo, hi in v4:
-                if lo <= n <= hi:
-                    break
-            else:
+            if not v4.has(n):
                 if self.allow:
                     return False  # one outside: the allow does not cover it
                 continue

@@ -12,6 +12,7 @@ import socket
 from typing import Any, Iterable, Union
 
 from ..errors import ConfigError
+from ..tables import RangeSet
 
 __all__ = [
     "format_address",
@@ -21,7 +22,7 @@ __all__ = [
     "is_loopback_host",
     "unmapped",
     "IpKey",
-    "Ranges",
+    "RangeSet",
     "ip_key",
     "embedded_ipv4",
     "EMBEDS_BELOW",
@@ -30,14 +31,12 @@ __all__ = [
     "protected_inside",
     "normal_network",
     "ranges",
-    "in_ranges",
     "trusted_ranges",
     "is_trusted",
 ]
 
 Network = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
 IpKey = tuple[int, int]  # (4 or 6, the address as an integer)
-Ranges = tuple[tuple[tuple[int, int], ...], tuple[tuple[int, int], ...]]  # (IPv4, IPv6)
 
 _inet_pton = socket.inet_pton
 _AF_INET = socket.AF_INET
@@ -210,22 +209,15 @@ def normal_network(net: Network) -> Network:
     return net
 
 
-def ranges(networks: Iterable[Network]) -> Ranges:
-    """Networks as (low, high) integer bounds, IPv4 and IPv6 apart."""
+def ranges(networks: Iterable[Network]) -> RangeSet:
+    """Networks as a ``RangeSet``: merged (low, high) bounds, IPv4 and IPv6 apart,
+    looked up by bisection (``contains(ip_key)``), so its size costs a lookup little."""
     v4: list[tuple[int, int]] = []
     v6: list[tuple[int, int]] = []
     for net in networks:
         bounds = (int(net.network_address), int(net.broadcast_address))
         (v4 if net.version == 4 else v6).append(bounds)
-    return tuple(v4), tuple(v6)
-
-
-def in_ranges(table: Ranges, key: IpKey) -> bool:
-    n = key[1]
-    for lo, hi in table[0] if key[0] == 4 else table[1]:
-        if lo <= n <= hi:
-            return True
-    return False
+    return RangeSet(v4, v6)
 
 
 # -- what the SSRF-safe default protects (control/rulebook decides with it) -------------
@@ -302,11 +294,11 @@ def protected_inside(inner: tuple[int, ...]) -> str | None:
 # -- PROXY protocol trust: is the peer one of the balancers? ---------------------------
 
 
-def trusted_ranges(cidrs: Iterable[str]) -> Ranges:
+def trusted_ranges(cidrs: Iterable[str]) -> RangeSet:
     """``proxy_protocol.trusted`` as ranges (fast membership tests per connection)."""
     return ranges(normal_network(ipaddress.ip_network(c, strict=False)) for c in cidrs)
 
 
-def is_trusted(table: Ranges, host: str | None) -> bool:
+def is_trusted(table: RangeSet, host: str | None) -> bool:
     key = ip_key(host) if host else None
-    return key is not None and in_ranges(table, key)
+    return key is not None and table.contains(key)

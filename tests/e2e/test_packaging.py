@@ -69,7 +69,7 @@ def test_compiled_wheel_contents(dist: Path) -> None:
     (wheel,) = dist.glob("fastsocks-*.whl")
     assert "-py3-none-any" not in wheel.name, "the default build must be platform-specific"
     names = zipfile.ZipFile(wheel).namelist()
-    modules = ("_codec", "_relay") + (("_engine", "_datagram") if sys.platform == "linux" else ())
+    modules = ("_codec", "_relay", "_tables") + (("_engine", "_datagram") if sys.platform == "linux" else ())
     for module in modules:
         assert any(n.startswith(f"fastsocks/{module}.") and n.endswith((".so", ".pyd")) for n in names), module
     assert "fastsocks/py.typed" in names
@@ -95,7 +95,8 @@ def test_sdist_has_cython_sources(tmp_path: Path) -> None:
                    cwd=ROOT, check=True, timeout=300, capture_output=True)
     (sdist,) = tmp_path.glob("fastsocks-*.tar.gz")
     names = tarfile.open(sdist).getnames()
-    for name in ("_codec.pyx", "_codec.pxd", "_relay.pyx", "_relay.pxd", "py.typed"):
+    for name in ("_codec.pyx", "_codec.pxd", "_relay.pyx", "_relay.pxd", "_tables.pyx", "_tables.pxd",
+                 "py.typed"):
         assert any(n.endswith(f"/fastsocks/{name}") for n in names), name
     assert any(n.endswith("/setup.py") for n in names)
     assert any(n.endswith("/pyproject.toml") for n in names)

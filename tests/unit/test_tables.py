@@ -1,0 +1,164 @@
+"""The lookup tables (``Spans``, ``RangeSet``) on both implementations, ids ``c``/``py``.
+
+Each case runs on the Cython module and on its twin, and a property test
+holds both to a plain ``any(lo <= n <= hi)`` over the ranges as given, with
+bounds chosen around the 32-, 64- and 128-bit edges (a 128-bit bound is two
+64-bit words in C).  What the tables are for (rules, trusted balancers) is
+tested through them in test_rules.py and test_config.py.
+"""
+
+from __future__ import annotations
+
+import importlib
+import ipaddress
+import os
+from types import ModuleType
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import fastsocks.tables
+from fastsocks import _tables_py
+from fastsocks.constants import Command
+from fastsocks.control.rulebook import Policy
+from fastsocks.control.rules import compile_rule
+
+try:
+    _tables_c: ModuleType | None = importlib.import_module("fastsocks._tables")
+    C_IMPORT_ERROR: ImportError | None = None
+except ImportError as exc:  # not built (FASTSOCKS_NO_EXTENSIONS=1 install)
+    _tables_c = None
+    C_IMPORT_ERROR = exc
+
+IMPLS = [
+    pytest.param(_tables_c, id="c", marks=pytest.mark.skipif(
+        _tables_c is None, reason=f"the Cython tables did not load: {C_IMPORT_ERROR!r}")),
+    pytest.param(_tables_py, id="py"),
+]
+
+TOP = (1 << 128) - 1
+W64 = 1 << 64
+
+
+@pytest.fixture(params=IMPLS)
+def impl(request: pytest.FixtureRequest) -> ModuleType:
+    return request.param
+
+
+def test_extension_loaded() -> None:
+    # Fails when the build lost the extension and rules silently used the twin.
+    if os.environ.get("FASTSOCKS_NO_EXTENSIONS"):
+        assert fastsocks.tables.IMPLEMENTATION == "py"
+    else:
+        assert fastsocks.tables.IMPLEMENTATION == "c", C_IMPORT_ERROR
+        assert fastsocks.tables.Spans is _tables_c.Spans  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("pairs, merged", [
+    ([], ()),
+    ([(5, 5)], ((5, 5),)),
+    ([(30, 40), (5, 10)], ((5, 10), (30, 40))),                 # sorted
+    ([(5, 10), (11, 20)], ((5, 20),)),                          # adjacent: joined
+    ([(5, 10), (12, 20)], ((5, 10), (12, 20))),                 # a gap of one: kept apart
+    ([(5, 20), (8, 9), (5, 20)], ((5, 20),)),                   # inside, repeated
+    ([(5, 15), (10, 30), (29, 31)], ((5, 31),)),                # overlapping chain
+    ([(0, TOP), (7, 8)], ((0, TOP),)),                          # everything
+    ([(W64 - 1, W64 - 1), (W64, W64)], ((W64 - 1, W64),)),      # across the word edge
+])
+def test_merge(impl: ModuleType, pairs: list[tuple[int, int]], merged: tuple[tuple[int, int], ...]) -> None:
+    assert impl.merge(pairs) == merged
+    spans = impl.Spans(pairs)
+    assert spans.pairs == merged
+    assert len(spans) == len(merged)
+
+
+@pytest.mark.parametrize("bad", [(5, 4), (-1, 3), (0, TOP + 1), ("1", 2), (1.0, 2), (True, 2), (1, None)])
+def test_bad_range_is_refused(impl: ModuleType, bad: tuple[object, object]) -> None:
+    with pytest.raises(ValueError, match="0 <= low <= high < 2\\*\\*128"):
+        impl.Spans([(0, 1), bad])
+
+
+def test_bounds(impl: ModuleType) -> None:
+    spans = impl.Spans([(10, 20), (W64 - 2, W64 + 2), (TOP - 1, TOP)])
+    inside = [10, 15, 20, W64 - 2, W64 - 1, W64, W64 + 2, TOP - 1, TOP]
+    outside = [-1, 0, 9, 21, W64 - 3, W64 + 3, TOP - 2, TOP + 1, 1 << 200, -(1 << 100)]
+    assert [n for n in inside if not spans.has(n)] == []
+    assert [n for n in outside if spans.has(n)] == []
+
+
+def test_high_words_equal_low_words_decide(impl: ModuleType) -> None:
+    # Bounds that share their high word: the low word alone decides.
+    base = 0x2001_0DB8 << 96
+    spans = impl.Spans([(base + 100, base + 200)])
+    assert spans.has(base + 100) and spans.has(base + 200)
+    assert not spans.has(base + 99) and not spans.has(base + 201)
+    assert not spans.has(100 + (1 << 64)) and not spans.has(base + 100 + (1 << 64))
+
+
+def test_empty(impl: ModuleType) -> None:
+    spans = impl.Spans()
+    assert len(spans) == 0
+    assert not spans.has(0) and not spans.has(TOP)
+    assert not impl.RangeSet().contains((4, 0)) and not impl.RangeSet().contains((6, 0))
+
+
+def test_range_set_families_apart(impl: ModuleType) -> None:
+    v4 = ipaddress.ip_network("10.0.0.0/8")
+    v6 = ipaddress.ip_network("2001:db8::/32")
+    table = impl.RangeSet([(int(v4[0]), int(v4[-1]))], [(int(v6[0]), int(v6[-1]))])
+    assert len(table) == 2
+    assert table.contains((4, int(ipaddress.ip_address("10.1.2.3"))))
+    assert not table.contains((4, int(ipaddress.ip_address("11.0.0.0"))))
+    assert table.contains((6, int(ipaddress.ip_address("2001:db8::1"))))
+    # The same integer in the other family is another address.
+    assert not table.contains((6, int(ipaddress.ip_address("10.1.2.3"))))
+    assert not table.contains((4, int(ipaddress.ip_address("2001:db8::1"))))
+    assert "RangeSet(v4=[(167772160, 184549375)]" in repr(table)
+
+
+# Bounds near the edges where a two-word comparison could go wrong.
+_EDGES = [0, 1, (1 << 32) - 1, 1 << 32, W64 - 1, W64, W64 + 1, (1 << 96) - 1, TOP - 1, TOP]
+_bound = st.one_of(
+    st.integers(0, 1 << 16),
+    st.integers(0, (1 << 32) - 1),
+    st.integers(W64 - 1000, W64 + 1000),
+    st.integers(0, TOP),
+    st.sampled_from(_EDGES),
+)
+_pair = st.tuples(_bound, _bound).map(lambda p: (min(p), max(p)))
+
+
+@settings(max_examples=300, deadline=None)
+@given(pairs=st.lists(_pair, max_size=40), probes=st.lists(_bound, max_size=20))
+def test_agrees_with_a_plain_scan(pairs: list[tuple[int, int]], probes: list[int]) -> None:
+    impls = [m for m in (_tables_c, _tables_py) if m is not None]
+    tables = [m.Spans(pairs) for m in impls]
+    assert len({t.pairs for t in tables}) == 1
+    # Every bound and its neighbours, plus the random probes.
+    for n in probes + [b + d for lo, hi in pairs for b in (lo, hi) for d in (-1, 0, 1)]:
+        expected = any(lo <= n <= hi for lo, hi in pairs)
+        assert [t.has(n) for t in tables] == [expected] * len(tables), n
+
+
+def test_a_long_deny_list_is_judged_right() -> None:
+    """10 000 networks in one rule: a lookup finds the one that matches."""
+    nets = [f"10.{i >> 8}.{i & 255}.0/24" for i in range(0, 20_000, 2)]  # every other /24
+    errors: list[tuple[str, str]] = []
+    deny = compile_rule(0, {"action": "deny", "dst": nets, "ports": [25, "6000-6100", 443]}, {}, errors)
+    allow = compile_rule(1, {"action": "allow", "dst": ["10.0.0.0/8"]}, {}, errors)
+    assert errors == [] and deny is not None and allow is not None
+    assert len(deny.dst) == 10_000
+    policy = Policy([deny, allow], ssrf=True)
+    subject = policy.subject("192.0.2.7", None)
+
+    def judged(host: str, port: int) -> object:
+        decision = policy.check_request(Command.CONNECT, subject, host, port)
+        return decision if decision is allow else str(decision)
+
+    assert judged("10.0.0.9", 443) == "denied by rules[0]"  # first /24
+    assert judged("10.78.30.1", 6050) == "denied by rules[0]"  # 10.78.30.0/24 is listed (i = 19998)
+    assert judged("10.78.31.1", 443) is allow           # the odd /24s are not
+    assert judged("10.0.1.1", 443) is allow
+    assert judged("10.0.0.9", 80) is allow              # port not in the set
+    assert judged("10.0.0.9", 6101) is allow
