@@ -6,17 +6,19 @@ In one invocation:
 
 * **a judgement** (timeit, µs per ``Policy.check_request`` of a CONNECT to an
   IP literal, the call a session makes per request): rule sets of growing
-  size, each judged with the tables this build uses (``fastsocks.tables``:
+  size (``SETS``: many small rules, or one rule of many networks), each judged with the tables this build uses (``fastsocks.tables``:
   Cython, or the twin under ``FASTSOCKS_NO_EXTENSIONS=1``), with the twin in
-  a child process, and, the reference, with the same rules made to look
-  their ranges up by a plain scan of the list (what every lookup did before
-  the tables; measured here, not remembered);
+  a child process, and, the reference, with the same rules judged one by
+  one in Python (``Rule.match``, as a name is judged) and their ranges
+  looked up by a plain scan of the list: what every IP-literal judgement did
+  before the tables (measured here, not remembered);
 * **compiling** the rules as ``fastsocks`` does on start and reload
   (``compile_rule`` + ``Policy``), seconds;
 * **a handshake** end to end (``fastsocks bench --mode handshake``, c=64,
   one worker, alternating): a server without rules against one whose config
-  denies 10 000 networks (none of them the target's) and allows the rest:
-  rate, server CPU per handshake, and the ratio.
+  has 500 small deny rules and one that denies 10 000 networks (none of them
+  the target's), each allowing the rest: rate, server CPU per handshake, and
+  the ratios.
 
 The networks are random /16–/32s drawn with a fixed seed, so each run judges
 the same lists.  Prints medians as JSON; benchmarks/RESULTS.md records them.
@@ -40,8 +42,12 @@ from typing import Any
 
 from workers import bench, start  # this directory's --workers benchmark
 
-SIZES = (0, 20, 1_000, 10_000, 100_000)
+# Rule sets: a count of small rules ("rules"), or one deny of many networks ("nets").
+SETS = ("0 rules", "20 rules", "500 rules", "1000 nets", "10000 nets", "100000 nets")
+# End to end: a server with each of these configs, and one without rules.
+HANDSHAKE_SETS = ("500 rules", "10000 nets")
 TARGET = "93.184.216.34"  # judged; a public address, in no list below
+KEEP_OUT = (f"{TARGET}/32", "127.0.0.0/8")  # nor is the loopback target of the handshakes
 
 
 def networks(count: int, seed: int = 1) -> list[str]:
@@ -49,18 +55,21 @@ def networks(count: int, seed: int = 1) -> list[str]:
     out: set[str] = set()
     while len(out) < count:
         net = ipaddress.ip_network((rng.getrandbits(32), rng.choice((16, 20, 24, 28, 32))), strict=False)
-        if not net.overlaps(ipaddress.ip_network(f"{TARGET}/32")):
+        if not any(net.overlaps(ipaddress.ip_network(kept)) for kept in KEEP_OUT):
             out.add(str(net))
     return sorted(out)
 
 
-def rule_specs(size: int) -> list[dict[str, Any]]:
-    """``size`` == 20: twenty small deny rules; otherwise one deny of ``size`` networks."""
-    if size == 20:
+def rule_specs(name: str) -> list[dict[str, Any]]:
+    """``N rules``: N small deny rules (three networks, two port ranges each,
+    all of them tried, as a per-tenant rule set is); ``N nets``: one deny of
+    N networks.  Both end in an allow for everything else."""
+    count, kind = name.split()
+    if kind == "rules":
         specs = [{"action": "deny", "dst": networks(3, seed), "ports": [25, "6000-6100"]}
-                 for seed in range(19)]
+                 for seed in range(int(count))]
     else:
-        specs = [{"action": "deny", "dst": networks(size)}] if size else []
+        specs = [{"action": "deny", "dst": networks(int(count))}]
     return specs + [{"action": "allow", "dst": ["0.0.0.0/0", "::/0"]}]
 
 
@@ -86,6 +95,23 @@ class ScanRangeSet:
         return (self.v4 if key[0] == 4 else self.v6).has(key[1])
 
 
+class RuleByRule:
+    """The reference judgement: ``Rule.match`` rule by rule, in Python."""
+
+    def __init__(self, rules: Any, subject: Any) -> None:
+        self.rules = rules
+        self.subject = subject
+
+    def first(self, command: int, client: Any, passes: bytes, ip: Any, port: int,
+              protected: bool, inner: tuple[int, ...]) -> int:
+        for i, rule in enumerate(self.rules):
+            if rule.match(command, self.subject, None, ip, port, inner):
+                if rule.allow and protected and not rule.explicit:
+                    continue
+                return i
+        return -1
+
+
 def judge(repeat: int, scan: bool = False) -> dict[str, Any]:
     """This process's tables (or, ``scan``, the reference): µs per judgement
     and compile seconds, by size."""
@@ -94,8 +120,8 @@ def judge(repeat: int, scan: bool = False) -> dict[str, Any]:
     from fastsocks.control.rulebook import Policy
     from fastsocks.control.rules import compile_rule
 
-    out: dict[str, Any] = {"implementation": "plain_scan_reference" if scan else tables.IMPLEMENTATION}
-    for size in SIZES:
+    out: dict[str, Any] = {"implementation": "reference_rule_by_rule" if scan else tables.IMPLEMENTATION}
+    for size in SETS:
         specs = rule_specs(size)
         started = time.perf_counter()
         errors: list[tuple[str, str]] = []
@@ -103,31 +129,44 @@ def judge(repeat: int, scan: bool = False) -> dict[str, Any]:
         policy = Policy(rules, {}, ssrf=True)
         compiled = time.perf_counter() - started
         assert not errors, errors
-        for rule in rules if scan else ():
-            rule.dst = ScanRangeSet(rule.dst)
-            if rule.ports is not None:
-                rule.ports = ScanSpans(rule.ports.pairs)
         subject = policy.subject("192.0.2.7", None)
+        if scan:
+            for rule in rules:
+                rule.dst = ScanRangeSet(rule.dst)
+                if rule.ports is not None:
+                    rule.ports = ScanSpans(rule.ports.pairs)
+            policy.table = RuleByRule(rules, subject)
         decided = policy.check_request(Command.CONNECT, subject, TARGET, 443)
         assert decided is rules[-1], decided  # allowed by the last rule: every list was searched
-        number = 200_000 if size <= 20 else 50_000
+        number = 200_000 if size.startswith(("0 ", "20 ")) else 20_000
         times = timeit.repeat(lambda: policy.check_request(Command.CONNECT, subject, TARGET, 443),
                               number=number, repeat=repeat)
-        out[str(size)] = {"us_per_judgement": round(min(times) / number * 1e6, 3),
+        out[size] = {"us_per_judgement": round(min(times) / number * 1e6, 3),
                           "compile_s": round(compiled, 3)}
     return out
+
+
+def write_config(path: str, name: str) -> None:
+    """``rule_specs(name)`` as a fastsocks TOML config."""
+    with open(path, "w") as f:
+        for spec in rule_specs(name):
+            f.write(f'[[rules]]\naction = "{spec["action"]}"\n')
+            for key in ("dst", "ports"):
+                if key in spec:
+                    f.write(f"{key} = {json.dumps(spec[key])}\n")
+            f.write("\n")
 
 
 def handshakes(repeat: int, duration: float) -> dict[str, list[float]]:
     rows: dict[str, list[float]] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        config = os.path.join(tmp, "rules.toml")
-        with open(config, "w") as f:
-            f.write('[[rules]]\naction = "deny"\ndst = [\n')
-            f.writelines(f'  "{net}",\n' for net in networks(10_000))
-            f.write(']\n\n[[rules]]\naction = "allow"\n')
+        servers: list[tuple[str, list[str]]] = [("no_rules", [])]
+        for name in HANDSHAKE_SETS:
+            config = os.path.join(tmp, name.replace(" ", "_") + ".toml")
+            write_config(config, name)
+            servers.append((name.replace(" ", "_"), ["--config", config]))
         for _ in range(repeat):
-            for name, extra in (("no_rules", []), ("deny_10k", ["--config", config])):
+            for name, extra in servers:
                 proc, port = start(1, *extra)
                 try:
                     h = bench(port, proc.pid, "--mode", "handshake", "--concurrency", "64",
@@ -156,18 +195,20 @@ def main() -> int:
     twin = json.loads(child.stdout)
     scan = judge(args.repeat, scan=True)
     judgement = {
-        str(size): {
-            **{f"us_{r['implementation']}": r[str(size)]["us_per_judgement"] for r in (here, twin, scan)},
-            "compile_s": here[str(size)]["compile_s"],
+        size: {
+            **{f"us_{r['implementation']}": r[size]["us_per_judgement"] for r in (here, twin, scan)},
+            "compile_s": here[size]["compile_s"],
         }
-        for size in SIZES
+        for size in SETS
     }
     rows = handshakes(args.repeat, args.duration)
     medians = {key: round(statistics.median(values), 1) for key, values in rows.items()}
-    medians["cpu_ratio_deny_10k_over_no_rules"] = round(
-        medians["server_cpu_us_deny_10k"] / medians["server_cpu_us_no_rules"], 3)
-    medians["rate_ratio_deny_10k_over_no_rules"] = round(
-        medians["per_s_deny_10k"] / medians["per_s_no_rules"], 3)
+    for name in HANDSHAKE_SETS:
+        key = name.replace(" ", "_")
+        medians[f"cpu_ratio_{key}_over_no_rules"] = round(
+            medians[f"server_cpu_us_{key}"] / medians["server_cpu_us_no_rules"], 3)
+        medians[f"rate_ratio_{key}_over_no_rules"] = round(
+            medians[f"per_s_{key}"] / medians["per_s_no_rules"], 3)
     print(json.dumps({"repeat": args.repeat, "duration": args.duration, "judgement": judgement,
                       "handshake_c64": medians, "all": rows}, indent=2))
     return 0

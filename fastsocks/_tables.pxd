@@ -24,3 +24,27 @@ cdef class RangeSet:
     cdef readonly Spans v6
 
     cpdef bint contains(self, tuple key) except -1
+
+
+# One rule of a RuleTable: what it tests, and where its tables are
+# (tables[0..4]: src IPv4, src IPv6, dst IPv4, dst IPv6, ports).
+cdef struct Entry:
+    uint64_t commands
+    bint has_src
+    bint has_dst
+    bint has_ports
+    bint has_domain
+    bint subjective
+    bint allow
+    bint explicit
+    const Span* tables[5]
+    Py_ssize_t sizes[5]
+
+
+cdef class RuleTable:
+    cdef Entry* entries
+    cdef Py_ssize_t count
+    cdef tuple keep
+
+    cpdef Py_ssize_t first(self, int command, object client, bytes passes, tuple ip, int port,
+                           bint protected, tuple inner) except -2

@@ -8,6 +8,12 @@
   Python loop over the list.  Port sets are ``Spans`` too.
 * ``RangeSet``: the IPv4 and the IPv6 ``Spans`` of a list of networks,
   looked up with an ``ip_key`` ``(4 or 6, int)``.
+* ``RuleTable``: the ``[[rules]]`` in order, as C structs pointing into
+  those tables, for the judgement whose every input is known (an IP-literal
+  destination and its port): the first matching rule is found in one C loop,
+  one bisection per table, however many rules there are.  What depends on
+  the asker alone (users, groups, protocol, USERID) comes in as one byte per
+  rule, computed once per asker by the caller.
 
 A 128-bit bound is two 64-bit words compared high word first, so the build
 needs no 128-bit integer type (MSVC has none).  The twin is ``_tables_py``
@@ -15,12 +21,12 @@ needs no 128-bit integer type (MSVC has none).  The twin is ``_tables_py``
 """
 
 from libc.stdint cimport uint64_t
-from libc.stdlib cimport malloc, free
+from libc.stdlib cimport calloc, malloc, free
 from cpython.long cimport PyLong_AsUnsignedLongLongMask
 
 IMPLEMENTATION = "c"
 
-__all__ = ["IMPLEMENTATION", "Spans", "RangeSet", "merge"]
+__all__ = ["IMPLEMENTATION", "Spans", "RangeSet", "RuleTable", "merge"]
 
 cdef object _LIMIT64 = 1 << 64
 cdef object _LIMIT128 = 1 << 128
@@ -53,6 +59,31 @@ cdef inline bint _le(uint64_t ah, uint64_t al, uint64_t bh, uint64_t bl) noexcep
     return ah < bh or (ah == bh and al <= bl)
 
 
+cdef inline bint _span_has(const Span* s, Py_ssize_t count, uint64_t h, uint64_t l) noexcept nogil:
+    # The last span whose low bound is <= n, then n against its high bound.
+    cdef Py_ssize_t a = 0, b = count, m
+    while a < b:
+        m = (a + b) >> 1
+        if _le(s[m].lo_h, s[m].lo_l, h, l):
+            a = m + 1
+        else:
+            b = m
+    return a > 0 and _le(h, l, s[a - 1].hi_h, s[a - 1].hi_l)
+
+
+cdef inline bint _words(object n, uint64_t* h, uint64_t* l) except -1:
+    """n as two 64-bit words; False when it is out of 0..2**128."""
+    if n < 0:
+        return False
+    h[0] = 0
+    if n >= _LIMIT64:
+        if n >= _LIMIT128:
+            return False
+        h[0] = PyLong_AsUnsignedLongLongMask(n >> 64)
+    l[0] = PyLong_AsUnsignedLongLongMask(n)
+    return True
+
+
 cdef class Spans:
     """A set of integers given as inclusive ranges; ``has(n)`` by bisection."""
 
@@ -75,27 +106,12 @@ cdef class Spans:
         free(self.spans)
 
     cdef bint has_words(self, uint64_t h, uint64_t l) noexcept nogil:
-        # The last span whose low bound is <= n, then n against its high bound.
-        cdef Py_ssize_t a = 0, b = self.count, m
-        cdef Span* s = self.spans
-        while a < b:
-            m = (a + b) >> 1
-            if _le(s[m].lo_h, s[m].lo_l, h, l):
-                a = m + 1
-            else:
-                b = m
-        return a > 0 and _le(h, l, s[a - 1].hi_h, s[a - 1].hi_l)
+        return _span_has(self.spans, self.count, h, l)
 
     cpdef bint has(self, object n) except -1:
         """Whether the integer ``n`` is in one of the ranges (False for one out of 0..2**128)."""
-        cdef uint64_t h = 0
-        if n < 0:
-            return False
-        if n >= _LIMIT64:
-            if n >= _LIMIT128:
-                return False
-            h = PyLong_AsUnsignedLongLongMask(n >> 64)
-        return self.has_words(h, PyLong_AsUnsignedLongLongMask(n))
+        cdef uint64_t h, l
+        return _words(n, &h, &l) and _span_has(self.spans, self.count, h, l)
 
     def __len__(self):
         return self.count
@@ -120,3 +136,114 @@ cdef class RangeSet:
 
     def __repr__(self):
         return f"RangeSet(v4={list(self.v4.pairs)!r}, v6={list(self.v6.pairs)!r})"
+
+
+cdef inline void _point(Entry* e, int which, Spans spans):
+    # which: 0 src4, 1 src6, 2 dst4, 3 dst6, 4 ports
+    e.tables[which] = spans.spans
+    e.sizes[which] = spans.count
+
+
+cdef class RuleTable:
+    """Rules in order for ``first()``: each entry a tuple
+
+    ``(commands, src, dst, ports, has_domain, subjective, allow, explicit)``:
+    ``commands`` a bit mask of command numbers (-1: any), ``src``/``dst`` a
+    ``RangeSet`` or None, ``ports`` a ``Spans`` or None, and four flags:
+    the rule names a domain, it has conditions on the asker, it allows, it
+    names the destination (only such an allow opens a protected one).
+    """
+
+    def __cinit__(self, entries=()):
+        cdef Py_ssize_t i
+        cdef Entry* e
+        self.keep = tuple(entries)
+        self.count = len(self.keep)
+        self.entries = <Entry*>calloc(self.count or 1, sizeof(Entry))
+        if self.entries == NULL:
+            raise MemoryError()
+        for i in range(self.count):
+            commands, src, dst, ports, has_domain, subjective, allow, explicit = self.keep[i]
+            e = &self.entries[i]
+            e.commands = <uint64_t>PyLong_AsUnsignedLongLongMask(commands)
+            e.has_src = src is not None
+            e.has_dst = dst is not None
+            e.has_ports = ports is not None
+            if e.has_src:
+                _point(e, 0, (<RangeSet?>src).v4)
+                _point(e, 1, (<RangeSet>src).v6)
+            if e.has_dst:
+                _point(e, 2, (<RangeSet?>dst).v4)
+                _point(e, 3, (<RangeSet>dst).v6)
+            if e.has_ports:
+                _point(e, 4, <Spans?>ports)
+            e.has_domain = bool(has_domain)
+            e.subjective = bool(subjective)
+            e.allow = bool(allow)
+            e.explicit = bool(explicit)
+
+    def __dealloc__(self):
+        free(self.entries)
+
+    def __len__(self):
+        return self.count
+
+    cpdef Py_ssize_t first(self, int command, object client, bytes passes, tuple ip, int port,
+                           bint protected, tuple inner) except -2:
+        """The index of the first rule that matches, or -1.
+
+        The judgement of a destination known by address (no name): ``client``
+        and ``ip`` are ``ip_key`` tuples (``client`` may be None), ``passes``
+        one byte per rule, non-zero where the asker meets the rule's
+        conditions on users, groups, protocol and USERID; ``protected``: the
+        SSRF-safe default covers ``ip``, so only an explicit allow decides;
+        ``inner``: the IPv4 addresses ``ip`` carries (``embedded_ipv4``).
+        """
+        cdef uint64_t ch = 0, cl = 0, h = 0, l = 0, v
+        cdef uint64_t inner4[2]
+        cdef Py_ssize_t i, k, ninner = len(inner)
+        cdef Py_ssize_t at = 0 if ip[0] == 4 else 1
+        cdef Py_ssize_t client_at = -1
+        cdef const unsigned char* admitted = passes
+        cdef Entry* e
+        cdef bint inside
+        if len(passes) < self.count:
+            raise ValueError(f"passes has {len(passes)} bytes for {self.count} rules")
+        if ninner > 2:
+            raise ValueError("an IPv6 address carries at most two IPv4 addresses")
+        if not _words(ip[1], &h, &l):
+            raise ValueError(f"not an address: {ip!r}")
+        if client is not None and _words(client[1], &ch, &cl):
+            client_at = 0 if client[0] == 4 else 1
+        for k in range(ninner):
+            inner4[k] = PyLong_AsUnsignedLongLongMask(inner[k])
+        for i in range(self.count):
+            e = &self.entries[i]
+            if not (e.commands == <uint64_t>-1 or (0 <= command < 64 and (e.commands >> command) & 1)):
+                continue
+            if e.has_src and (client_at < 0 or not _span_has(
+                    e.tables[client_at], e.sizes[client_at], ch, cl)):
+                continue
+            if e.subjective and not admitted[i]:
+                continue
+            if e.has_ports and not _span_has(e.tables[4], e.sizes[4], 0, <uint64_t>port):
+                continue
+            if e.has_domain:
+                continue  # an address is not a name
+            if e.has_dst and not _span_has(e.tables[2 + at], e.sizes[2 + at], h, l):
+                # The IPv4 inside: a deny matches when one is in range, an
+                # allow only when all are (Teredo carries two).
+                if ninner == 0:
+                    continue
+                inside = e.allow
+                for k in range(ninner):
+                    v = inner4[k]
+                    if _span_has(e.tables[2], e.sizes[2], 0, v) != e.allow:
+                        inside = not e.allow
+                        break
+                if not inside:
+                    continue
+            if e.allow and protected and not e.explicit:
+                continue  # only an allow that names the destination opens it
+            return i
+        return -1

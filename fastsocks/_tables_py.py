@@ -8,11 +8,11 @@ so the twin is O(log n) as well.
 from __future__ import annotations
 
 from bisect import bisect_right
-from typing import Iterable
+from typing import Any, Iterable, Optional
 
 IMPLEMENTATION = "py"
 
-__all__ = ["IMPLEMENTATION", "Spans", "RangeSet", "merge"]
+__all__ = ["IMPLEMENTATION", "Spans", "RangeSet", "RuleTable", "merge"]
 
 _LIMIT128 = 1 << 128
 
@@ -80,3 +80,68 @@ class RangeSet:
 
     def __repr__(self) -> str:
         return f"RangeSet(v4={list(self.v4.pairs)!r}, v6={list(self.v6.pairs)!r})"
+
+
+class RuleTable:
+    """Rules in order for ``first()``: each entry a tuple
+
+    ``(commands, src, dst, ports, has_domain, subjective, allow, explicit)``:
+    ``commands`` a bit mask of command numbers (-1: any), ``src``/``dst`` a
+    ``RangeSet`` or None, ``ports`` a ``Spans`` or None, and four flags:
+    the rule names a domain, it has conditions on the asker, it allows, it
+    names the destination (only such an allow opens a protected one).
+    """
+
+    __slots__ = ("_entries",)
+
+    def __init__(self, entries: Iterable[tuple[Any, ...]] = ()) -> None:
+        self._entries = tuple(entries)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def first(self, command: int, client: Optional[tuple[int, int]], passes: bytes,
+              ip: tuple[int, int], port: int, protected: bool, inner: tuple[int, ...]) -> int:
+        """The index of the first rule that matches, or -1.
+
+        The judgement of a destination known by address (no name): ``client``
+        and ``ip`` are ``ip_key`` tuples (``client`` may be None), ``passes``
+        one byte per rule, non-zero where the asker meets the rule's
+        conditions on users, groups, protocol and USERID; ``protected``: the
+        SSRF-safe default covers ``ip``, so only an explicit allow decides;
+        ``inner``: the IPv4 addresses ``ip`` carries (``embedded_ipv4``).
+        """
+        if len(passes) < len(self._entries):
+            raise ValueError(f"passes has {len(passes)} bytes for {len(self._entries)} rules")
+        if len(inner) > 2:
+            raise ValueError("an IPv6 address carries at most two IPv4 addresses")
+        if not 0 <= ip[1] < _LIMIT128:
+            raise ValueError(f"not an address: {ip!r}")
+        for i, (commands, src, dst, ports, has_domain, subjective, allow, explicit) in enumerate(
+                self._entries):
+            if not (commands == -1 or (0 <= command < 64 and (commands >> command) & 1)):
+                continue
+            if src is not None and (client is None or not src.contains(client)):
+                continue
+            if subjective and not passes[i]:
+                continue
+            if ports is not None and not ports.has(port):
+                continue
+            if has_domain:
+                continue  # an address is not a name
+            if dst is not None and not dst.contains(ip):
+                # The IPv4 inside: a deny matches when one is in range, an
+                # allow only when all are (Teredo carries two).
+                if not inner:
+                    continue
+                inside = allow
+                for v in inner:
+                    if dst.v4.has(v) != allow:
+                        inside = not allow
+                        break
+                if not inside:
+                    continue
+            if allow and protected and not explicit:
+                continue  # only an allow that names the destination opens it
+            return i
+        return -1

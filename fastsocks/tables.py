@@ -15,10 +15,11 @@ _impl: ModuleType = _accel.compiled("_tables") or _tables_py
 
 IMPLEMENTATION: str = _impl.IMPLEMENTATION
 if TYPE_CHECKING:  # one interface: the twin's types stand for both
-    from ._tables_py import RangeSet, Spans, merge
+    from ._tables_py import RangeSet, RuleTable, Spans, merge
 else:
     Spans = _impl.Spans
     RangeSet = _impl.RangeSet
+    RuleTable = _impl.RuleTable
     merge = _impl.merge
 
-__all__ = ["IMPLEMENTATION", "Spans", "RangeSet", "merge"]
+__all__ = ["IMPLEMENTATION", "Spans", "RangeSet", "RuleTable", "merge"]

@@ -18,7 +18,8 @@ from ..hooks import AuthorizeHook, RequestInfo
 from ..net.address import format_peer
 from .core import SessionCore
 from .record import CloseReason, Protocol, State
-from .rulebook import UNKNOWN, Denial, TargetFilter, describe_target
+from .rulebook import UNKNOWN, Denial, describe_target
+from .targets import TargetFilter
 from .rulebook import log as rules_log
 
 __all__ = ["DecideStage"]

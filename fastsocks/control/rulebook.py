@@ -46,12 +46,12 @@ rule matches when either matches and an allow rule only when both do.  A
 from __future__ import annotations
 
 import logging
-from typing import Any, Iterable, Mapping, NamedTuple, Union
+from typing import Any, Iterable, Mapping, Union
 
 from ..constants import Command
 from ..net.address import (EMBEDS_BELOW, PROTECTED, IpKey, embedded_ipv4, ip_key, normal_network,
                            protected_inside, protected_kind, ranges)
-from ..tables import Spans
+from ..tables import RuleTable, Spans
 from .record import Protocol
 
 __all__ = [
@@ -60,8 +60,6 @@ __all__ = [
     "Subject",
     "Denial",
     "Decision",
-    "TargetFilter",
-    "Allowed",
     "UNKNOWN",
     "COMMANDS",
     "PROTECTED",
@@ -139,8 +137,8 @@ class Rule:
     """One compiled ``[[rules]]`` entry."""
 
     __slots__ = ("index", "allow", "src", "dst", "exact", "suffixes", "has_domain", "ports",
-                 "users", "groups", "commands", "protocols", "userids", "explicit", "spec",
-                 "upstream", "source")
+                 "users", "groups", "commands", "protocols", "userids", "explicit", "subjective",
+                 "spec", "upstream", "source")
 
     def __init__(
         self,
@@ -186,6 +184,8 @@ class Rule:
         self.userids = None if userids is None else frozenset(userids)
         # Only a rule that names the destination may open a protected one.
         self.explicit = self.dst is not None or self.has_domain
+        # Conditions on who asks (besides the client's address).
+        self.subjective = (users, groups, protocols, userids) != (None,) * 4
         self.spec = dict(spec or {"action": "allow" if allow else "deny"})
 
     def __repr__(self) -> str:
@@ -216,13 +216,7 @@ class Rule:
             return False
         if self.src is not None and (subject.client is None or not self.src.contains(subject.client)):
             return False
-        if self.users is not None and subject.user not in self.users:
-            return False
-        if self.groups is not None and self.groups.isdisjoint(subject.groups):
-            return False
-        if self.protocols is not None and subject.protocol not in self.protocols:
-            return False
-        if self.userids is not None and subject.userid not in self.userids:
+        if self.subjective and not self.admits(subject):
             return False
         undecided = False
         if self.ports is not None:
@@ -242,6 +236,13 @@ class Rule:
                 if not inner or not self._inner_match(self.dst.v4, inner):
                     return False
         return None if undecided else True
+
+    def admits(self, subject: Subject) -> bool:
+        """Whether ``subject`` meets this rule's conditions on users, groups, protocol, USERID."""
+        return ((self.users is None or subject.user in self.users)
+                and (self.groups is None or not self.groups.isdisjoint(subject.groups))
+                and (self.protocols is None or subject.protocol in self.protocols)
+                and (self.userids is None or subject.userid in self.userids))
 
     def _inner_match(self, v4: Spans, inner: tuple[int, ...]) -> bool:
         """``dst`` against the IPv4 inside an IPv6 address: a deny matches when
@@ -264,7 +265,7 @@ class Policy:
     test.
     """
 
-    __slots__ = ("rules", "ssrf", "user_groups")
+    __slots__ = ("rules", "ssrf", "user_groups", "table", "everyone", "admitted")
 
     def __init__(self, rules: Iterable[Rule], groups: Mapping[str, Iterable[str]] | None = None,
                  ssrf: bool = False) -> None:
@@ -275,6 +276,24 @@ class Policy:
             for member in members:
                 user_groups.setdefault(member, set()).add(group)
         self.user_groups = {user: frozenset(g) for user, g in user_groups.items()}
+        # An IP-literal judgement is one C loop (tables.RuleTable); the asker's
+        # part of each rule comes as one byte per rule, the same for everyone
+        # when no rule has such conditions, else cached per asker (bounded).
+        self.table = RuleTable(table_entries(self.rules))
+        self.everyone = None if any(r.subjective for r in self.rules) else b"\1" * len(self.rules)
+        self.admitted: dict[tuple[Any, ...], bytes] = {}
+
+    def passes(self, subject: Subject) -> bytes:
+        """Per rule, b"\\1" where ``subject`` meets its conditions on who asks."""
+        passes = self.everyone
+        if passes is None:
+            key = (subject.user, subject.groups, subject.protocol, subject.userid)
+            passes = self.admitted.get(key)
+            if passes is None:
+                if len(self.admitted) >= 4096:
+                    self.admitted.clear()
+                passes = self.admitted[key] = bytes(r.admits(subject) for r in self.rules)
+        return passes
 
     def subject(self, client_host: str | None, user: str | None,
                 protocol: Protocol = Protocol.SOCKS5, userid: str | None = None) -> Subject:
@@ -299,17 +318,24 @@ class Policy:
                 inner = embedded_ipv4(ip[1])
             if self.ssrf and command != Command.BIND:
                 protected = protected_kind(ip, inner)
-        for rule in self.rules:
-            matched = rule.match(command, subject, name, ip, port, inner)
-            if matched is False:
-                continue
-            if matched is None:
-                return None  # depends on the address: judged again once it is known
-            if rule.allow:
-                if protected is not None and not rule.explicit:
-                    continue  # only an allow that names the destination opens it
-                return rule
-            return Denial(rule.index)
+        if name is None and ip is not UNKNOWN and port is not UNKNOWN:  # all known: one C loop
+            i = self.table.first(command, subject.client, self.passes(subject), ip, port,
+                                 protected is not None, inner)
+            if i >= 0:
+                rule = self.rules[i]
+                return rule if rule.allow else Denial(rule.index)
+        else:
+            for rule in self.rules:
+                matched = rule.match(command, subject, name, ip, port, inner)
+                if matched is False:
+                    continue
+                if matched is None:
+                    return None  # depends on the address: judged again once it is known
+                if rule.allow:
+                    if protected is not None and not rule.explicit:
+                        continue  # only an allow that names the destination opens it
+                    return rule
+                return Denial(rule.index)
         if protected is not None:
             return Denial(None, protected, protected_inside(inner) if inner else None)
         return None
@@ -336,80 +362,15 @@ class Policy:
         return self.decide(command, subject, name, key, port)
 
 
+def table_entries(rules: Iterable[Rule]) -> list[tuple[Any, ...]]:
+    """The rules as ``tables.RuleTable`` entries."""
+    return [(-1 if r.commands is None else sum(1 << c for c in r.commands), r.src, r.dst, r.ports,
+             r.has_domain, r.subjective, r.allow, r.explicit) for r in rules]
+
+
 #: What a judgement returns: why it was denied, the allow rule that decided, or
 #: None (allowed by default, or undecided until the address is known).
 Decision = Union[Denial, Rule, None]
-
-
-class Allowed(NamedTuple):
-    """Pass 2 over resolved addresses: what may be dialled, and why."""
-
-    addresses: list[Any]  # the (family, sockaddr) entries the rules allow, in order
-    rule: Rule | None  # the allow rule that decided the first of them (None: the default)
-    denial: Denial | None  # why the first refused entry was refused (None: none was)
-
-
-class TargetFilter:
-    """One session's view of the policy: its subject and command, bound once.
-
-    Every method returns its decision (nothing is left in attributes to be
-    read back): ``early(host, port)`` is pass 1 (before resolution) and
-    ``judge(host, port, address)`` pass 2 for one address, each a
-    ``Decision``: a ``Denial``, the allow ``Rule`` that decided (it carries
-    the upstream and the outbound address to use), or None when the default
-    allowed.  ``allowed(host, port, addresses)`` is pass 2 over a name's
-    addresses, as an ``Allowed``.
-    """
-
-    __slots__ = ("policy", "subject", "command")
-
-    def __init__(self, policy: Policy, subject: Subject, command: int) -> None:
-        self.policy = policy
-        self.subject = subject
-        self.command = command
-
-    def _verdict(self, decision: Decision) -> Decision:
-        if (isinstance(decision, Rule) and decision.upstream is not None
-                and self.command == Command.BIND):
-            # BIND is not chained: a peer that rule sends to an upstream must
-            # not come in directly instead.  (CONNECT and UDP datagrams go
-            # through the upstream.)
-            return Denial(decision.index)
-        return decision
-
-    def decide(self, name: Any, ip: Any, port: Any) -> Decision:
-        """``Policy.decide`` for this subject and command (the session answers
-        X'07' for a BIND under an upstream rule)."""
-        return self.policy.decide(self.command, self.subject, name, ip, port)
-
-    def early(self, host: str, port: Any) -> Decision:
-        decision = self.policy.check_request(self.command, self.subject, host, port)
-        if self.command == Command.UDP_ASSOCIATE:  # a datagram's target
-            decision = self._verdict(decision)
-        return decision
-
-    def judge(self, host: str, port: Any, address: str) -> Decision:
-        """Pass 2 for one address (``host`` as requested)."""
-        return self._verdict(
-            self.policy.check_address(self.command, self.subject, host, address, port))
-
-    def allowed(self, host: str, port: int, addresses: list[Any]) -> Allowed:
-        policy, subject, command = self.policy, self.subject, self.command
-        denial: Denial | None = None
-        rule: Rule | None = None
-        out: list[Any] = []
-        for entry in addresses:
-            decision = policy.check_address(command, subject, host, entry[1][0], port)
-            if command != Command.CONNECT:
-                decision = self._verdict(decision)
-            if isinstance(decision, Denial):
-                if denial is None:
-                    denial = decision
-                continue
-            if not out:
-                rule = decision
-            out.append(entry)
-        return Allowed(out, rule, denial)
 
 
 def describe_target(command: int, host: str, port: int, address: str | None = None) -> str:

@@ -14,7 +14,7 @@ decides what it does with each:
   it with the address and port given here.
 * The UDP request header is parsed by the codec; a bad header drops that
   datagram only.  Domain targets are resolved off the loop and cached.
-* Access rules judge each target (``targets``, a ``rulebook.TargetFilter``): a
+* Access rules judge each target (``targets``, a ``targets.TargetFilter``): a
   name first, then its addresses; a refused datagram is dropped (one INFO
   line per association).  An IP literal once judged is installed in the C
   table, so its next datagrams stay in C.
@@ -111,7 +111,7 @@ class UdpAssociation:
         self._frag_high = 0
         self._frag_timer: asyncio.TimerHandle | None = None
         self._tasks: set[asyncio.Task[None]] = set()
-        # Access rules (a rulebook.TargetFilter), set by the session; None: none.
+        # Access rules (a targets.TargetFilter), set by the session; None: none.
         self.targets: Any = None
         # The outbound source addresses, (family, sockaddr) as the session
         # chose them (rule, user, global); set by the session; none: any.

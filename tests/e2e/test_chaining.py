@@ -309,7 +309,8 @@ def test_rules_send_connect_and_datagrams_to_the_upstream_but_refuse_bind() -> N
     # Policy level: CONNECT and a UDP datagram's target get the upstream rule;
     # a BIND peer that rule would send there is denied, not let in directly.
     from fastsocks.constants import Command
-    from fastsocks.control.rulebook import Denial, Policy, Rule, TargetFilter
+    from fastsocks.control.rulebook import Denial, Policy, Rule
+    from fastsocks.control.targets import TargetFilter
 
     rules = [Rule(0, True, ports=[(53, 53)], upstream="corp"), Rule(1, True)]
     policy = Policy(rules)

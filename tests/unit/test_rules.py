@@ -20,7 +20,8 @@ from procs import UdpEcho
 from fastsocks.config import Settings
 from fastsocks.constants import Command
 from fastsocks.control.record import Protocol
-from fastsocks.control.rulebook import UNKNOWN, Denial, Policy, TargetFilter, protected_kind
+from fastsocks.control.rulebook import UNKNOWN, Denial, Policy, protected_kind
+from fastsocks.control.targets import TargetFilter
 from fastsocks.control.rules import build_policy, compile_rule
 from fastsocks.net.address import embedded_ipv4, ip_key
 

@@ -1,10 +1,13 @@
-"""The lookup tables (``Spans``, ``RangeSet``) on both implementations, ids ``c``/``py``.
+"""The lookup tables (``Spans``, ``RangeSet``, ``RuleTable``) on both implementations.
 
-Each case runs on the Cython module and on its twin, and a property test
-holds both to a plain ``any(lo <= n <= hi)`` over the ranges as given, with
-bounds chosen around the 32-, 64- and 128-bit edges (a 128-bit bound is two
-64-bit words in C).  What the tables are for (rules, trusted balancers) is
-tested through them in test_rules.py and test_config.py.
+Each case runs on the Cython module and on its twin (ids ``c``/``py``).
+Property tests hold both to the plain forms they replace: ``Spans`` to
+``any(lo <= n <= hi)`` over the ranges as given, with bounds around the 32-,
+64- and 128-bit edges (a 128-bit bound is two 64-bit words in C); a
+``RuleTable`` to the first match of ``Rule.match`` in order, the judgement
+of names, on random rule sets, askers and destinations (protected ones and
+IPv6 forms carrying IPv4 among them).  The rules' own semantics are tested
+in test_rules.py.
 """
 
 from __future__ import annotations
@@ -21,8 +24,10 @@ from hypothesis import strategies as st
 import fastsocks.tables
 from fastsocks import _tables_py
 from fastsocks.constants import Command
-from fastsocks.control.rulebook import Policy
+from fastsocks.control.record import Protocol
+from fastsocks.control.rulebook import Decision, Denial, Policy, Rule, Subject, table_entries
 from fastsocks.control.rules import compile_rule
+from fastsocks.net.address import EMBEDS_BELOW, embedded_ipv4, ip_key, protected_inside, protected_kind
 
 try:
     _tables_c: ModuleType | None = importlib.import_module("fastsocks._tables")
@@ -162,3 +167,107 @@ def test_a_long_deny_list_is_judged_right() -> None:
     assert judged("10.0.1.1", 443) is allow
     assert judged("10.0.0.9", 80) is allow              # port not in the set
     assert judged("10.0.0.9", 6101) is allow
+
+
+# -- RuleTable: the IP-literal judgement in one loop ----------------------------------
+
+_CIDRS = ["10.0.0.0/8", "10.1.0.0/16", "127.0.0.0/8", "192.0.2.0/24", "0.0.0.0/0", "::/0",
+          "2001:db8::/32", "2002::/16", "64:ff9b::/96", "2001::/32", "fc00::/7", "::1/128"]
+_ADDRESSES = ["10.1.2.3", "10.9.9.9", "127.0.0.1", "192.0.2.7", "93.184.216.34", "::1",
+              "2001:db8::5", "2002:a01:203::1", "2002:5db8:d822::1", "64:ff9b::a01:203",
+              "64:ff9b::5db8:d822", "2001:0:5db8:d822::f5fe:fdfc", "fd00::1", "2606:4700::1111"]
+_rule_spec = st.fixed_dictionaries({"action": st.sampled_from(["allow", "deny"])}, optional={
+    "src": st.lists(st.sampled_from(_CIDRS), min_size=1, max_size=3),
+    "dst": st.lists(st.sampled_from(_CIDRS), min_size=1, max_size=3),
+    "domain": st.just(["example.com"]),
+    "ports": st.lists(st.sampled_from([22, 80, 443, "1000-2000", "0-65535"]), min_size=1, max_size=3),
+    "users": st.lists(st.sampled_from(["alice", "bob"]), min_size=1, max_size=2),
+    "groups": st.lists(st.sampled_from(["staff"]), min_size=1, max_size=1),
+    "commands": st.lists(st.sampled_from(["connect", "bind", "udp", "http"]), min_size=1, max_size=2),
+    "protocols": st.lists(st.sampled_from(["socks5", "socks4", "http"]), min_size=1, max_size=2),
+})
+
+
+def _by_match(policy: Policy, command: int, subject: Subject, ip: tuple[int, int], port: int) -> Decision:
+    """The reference: Rule.match in order, as a name's judgement runs."""
+    inner = embedded_ipv4(ip[1]) if ip[0] == 6 and ip[1] < EMBEDS_BELOW else ()
+    protected = protected_kind(ip, inner) if policy.ssrf and command != Command.BIND else None
+    for rule in policy.rules:
+        if rule.match(command, subject, None, ip, port, inner):
+            if rule.allow and protected is not None and not rule.explicit:
+                continue
+            return rule if rule.allow else Denial(rule.index)
+    if protected is not None:
+        return Denial(None, protected, protected_inside(inner) if inner else None)
+    return None
+
+
+def _same(a: Decision, b: Decision) -> bool:
+    if isinstance(a, Rule) or a is None:
+        return a is b
+    return isinstance(b, Denial) and (a.rule, a.kind, a.inside) == (b.rule, b.kind, b.inside)
+
+
+def _table(impl: ModuleType, policy: Policy) -> object:
+    """``impl``'s RuleTable over the policy's rules (their tables rebuilt in ``impl``)."""
+    def again(table: object) -> object:
+        if table is None:
+            return None
+        if hasattr(table, "v4"):
+            return impl.RangeSet(table.v4.pairs, table.v6.pairs)  # type: ignore[attr-defined]
+        return impl.Spans(table.pairs)  # type: ignore[attr-defined]
+    return impl.RuleTable([(c, again(src), again(dst), again(ports), *flags)
+                           for c, src, dst, ports, *flags in table_entries(policy.rules)])
+
+
+@settings(max_examples=300, deadline=None)
+@given(specs=st.lists(_rule_spec, max_size=8), ssrf=st.booleans(),
+       client=st.sampled_from([None, "10.1.2.3", "192.0.2.7", "2001:db8::9"]),
+       user=st.sampled_from([None, "alice", "bob"]), protocol=st.sampled_from(list(Protocol)),
+       command=st.sampled_from(list(Command)), address=st.sampled_from(_ADDRESSES),
+       port=st.sampled_from([22, 80, 443, 1500, 65535]))
+def test_rule_table_agrees_with_rule_match(specs: list[dict[str, object]], ssrf: bool,
+                                           client: str | None, user: str | None, protocol: Protocol,
+                                           command: Command, address: str, port: int) -> None:
+    errors: list[tuple[str, str]] = []
+    groups = {"staff": ["alice"]}
+    rules = [compile_rule(i, spec, groups, errors) for i, spec in enumerate(specs)]
+    assert errors == []
+    policy = Policy(rules, groups, ssrf)  # type: ignore[arg-type]
+    ip = ip_key(address)
+    assert ip is not None
+    expected = _by_match(policy, command, policy.subject(client, user, protocol), ip, port)
+    assert _same(policy.decide(command, policy.subject(client, user, protocol), None, ip, port), expected)
+    for impl in (m for m in (_tables_c, _tables_py) if m is not None):
+        policy.table = _table(impl, policy)
+        got = policy.decide(command, policy.subject(client, user, protocol), None, ip, port)
+        assert _same(got, expected), (impl.IMPLEMENTATION, got, expected)
+
+
+def test_rule_table_checks_its_inputs(impl: ModuleType) -> None:
+    table = impl.RuleTable([(-1, None, None, None, False, True, True, False)])
+    assert table.first(1, None, b"\1", (4, 1), 80, False, ()) == 0
+    assert table.first(1, None, b"\0", (4, 1), 80, False, ()) == -1   # the asker does not pass
+    assert table.first(1, None, b"\1", (4, 1), 80, True, ()) == -1    # protected: not explicit
+    with pytest.raises(ValueError, match="passes"):
+        table.first(1, None, b"", (4, 1), 80, False, ())
+    with pytest.raises(ValueError, match="at most two"):
+        table.first(1, None, b"\1", (6, 1), 80, False, (1, 2, 3))
+    with pytest.raises(ValueError, match="not an address"):
+        table.first(1, None, b"\1", (6, 1 << 128), 80, False, ())
+    assert len(table) == 1 and len(impl.RuleTable()) == 0
+
+
+def test_askers_conditions_are_cached_per_asker() -> None:
+    errors: list[tuple[str, str]] = []
+    rules = [compile_rule(0, {"action": "deny", "users": ["bob"]}, {}, errors),
+             compile_rule(1, {"action": "allow", "dst": ["0.0.0.0/0"]}, {}, errors)]
+    policy = Policy(rules, {})  # type: ignore[arg-type]
+    bob, alice = policy.subject("192.0.2.1", "bob"), policy.subject("192.0.2.2", "alice")
+    assert policy.passes(bob) == b"\1\1" and policy.passes(alice) == b"\0\1"
+    assert policy.passes(policy.subject("192.0.2.3", "bob")) is policy.passes(bob)  # one entry per asker
+    assert str(policy.decide(Command.CONNECT, bob, None, (4, 1), 80)) == "denied by rules[0]"
+    assert policy.decide(Command.CONNECT, alice, None, (4, 1), 80) is rules[1]
+    # Without conditions on the asker, everyone shares one answer.
+    plain = Policy(rules[1:], {})  # type: ignore[arg-type]
+    assert plain.passes(bob) is plain.passes(alice) == b"\1"
