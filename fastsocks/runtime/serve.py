@@ -60,8 +60,7 @@ async def _serve(settings: Settings, users: Users | None, worker: int | None = N
 
             def on_reload() -> None:
                 systemd.reloading()
-                server.reload()
-                systemd.ready()
+                server.reload(then=systemd.ready)
 
             for signum in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(signum, on_stop)

@@ -57,6 +57,9 @@ class Server:
         self.authenticate = authenticate
         self.authorize = authorize
         self.reload_source = reload  # SIGHUP: where fresh settings come from
+        self._reloading = False  # a reload is reading the files on a thread
+        self._reload_again = False  # and another was asked for meanwhile
+        self._reload_waiters: list[Callable[[], Any]] = []
         self.draining = False
         self._drain_timer: asyncio.TimerHandle | None = None
         self.fd_exhausted = False
@@ -228,39 +231,71 @@ class Server:
             return
         self.loop.call_later(0.1, self._drain_tick)
 
-    def reload(self) -> None:
+    def reload(self, then: Callable[[], Any] | None = None) -> None:
         """SIGHUP: re-read the configuration and the users file for new connections.
 
         Established connections keep going untouched.  An invalid new
         configuration is rejected with its reason and the old one kept.
         Listen addresses, workers, the relay and the event loop are fixed
         at start-up: a change to them is reported and needs a restart.
+
+        The files are read and the rules compiled on a thread (a list of
+        100 000 networks takes a second or more), so the connections this
+        worker serves meanwhile are not held up; the result is applied on the
+        loop, and ``then`` (if given) is called after it, applied or rejected.
+        A reload asked for while one runs follows it, reading the files as
+        they are then.
         """
-        try:
-            settings = self.reload_source() if self.reload_source else self.settings
-            settings.validate()
-            users = Users.load(settings.users_file) if settings.users_file else None
-            policy = build_policy(settings)
-            gssapi = acceptor_from_settings(settings)  # a new keytab or principal
-        except (ConfigError, OSError, ValueError) as exc:
-            log.error("reload rejected, keeping the running configuration: %s", exc)
+        if then is not None:
+            self._reload_waiters.append(then)
+        if self._reloading:
+            self._reload_again = True
             return
-        fixed = [name for name in not_reloadable()
-                 if getattr(settings, name) != getattr(self.settings, name)]
-        if fixed:
-            log.warning("reload: %s cannot change while running; restart to apply",
-                        ", ".join(fixed))
-            settings = dataclasses.replace(settings, **{n: getattr(self.settings, n) for n in fixed})
-        self.settings = settings
-        self.users = users
-        self.policy = policy
-        self.gssapi = gssapi
-        self.proxy_trusted = trusted_ranges(settings.proxy_protocol_from)
-        self.limits = self._limits(settings)
-        dns.configure(**settings.dns_options())  # [dns]: the process's cache (net/dns.py)
-        log.info("configuration reloaded%s (%s)",
-                 f" from {settings.config_file}" if settings.config_file else "",
-                 f"{len(users)} users" if users is not None else "no authentication")
+        self._reloading = True
+        self._reload_again = False
+        self.loop.run_in_executor(None, self._read_settings).add_done_callback(self._apply_reload)
+
+    def _read_settings(self) -> tuple[Settings, Users | None, Policy | None]:
+        """The reload's reading and compiling, on the executor's thread."""
+        settings = self.reload_source() if self.reload_source else self.settings
+        settings.validate()
+        users = Users.load(settings.users_file) if settings.users_file else None
+        return settings, users, build_policy(settings)
+
+    def _apply_reload(self, read: asyncio.Future[tuple[Settings, Users | None, Policy | None]]) -> None:
+        self._reloading = False
+        try:
+            if self._stopped.is_set():
+                return
+            try:
+                settings, users, policy = read.result()
+                gssapi = acceptor_from_settings(settings)  # a new keytab or principal
+            except (ConfigError, OSError, ValueError) as exc:
+                log.error("reload rejected, keeping the running configuration: %s", exc)
+                return
+            fixed = [name for name in not_reloadable()
+                     if getattr(settings, name) != getattr(self.settings, name)]
+            if fixed:
+                log.warning("reload: %s cannot change while running; restart to apply",
+                            ", ".join(fixed))
+                settings = dataclasses.replace(settings, **{n: getattr(self.settings, n) for n in fixed})
+            self.settings = settings
+            self.users = users
+            self.policy = policy
+            self.gssapi = gssapi
+            self.proxy_trusted = trusted_ranges(settings.proxy_protocol_from)
+            self.limits = self._limits(settings)
+            dns.configure(**settings.dns_options())  # [dns]: the process's cache (net/dns.py)
+            log.info("configuration reloaded%s (%s)",
+                     f" from {settings.config_file}" if settings.config_file else "",
+                     f"{len(users)} users" if users is not None else "no authentication")
+        finally:
+            if self._reload_again and not self._stopped.is_set():
+                self.reload()
+            else:
+                waiters, self._reload_waiters = self._reload_waiters, []
+                for then in waiters:
+                    then()
 
     def stop(self) -> None:
         """Stop accepting and end every connection; ``wait_stopped`` returns."""

@@ -124,6 +124,62 @@ def test_sighup_applies_new_rules_to_new_connections_only(start_server: Callable
     assert server.finish()[0] == 0
 
 
+def _large_deny(path: Path, *extra: str) -> None:
+    """A config whose one rule denies 100 000 networks (10/8 and 11/8 /24s) and ``extra``."""
+    nets = [f'"{10 + (i >> 16)}.{(i >> 8) & 255}.{i & 255}.0/24"' for i in range(100_000)]
+    path.write_text('[[rules]]\naction = "deny"\ndst = [\n' + ",\n".join([*nets, *extra]) + "\n]\n")
+
+
+def test_sighup_compiles_on_a_thread_and_keeps_serving(start_server: Callable[..., Server],
+                                                       echo: tuple[str, int], tmp_path: Path) -> None:
+    """Compiling 100 000 networks takes a second or more: meanwhile the worker
+    answers on the running configuration, and then switches."""
+    config = tmp_path / "fastsocks.toml"
+    config.write_text("")
+    server = start_server("--config", str(config))
+    _large_deny(config, '"127.0.0.0/8"')
+    server.proc.send_signal(signal.SIGHUP)
+    time.sleep(0.1)  # the reload is under way
+    served = 0
+    while "configuration reloaded" not in server.log and served < 5:
+        s, rep = server.request(echo)
+        s.close()
+        if "configuration reloaded" in server.log:
+            break  # the answer may be the new configuration's
+        assert rep == 0  # the running configuration: 127/8 is not denied yet
+        served += 1
+    assert served >= 1, "no connection was served while the reload compiled"
+    server.wait_log("configuration reloaded", timeout=30)
+    s, rep = server.request(echo)
+    assert rep == 0x02
+    s.close()
+    server.proc.send_signal(signal.SIGTERM)
+    assert server.finish()[0] == 0
+
+
+def test_sighup_during_a_reload_reads_the_files_again(start_server: Callable[..., Server],
+                                                      echo: tuple[str, int], tmp_path: Path) -> None:
+    """A second SIGHUP while the first reload compiles is not lost: one more
+    reload follows and reads the configuration as it is by then."""
+    config = tmp_path / "fastsocks.toml"
+    config.write_text("")
+    server = start_server("--config", str(config))
+    _large_deny(config)  # 10/8 and 11/8 only: the echo on 127.0.0.1 stays allowed
+    server.proc.send_signal(signal.SIGHUP)
+    time.sleep(0.1)
+    config.write_text('[[rules]]\naction = "deny"\ndst = ["127.0.0.0/8"]\n')
+    server.proc.send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + 30
+    while server.log.count("configuration reloaded") < 2:
+        assert time.monotonic() < deadline, server.log
+        time.sleep(0.05)
+    s, rep = server.request(echo)
+    assert rep == 0x02  # the second file, read after the first reload
+    s.close()
+    server.proc.send_signal(signal.SIGTERM)
+    assert server.finish()[0] == 0
+
+
 def test_sighup_rejects_an_invalid_config_and_keeps_the_old(start_server: Callable[..., Server],
                                                             echo: tuple[str, int], tmp_path: Path) -> None:
     config = tmp_path / "fastsocks.toml"
