@@ -4,14 +4,16 @@
 
 In one invocation:
 
-* **a judgement** (timeit, µs per ``Policy.check_request`` of a CONNECT to an
-  IP literal, the call a session makes per request): rule sets of growing
+* **a judgement** (timeit, µs per judgement of a CONNECT: to an IP literal,
+  ``Policy.check_request``; to a name, its two passes, ``check_request``
+  before the lookup and ``check_address`` for the one address it resolved
+  to; the calls a session makes per request): rule sets of growing
   size (``SETS``: many small rules, or one rule of many networks), each judged with the tables this build uses (``fastsocks.tables``:
   Cython, or the twin under ``FASTSOCKS_NO_EXTENSIONS=1``), with the twin in
   a child process, and, the reference, with the same rules judged one by
-  one in Python (``Rule.match``, as a name is judged) and their ranges
-  looked up by a plain scan of the list: what every IP-literal judgement did
-  before the tables (measured here, not remembered);
+  one in Python (``Rule.match``) and their ranges looked up by a plain scan
+  of the list: what every judgement did before the tables (measured here,
+  not remembered);
 * **compiling** the rules as ``fastsocks`` does on start and reload
   (``compile_rule`` + ``Policy``), seconds;
 * **a handshake** end to end (``fastsocks bench --mode handshake``, c=64,
@@ -47,6 +49,7 @@ SETS = ("0 rules", "20 rules", "500 rules", "1000 nets", "10000 nets", "100000 n
 # End to end: a server with each of these configs, and one without rules.
 HANDSHAKE_SETS = ("500 rules", "10000 nets")
 TARGET = "93.184.216.34"  # judged; a public address, in no list below
+NAME = "www.example.com"  # judged as a name that resolved to TARGET
 KEEP_OUT = (f"{TARGET}/32", "127.0.0.0/8")  # nor is the loopback target of the handshakes
 
 
@@ -95,30 +98,21 @@ class ScanRangeSet:
         return (self.v4 if key[0] == 4 else self.v6).has(key[1])
 
 
-class RuleByRule:
-    """The reference judgement: ``Rule.match`` rule by rule, in Python."""
-
-    def __init__(self, rules: Any, subject: Any) -> None:
-        self.rules = rules
-        self.subject = subject
-
-    def first(self, command: int, client: Any, passes: bytes, ip: Any, port: int,
-              protected: bool, inner: tuple[int, ...]) -> int:
-        for i, rule in enumerate(self.rules):
-            if rule.match(command, self.subject, None, ip, port, inner):
-                if rule.allow and protected and not rule.explicit:
-                    continue
-                return i
-        return -1
-
-
 def judge(repeat: int, scan: bool = False) -> dict[str, Any]:
     """This process's tables (or, ``scan``, the reference): µs per judgement
-    and compile seconds, by size."""
+    of an IP literal and of a name (its two passes, with one address), and
+    compile seconds, by size."""
     from fastsocks import tables
     from fastsocks.constants import Command
     from fastsocks.control.rulebook import Policy
     from fastsocks.control.rules import compile_rule
+
+    class Reference(Policy):
+        """Rule by rule in Python (``Rule.match``), as every judgement ran before the C loop."""
+        __slots__ = ()
+
+        def decide(self, *args: Any, by_rule: bool = True) -> Any:
+            return Policy.decide(self, *args, by_rule=True)
 
     out: dict[str, Any] = {"implementation": "reference_rule_by_rule" if scan else tables.IMPLEMENTATION}
     for size in SETS:
@@ -126,7 +120,7 @@ def judge(repeat: int, scan: bool = False) -> dict[str, Any]:
         started = time.perf_counter()
         errors: list[tuple[str, str]] = []
         rules = [compile_rule(i, spec, {}, errors) for i, spec in enumerate(specs)]
-        policy = Policy(rules, {}, ssrf=True)
+        policy = (Reference if scan else Policy)(rules, {}, ssrf=True)
         compiled = time.perf_counter() - started
         assert not errors, errors
         subject = policy.subject("192.0.2.7", None)
@@ -135,14 +129,21 @@ def judge(repeat: int, scan: bool = False) -> dict[str, Any]:
                 rule.dst = ScanRangeSet(rule.dst)
                 if rule.ports is not None:
                     rule.ports = ScanSpans(rule.ports.pairs)
-            policy.table = RuleByRule(rules, subject)
-        decided = policy.check_request(Command.CONNECT, subject, TARGET, 443)
-        assert decided is rules[-1], decided  # allowed by the last rule: every list was searched
+
+        def literal() -> Any:
+            return policy.check_request(Command.CONNECT, subject, TARGET, 443)
+
+        def name() -> Any:
+            policy.check_request(Command.CONNECT, subject, NAME, 443)
+            return policy.check_address(Command.CONNECT, subject, NAME, TARGET, 443)
+
+        for case in (literal, name):  # allowed by the last rule: every list was searched
+            assert case() is rules[-1], (case, case())
         number = 200_000 if size.startswith(("0 ", "20 ")) else 20_000
-        times = timeit.repeat(lambda: policy.check_request(Command.CONNECT, subject, TARGET, 443),
-                              number=number, repeat=repeat)
-        out[size] = {"us_per_judgement": round(min(times) / number * 1e6, 3),
-                          "compile_s": round(compiled, 3)}
+        out[size] = {"compile_s": round(compiled, 3)}
+        for case in (literal, name):
+            times = timeit.repeat(case, number=number, repeat=repeat)
+            out[size][f"us_{case.__name__}"] = round(min(times) / number * 1e6, 3)
     return out
 
 
@@ -196,7 +197,8 @@ def main() -> int:
     scan = judge(args.repeat, scan=True)
     judgement = {
         size: {
-            **{f"us_{r['implementation']}": r[size]["us_per_judgement"] for r in (here, twin, scan)},
+            **{f"{case}_{r['implementation']}": r[size][case]
+               for case in ("us_literal", "us_name") for r in (here, twin, scan)},
             "compile_s": here[size]["compile_s"],
         }
         for size in SETS

@@ -46,5 +46,5 @@ cdef class RuleTable:
     cdef Py_ssize_t count
     cdef tuple keep
 
-    cpdef Py_ssize_t first(self, int command, object client, bytes passes, tuple ip, int port,
-                           bint protected, tuple inner) except -2
+    cpdef Py_ssize_t first(self, int command, object client, bytes passes, bytes names, object ip,
+                           int port, bint protected, tuple inner) except -2

@@ -9,11 +9,11 @@
 * ``RangeSet``: the IPv4 and the IPv6 ``Spans`` of a list of networks,
   looked up with an ``ip_key`` ``(4 or 6, int)``.
 * ``RuleTable``: the ``[[rules]]`` in order, as C structs pointing into
-  those tables, for the judgement whose every input is known (an IP-literal
-  destination and its port): the first matching rule is found in one C loop,
-  one bisection per table, however many rules there are.  What depends on
-  the asker alone (users, groups, protocol, USERID) comes in as one byte per
-  rule, computed once per asker by the caller.
+  those tables: the first matching rule is found in one C loop, one
+  bisection per table, however many rules there are.  What depends on the
+  asker alone (users, groups, protocol, USERID) and on the requested name
+  alone (``domain``) comes in as one byte per rule each, computed by the
+  caller once per asker and once per name.
 
 A 128-bit bound is two 64-bit words compared high word first, so the build
 needs no 128-bit integer type (MSVC has none).  The twin is ``_tables_py``
@@ -26,7 +26,10 @@ from cpython.long cimport PyLong_AsUnsignedLongLongMask
 
 IMPLEMENTATION = "c"
 
-__all__ = ["IMPLEMENTATION", "Spans", "RangeSet", "RuleTable", "merge"]
+__all__ = ["IMPLEMENTATION", "Spans", "RangeSet", "RuleTable", "UNDECIDED", "merge"]
+
+#: ``RuleTable.first``: a rule could match but needs the address, not known yet.
+UNDECIDED = -3
 
 cdef object _LIMIT64 = 1 << 64
 cdef object _LIMIT128 = 1 << 128
@@ -188,31 +191,42 @@ cdef class RuleTable:
     def __len__(self):
         return self.count
 
-    cpdef Py_ssize_t first(self, int command, object client, bytes passes, tuple ip, int port,
-                           bint protected, tuple inner) except -2:
-        """The index of the first rule that matches, or -1.
+    cpdef Py_ssize_t first(self, int command, object client, bytes passes, bytes names, object ip,
+                           int port, bint protected, tuple inner) except -2:
+        """The index of the first rule that matches, -1 for none, or ``UNDECIDED``.
 
-        The judgement of a destination known by address (no name): ``client``
-        and ``ip`` are ``ip_key`` tuples (``client`` may be None), ``passes``
-        one byte per rule, non-zero where the asker meets the rule's
-        conditions on users, groups, protocol and USERID; ``protected``: the
-        SSRF-safe default covers ``ip``, so only an explicit allow decides;
-        ``inner``: the IPv4 addresses ``ip`` carries (``embedded_ipv4``).
+        ``client`` and ``ip`` are ``ip_key`` tuples or None (the client's
+        address unknown; the destination's not known yet: a name before its
+        lookup, and a rule with ``dst`` that could match makes it
+        ``UNDECIDED``).  ``passes``: one byte per rule, non-zero where the
+        asker meets the rule's conditions on users, groups, protocol and
+        USERID; ``names``: likewise where the requested name matches the
+        rule's ``domain`` (None: an address was requested, which no
+        ``domain`` matches).  ``protected``: the SSRF-safe default covers
+        ``ip``, so only an explicit allow decides; ``inner``: the IPv4
+        addresses ``ip`` carries (``embedded_ipv4``).
         """
         cdef uint64_t ch = 0, cl = 0, h = 0, l = 0, v
         cdef uint64_t inner4[2]
         cdef Py_ssize_t i, k, ninner = len(inner)
-        cdef Py_ssize_t at = 0 if ip[0] == 4 else 1
+        cdef Py_ssize_t at = -1
         cdef Py_ssize_t client_at = -1
         cdef const unsigned char* admitted = passes
+        cdef const unsigned char* named = NULL
         cdef Entry* e
         cdef bint inside
         if len(passes) < self.count:
             raise ValueError(f"passes has {len(passes)} bytes for {self.count} rules")
+        if names is not None:
+            if len(names) < self.count:
+                raise ValueError(f"names has {len(names)} bytes for {self.count} rules")
+            named = names
         if ninner > 2:
             raise ValueError("an IPv6 address carries at most two IPv4 addresses")
-        if not _words(ip[1], &h, &l):
-            raise ValueError(f"not an address: {ip!r}")
+        if ip is not None:
+            if not _words(ip[1], &h, &l):
+                raise ValueError(f"not an address: {ip!r}")
+            at = 0 if ip[0] == 4 else 1
         if client is not None and _words(client[1], &ch, &cl):
             client_at = 0 if client[0] == 4 else 1
         for k in range(ninner):
@@ -228,8 +242,10 @@ cdef class RuleTable:
                 continue
             if e.has_ports and not _span_has(e.tables[4], e.sizes[4], 0, <uint64_t>port):
                 continue
-            if e.has_domain:
+            if e.has_domain and (named == NULL or not named[i]):
                 continue  # an address is not a name
+            if e.has_dst and at < 0:
+                return UNDECIDED  # judged again once the address is known
             if e.has_dst and not _span_has(e.tables[2 + at], e.sizes[2 + at], h, l):
                 # The IPv4 inside: a deny matches when one is in range, an
                 # allow only when all are (Teredo carries two).

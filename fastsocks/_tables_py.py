@@ -12,7 +12,10 @@ from typing import Any, Iterable, Optional
 
 IMPLEMENTATION = "py"
 
-__all__ = ["IMPLEMENTATION", "Spans", "RangeSet", "RuleTable", "merge"]
+__all__ = ["IMPLEMENTATION", "Spans", "RangeSet", "RuleTable", "UNDECIDED", "merge"]
+
+#: ``RuleTable.first``: a rule could match but needs the address, not known yet.
+UNDECIDED = -3
 
 _LIMIT128 = 1 << 128
 
@@ -101,21 +104,28 @@ class RuleTable:
         return len(self._entries)
 
     def first(self, command: int, client: Optional[tuple[int, int]], passes: bytes,
-              ip: tuple[int, int], port: int, protected: bool, inner: tuple[int, ...]) -> int:
-        """The index of the first rule that matches, or -1.
+              names: Optional[bytes], ip: Optional[tuple[int, int]], port: int, protected: bool,
+              inner: tuple[int, ...]) -> int:
+        """The index of the first rule that matches, -1 for none, or ``UNDECIDED``.
 
-        The judgement of a destination known by address (no name): ``client``
-        and ``ip`` are ``ip_key`` tuples (``client`` may be None), ``passes``
-        one byte per rule, non-zero where the asker meets the rule's
-        conditions on users, groups, protocol and USERID; ``protected``: the
-        SSRF-safe default covers ``ip``, so only an explicit allow decides;
-        ``inner``: the IPv4 addresses ``ip`` carries (``embedded_ipv4``).
+        ``client`` and ``ip`` are ``ip_key`` tuples or None (the client's
+        address unknown; the destination's not known yet: a name before its
+        lookup, and a rule with ``dst`` that could match makes it
+        ``UNDECIDED``).  ``passes``: one byte per rule, non-zero where the
+        asker meets the rule's conditions on users, groups, protocol and
+        USERID; ``names``: likewise where the requested name matches the
+        rule's ``domain`` (None: an address was requested, which no
+        ``domain`` matches).  ``protected``: the SSRF-safe default covers
+        ``ip``, so only an explicit allow decides; ``inner``: the IPv4
+        addresses ``ip`` carries (``embedded_ipv4``).
         """
         if len(passes) < len(self._entries):
             raise ValueError(f"passes has {len(passes)} bytes for {len(self._entries)} rules")
+        if names is not None and len(names) < len(self._entries):
+            raise ValueError(f"names has {len(names)} bytes for {len(self._entries)} rules")
         if len(inner) > 2:
             raise ValueError("an IPv6 address carries at most two IPv4 addresses")
-        if not 0 <= ip[1] < _LIMIT128:
+        if ip is not None and not 0 <= ip[1] < _LIMIT128:
             raise ValueError(f"not an address: {ip!r}")
         for i, (commands, src, dst, ports, has_domain, subjective, allow, explicit) in enumerate(
                 self._entries):
@@ -127,8 +137,10 @@ class RuleTable:
                 continue
             if ports is not None and not ports.has(port):
                 continue
-            if has_domain:
+            if has_domain and (names is None or not names[i]):
                 continue  # an address is not a name
+            if dst is not None and ip is None:
+                return UNDECIDED  # judged again once the address is known
             if dst is not None and not dst.contains(ip):
                 # The IPv4 inside: a deny matches when one is in range, an
                 # allow only when all are (Teredo carries two).

@@ -14,6 +14,7 @@ from . import _accel, _tables_py
 _impl: ModuleType = _accel.compiled("_tables") or _tables_py
 
 IMPLEMENTATION: str = _impl.IMPLEMENTATION
+UNDECIDED: int = _impl.UNDECIDED
 if TYPE_CHECKING:  # one interface: the twin's types stand for both
     from ._tables_py import RangeSet, RuleTable, Spans, merge
 else:
@@ -22,4 +23,4 @@ else:
     RuleTable = _impl.RuleTable
     merge = _impl.merge
 
-__all__ = ["IMPLEMENTATION", "Spans", "RangeSet", "RuleTable", "merge"]
+__all__ = ["IMPLEMENTATION", "Spans", "RangeSet", "RuleTable", "UNDECIDED", "merge"]

@@ -51,7 +51,7 @@ from typing import Any, Iterable, Mapping, Union
 from ..constants import Command
 from ..net.address import (EMBEDS_BELOW, PROTECTED, IpKey, embedded_ipv4, ip_key, normal_network,
                            protected_inside, protected_kind, ranges)
-from ..tables import RuleTable, Spans
+from ..tables import UNDECIDED, RuleTable, Spans
 from .record import Protocol
 
 __all__ = [
@@ -265,7 +265,8 @@ class Policy:
     test.
     """
 
-    __slots__ = ("rules", "ssrf", "user_groups", "table", "everyone", "admitted")
+    __slots__ = ("rules", "ssrf", "user_groups", "table", "everyone", "admitted", "domain_rules",
+                 "named")
 
     def __init__(self, rules: Iterable[Rule], groups: Mapping[str, Iterable[str]] | None = None,
                  ssrf: bool = False) -> None:
@@ -276,12 +277,15 @@ class Policy:
             for member in members:
                 user_groups.setdefault(member, set()).add(group)
         self.user_groups = {user: frozenset(g) for user, g in user_groups.items()}
-        # An IP-literal judgement is one C loop (tables.RuleTable); the asker's
-        # part of each rule comes as one byte per rule, the same for everyone
-        # when no rule has such conditions, else cached per asker (bounded).
+        # A judgement is one C loop (tables.RuleTable).  The asker's part of
+        # each rule comes as one byte per rule, the same for everyone when no
+        # rule has such conditions, else cached per asker; the name's part
+        # (domain) likewise, cached per name.  Both caches are bounded.
         self.table = RuleTable(table_entries(self.rules))
         self.everyone = None if any(r.subjective for r in self.rules) else b"\1" * len(self.rules)
         self.admitted: dict[tuple[Any, ...], bytes] = {}
+        self.domain_rules = [i for i, r in enumerate(self.rules) if r.has_domain]
+        self.named: dict[str, bytes] = {}
 
     def passes(self, subject: Subject) -> bytes:
         """Per rule, b"\\1" where ``subject`` meets its conditions on who asks."""
@@ -295,6 +299,18 @@ class Policy:
                 passes = self.admitted[key] = bytes(r.admits(subject) for r in self.rules)
         return passes
 
+    def names(self, name: str) -> bytes:
+        """Per rule, b"\\1" where the (normalised) ``name`` matches its ``domain``."""
+        named = self.named.get(name)
+        if named is None:
+            mask = bytearray(len(self.rules))
+            for i in self.domain_rules:
+                mask[i] = self.rules[i].domain_matches(name)
+            if len(self.named) >= 4096:
+                self.named.clear()
+            named = self.named[name] = bytes(mask)
+        return named
+
     def subject(self, client_host: str | None, user: str | None,
                 protocol: Protocol = Protocol.SOCKS5, userid: str | None = None) -> Subject:
         client = ip_key(client_host) if client_host else None
@@ -306,9 +322,14 @@ class Policy:
         decision = self.decide(command, subject, name, ip, port)
         return decision if type(decision) is Denial else None
 
-    def decide(self, command: int, subject: Subject, name: Any, ip: Any,
-               port: Any) -> Decision:
-        """Like ``check``, but an allow by a rule returns that rule (its upstream, source)."""
+    def decide(self, command: int, subject: Subject, name: Any, ip: Any, port: Any,
+               by_rule: bool = False) -> Decision:
+        """Like ``check``, but an allow by a rule returns that rule (its upstream, source).
+
+        One C loop (``tables.RuleTable``) decides, unless the name or the port
+        is UNKNOWN or ``by_rule`` is set: then ``Rule.match`` rule by rule in
+        Python (the reference the C loop is held to in the tests).
+        """
         protected = None
         inner: tuple[int, ...] = ()
         if ip is not UNKNOWN:
@@ -318,12 +339,15 @@ class Policy:
                 inner = embedded_ipv4(ip[1])
             if self.ssrf and command != Command.BIND:
                 protected = protected_kind(ip, inner)
-        if name is None and ip is not UNKNOWN and port is not UNKNOWN:  # all known: one C loop
-            i = self.table.first(command, subject.client, self.passes(subject), ip, port,
-                                 protected is not None, inner)
+        if not by_rule and name is not UNKNOWN and port is not UNKNOWN:
+            i = self.table.first(command, subject.client, self.passes(subject),
+                                 None if name is None else self.names(name),
+                                 None if ip is UNKNOWN else ip, port, protected is not None, inner)
             if i >= 0:
                 rule = self.rules[i]
                 return rule if rule.allow else Denial(rule.index)
+            if i == UNDECIDED:
+                return None  # depends on the address: judged again once it is known
         else:
             for rule in self.rules:
                 matched = rule.match(command, subject, name, ip, port, inner)

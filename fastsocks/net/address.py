@@ -137,6 +137,8 @@ def ip_key(host: str) -> IpKey | None:
     dropped.  Strict forms only: ``127.1`` is a name here (the resolver turns
     it into 127.0.0.1, and the second pass judges that address).
     """
+    if ":" not in host and not host[-1:].isdigit():
+        return None  # a name (every IPv4 literal ends in a digit, every IPv6 one has a colon)
     try:
         return (4, int.from_bytes(_inet_pton(_AF_INET, host), "big"))
     except (OSError, ValueError):

@@ -4,9 +4,9 @@ Each case runs on the Cython module and on its twin (ids ``c``/``py``).
 Property tests hold both to the plain forms they replace: ``Spans`` to
 ``any(lo <= n <= hi)`` over the ranges as given, with bounds around the 32-,
 64- and 128-bit edges (a 128-bit bound is two 64-bit words in C); a
-``RuleTable`` to the first match of ``Rule.match`` in order, the judgement
-of names, on random rule sets, askers and destinations (protected ones and
-IPv6 forms carrying IPv4 among them).  The rules' own semantics are tested
+``RuleTable`` to ``Policy.decide(..., by_rule=True)``, ``Rule.match`` rule
+by rule in Python, on random rule sets, askers, names and destinations
+(protected ones and IPv6 forms carrying IPv4 among them).  The rules' own semantics are tested
 in test_rules.py.
 """
 
@@ -25,9 +25,9 @@ import fastsocks.tables
 from fastsocks import _tables_py
 from fastsocks.constants import Command
 from fastsocks.control.record import Protocol
-from fastsocks.control.rulebook import Decision, Denial, Policy, Rule, Subject, table_entries
+from fastsocks.control.rulebook import UNKNOWN, Decision, Denial, Policy, Rule, table_entries
 from fastsocks.control.rules import compile_rule
-from fastsocks.net.address import EMBEDS_BELOW, embedded_ipv4, ip_key, protected_inside, protected_kind
+from fastsocks.net.address import ip_key
 
 try:
     _tables_c: ModuleType | None = importlib.import_module("fastsocks._tables")
@@ -179,27 +179,14 @@ _ADDRESSES = ["10.1.2.3", "10.9.9.9", "127.0.0.1", "192.0.2.7", "93.184.216.34",
 _rule_spec = st.fixed_dictionaries({"action": st.sampled_from(["allow", "deny"])}, optional={
     "src": st.lists(st.sampled_from(_CIDRS), min_size=1, max_size=3),
     "dst": st.lists(st.sampled_from(_CIDRS), min_size=1, max_size=3),
-    "domain": st.just(["example.com"]),
+    "domain": st.lists(st.sampled_from(["example.com", "*.example.com", "other.org"]),
+                       min_size=1, max_size=2),
     "ports": st.lists(st.sampled_from([22, 80, 443, "1000-2000", "0-65535"]), min_size=1, max_size=3),
     "users": st.lists(st.sampled_from(["alice", "bob"]), min_size=1, max_size=2),
     "groups": st.lists(st.sampled_from(["staff"]), min_size=1, max_size=1),
     "commands": st.lists(st.sampled_from(["connect", "bind", "udp", "http"]), min_size=1, max_size=2),
     "protocols": st.lists(st.sampled_from(["socks5", "socks4", "http"]), min_size=1, max_size=2),
 })
-
-
-def _by_match(policy: Policy, command: int, subject: Subject, ip: tuple[int, int], port: int) -> Decision:
-    """The reference: Rule.match in order, as a name's judgement runs."""
-    inner = embedded_ipv4(ip[1]) if ip[0] == 6 and ip[1] < EMBEDS_BELOW else ()
-    protected = protected_kind(ip, inner) if policy.ssrf and command != Command.BIND else None
-    for rule in policy.rules:
-        if rule.match(command, subject, None, ip, port, inner):
-            if rule.allow and protected is not None and not rule.explicit:
-                continue
-            return rule if rule.allow else Denial(rule.index)
-    if protected is not None:
-        return Denial(None, protected, protected_inside(inner) if inner else None)
-    return None
 
 
 def _same(a: Decision, b: Decision) -> bool:
@@ -220,42 +207,60 @@ def _table(impl: ModuleType, policy: Policy) -> object:
                            for c, src, dst, ports, *flags in table_entries(policy.rules)])
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=800, deadline=None)
 @given(specs=st.lists(_rule_spec, max_size=8), ssrf=st.booleans(),
        client=st.sampled_from([None, "10.1.2.3", "192.0.2.7", "2001:db8::9"]),
        user=st.sampled_from([None, "alice", "bob"]), protocol=st.sampled_from(list(Protocol)),
-       command=st.sampled_from(list(Command)), address=st.sampled_from(_ADDRESSES),
+       command=st.sampled_from(list(Command)), address=st.one_of(st.none(), st.sampled_from(_ADDRESSES)),
+       name=st.sampled_from([None, "example.com", "www.example.com", "other.org", "example.org"]),
        port=st.sampled_from([22, 80, 443, 1500, 65535]))
 def test_rule_table_agrees_with_rule_match(specs: list[dict[str, object]], ssrf: bool,
                                            client: str | None, user: str | None, protocol: Protocol,
-                                           command: Command, address: str, port: int) -> None:
+                                           command: Command, address: str | None, name: str | None,
+                                           port: int) -> None:
+    """An IP literal (no name), a name before its lookup (no address: UNDECIDED
+    where a dst rule could match), a name with one of its addresses, and a
+    request judged before its target is known (neither)."""
     errors: list[tuple[str, str]] = []
     groups = {"staff": ["alice"]}
     rules = [compile_rule(i, spec, groups, errors) for i, spec in enumerate(specs)]
     assert errors == []
     policy = Policy(rules, groups, ssrf)  # type: ignore[arg-type]
-    ip = ip_key(address)
+    ip = UNKNOWN if address is None else ip_key(address)
     assert ip is not None
-    expected = _by_match(policy, command, policy.subject(client, user, protocol), ip, port)
-    assert _same(policy.decide(command, policy.subject(client, user, protocol), None, ip, port), expected)
+    expected = policy.decide(command, policy.subject(client, user, protocol), name, ip, port, by_rule=True)
+    assert _same(policy.decide(command, policy.subject(client, user, protocol), name, ip, port), expected)
     for impl in (m for m in (_tables_c, _tables_py) if m is not None):
         policy.table = _table(impl, policy)
-        got = policy.decide(command, policy.subject(client, user, protocol), None, ip, port)
+        got = policy.decide(command, policy.subject(client, user, protocol), name, ip, port)
         assert _same(got, expected), (impl.IMPLEMENTATION, got, expected)
 
 
 def test_rule_table_checks_its_inputs(impl: ModuleType) -> None:
     table = impl.RuleTable([(-1, None, None, None, False, True, True, False)])
-    assert table.first(1, None, b"\1", (4, 1), 80, False, ()) == 0
-    assert table.first(1, None, b"\0", (4, 1), 80, False, ()) == -1   # the asker does not pass
-    assert table.first(1, None, b"\1", (4, 1), 80, True, ()) == -1    # protected: not explicit
+    assert table.first(1, None, b"\1", None, (4, 1), 80, False, ()) == 0
+    assert table.first(1, None, b"\0", None, (4, 1), 80, False, ()) == -1  # the asker does not pass
+    assert table.first(1, None, b"\1", None, (4, 1), 80, True, ()) == -1   # protected: not explicit
     with pytest.raises(ValueError, match="passes"):
-        table.first(1, None, b"", (4, 1), 80, False, ())
+        table.first(1, None, b"", None, (4, 1), 80, False, ())
+    with pytest.raises(ValueError, match="names"):
+        table.first(1, None, b"\1", b"", (4, 1), 80, False, ())
     with pytest.raises(ValueError, match="at most two"):
-        table.first(1, None, b"\1", (6, 1), 80, False, (1, 2, 3))
+        table.first(1, None, b"\1", None, (6, 1), 80, False, (1, 2, 3))
     with pytest.raises(ValueError, match="not an address"):
-        table.first(1, None, b"\1", (6, 1 << 128), 80, False, ())
+        table.first(1, None, b"\1", None, (6, 1 << 128), 80, False, ())
     assert len(table) == 1 and len(impl.RuleTable()) == 0
+
+
+def test_rule_table_names_and_undecided(impl: ModuleType) -> None:
+    dst = impl.RangeSet([(10 << 24, (11 << 24) - 1)])
+    table = impl.RuleTable([(-1, None, None, None, True, False, True, True),   # allow domain ...
+                            (-1, None, dst, None, False, False, False, True)])  # deny dst 10/8
+    assert table.first(1, None, b"\1\1", b"\1\0", None, 80, False, ()) == 0   # the name matches
+    assert table.first(1, None, b"\1\1", b"\0\0", None, 80, False, ()) == impl.UNDECIDED
+    assert table.first(1, None, b"\1\1", b"\0\0", (4, 10 << 24), 80, False, ()) == 1
+    assert table.first(1, None, b"\1\1", None, (4, 10 << 24), 80, False, ()) == 1  # no name
+    assert table.first(1, None, b"\1\1", None, (4, 12 << 24), 80, False, ()) == -1
 
 
 def test_askers_conditions_are_cached_per_asker() -> None:
