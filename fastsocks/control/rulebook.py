@@ -341,7 +341,7 @@ class Policy:
                 protected = protected_kind(ip, inner)
         if not by_rule and name is not UNKNOWN and port is not UNKNOWN:
             i = self.table.first(command, subject.client, self.passes(subject),
-                                 None if name is None else self.names(name),
+                                 None if name is None or not self.domain_rules else self.names(name),
                                  None if ip is UNKNOWN else ip, port, protected is not None, inner)
             if i >= 0:
                 rule = self.rules[i]
