@@ -49,7 +49,7 @@ import logging
 from typing import Any, Iterable, Mapping, Union
 
 from ..constants import Command
-from ..net.address import (EMBEDS_BELOW, PROTECTED, IpKey, embedded_ipv4, ip_key, normal_network,
+from ..net.address import (EMBEDS_BELOW, PROTECTED, Bounds, IpKey, embedded_ipv4, ip_key,
                            protected_inside, protected_kind, ranges)
 from ..tables import UNDECIDED, RuleTable, Spans
 from .record import Protocol
@@ -145,8 +145,8 @@ class Rule:
         index: int,
         allow: bool,
         *,
-        src: Iterable[Any] | None = None,
-        dst: Iterable[Any] | None = None,
+        src: Iterable[Bounds] | None = None,
+        dst: Iterable[Bounds] | None = None,
         domains: Iterable[str] | None = None,
         ports: Iterable[tuple[int, int]] | None = None,
         users: Iterable[str] | None = None,
@@ -164,8 +164,8 @@ class Rule:
         self.source = None if source is None else tuple(source)
         self.index = index
         self.allow = allow
-        self.src = None if src is None else ranges(normal_network(n) for n in src)
-        self.dst = None if dst is None else ranges(normal_network(n) for n in dst)
+        self.src = None if src is None else ranges(src)
+        self.dst = None if dst is None else ranges(dst)
         self.has_domain = domains is not None
         exact: set[str] = set()
         suffixes: set[str] = set()

@@ -50,7 +50,8 @@ import ipaddress
 from typing import Any, Iterable, Mapping
 
 from ..errors import ConfigError
-from ..net.address import ip_key, is_loopback_host, normal_network, parse_sources
+from ..net.address import (Bounds, ip_key, ipv4_bounds, is_loopback_host, network_bounds,
+                           normal_network, parse_sources)
 from .record import Protocol
 from .rulebook import (COMMANDS, Policy, Rule)
 
@@ -219,19 +220,27 @@ def compile_rule(index: int, table: Any, groups: Mapping[str, Any],
         items = _list(table[key], f"{here}.{key}", "CIDR", errors)
         if items is None:
             continue
-        nets = []
+        nets: list[Bounds] = []
+        texts: list[str] = []
         for i, item in enumerate(items):
             if not isinstance(item, str):
                 errors.append((f"{here}.{key}[{i}]", "must be a CIDR string such as "
                                                      f"\"10.0.0.0/8\", got {_show(item)}"))
                 continue
+            fast = ipv4_bounds(item.strip())  # most lists: IPv4, and long
+            if fast is not None:
+                nets.append(fast[0])
+                texts.append(fast[1])
+                continue
             net, why = _network(item.strip())
             if why is not None:
                 errors.append((f"{here}.{key}[{i}]", why))
             else:
-                nets.append(normal_network(net))
+                net = normal_network(net)
+                nets.append(network_bounds(net))
+                texts.append(net.with_prefixlen)
         kwargs[key] = nets
-        spec[key] = [net.with_prefixlen for net in nets]
+        spec[key] = texts
 
     if "domain" in table:
         items = _list(table["domain"], f"{here}.domain", "domain", errors)

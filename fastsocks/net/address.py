@@ -30,6 +30,9 @@ __all__ = [
     "protected_kind",
     "protected_inside",
     "normal_network",
+    "Bounds",
+    "network_bounds",
+    "ipv4_bounds",
     "ranges",
     "trusted_ranges",
     "is_trusted",
@@ -211,14 +214,46 @@ def normal_network(net: Network) -> Network:
     return net
 
 
-def ranges(networks: Iterable[Network]) -> RangeSet:
-    """Networks as a ``RangeSet``: merged (low, high) bounds, IPv4 and IPv6 apart,
-    looked up by bisection (``contains(ip_key)``), so its size costs a lookup little."""
+#: A network as (4 or 6, its first address, its last address), as integers.
+Bounds = tuple[int, int, int]
+
+
+def network_bounds(net: Network) -> Bounds:
+    return net.version, int(net.network_address), int(net.broadcast_address)
+
+
+def ipv4_bounds(text: str) -> tuple[Bounds, str] | None:
+    """A strict IPv4 CIDR or address as its bounds and canonical text, quickly.
+
+    None for anything else (IPv6, host bits set, not an address at all):
+    ``ipaddress`` parses those and explains the errors.  A list of 100 000
+    networks compiles in a fraction of the time ``ip_network`` needs.
+    """
+    address, slash, prefix = text.partition("/")
+    if slash:
+        if not (prefix.isascii() and prefix.isdigit()) or int(prefix) > 32:
+            return None
+        length = int(prefix)
+    else:
+        length = 32
+    try:
+        packed = _inet_pton(_AF_INET, address)
+    except (OSError, ValueError):
+        return None
+    low = int.from_bytes(packed, "big")
+    host = (1 << (32 - length)) - 1
+    if low & host:
+        return None
+    return (4, low, low | host), f"{socket.inet_ntop(_AF_INET, packed)}/{length}"
+
+
+def ranges(networks: Iterable[Bounds]) -> RangeSet:
+    """Networks (``Bounds``) as a ``RangeSet``: merged, IPv4 and IPv6 apart, looked
+    up by bisection (``contains(ip_key)``), so its size costs a lookup little."""
     v4: list[tuple[int, int]] = []
     v6: list[tuple[int, int]] = []
-    for net in networks:
-        bounds = (int(net.network_address), int(net.broadcast_address))
-        (v4 if net.version == 4 else v6).append(bounds)
+    for version, low, high in networks:
+        (v4 if version == 4 else v6).append((low, high))
     return RangeSet(v4, v6)
 
 
@@ -298,7 +333,7 @@ def protected_inside(inner: tuple[int, ...]) -> str | None:
 
 def trusted_ranges(cidrs: Iterable[str]) -> RangeSet:
     """``proxy_protocol.trusted`` as ranges (fast membership tests per connection)."""
-    return ranges(normal_network(ipaddress.ip_network(c, strict=False)) for c in cidrs)
+    return ranges(network_bounds(normal_network(ipaddress.ip_network(c, strict=False))) for c in cidrs)
 
 
 def is_trusted(table: RangeSet, host: str | None) -> bool:

@@ -27,7 +27,7 @@ from fastsocks.constants import Command
 from fastsocks.control.record import Protocol
 from fastsocks.control.rulebook import UNKNOWN, Decision, Denial, Policy, Rule, table_entries
 from fastsocks.control.rules import compile_rule
-from fastsocks.net.address import ip_key
+from fastsocks.net.address import ip_key, ipv4_bounds, network_bounds
 
 try:
     _tables_c: ModuleType | None = importlib.import_module("fastsocks._tables")
@@ -276,3 +276,34 @@ def test_askers_conditions_are_cached_per_asker() -> None:
     # Without conditions on the asker, everyone shares one answer.
     plain = Policy(rules[1:], {})  # type: ignore[arg-type]
     assert plain.passes(bob) is plain.passes(alice) == b"\1"
+
+
+# -- compiling a list: the IPv4 fast path against ipaddress -----------------------------
+
+_octet = st.one_of(st.integers(0, 255).map(str), st.sampled_from(["256", "01", "00", "-1", "", " 1", "1a"]))
+_cidr_text = st.builds(
+    lambda octets, slash, prefix: ".".join(octets) + (f"/{prefix}" if slash else ""),
+    st.lists(_octet, min_size=3, max_size=5), st.booleans(),
+    st.one_of(st.integers(0, 33).map(str), st.sampled_from(["", "08", "+8", "\u0668", "32 ", "x"])))
+
+
+@settings(max_examples=500, deadline=None)
+@given(text=st.one_of(_cidr_text, st.sampled_from(["10.0.0.0/8", "10.0.0.1/8", "0.0.0.0/0", "::/0",
+                                                   "::ffff:10.0.0.0/104", "1.2.3.4", "1.2.3.4/32",
+                                                   "10.0.0.0/255.0.0.0", "10.0.0.0/0.255.255.255"])))
+def test_ipv4_fast_path_agrees_with_ipaddress(text: str) -> None:
+    """What the fast path accepts, ipaddress accepts strictly, to the same bounds
+    and text; what it declines is IPv6 or something ipaddress explains."""
+    fast = ipv4_bounds(text)
+    try:
+        net = ipaddress.ip_network(text, strict=True)
+    except ValueError:
+        assert fast is None
+        return
+    prefix = text.partition("/")[2]
+    if net.version == 6:
+        assert fast is None
+    elif fast is None:  # only a netmask or hostmask form is left to ipaddress
+        assert "/" in text and not (prefix.isascii() and prefix.isdigit()), text
+    else:
+        assert fast == (network_bounds(net), net.with_prefixlen)
