@@ -6,6 +6,7 @@ from typing import Any, Iterable
 
 IMPLEMENTATION: str
 UNDECIDED: int
+NAME_UNKNOWN: int
 
 def merge(pairs: Iterable[tuple[int, int]]) -> tuple[tuple[int, int], ...]: ...
 

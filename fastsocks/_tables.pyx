@@ -26,10 +26,16 @@ from cpython.long cimport PyLong_AsUnsignedLongLongMask
 
 IMPLEMENTATION = "c"
 
-__all__ = ["IMPLEMENTATION", "Spans", "RangeSet", "RuleTable", "UNDECIDED", "merge"]
+__all__ = ["IMPLEMENTATION", "Spans", "RangeSet", "RuleTable", "UNDECIDED", "NAME_UNKNOWN", "merge"]
 
-#: ``RuleTable.first``: a rule could match but needs the address, not known yet.
-UNDECIDED = -3
+cdef enum:
+    _UNDECIDED = -3
+    _NAME_UNKNOWN = 2
+
+#: ``RuleTable.first``: a rule could match but needs an input not known yet.
+UNDECIDED = _UNDECIDED
+#: In ``names``: the name is not known yet (a byte of 1: it matches, 0: not).
+NAME_UNKNOWN = _NAME_UNKNOWN
 
 cdef object _LIMIT64 = 1 << 64
 cdef object _LIMIT128 = 1 << 128
@@ -197,12 +203,14 @@ cdef class RuleTable:
 
         ``client`` and ``ip`` are ``ip_key`` tuples or None (the client's
         address unknown; the destination's not known yet: a name before its
-        lookup, and a rule with ``dst`` that could match makes it
-        ``UNDECIDED``).  ``passes``: one byte per rule, non-zero where the
-        asker meets the rule's conditions on users, groups, protocol and
-        USERID; ``names``: likewise where the requested name matches the
-        rule's ``domain`` (None: an address was requested, which no
-        ``domain`` matches).  ``protected``: the SSRF-safe default covers
+        lookup).  ``passes``: one byte per rule, non-zero where the asker
+        meets the rule's conditions on users, groups, protocol and USERID;
+        ``names``: likewise where the requested name matches the rule's
+        ``domain``, ``NAME_UNKNOWN`` where the name is not known yet (None: an
+        address was requested, which no ``domain`` matches); ``port`` -1: not
+        known yet.  The first rule that could match only once an unknown
+        input is known makes the answer ``UNDECIDED``.  ``protected``: the
+        SSRF-safe default covers
         ``ip``, so only an explicit allow decides; ``inner``: the IPv4
         addresses ``ip`` carries (``embedded_ipv4``).
         """
@@ -214,7 +222,7 @@ cdef class RuleTable:
         cdef const unsigned char* admitted = passes
         cdef const unsigned char* named = NULL
         cdef Entry* e
-        cdef bint inside
+        cdef bint inside, undecided
         if len(passes) < self.count:
             raise ValueError(f"passes has {len(passes)} bytes for {self.count} rules")
         if names is not None:
@@ -240,13 +248,19 @@ cdef class RuleTable:
                 continue
             if e.subjective and not admitted[i]:
                 continue
-            if e.has_ports and not _span_has(e.tables[4], e.sizes[4], 0, <uint64_t>port):
-                continue
-            if e.has_domain and (named == NULL or not named[i]):
-                continue  # an address is not a name
+            undecided = False  # a test whose input is not known yet
+            if e.has_ports:
+                if port < 0:
+                    undecided = True
+                elif not _span_has(e.tables[4], e.sizes[4], 0, <uint64_t>port):
+                    continue
+            if e.has_domain:
+                if named == NULL or named[i] == 0:
+                    continue  # an address is not a name
+                undecided = undecided or named[i] == _NAME_UNKNOWN
             if e.has_dst and at < 0:
-                return UNDECIDED  # judged again once the address is known
-            if e.has_dst and not _span_has(e.tables[2 + at], e.sizes[2 + at], h, l):
+                undecided = True
+            elif e.has_dst and not _span_has(e.tables[2 + at], e.sizes[2 + at], h, l):
                 # The IPv4 inside: a deny matches when one is in range, an
                 # allow only when all are (Teredo carries two).
                 if ninner == 0:
@@ -259,6 +273,8 @@ cdef class RuleTable:
                         break
                 if not inside:
                     continue
+            if undecided:
+                return _UNDECIDED  # judged again once the inputs are known
             if e.allow and protected and not e.explicit:
                 continue  # only an allow that names the destination opens it
             return i

@@ -12,10 +12,12 @@ from typing import Any, Iterable, Optional
 
 IMPLEMENTATION = "py"
 
-__all__ = ["IMPLEMENTATION", "Spans", "RangeSet", "RuleTable", "UNDECIDED", "merge"]
+__all__ = ["IMPLEMENTATION", "Spans", "RangeSet", "RuleTable", "UNDECIDED", "NAME_UNKNOWN", "merge"]
 
-#: ``RuleTable.first``: a rule could match but needs the address, not known yet.
+#: ``RuleTable.first``: a rule could match but needs an input not known yet.
 UNDECIDED = -3
+#: In ``names``: the name is not known yet (a byte of 1: it matches, 0: not).
+NAME_UNKNOWN = 2
 
 _LIMIT128 = 1 << 128
 
@@ -110,12 +112,14 @@ class RuleTable:
 
         ``client`` and ``ip`` are ``ip_key`` tuples or None (the client's
         address unknown; the destination's not known yet: a name before its
-        lookup, and a rule with ``dst`` that could match makes it
-        ``UNDECIDED``).  ``passes``: one byte per rule, non-zero where the
-        asker meets the rule's conditions on users, groups, protocol and
-        USERID; ``names``: likewise where the requested name matches the
-        rule's ``domain`` (None: an address was requested, which no
-        ``domain`` matches).  ``protected``: the SSRF-safe default covers
+        lookup).  ``passes``: one byte per rule, non-zero where the asker
+        meets the rule's conditions on users, groups, protocol and USERID;
+        ``names``: likewise where the requested name matches the rule's
+        ``domain``, ``NAME_UNKNOWN`` where the name is not known yet (None: an
+        address was requested, which no ``domain`` matches); ``port`` -1: not
+        known yet.  The first rule that could match only once an unknown
+        input is known makes the answer ``UNDECIDED``.  ``protected``: the
+        SSRF-safe default covers
         ``ip``, so only an explicit allow decides; ``inner``: the IPv4
         addresses ``ip`` carries (``embedded_ipv4``).
         """
@@ -135,13 +139,19 @@ class RuleTable:
                 continue
             if subjective and not passes[i]:
                 continue
-            if ports is not None and not ports.has(port):
-                continue
-            if has_domain and (names is None or not names[i]):
-                continue  # an address is not a name
+            undecided = False  # a test whose input is not known yet
+            if ports is not None:
+                if port < 0:
+                    undecided = True
+                elif not ports.has(port):
+                    continue
+            if has_domain:
+                if names is None or names[i] == 0:
+                    continue  # an address is not a name
+                undecided = undecided or names[i] == NAME_UNKNOWN
             if dst is not None and ip is None:
-                return UNDECIDED  # judged again once the address is known
-            if dst is not None and not dst.contains(ip):
+                undecided = True
+            elif dst is not None and not dst.contains(ip):
                 # The IPv4 inside: a deny matches when one is in range, an
                 # allow only when all are (Teredo carries two).
                 if not inner:
@@ -153,6 +163,8 @@ class RuleTable:
                         break
                 if not inside:
                     continue
+            if undecided:
+                return UNDECIDED  # judged again once the inputs are known
             if allow and protected and not explicit:
                 continue  # only an allow that names the destination opens it
             return i

@@ -15,6 +15,7 @@ _impl: ModuleType = _accel.compiled("_tables") or _tables_py
 
 IMPLEMENTATION: str = _impl.IMPLEMENTATION
 UNDECIDED: int = _impl.UNDECIDED
+NAME_UNKNOWN: int = _impl.NAME_UNKNOWN
 if TYPE_CHECKING:  # one interface: the twin's types stand for both
     from ._tables_py import RangeSet, RuleTable, Spans, merge
 else:
@@ -23,4 +24,4 @@ else:
     RuleTable = _impl.RuleTable
     merge = _impl.merge
 
-__all__ = ["IMPLEMENTATION", "Spans", "RangeSet", "RuleTable", "UNDECIDED", "merge"]
+__all__ = ["IMPLEMENTATION", "Spans", "RangeSet", "RuleTable", "UNDECIDED", "NAME_UNKNOWN", "merge"]

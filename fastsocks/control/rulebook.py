@@ -51,7 +51,7 @@ from typing import Any, Iterable, Mapping, Union
 from ..constants import Command
 from ..net.address import (EMBEDS_BELOW, PROTECTED, Bounds, IpKey, embedded_ipv4, ip_key,
                            protected_inside, protected_kind, ranges)
-from ..tables import UNDECIDED, RuleTable, Spans
+from ..tables import NAME_UNKNOWN, UNDECIDED, RuleTable, Spans
 from .record import Protocol
 
 __all__ = [
@@ -266,7 +266,7 @@ class Policy:
     """
 
     __slots__ = ("rules", "ssrf", "user_groups", "table", "everyone", "admitted", "domain_rules",
-                 "named")
+                 "named", "unknown_name")
 
     def __init__(self, rules: Iterable[Rule], groups: Mapping[str, Iterable[str]] | None = None,
                  ssrf: bool = False) -> None:
@@ -280,12 +280,14 @@ class Policy:
         # A judgement is one C loop (tables.RuleTable).  The asker's part of
         # each rule comes as one byte per rule, the same for everyone when no
         # rule has such conditions, else cached per asker; the name's part
-        # (domain) likewise, cached per name.  Both caches are bounded.
+        # (domain) likewise, cached per name (NAME_UNKNOWN bytes before the
+        # name is known).  Both caches are bounded.
         self.table = RuleTable(table_entries(self.rules))
         self.everyone = None if any(r.subjective for r in self.rules) else b"\1" * len(self.rules)
         self.admitted: dict[tuple[Any, ...], bytes] = {}
         self.domain_rules = [i for i, r in enumerate(self.rules) if r.has_domain]
         self.named: dict[str, bytes] = {}
+        self.unknown_name = bytes([NAME_UNKNOWN]) * len(self.rules)
 
     def passes(self, subject: Subject) -> bytes:
         """Per rule, b"\\1" where ``subject`` meets its conditions on who asks."""
@@ -299,8 +301,13 @@ class Policy:
                 passes = self.admitted[key] = bytes(r.admits(subject) for r in self.rules)
         return passes
 
-    def names(self, name: str) -> bytes:
-        """Per rule, b"\\1" where the (normalised) ``name`` matches its ``domain``."""
+    def _names(self, name: Any) -> bytes | None:
+        """Per rule, b"\\1" where the (normalised) ``name`` matches its ``domain``;
+        None for no name (or no rule with a domain), all NAME_UNKNOWN for UNKNOWN."""
+        if name is None or not self.domain_rules:
+            return None
+        if name is UNKNOWN:
+            return self.unknown_name
         named = self.named.get(name)
         if named is None:
             mask = bytearray(len(self.rules))
@@ -326,9 +333,9 @@ class Policy:
                by_rule: bool = False) -> Decision:
         """Like ``check``, but an allow by a rule returns that rule (its upstream, source).
 
-        One C loop (``tables.RuleTable``) decides, unless the name or the port
-        is UNKNOWN or ``by_rule`` is set: then ``Rule.match`` rule by rule in
-        Python (the reference the C loop is held to in the tests).
+        One C loop (``tables.RuleTable``) decides; ``by_rule``: ``Rule.match``
+        rule by rule in Python instead, the reference the C loop is held to in
+        the tests and the benchmark.
         """
         protected = None
         inner: tuple[int, ...] = ()
@@ -339,15 +346,15 @@ class Policy:
                 inner = embedded_ipv4(ip[1])
             if self.ssrf and command != Command.BIND:
                 protected = protected_kind(ip, inner)
-        if not by_rule and name is not UNKNOWN and port is not UNKNOWN:
-            i = self.table.first(command, subject.client, self.passes(subject),
-                                 None if name is None or not self.domain_rules else self.names(name),
-                                 None if ip is UNKNOWN else ip, port, protected is not None, inner)
+        if not by_rule:
+            i = self.table.first(command, subject.client, self.passes(subject), self._names(name),
+                                 None if ip is UNKNOWN else ip, -1 if port is UNKNOWN else port,
+                                 protected is not None, inner)
             if i >= 0:
                 rule = self.rules[i]
                 return rule if rule.allow else Denial(rule.index)
             if i == UNDECIDED:
-                return None  # depends on the address: judged again once it is known
+                return None  # depends on what is not known yet: judged again then
         else:
             for rule in self.rules:
                 matched = rule.match(command, subject, name, ip, port, inner)

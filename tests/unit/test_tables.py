@@ -212,15 +212,16 @@ def _table(impl: ModuleType, policy: Policy) -> object:
        client=st.sampled_from([None, "10.1.2.3", "192.0.2.7", "2001:db8::9"]),
        user=st.sampled_from([None, "alice", "bob"]), protocol=st.sampled_from(list(Protocol)),
        command=st.sampled_from(list(Command)), address=st.one_of(st.none(), st.sampled_from(_ADDRESSES)),
-       name=st.sampled_from([None, "example.com", "www.example.com", "other.org", "example.org"]),
-       port=st.sampled_from([22, 80, 443, 1500, 65535]))
+       name=st.sampled_from([None, UNKNOWN, "example.com", "www.example.com", "other.org"]),
+       port=st.sampled_from([UNKNOWN, 22, 80, 443, 1500, 65535]))
 def test_rule_table_agrees_with_rule_match(specs: list[dict[str, object]], ssrf: bool,
                                            client: str | None, user: str | None, protocol: Protocol,
-                                           command: Command, address: str | None, name: str | None,
-                                           port: int) -> None:
+                                           command: Command, address: str | None, name: object,
+                                           port: object) -> None:
     """An IP literal (no name), a name before its lookup (no address: UNDECIDED
-    where a dst rule could match), a name with one of its addresses, and a
-    request judged before its target is known (neither)."""
+    where a dst rule could match), a name with one of its addresses, and
+    requests judged before their target is known (UDP ASSOCIATE: nothing
+    known; BIND to any peer: no address)."""
     errors: list[tuple[str, str]] = []
     groups = {"staff": ["alice"]}
     rules = [compile_rule(i, spec, groups, errors) for i, spec in enumerate(specs)]
@@ -250,6 +251,20 @@ def test_rule_table_checks_its_inputs(impl: ModuleType) -> None:
     with pytest.raises(ValueError, match="not an address"):
         table.first(1, None, b"\1", None, (6, 1 << 128), 80, False, ())
     assert len(table) == 1 and len(impl.RuleTable()) == 0
+
+
+def test_rule_table_unknown_port_and_name(impl: ModuleType) -> None:
+    ports = impl.Spans([(443, 443)])
+    table = impl.RuleTable([(-1, None, None, ports, False, False, False, False),  # deny ports 443
+                            (-1, None, None, None, True, False, True, True)])     # allow domain ...
+    unknown = bytes([impl.NAME_UNKNOWN]) * 2
+    assert table.first(1, None, b"\1\1", None, (4, 1), -1, False, ()) == impl.UNDECIDED
+    assert table.first(1, None, b"\1\1", None, (4, 1), 80, False, ()) == -1
+    assert table.first(1, None, b"\1\1", unknown, (4, 1), 80, False, ()) == impl.UNDECIDED
+    assert table.first(1, None, b"\1\1", b"\0\1", (4, 1), 80, False, ()) == 1
+    # A known mismatch in the same rule decides, whatever is unknown.
+    both = impl.RuleTable([(-1, None, impl.RangeSet([(5, 5)]), ports, False, False, False, True)])
+    assert both.first(1, None, b"\1", None, (4, 6), -1, False, ()) == -1
 
 
 def test_rule_table_names_and_undecided(impl: ModuleType) -> None:
