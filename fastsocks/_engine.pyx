@@ -40,6 +40,15 @@ chunk; the event loop thread only does handshakes.
   one shared by a user's connections) checked before each read: a direction
   over its rate stops reading until its bucket refills, so TCP flow control
   slows the sender, and the engine wakes it on a timer; no Python runs.
+* It can also take a connection before its handshake (``negotiate``): the
+  engine reads the greeting, answers X'05 00' where the server would choose
+  "no authentication", reads the request, and reports a well-formed CONNECT
+  to the event loop, which decides and answers with ``dial`` (the upstream
+  socket, connecting or connected, and the reply) or ``end`` (a refusal).
+  Anything else (another protocol, another method or command, a malformed
+  message) is handed back with the bytes read, for the loop's codec.  The
+  client's descriptor is in epoll once, from accept to close; nobody
+  duplicates it, so its close alone removes it (no EPOLL_CTL_DEL).
 * Finished pairs are reported (id, bytes each way, reason) through a queue and
   an eventfd that the event loop watches (each pair's report is allocated
   when it is added, so the engine thread never fails to report one);
@@ -50,10 +59,11 @@ Pitfalls handled here: an fd is removed from epoll before it is closed, and
 a pair is freed only after the epoll batch that may still name it.
 """
 
+cimport cython
 from libc.errno cimport errno, EAGAIN, EINTR, EPERM, ETIMEDOUT
-from libc.stdint cimport uint32_t, uint64_t, int64_t
+from libc.stdint cimport uint32_t, uint64_t, int64_t, uintptr_t
 from libc.stdlib cimport calloc, free, malloc
-from libc.string cimport memcpy
+from libc.string cimport memchr, memcpy
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 
 import logging as _logging
@@ -148,6 +158,73 @@ cdef extern from *:
     int fastsocks_ref_add(int* p, int d) nogil
 
 
+cdef extern from *:
+    """
+    #include <errno.h>
+    #include <netinet/in.h>
+    #include <netinet/tcp.h>
+    #include <string.h>
+    #include <sys/socket.h>
+    #include <unistd.h>
+
+    /* A CONNECT's non-blocking connect(2) to ``addr`` (4 or 16 bytes, network
+       order) and ``port`` (2 bytes), with TCP_NODELAY; writes the success
+       reply (RFC 1928 section 6, BND = the socket's own address) to ``reply``
+       (22 bytes at most).  The socket, or -1 when it failed at once. */
+    static int fastsocks_dial(int v6, const unsigned char* addr, const unsigned char* port,
+                              char* reply, Py_ssize_t* reply_len) {
+        struct sockaddr_storage ss;
+        socklen_t len;
+        int fd, one = 1;
+        memset(&ss, 0, sizeof ss);
+        if (v6) {
+            struct sockaddr_in6* s = (struct sockaddr_in6*)&ss;
+            s->sin6_family = AF_INET6;
+            memcpy(&s->sin6_addr, addr, 16);
+            memcpy(&s->sin6_port, port, 2);
+            len = sizeof *s;
+        } else {
+            struct sockaddr_in* s = (struct sockaddr_in*)&ss;
+            s->sin_family = AF_INET;
+            memcpy(&s->sin_addr, addr, 4);
+            memcpy(&s->sin_port, port, 2);
+            len = sizeof *s;
+        }
+        fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+        if (fd < 0)
+            return -1;
+        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+        len = sizeof ss;
+        if ((connect(fd, (struct sockaddr*)&ss, v6 ? sizeof(struct sockaddr_in6)
+                                                   : sizeof(struct sockaddr_in)) < 0
+             && errno != EINPROGRESS)
+                || getsockname(fd, (struct sockaddr*)&ss, &len) < 0) {
+            close(fd);
+            return -1;
+        }
+        reply[0] = 5;
+        reply[1] = 0;
+        reply[2] = 0;
+        if (ss.ss_family == AF_INET6) {
+            struct sockaddr_in6* s = (struct sockaddr_in6*)&ss;
+            reply[3] = 4;
+            memcpy(reply + 4, &s->sin6_addr, 16);
+            memcpy(reply + 20, &s->sin6_port, 2);
+            *reply_len = 22;
+        } else {
+            struct sockaddr_in* s = (struct sockaddr_in*)&ss;
+            reply[3] = 1;
+            memcpy(reply + 4, &s->sin_addr, 4);
+            memcpy(reply + 8, &s->sin_port, 2);
+            *reply_len = 10;
+        }
+        return fd;
+    }
+    """
+    int fastsocks_dial(int v6, const unsigned char* addr, const unsigned char* port,
+                       char* reply, Py_ssize_t* reply_len) nogil
+
+
 cdef extern from "<pthread.h>" nogil:
     ctypedef struct pthread_mutex_t:
         pass
@@ -170,15 +247,28 @@ cdef enum:
     R_CONNECT_TIMEOUT = 8     # the connect took longer than its timeout: likewise
     R_CLIENT_CLOSED = 9       # the client left while the connect was in progress
     R_CONNECTED = 10          # not an end: the connect is done and the reply sent
+    R_REQUEST = 11            # not an end: a negotiated CONNECT request waits for dial()
+    R_HANDBACK = 12           # a negotiation the engine does not finish: the fd goes back
+    R_DIALLING = 13           # not an end: a CONNECT to an IP literal the engine dials itself
 
 REASONS = ("eof", "client_reset", "upstream_reset", "idle_timeout", "closed", "shutdown",
-           "error", "connect_failed", "connect_timeout", "client_closed", "connected")
+           "error", "connect_failed", "connect_timeout", "client_closed", "connected",
+           "request", "handback", "dialling")
 
 cdef enum:
     CMD_ADD = 1
     CMD_CLOSE = 2
     CMD_CLOSE_ALL = 3
     CMD_STOP = 4
+    CMD_DIAL = 5              # a negotiated pair's upstream (an Attach)
+    CMD_END = 6               # a negotiated pair's last bytes, then close
+
+# Where a negotiated pair stands (Pair.neg); 0: relaying or connecting.
+cdef enum:
+    NEG_GREETING = 1
+    NEG_REQUEST = 2
+    NEG_WAITING = 3           # the request went to the loop; dial() or end() comes back
+    NEG_BUF = 1024            # a greeting (≤ 257 bytes) and a request (≤ 262) fit
 
 cdef enum:
     MAX_EVENTS = 256
@@ -240,6 +330,10 @@ cdef struct Done:
     int err                   # the connect's errno (R_CONNECT_FAILED)
     bint dialled              # added while connecting: the callback takes five arguments
     int64_t connect_us        # how long the connect took (-1: it never completed)
+    bint held                 # a negotiated pair: one callback, seven arguments
+    bint answered             # negotiated: the engine sent X'05 00'
+    char* data                # negotiated: the bytes read (request, handback)
+    Py_ssize_t dlen
     Done* next
 
 
@@ -264,6 +358,30 @@ cdef struct Pair:
     Pair* next
     Done* report              # allocated by add(), handed to collect() by _finish
     Done* hello               # connecting pairs: the "connected" report, likewise
+    # Negotiated pairs (negotiate()): the handshake read here, then the loop's answer.
+    int neg                   # NEG_*; 0 once dialled
+    bint greet                # may answer a greeting that offers X'00' itself
+    bint answered             # ... and did
+    bint trail                # bytes came after the request (early data for the target)
+    bint sole                 # no duplicate of either fd exists: close() leaves epoll
+    char* nbuf
+    Py_ssize_t nlen
+    Done* asked               # the "request" (or "dialling") report
+    int64_t dial_ms           # > 0: dial an IP literal's CONNECT here, within this
+    int refs                  # negotiated: the engine's and the loop's; freed at 0
+
+
+# What dial() brings a waiting negotiated pair.
+cdef struct Attach:
+    int fd
+    char* to_up
+    Py_ssize_t up_len
+    char* to_client
+    Py_ssize_t client_len
+    int64_t idle_ms
+    double connect_timeout
+    Shared* shared[2]
+    Done* hello
 
 
 cdef struct Cmd:
@@ -271,6 +389,9 @@ cdef struct Cmd:
     uint64_t id
     int reason
     Pair* pair
+    Attach* attach            # CMD_DIAL
+    char* data                # CMD_END
+    Py_ssize_t dlen
     Cmd* next
 
 
@@ -332,6 +453,9 @@ cdef class Throttle:
         self.s = NULL
 
 
+# __dealloc__ reads _held (the negotiated pairs the loop still holds): the
+# cycle collector must not have cleared it first.
+@cython.no_gc_clear
 cdef class Engine:
     """One relay thread and the pairs it owns.  Not thread-safe from Python:
     call its methods from the event loop thread only."""
@@ -355,6 +479,7 @@ cdef class Engine:
     cdef int64_t hello_ms         # when the oldest "connected" report not yet signalled came
     cdef object thread
     cdef object _callbacks        # id -> callable(up, down, reason[, err, connect_us])
+    cdef object _held             # negotiated pairs: id -> the Pair's address (the loop's ref)
 
     def __cinit__(self):
         self.epfd = -1
@@ -372,6 +497,7 @@ cdef class Engine:
         self.active = 0
         self.stopping = False
         self._callbacks = {}
+        self._held = {}
 
     def __init__(self):
         cdef epoll_event ev
@@ -392,11 +518,14 @@ cdef class Engine:
         while self.cmds != NULL:
             c = self.cmds
             self.cmds = c.next
-            if c.pair != NULL:
-                _free_pair(c.pair, True)
-            free(c)
+            _drop_command(c)
         while self.pairs != NULL:
             _unlink_free(self, self.pairs)
+        held = self._held
+        if held is not None:              # finished pairs whose report was not collected
+            for address in held.values():
+                _release(<Pair*><uintptr_t>address)
+            held.clear()
         for i in range(self.pool_len):
             close(self.pool[i].rfd)
             close(self.pool[i].wfd)
@@ -506,6 +635,139 @@ cdef class Engine:
         self._command(CMD_ADD, p.id, 0, p)
         return p.id
 
+    def negotiate(self, int client_fd, bint greet, callback, double dial_timeout=0.0,
+                  double idle_timeout=0.0):
+        """Take an accepted connection's SOCKS5 handshake; the engine owns the fd.
+
+        The engine reads the greeting and, where ``greet`` says the server
+        would choose "no authentication" and the client offers it, answers
+        X'05 00' itself; then it reads the request.  ``callback(reason, data,
+        answered, bytes_up, bytes_down, err, connect_us)`` runs on the loop:
+
+        * ``request``: a well-formed CONNECT came (``data``: every byte read,
+          greeting first).  The pair waits for ``dial()`` or ``end()``.
+        * ``dialling``: with ``dial_timeout`` > 0, a CONNECT to an IP literal
+          (not an IPv4-mapped one) is dialled here at once: the reply (BND =
+          the outbound socket's address) and the bytes after the request go
+          as with ``dial(..., connect_timeout=dial_timeout)``, relaying with
+          ``idle_timeout``; ``data`` is the greeting and the request.  A
+          connect that fails at once is reported as ``request`` instead.
+        * ``handback``: anything else (another protocol, no X'00' offered, a
+          command other than CONNECT, a malformed request): ``client_fd`` is
+          the caller's again, open, with ``data`` read from it and
+          ``answered`` saying whether X'05 00' went out.
+        * then as a pair added with ``connect_timeout`` (``connected``,
+          ``connect_failed`` ...), or its end (``client_closed`` when the
+          client leaves before ``dial()``; ``closed`` after ``end()``).
+        """
+        cdef Pair* p
+        _os.set_blocking(client_fd, False)
+        p = <Pair*>calloc(1, sizeof(Pair))
+        if p == NULL:
+            raise MemoryError()
+        p.report = <Done*>calloc(1, sizeof(Done))
+        p.asked = <Done*>calloc(1, sizeof(Done))
+        p.nbuf = <char*>malloc(NEG_BUF)
+        if dial_timeout > 0:
+            p.hello = <Done*>calloc(1, sizeof(Done))
+            p.dial_ms = <int64_t>(dial_timeout * 1000)
+            p.idle_ms = <int64_t>(idle_timeout * 1000) if idle_timeout > 0 else 0
+        if p.report == NULL or p.asked == NULL or p.nbuf == NULL \
+                or (dial_timeout > 0 and p.hello == NULL):
+            _free_pair(p, False)
+            raise MemoryError()
+        if p.hello != NULL:
+            p.hello.held = True
+        p.id = self.next_id
+        self.next_id += 1
+        p.fds[0] = client_fd
+        p.fds[1] = -1
+        p.up.src = client_fd
+        p.up.dst = -1
+        p.down.src = -1
+        p.down.dst = client_fd
+        p.neg = NEG_GREETING
+        p.greet = greet
+        p.sole = True
+        p.connect_us = -1
+        p.refs = 2                # the engine's, and this thread's in _held
+        p.report.held = True
+        p.asked.held = True
+        self._callbacks[p.id] = callback
+        self._held[p.id] = <uintptr_t>p
+        self.active += 1
+        try:
+            self._command(CMD_ADD, p.id, 0, p)
+        except MemoryError:
+            del self._callbacks[p.id], self._held[p.id]
+            self.active -= 1
+            _free_pair(p, False)
+            raise
+        return p.id
+
+    def dial(self, uint64_t pair_id, int upstream_fd, bytes to_upstream, bytes to_client,
+             double idle_timeout, tuple throttles=(), double connect_timeout=0.0):
+        """Give a negotiated pair its upstream, as ``add()`` would; the engine owns the fd.
+
+        ``to_client`` (the reply) goes out first, once the connect (if
+        ``connect_timeout`` > 0) is done.  If the pair has already ended
+        (the client left) the engine closes ``upstream_fd``; the end is
+        reported as usual.  False when it ended and was already reported.
+        """
+        cdef Attach* a
+        cdef Throttle t
+        cdef Pair* p
+        cdef int i
+        address = self._held.get(pair_id)
+        if address is None:
+            _os.close(upstream_fd)
+            return False
+        p = <Pair*><uintptr_t>address
+        if len(throttles) > 2:
+            raise ValueError("at most two throttles per pair")
+        a = <Attach*>calloc(1, sizeof(Attach))
+        if a == NULL:
+            raise MemoryError()
+        a.fd = upstream_fd
+        a.idle_ms = <int64_t>(idle_timeout * 1000) if idle_timeout > 0 else 0
+        a.connect_timeout = connect_timeout
+        if connect_timeout > 0:
+            a.hello = <Done*>calloc(1, sizeof(Done))
+        if not _copy_out(to_upstream, &a.to_up, &a.up_len) \
+                or not _copy_out(to_client, &a.to_client, &a.client_len) \
+                or (connect_timeout > 0 and a.hello == NULL):
+            a.fd = -1             # still the caller's: it closes it on the error
+            _free_attach(a)
+            raise MemoryError()
+        if a.hello != NULL:
+            a.hello.held = True
+        for i in range(len(throttles)):
+            t = <Throttle?>throttles[i]
+            fastsocks_ref_add(&t.s.refs, 1)
+            a.shared[i] = t.s
+        fastsocks_ref_add(&p.refs, 1)  # the command's, dropped when it is done
+        self._command(CMD_DIAL, pair_id, 0, p, a)
+        return True
+
+    def end(self, uint64_t pair_id, bytes last=b""):
+        """Send a negotiated pair's client ``last`` (a refusal), then close it.
+
+        Bytes the client sent and nobody read are read and dropped first, so
+        that the close sends a FIN, not an RST that could destroy the
+        refusal before the client reads it.  Reported as ``closed``.
+        """
+        cdef char* data = NULL
+        cdef Py_ssize_t n = 0
+        cdef Pair* p
+        address = self._held.get(pair_id)
+        if address is None:
+            return
+        p = <Pair*><uintptr_t>address
+        if not _copy_out(last, &data, &n):
+            raise MemoryError()
+        fastsocks_ref_add(&p.refs, 1)
+        self._command(CMD_END, pair_id, 0, p, NULL, data, n)
+
     def close(self, uint64_t pair_id, str reason="closed"):
         """Ask the engine to close one pair (it is reported as usual)."""
         self._command(CMD_CLOSE, pair_id, REASONS.index(reason), NULL)
@@ -520,16 +782,26 @@ cdef class Engine:
             self.thread.join()
             self.thread = None
 
-    cdef _command(self, int kind, uint64_t pair_id, int reason, Pair* pair):
-        cdef Cmd* c = <Cmd*>malloc(sizeof(Cmd))
+    cdef _command(self, int kind, uint64_t pair_id, int reason, Pair* pair,
+                  Attach* attach=NULL, char* data=NULL, Py_ssize_t dlen=0):
+        cdef Cmd* c = <Cmd*>calloc(1, sizeof(Cmd))
         cdef uint64_t one = 1
         cdef bint wake
         if c == NULL:
+            if attach != NULL:
+                attach.fd = -1
+                _free_attach(attach)
+            free(data)
+            if pair != NULL and kind != CMD_ADD:
+                _release(pair)
             raise MemoryError()
         c.kind = kind
         c.id = pair_id
         c.reason = reason
         c.pair = pair
+        c.attach = attach
+        c.data = data
+        c.dlen = dlen
         pthread_mutex_lock(&self.lock)
         c.next = self.cmds
         wake = c.next == NULL
@@ -568,6 +840,9 @@ cdef class Engine:
                 d = items
                 items = d.next
                 try:
+                    if d.held:
+                        n += self._held_report(d)
+                        continue
                     if d.reason == R_CONNECTED:  # the pair goes on: its callback stays
                         callback = self._callbacks.get(d.id)
                         if callback is not None:
@@ -585,13 +860,32 @@ cdef class Engine:
                 except Exception:
                     _log.exception("relay close callback failed")
                 finally:
+                    free(d.data)
                     free(d)
         finally:
             while items != NULL:      # only when something past Exception escaped
                 d = items
                 items = d.next
+                free(d.data)
                 free(d)
         return n
+
+    cdef int _held_report(self, Done* d) except -1:
+        """A negotiated pair's report: its callback, and on its end the loop's ref."""
+        cdef bint final = d.reason != R_CONNECTED and d.reason != R_REQUEST \
+            and d.reason != R_DIALLING
+        data = PyBytes_FromStringAndSize(d.data, d.dlen) if d.data != NULL else b""
+        if final:
+            self.active -= 1
+            callback = self._callbacks.pop(d.id, None)
+            address = self._held.pop(d.id, None)
+            if address is not None:
+                _release(<Pair*><uintptr_t>address)
+        else:
+            callback = self._callbacks.get(d.id)
+        if callback is not None:
+            callback(REASONS[d.reason], data, d.answered, d.up, d.down, d.err, d.connect_us)
+        return 1 if final else 0
 
 
 cdef bint _set_pending(Dir* d, bytes data, bint count):
@@ -611,14 +905,31 @@ cdef bint _set_pending(Dir* d, bytes data, bint count):
 cdef void _free_pair(Pair* p, bint close_fds) noexcept nogil:
     if close_fds:
         close(p.fds[0])
-        close(p.fds[1])
+        if p.fds[1] >= 0:
+            close(p.fds[1])
     _unref(p.shared[0])
     _unref(p.shared[1])
     free(p.report)                # NULL once _finish has handed it over
     free(p.hello)                 # NULL once the connect was reported
+    free(p.asked)                 # NULL once the request was reported
+    free(p.nbuf)                  # NULL once the bytes went with a report
     free(p.up.pend)
     free(p.down.pend)
     free(p)
+
+
+cdef void _release(Pair* p) noexcept nogil:
+    """Drop one reference to a negotiated pair (the engine's, the loop's, a command's)."""
+    if fastsocks_ref_add(&p.refs, -1) == 0:
+        _free_pair(p, False)
+
+
+cdef inline void _drop(Pair* p) noexcept nogil:
+    """The engine is done with a finished pair."""
+    if p.refs:
+        _release(p)
+    else:
+        _free_pair(p, False)
 
 
 cdef void _unlink_free(Engine e, Pair* p) noexcept nogil:
@@ -628,7 +939,54 @@ cdef void _unlink_free(Engine e, Pair* p) noexcept nogil:
         e.pairs = p.next
     if p.next != NULL:
         p.next.prev = p.prev
-    _free_pair(p, not p.dead)
+    if not p.dead:
+        p.dead = True
+        close(p.fds[0])
+        if p.fds[1] >= 0:
+            close(p.fds[1])
+    _drop(p)
+
+
+cdef bint _copy_out(bytes data, char** out, Py_ssize_t* n):
+    """``data`` into a malloc'd buffer (NULL for none); False when out of memory."""
+    n[0] = PyBytes_GET_SIZE(data)
+    out[0] = NULL
+    if n[0] == 0:
+        return True
+    out[0] = <char*>malloc(n[0])
+    if out[0] == NULL:
+        return False
+    memcpy(out[0], PyBytes_AS_STRING(data), n[0])
+    return True
+
+
+cdef void _free_attach(Attach* a) noexcept nogil:
+    if a.fd >= 0:
+        close(a.fd)
+    free(a.to_up)
+    free(a.to_client)
+    _unref(a.shared[0])
+    _unref(a.shared[1])
+    free(a.hello)
+    free(a)
+
+
+cdef void _drop_command(Cmd* c) noexcept nogil:
+    """A command the engine will never carry out (it is gone): free what it holds."""
+    cdef Pair* p = c.pair
+    if c.kind == CMD_ADD and p != NULL:
+        if p.refs:            # negotiated: the loop still holds its reference
+            p.dead = True
+            close(p.fds[0])
+            _release(p)
+        else:
+            _free_pair(p, True)
+    elif c.kind == CMD_DIAL or c.kind == CMD_END:
+        if c.attach != NULL:
+            _free_attach(c.attach)
+        free(c.data)
+        _release(p)
+    free(c)
 
 
 # -- pipes ------------------------------------------------------------------
@@ -845,15 +1203,22 @@ cdef void _finish(Engine e, Pair* p, int reason) noexcept nogil:
     cdef Done* d = p.report
     if p.dead:
         return
+    cdef bint keep = reason == R_CONNECT_FAILED or reason == R_CONNECT_TIMEOUT \
+        or reason == R_HANDBACK
     p.dead = True
     p.reason = reason
     if p.tlisted:
         _untrottle(e, p)
-    epoll_ctl(e.epfd, EPOLL_CTL_DEL, p.fds[0], &dummy)
-    epoll_ctl(e.epfd, EPOLL_CTL_DEL, p.fds[1], &dummy)
-    if reason != R_CONNECT_FAILED and reason != R_CONNECT_TIMEOUT:
+    # A descriptor nobody duplicated leaves epoll with its close; one that
+    # stays open (the client's, handed back) or has a duplicate is removed.
+    if keep or not p.sole:
+        epoll_ctl(e.epfd, EPOLL_CTL_DEL, p.fds[0], &dummy)
+    if not p.sole and p.fds[1] >= 0:
+        epoll_ctl(e.epfd, EPOLL_CTL_DEL, p.fds[1], &dummy)
+    if not keep:
         close(p.fds[0])       # else the client's fd goes back to the caller, open
-    close(p.fds[1])
+    if p.fds[1] >= 0:
+        close(p.fds[1])
     _drop_pipe(&p.up)
     _drop_pipe(&p.down)
     # Move it from the live list to the zombies.
@@ -875,11 +1240,234 @@ cdef void _finish(Engine e, Pair* p, int reason) noexcept nogil:
     d.reason = reason
     d.err = p.err
     d.connect_us = p.connect_us
+    d.answered = p.answered
+    if reason == R_HANDBACK:      # what was read goes back with the descriptor
+        d.data = p.nbuf
+        d.dlen = p.nlen
+        p.nbuf = NULL
+    _report(e, d)
+
+
+cdef void _report(Engine e, Done* d) noexcept nogil:
     pthread_mutex_lock(&e.lock)
     d.next = e.done
     e.done = d
     pthread_mutex_unlock(&e.lock)
     e.reported = True             # one wake-up for the loop per batch (_engine_loop)
+
+
+# -- negotiated pairs -----------------------------------------------------------
+
+cdef void _negotiate(Engine e, Pair* p, uint32_t events) noexcept nogil:
+    """An epoll event on a negotiated pair's client before dial()."""
+    cdef ssize_t n
+    if p.neg == NEG_WAITING:
+        _client_event(e, p, events, p.trail)
+        return
+    if not events & (EPOLLIN | EPOLLRDHUP | EPOLLERR | EPOLLHUP):
+        return
+    while p.nlen < NEG_BUF:
+        n = recv(p.fds[0], p.nbuf + p.nlen, NEG_BUF - p.nlen, 0)
+        if n > 0:
+            p.nlen += n
+            if _parse(e, p):
+                return
+            continue
+        if n == 0:
+            _finish(e, p, R_CLIENT_CLOSED)
+            return
+        if errno == EINTR:
+            continue
+        if errno != EAGAIN:
+            _finish(e, p, R_CLIENT_RESET)
+        return
+    _finish(e, p, R_HANDBACK)     # never with SOCKS5's sizes: the loop words it
+
+
+cdef bint _parse(Engine e, Pair* p) noexcept nogil:
+    """What the bytes read so far make up; True when the pair left NEG_GREETING/REQUEST.
+
+    Only the common case is finished here: a greeting that offers X'00' when
+    the server would choose it, and a well-formed CONNECT.  Everything else
+    goes back to the loop, whose codec words every reply code as ever.
+    """
+    cdef const unsigned char* b = <const unsigned char*>p.nbuf
+    cdef Py_ssize_t g, need, alen
+    cdef int atyp
+    if b[0] != 5:
+        _finish(e, p, R_HANDBACK)             # SOCKS4, HTTP, or garbage
+        return True
+    if p.nlen < 2:
+        return False
+    g = 2 + b[1]
+    if p.nlen < g:
+        return False
+    if p.neg == NEG_GREETING:
+        if not p.greet or b[1] == 0 or memchr(b + 2, 0, b[1]) == NULL:
+            _finish(e, p, R_HANDBACK)         # another method, or none
+            return True
+        if send(p.fds[0], b"\x05\x00", 2, MSG_NOSIGNAL) != 2:
+            _finish(e, p, R_CLIENT_RESET)
+            return True
+        p.answered = True
+        p.neg = NEG_REQUEST
+    if p.nlen < g + 4:
+        return False
+    if b[g] != 5 or b[g + 1] != 1 or b[g + 2] != 0:
+        _finish(e, p, R_HANDBACK)             # BIND, UDP ASSOCIATE, or malformed
+        return True
+    atyp = b[g + 3]
+    if atyp == 1:
+        alen = 4
+    elif atyp == 4:
+        alen = 16
+    elif atyp == 3:
+        if p.nlen < g + 5:
+            return False
+        if b[g + 4] == 0:
+            _finish(e, p, R_HANDBACK)
+            return True
+        alen = 1 + b[g + 4]
+    else:
+        _finish(e, p, R_HANDBACK)
+        return True
+    need = g + 4 + alen + 2
+    if p.nlen < need:
+        return False
+    # The request is in.  Whatever else the client sent may still be queued
+    # (this read stopped): the relay reads on.
+    p.up.ready = True
+    if p.dial_ms and atyp != 3 and _dial(e, p, g, atyp == 4, need):
+        return True
+    # The loop decides.
+    p.trail = p.nlen > need
+    p.neg = NEG_WAITING
+    _ask(e, p, R_REQUEST, p.nlen)
+    return True
+
+
+cdef void _ask(Engine e, Pair* p, int reason, Py_ssize_t n) noexcept nogil:
+    """Report the request (its first ``n`` bytes read, the greeting first) to the loop."""
+    cdef Done* d = p.asked
+    p.asked = NULL
+    d.id = p.id
+    d.reason = reason
+    d.answered = True
+    d.data = p.nbuf
+    d.dlen = n
+    p.nbuf = NULL
+    _report(e, d)
+
+
+cdef bint _dial(Engine e, Pair* p, Py_ssize_t g, bint v6, Py_ssize_t need) noexcept nogil:
+    """Dial the request's IP literal here and go on as a pair added connecting.
+
+    False (nothing done) for an IPv4-mapped IPv6 address, whose family the
+    loop decides, and for a connect that fails at once: the loop tries it and
+    words the refusal.
+    """
+    cdef const unsigned char* addr = <const unsigned char*>p.nbuf + g + 4
+    cdef Py_ssize_t alen = 16 if v6 else 4
+    cdef Py_ssize_t reply_len = 0
+    cdef char* reply
+    cdef int fd, i
+    cdef epoll_event ev
+    if v6:
+        for i in range(10):
+            if addr[i] != 0:
+                break
+        else:
+            if addr[10] == 0xff and addr[11] == 0xff:
+                return False
+    reply = <char*>malloc(22)
+    if reply == NULL:
+        return False
+    if p.nlen > need:         # early bytes for the target, sent first
+        p.up.pend = <char*>malloc(p.nlen - need)
+        if p.up.pend == NULL:
+            free(reply)
+            return False
+        memcpy(p.up.pend, p.nbuf + need, p.nlen - need)
+        p.up.pend_len = p.nlen - need
+        p.up.nbytes = p.up.pend_len
+    fd = fastsocks_dial(v6, addr, addr + alen, reply, &reply_len)
+    if fd < 0:
+        free(reply)
+        free(p.up.pend)
+        p.up.pend = NULL
+        p.up.pend_len = 0
+        p.up.nbytes = 0
+        return False
+    p.fds[1] = fd
+    p.up.dst = fd
+    p.down.src = fd
+    p.down.pend = reply
+    p.down.pend_len = reply_len
+    p.neg = 0
+    p.connecting = True
+    p.added_us = _now_us()
+    p.deadline_ms = _now_ms() + p.dial_ms
+    p.last_ms = _now_ms()
+    _ask(e, p, R_DIALLING, need)
+    ev.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET
+    ev.data.u64 = <uint64_t>p | <uint64_t>1
+    if epoll_ctl(e.epfd, EPOLL_CTL_ADD, fd, &ev) < 0:
+        _finish(e, p, R_ERROR)
+    return True
+
+
+cdef void _attach(Engine e, Pair* p, Attach* a) noexcept nogil:
+    """dial(): the waiting pair gets its upstream and goes on as add() would have."""
+    cdef epoll_event ev
+    cdef int i
+    p.fds[1] = a.fd
+    a.fd = -1
+    p.up.dst = p.fds[1]
+    p.down.src = p.fds[1]
+    p.up.pend = a.to_up
+    p.up.pend_len = a.up_len
+    p.up.nbytes = a.up_len
+    a.to_up = NULL
+    p.down.pend = a.to_client
+    p.down.pend_len = a.client_len
+    a.to_client = NULL
+    p.idle_ms = a.idle_ms
+    for i in range(2):
+        if a.shared[i] != NULL:
+            p.shared[i] = a.shared[i]
+            p.up.buckets[i] = &a.shared[i].up
+            p.down.buckets[i] = &a.shared[i].down
+            a.shared[i] = NULL
+    p.neg = 0
+    if a.connect_timeout > 0:
+        p.hello = a.hello
+        a.hello = NULL
+        p.connecting = True
+        p.added_us = _now_us()
+        p.deadline_ms = _now_ms() + <int64_t>(a.connect_timeout * 1000)
+    _free_attach(a)
+    p.last_ms = _now_ms()
+    ev.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET
+    ev.data.u64 = <uint64_t>p | <uint64_t>1
+    if epoll_ctl(e.epfd, EPOLL_CTL_ADD, p.fds[1], &ev) < 0:
+        _finish(e, p, R_ERROR)
+        return
+    if p.connecting:
+        return                # the upstream's EPOLLOUT (or error) comes when it is done
+    _service(e, p, 0, EPOLLOUT)
+    _service(e, p, 1, EPOLLOUT)
+
+
+cdef void _end_pair(Engine e, Pair* p, const char* data, Py_ssize_t n) noexcept nogil:
+    """end(): the last bytes (a refusal), unread input dropped, then the close."""
+    cdef char buf[4096]
+    cdef int i
+    if n > 0:
+        send(p.fds[0], data, n, MSG_NOSIGNAL)   # into an empty buffer: best effort
+    for i in range(16):       # bounded: a client that keeps sending gets its RST
+        if recv(p.fds[0], buf, sizeof(buf), MSG_DONTWAIT) <= 0:
+            break
+    _finish(e, p, R_CLOSED)
 
 
 cdef void _untrottle(Engine e, Pair* p) noexcept nogil:
@@ -935,6 +1523,9 @@ cdef void _service(Engine e, Pair* p, int which, uint32_t events) noexcept nogil
     cdef Dir* writing = &p.down if which == 0 else &p.up
     if p.dead:
         return
+    if p.neg:
+        _negotiate(e, p, events)
+        return
     if p.connecting:
         _connecting(e, p, which, events)
         return
@@ -958,25 +1549,8 @@ cdef void _connecting(Engine e, Pair* p, int which, uint32_t events) noexcept no
     """An epoll event on a pair whose upstream connect(2) is still in progress."""
     cdef int err = 0
     cdef unsigned int size = sizeof(int)
-    cdef char c
-    cdef ssize_t n
     if which == 0:
-        # The client: remember that it may hold data (the edge is spent now).
-        # A FIN with nothing sent before it (queued here, or handed over) means
-        # it left: end the pair, which closes the upstream socket and so
-        # aborts the connect.  After bytes for the target it is a half-close
-        # (printf ... | nc -N), relayed once connected.
-        if events & (EPOLLIN | EPOLLRDHUP | EPOLLERR | EPOLLHUP):
-            p.up.ready = True
-        if events & (EPOLLRDHUP | EPOLLERR | EPOLLHUP):
-            p.up.hup = True
-            if p.up.pend_len > 0 and not events & (EPOLLERR | EPOLLHUP):
-                return
-            n = recv(p.fds[0], &c, 1, MSG_PEEK | MSG_DONTWAIT)
-            if n == 0:
-                _finish(e, p, R_CLIENT_CLOSED)
-            elif n < 0 and errno != EAGAIN and errno != EINTR:
-                _finish(e, p, R_CLIENT_RESET)
+        _client_event(e, p, events, p.up.pend_len > 0)
         return
     if not events & (EPOLLOUT | EPOLLERR | EPOLLHUP):
         return                # data before the connect completed cannot be
@@ -994,6 +1568,30 @@ cdef void _connecting(Engine e, Pair* p, int which, uint32_t events) noexcept no
     _hello(e, p)
     _service(e, p, 0, EPOLLOUT)
     _service(e, p, 1, events)
+
+
+cdef void _client_event(Engine e, Pair* p, uint32_t events, bint early) noexcept nogil:
+    """An event on the client of a pair that does not relay yet (connecting, or
+    waiting for dial()): remember that it may hold data (the edge is spent now).
+
+    A FIN with nothing sent before it (``early``: bytes for the target, queued
+    here or handed over) means it left: end the pair, which closes the
+    upstream socket and so aborts a connect.  After early bytes it is a
+    half-close (printf ... | nc -N), relayed once connected.
+    """
+    cdef char c
+    cdef ssize_t n
+    if events & (EPOLLIN | EPOLLRDHUP | EPOLLERR | EPOLLHUP):
+        p.up.ready = True
+    if events & (EPOLLRDHUP | EPOLLERR | EPOLLHUP):
+        p.up.hup = True
+        if early and not events & (EPOLLERR | EPOLLHUP):
+            return
+        n = recv(p.fds[0], &c, 1, MSG_PEEK | MSG_DONTWAIT)
+        if n == 0:
+            _finish(e, p, R_CLIENT_CLOSED)
+        elif n < 0 and errno != EAGAIN and errno != EINTR:
+            _finish(e, p, R_CLIENT_RESET)
 
 
 cdef void _hello(Engine e, Pair* p) noexcept nogil:
@@ -1044,13 +1642,15 @@ cdef void _register(Engine e, Pair* p) noexcept nogil:
     e.pairs = p
     p.last_ms = _now_ms()
     for i in range(2):
+        if p.fds[i] < 0:
+            continue          # a negotiated pair: its upstream comes with dial()
         ev.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET
         # The low bit of the pointer says which side: Pair is 8-aligned.
         ev.data.u64 = <uint64_t>p | <uint64_t>i
         if epoll_ctl(e.epfd, EPOLL_CTL_ADD, p.fds[i], &ev) < 0:
             _finish(e, p, R_ERROR)
             return
-    if p.connecting:
+    if p.connecting or p.neg:
         return                # the upstream's EPOLLOUT (or error) comes when it is done
     # Send the handed-over bytes now.  Data that arrived during the hand-over
     # needs no read here: adding an fd that is already readable to epoll
@@ -1091,6 +1691,20 @@ cdef void _commands(Engine e) noexcept nogil:
                 _finish(e, e.pairs, c.reason)
             if c.kind == CMD_STOP:
                 e.stopping = True
+        elif c.kind == CMD_DIAL:
+            p = c.pair
+            if not p.dead and p.neg == NEG_WAITING:
+                _attach(e, p, c.attach)
+            else:
+                _free_attach(c.attach)   # it ended meanwhile: the upstream is closed
+            c.attach = NULL
+            _release(p)
+        elif c.kind == CMD_END:
+            p = c.pair
+            if not p.dead:
+                _end_pair(e, p, c.data, c.dlen)
+            _release(p)
+        free(c.data)
         free(c)
 
 
@@ -1143,4 +1757,4 @@ cdef void _engine_loop(Engine e) noexcept nogil:
         while e.zombies != NULL:
             p = e.zombies
             e.zombies = p.next
-            _free_pair(p, False)
+            _drop(p)

@@ -70,6 +70,8 @@ class SessionCore(asyncio.Protocol):
         "http",
         "fd",
         "handed",
+        "replay",
+        "answered",
     )
 
     def __init__(self, server: Server, listener: tuple[str, int] | None = None) -> None:
@@ -117,6 +119,10 @@ class SessionCore(asyncio.Protocol):
         # descriptor there, and the seconds from accept to the hand-over.
         self.fd = -1
         self.handed = 0.0
+        # The engine negotiated (runtime/listener.py): the bytes it read, for
+        # the transport that takes over, and whether it sent X'05 00' already.
+        self.replay = b""
+        self.answered = False
 
     @property
     def closed(self) -> bool:

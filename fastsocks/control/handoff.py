@@ -30,7 +30,7 @@ from .limits import TokenBuckets
 from .core import SessionCore
 from .record import CloseReason, Protocol, State
 
-__all__ = ["HandoffStage", "Returned", "relay_reason"]
+__all__ = ["HandoffStage", "Held", "Returned", "relay_reason"]
 
 log = logging.getLogger("fastsocks.session")
 
@@ -89,6 +89,56 @@ class Returned:
 
     def get_write_buffer_size(self) -> int:
         return 0
+
+
+class Held:
+    """The client's socket while the engine negotiates it (``Session.accepted``).
+
+    What the stages need of a transport before the relay: a refusal is
+    kept and goes out with the close, which the engine carries out
+    (``Engine.end``: the bytes, unread input dropped, the close).  Before
+    the engine has the descriptor (``id`` 0: refused at once by a limit)
+    it is closed here.
+    """
+
+    __slots__ = ("engine", "fd", "id", "peer", "out", "closing")
+
+    def __init__(self, engine: Any, fd: int, peer: Any) -> None:
+        self.engine = engine
+        self.fd = fd
+        self.id = 0
+        self.peer = peer
+        self.out = b""
+        self.closing = False
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+    def write(self, data: bytes) -> None:
+        self.out += data
+
+    def close(self) -> None:
+        if self.closing:
+            return
+        self.closing = True
+        if self.id:
+            self.engine.end(self.id, self.out)
+        else:
+            socket.close(self.fd)
+
+    abort = close
+
+    def pause_reading(self) -> None:
+        pass  # the engine reads nothing more until dial()
+
+    def resume_reading(self) -> None:
+        pass  # ... and watches for the client leaving meanwhile
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return self.peer if name == "peername" else default
 
 
 class HandoffStage(SessionCore):
@@ -179,7 +229,9 @@ class HandoffStage(SessionCore):
         recorded when the engine reports the pair connected.
         """
         transport = self.transport
-        client_fd = os.dup(transport.get_extra_info("socket").fileno())
+        negotiated = type(transport) is Held  # the engine has the client already
+        client_fd = (transport.fd if negotiated
+                     else os.dup(transport.get_extra_info("socket").fileno()))
         pending = self._take_pending()
         if connect_timeout and self.protocol is _SOCKS5:
             # The reply may yet be a refusal: encoded outside the conversation.
@@ -192,15 +244,20 @@ class HandoffStage(SessionCore):
         # The loop's transport socket is non-blocking (and its dup with it:
         # they share the file status); the outbound one says so itself.
         nonblocking = not sock.getblocking()
-        try:
-            upstream_fd = sock.detach()
-            callback = self._on_engine_dialled if connect_timeout else self._on_engine_closed
-            self.pair_id = engine.add(client_fd, upstream_fd, pending, reply,
-                                      self.server.settings.idle_timeout, callback, throttles,
-                                      nonblocking=nonblocking, connect_timeout=connect_timeout)
-        except BaseException:
-            os.close(client_fd)
-            raise
+        idle = self.server.settings.idle_timeout
+        if negotiated:
+            engine.dial(self.pair_id, sock.detach(), pending, reply, idle, throttles,
+                        connect_timeout)
+        else:
+            try:
+                upstream_fd = sock.detach()
+                callback = self._on_engine_dialled if connect_timeout else self._on_engine_closed
+                self.pair_id = engine.add(client_fd, upstream_fd, pending, reply, idle, callback,
+                                          throttles, nonblocking=nonblocking,
+                                          connect_timeout=connect_timeout)
+            except BaseException:
+                os.close(client_fd)
+                raise
         self.codec = self.http = None  # an HTTP tunnel's parser too: ~3 KiB per connection
         self.task = None
         self.state = State.RELAYING
@@ -214,7 +271,8 @@ class HandoffStage(SessionCore):
             self._record_reply(Reply.SUCCEEDED)  # the engine sends it first thing
         # The engine holds a duplicate; closing the transport's own descriptor
         # removes it from the event loop without touching the connection.
-        transport.abort()
+        if not negotiated:
+            transport.abort()
 
     def _on_engine_closed(self, bytes_up: int, bytes_down: int, reason: str) -> None:
         self._relay_ended(reason, bytes_up, bytes_down)

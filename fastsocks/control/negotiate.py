@@ -99,6 +99,12 @@ class NegotiateStage(SessionCore):
         else:
             method = Method.NO_AUTH if Method.NO_AUTH in event.methods else Method.NO_ACCEPTABLE
         data = self.codec.send_method(method)
+        if self.answered:  # the engine sent X'05 00' for us (Session.accepted)
+            self.answered = False
+            if method != Method.NO_AUTH:  # a reload turned authentication on since
+                self._close(CloseReason.NO_ACCEPTABLE_METHOD, "authentication was turned on "
+                            "after X'05 00' was sent")
+            return
         if method == Method.NO_ACCEPTABLE:
             self._end(data, CloseReason.NO_ACCEPTABLE_METHOD, "no acceptable authentication method")
             return

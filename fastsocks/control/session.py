@@ -23,6 +23,14 @@ request then joins at DECIDING), an upper-case ASCII letter is an HTTP
 method; each listener serves the protocols its settings name
 (``Settings.protocols_of``).
 
+Where the splice engine negotiates (``accepted``; runtime/listener.py), a
+session has no transport until it needs one: the engine reads the greeting
+and the request, and a CONNECT arrives here as the bytes of both, replayed
+through the codec (the engine's X'05 00' already sent: ``answered``); its
+refusal or its upstream goes back to the engine (``Held``).  What the engine
+hands back goes on over an ordinary transport (``_adopt``), from the same
+bytes.
+
 Any state can go to CLOSED.  Every failure ends in the reply code the RFCs
 ask for (sent by ``_refuse``, the one place a failure reply is written) and
 a closed connection; every connection ends in exactly one ``CloseRecord``
@@ -33,14 +41,17 @@ and the relay's silence (idle timeout).
 
 from __future__ import annotations
 
+import asyncio
+import socket
 from time import monotonic as _monotonic
 from typing import Any
 
+from ..codec import Request as _Request, parse_reply as _parse_reply
 from .associate import AssociateStage
 from .bind import BindStage
 from .connect import ConnectStage
 from .decide import DecideStage
-from .handoff import HandoffStage
+from .handoff import HandoffStage, Held, Returned, relay_reason
 from .http import HttpStage
 from .negotiate import NegotiateStage
 from .proxyheader import ProxyHeaderStage
@@ -54,6 +65,7 @@ _NEGOTIATING = State.NEGOTIATING
 _GSSAPI = State.GSSAPI
 _PROXY_HEADER = State.PROXY_HEADER
 _ASSOCIATED = State.ASSOCIATED
+_RELAYING = State.RELAYING
 _SOCKS5 = Protocol.SOCKS5
 _SOCKS4 = Protocol.SOCKS4
 _HTTP = Protocol.HTTP
@@ -69,9 +81,102 @@ class Session(ProxyHeaderStage, NegotiateStage, Socks4Stage, HttpStage, DecideSt
     # -- asyncio protocol -------------------------------------------------
 
     def connection_made(self, transport: Any) -> None:
-        self.fresh = True
+        replay = self.replay
         self.transport = transport
-        self.peer = transport.get_extra_info("peername")
+        if replay:  # handed back by the engine: the handshake goes on here
+            self.replay = b""
+            self.pair_id = 0
+            self.data_received(replay)
+            return
+        self._opened(transport.get_extra_info("peername"))
+
+    def accepted(self, fd: int, peer: Any, engine: Any) -> None:
+        """A connection accepted raw (runtime/listener.py): the engine negotiates.
+
+        The session is opened as ``connection_made`` opens it (limits,
+        handshake timer, metrics), on a ``Held`` transport, and the engine
+        reads the handshake: a CONNECT comes back through
+        ``_on_engine_event`` to be decided here, anything else with its
+        descriptor, to go on over an ordinary transport.
+        """
+        held = self.transport = Held(engine, fd, peer)
+        self._opened(peer)
+        if self.closed:
+            return
+        server = self.server
+        greet = server.users is None and server.gssapi is None and server.authenticate is None
+        try:
+            self.pair_id = held.id = engine.negotiate(
+                fd, greet, self._on_engine_event, server.engine_dials if greet else 0.0,
+                server.settings.idle_timeout)
+        except (OSError, MemoryError) as exc:
+            self._close(CloseReason.ERROR, f"the engine could not take the connection: {exc}")
+
+    def _on_engine_event(self, reason: str, data: bytes, answered: bool, bytes_up: int,
+                         bytes_down: int, err: int, connect_us: int) -> None:
+        """What the engine reports of a connection it negotiates (``Engine.negotiate``)."""
+        if reason == "handback":
+            fd = self.transport.fd
+            if self.closed:
+                socket.close(fd)
+            else:
+                self.replay, self.answered = data, answered
+                self.task = asyncio.ensure_future(self._adopt(fd))
+            return
+        if self.closed:
+            return
+        if reason == "request":
+            self.answered = answered
+            self.data_received(data)
+        elif reason == "dialling":
+            self._dialling(data)
+        elif self.state is _RELAYING:  # dial()ed: connected, refused or ended as any pair
+            self._on_engine_dialled(bytes_up, bytes_down, reason, err, connect_us)
+        elif reason == "client_closed":
+            self._close(CloseReason.CLIENT_CLOSED, "client closed during handshake")
+        else:
+            self._close(relay_reason(reason), f"{reason} during handshake")
+
+    def _dialling(self, data: bytes) -> None:
+        """The engine dials the request's IP literal itself (``Server.engine_dials``).
+
+        Nothing is left to decide: the request is noted for the access log
+        and the metrics, the handshake is over, and the session waits for
+        the engine's report as after ``_dial_in_engine``.
+        """
+        # A request has the layout of a reply (RFC 1928 §4 and §6): VER CMD
+        # RSV ATYP ADDR PORT, so the codec's reply parser reads it, the host
+        # written as everywhere else.
+        parsed = _parse_reply(data[2 + data[1]:])
+        request = self.request = _Request(parsed.rep, parsed.atyp, parsed.host, parsed.port)
+        self.dialled = (parsed.host, parsed.port)
+        self._handshake_done()
+        self.codec = None  # a refusal after a failed connect is encoded on its own
+        self.state = _RELAYING
+        self.fd = self.transport.fd
+        metrics = self.server.metrics
+        if metrics is not None:
+            metrics.requested(request.command, _SOCKS5)
+            self.handed = _monotonic() - self.started
+
+    async def _adopt(self, fd: int) -> None:
+        """An ordinary transport for a connection the engine handed back."""
+        sock = socket.socket(fileno=fd)
+        try:
+            await self.server.loop.connect_accepted_socket(lambda: self, sock)
+            if self.task is asyncio.current_task():  # not a stage's own (BIND's) since
+                self.task = None
+        except OSError as exc:
+            sock.close()
+            self.transport = Returned(-1)
+            self._close(CloseReason.ERROR, f"no transport for the connection: {exc}")
+        except BaseException:
+            sock.close()
+            raise
+
+    def _opened(self, peer: Any) -> None:
+        self.fresh = True
+        self.peer = peer
         server = self.server
         # time.monotonic(), not loop.time(): uvloop's clock moves in whole
         # milliseconds, and a loopback handshake takes a fraction of one.

@@ -27,9 +27,11 @@ from ..observe.metrics import (get_metrics)
 from ..relay import Engine
 from ..control.rulebook import Policy
 from ..control.rules import build_policy
+from ..control.record import Protocol
 from ..control.session import Session
 from ..net import dns
 from ..net.address import trusted_ranges
+from .listener import EngineListener, listening_sockets
 
 __all__ = ["Server"]
 
@@ -67,7 +69,7 @@ class Server:
         self._fd_probe_timer: asyncio.TimerHandle | None = None
         self.loop = asyncio.get_running_loop()
         self.sessions: set[Session] = set()
-        self.listeners: list[asyncio.base_events.Server] = []
+        self.listeners: list[Any] = []  # asyncio.Server, or EngineListener
         self.addresses: list[str] = []
         self.engine: Any = None
         self._stopped = asyncio.Event()
@@ -180,18 +182,72 @@ class Server:
                 self.loop.add_reader(self.engine.done_fileno, self.engine.collect)
         for host, port in self.settings.listen:
             family = socket.AF_INET6 if ":" in host else socket.AF_UNSPEC
-            listener = await self.loop.create_server(
-                lambda listener=(host, port): Session(self, listener),
-                host,
-                port,
-                family=family,
-                reuse_address=True,
-                reuse_port=reuse_port or None,
-                backlog=self.settings.backlog,
-            )
+            listener: Any
+            if self._engine_negotiates((host, port)):
+                sockets = await listening_sockets(self.loop, host, port, family,
+                                                  self.settings.backlog, reuse_port)
+                listener = EngineListener(self, (host, port), sockets)
+            else:
+                listener = await self.loop.create_server(
+                    lambda listener=(host, port): Session(self, listener),
+                    host,
+                    port,
+                    family=family,
+                    reuse_address=True,
+                    reuse_port=reuse_port or None,
+                    backlog=self.settings.backlog,
+                )
             self.listeners.append(listener)
             for sock in listener.sockets:
                 self.addresses.append(format_peer(sock.getsockname()))
+        if any(isinstance(listener, EngineListener) for listener in self.listeners):
+            await self._first_stream()
+
+    async def _first_stream(self) -> None:
+        """Make the loop's first stream now, then close it.
+
+        libuv opens one spare descriptor per loop (for its EMFILE handling)
+        when it makes its first stream.  ``create_server`` did that at start;
+        without it the first connection the engine hands back would, and
+        the server's descriptor count would grow by one for good at some
+        moment in its life.  Done here it is part of the count from the start.
+        """
+        ours, theirs = socket.socketpair()
+        with theirs:
+            transport, _ = await self.loop.connect_accepted_socket(asyncio.Protocol, ours)
+            transport.abort()
+
+    @property
+    def engine_dials(self) -> float:
+        """The connect timeout with which the engine may dial an IP literal itself, or 0.
+
+        Only where nothing about the request needs the control plane: no
+        access rules (nor the SSRF-safe default), no authorize hook, no
+        outbound address or interface, no bandwidth limit per connection.
+        (A user's limits need a user: the engine dials only where the
+        greeting chose no authentication.)
+        """
+        settings = self.settings
+        limits = self.limits
+        if (self.policy is None and self.authorize is None and not settings.outbound_address
+                and not settings.outbound_interface
+                and (limits is None or not limits.settings.bandwidth_per_connection)):
+            return settings.connect_timeout
+        return 0.0
+
+    def _engine_negotiates(self, listener: tuple[str, int]) -> bool:
+        """Whether the engine takes this listener's handshakes (runtime/listener.py).
+
+        Where the server starts with something the engine cannot answer for
+        every SOCKS5 client (a method to choose, a PROXY header to read),
+        the loop's transports negotiate, as without the engine.  A reload
+        that turns authentication on later is still right, only slower: the
+        engine hands every greeting back.
+        """
+        settings = self.settings
+        return (self.engine is not None and Protocol.SOCKS5 in settings.protocols_of(listener)
+                and not settings.proxy_protocol_from and self.users is None
+                and self.gssapi is None and self.authenticate is None)
 
     async def __aenter__(self) -> Server:
         await self.start()

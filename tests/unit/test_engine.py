@@ -339,7 +339,7 @@ def test_no_descriptor_left_behind(bench: Bench) -> None:
 def test_reason_names() -> None:
     assert REASONS == ("eof", "client_reset", "upstream_reset", "idle_timeout", "closed",
                        "shutdown", "error", "connect_failed", "connect_timeout", "client_closed",
-                       "connected")
+                       "connected", "request", "handback", "dialling")
 
 
 # -- a pair handed over while its upstream connect is in progress ------------------------

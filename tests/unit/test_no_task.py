@@ -15,9 +15,11 @@ out, and a Task is fastsocks' when its coroutine's file is in the package.
 What is true, and asserted:
 
 * splice engine, CONNECT to an IPv4 literal or to a name in the DNS cache:
-  no Task at all, fastsocks' or anyone's, on uvloop.  The stdlib loop makes
-  one of its own per accepted connection (``_accept_connection2``, in
-  ``asyncio/selector_events.py``), before any fastsocks code runs.
+  no Task at all, fastsocks' or anyone's, on uvloop.  Where the loop
+  accepts (not here: the engine negotiates these, runtime/listener.py) the
+  stdlib loop makes one of its own per accepted connection
+  (``_accept_connection2``, in ``asyncio/selector_events.py``), before any
+  fastsocks code runs.
 * protocol relay: at most one Task per connection (today exactly one),
   ``_relay_protocol``: the hand-off awaits ``loop.create_connection(sock=...)``
   for the outbound socket in a Task (control/handoff.py, ``HandoffStage._relay``).
@@ -27,7 +29,7 @@ What is true, and asserted:
   at once, with none.  The test takes the name out of the cache first, so
   the later CONNECTs run well within the 5 s a negative AAAA answer is kept.
 
-A negative control makes the common path start a Task (``_start_connect``
+A negative control makes the common path start a Task (``_opened``
 wrapped) and shows that the counter sees it and the check fails.
 """
 
@@ -350,13 +352,13 @@ def test_connect_to_a_cached_name_makes_no_task(loop_name: str, relay: str,
 @pytest.mark.parametrize("loop_name", LOOPS)
 def test_the_counter_sees_a_task_on_the_common_path(loop_name: str, tmp_path: Path,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
-    start = Session._start_connect
+    opened = Session._opened  # every connection's, whoever negotiates and dials
 
-    def start_connect(self: Session, request: Any) -> None:
+    def opened_with_a_task(self: Session, peer: Any) -> None:
         asyncio.ensure_future(asyncio.sleep(0))  # what the tests above must catch
-        start(self, request)
+        opened(self, peer)
 
-    monkeypatch.setattr(Session, "_start_connect", start_connect)
+    monkeypatch.setattr(Session, "_opened", opened_with_a_task)
     relay = RELAYS[0]
     first, rest = _counted(loop_name, relay, "127.0.0.1", tmp_path)
     assert [m.name for m in first].count("sleep") == 1, first

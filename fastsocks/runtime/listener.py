@@ -1,0 +1,135 @@
+"""Listeners whose connections the relay engine negotiates (no transport per connection).
+
+Where the splice engine runs and a listener's SOCKS5 handshake needs
+nothing but the engine can do (no authentication to choose, no PROXY
+protocol header to read), the event loop does not build a transport for
+each accepted connection: ``EngineListener`` accepts on a plain listening socket
+and hands each descriptor to the engine, which reads the greeting, answers
+X'05 00', reads the request and gives the loop a well-formed CONNECT to
+decide (``Session.accepted``).  Everything else (SOCKS4, HTTP, other
+methods and commands, a malformed message) comes back to the loop with the
+bytes read, and continues there on an ordinary transport.
+
+The sockets are made as ``loop.create_server`` makes them (SO_REUSEADDR,
+SO_REUSEPORT for workers, IPV6_V6ONLY), with TCP_NODELAY on the listening
+socket, which accepted sockets inherit.  At the descriptor limit accepting
+pauses for a moment (the server warns once per episode) instead of spinning
+on a listener that stays readable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import socket
+from typing import TYPE_CHECKING, Any
+
+from ..control.session import Session
+
+if TYPE_CHECKING:
+    from .server import Server
+
+__all__ = ["EngineListener", "listening_sockets"]
+
+log = logging.getLogger("fastsocks")
+
+#: Connections taken per readiness callback: a burst is served in a few
+#: callbacks, and other listeners and the engine's reports get their turn.
+BATCH = 64
+#: How long accepting pauses when no descriptor is left.
+EXHAUSTED_PAUSE = 0.25
+
+_EXHAUSTED = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
+# The connection went before it was accepted: on to the next one.
+_GONE = (errno.ECONNABORTED, errno.EPROTO, errno.EPERM, errno.EINTR)
+
+
+async def listening_sockets(loop: Any, host: str, port: int, family: int, backlog: int,
+                            reuse_port: bool) -> list[socket.socket]:
+    """Bound, listening, non-blocking sockets for ``host``'s addresses, as create_server's."""
+    infos = await loop.getaddrinfo(host, port, family=family, type=socket.SOCK_STREAM,
+                                   flags=socket.AI_PASSIVE)
+    sockets: list[socket.socket] = []
+    try:
+        for af, kind, proto, _, sockaddr in dict.fromkeys(infos):
+            sock = socket.socket(af, kind, proto)
+            sockets.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if reuse_port:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            if af == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            try:
+                sock.bind(sockaddr)
+            except OSError as exc:
+                raise OSError(exc.errno, f"error while attempting to bind on address "
+                              f"{sockaddr!r}: {(exc.strerror or str(exc)).lower()}") from None
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock.setblocking(False)
+            sock.listen(backlog)
+    except BaseException:
+        for sock in sockets:
+            sock.close()
+        raise
+    return sockets
+
+
+class EngineListener:
+    """One listen address's sockets, accepted raw; ``close``/``wait_closed``/``sockets``
+    as an ``asyncio.Server``'s."""
+
+    def __init__(self, server: Server, listener: tuple[str, int],
+                 sockets: list[socket.socket]) -> None:
+        self.server = server
+        self.listener = listener
+        self.sockets = sockets
+        self.closed = False
+        for sock in sockets:
+            server.loop.add_reader(sock.fileno(), self._accept, sock)
+
+    def _accept(self, sock: socket.socket) -> None:
+        server = self.server
+        engine = server.engine
+        listener = self.listener
+        accept = sock._accept  # type: ignore[attr-defined]  # (fd, address): no socket object
+        for _ in range(BATCH):
+            try:
+                fd, peer = accept()
+            except BlockingIOError:
+                return
+            except OSError as exc:
+                if exc.errno in _GONE:
+                    continue
+                if exc.errno in _EXHAUSTED:
+                    server._descriptors_exhausted(exc)
+                    self._pause(sock)
+                    return
+                log.warning("accept on %s failed: %s", sock.getsockname(), exc)
+                self._pause(sock)
+                return
+            if engine is None or self.closed:  # stopping: the engine is gone
+                socket.close(fd)
+                continue
+            Session(server, listener).accepted(fd, peer, engine)
+
+    def _pause(self, sock: socket.socket) -> None:
+        loop = self.server.loop
+        loop.remove_reader(sock.fileno())
+        loop.call_later(EXHAUSTED_PAUSE, self._resume, sock)
+
+    def _resume(self, sock: socket.socket) -> None:
+        if not self.closed:
+            self.server.loop.add_reader(sock.fileno(), self._accept, sock)
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        loop = self.server.loop
+        for sock in self.sockets:
+            loop.remove_reader(sock.fileno())
+            sock.close()
+
+    async def wait_closed(self) -> None:
+        await asyncio.sleep(0)
