@@ -7,6 +7,10 @@ from typing import Callable
 #: Why a pair ended, by the index the engine reports.
 REASONS: tuple[str, ...]
 
+def first_byte(fd: int) -> int:
+    """The first byte queued on a fresh connection (MSG_PEEK), or -1."""
+    ...
+
 class Throttle:
     """A bandwidth limit (bytes per second, each direction) for engine pairs."""
 

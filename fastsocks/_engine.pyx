@@ -453,6 +453,15 @@ cdef class Throttle:
         self.s = NULL
 
 
+def first_byte(int fd):
+    """The first byte queued on a fresh connection, without taking it: -1 when
+    none has come yet (or the client has gone; the engine will see that)."""
+    cdef unsigned char c
+    if recv(fd, &c, 1, MSG_PEEK | MSG_DONTWAIT) == 1:
+        return c
+    return -1
+
+
 # __dealloc__ reads _held (the negotiated pairs the loop still holds): the
 # cycle collector must not have cleared it first.
 @cython.no_gc_clear
@@ -1261,17 +1270,21 @@ cdef void _report(Engine e, Done* d) noexcept nogil:
 cdef void _negotiate(Engine e, Pair* p, uint32_t events) noexcept nogil:
     """An epoll event on a negotiated pair's client before dial()."""
     cdef ssize_t n
+    cdef Py_ssize_t want
     if p.neg == NEG_WAITING:
         _client_event(e, p, events, p.trail)
         return
     if not events & (EPOLLIN | EPOLLRDHUP | EPOLLERR | EPOLLHUP):
         return
     while p.nlen < NEG_BUF:
-        n = recv(p.fds[0], p.nbuf + p.nlen, NEG_BUF - p.nlen, 0)
+        want = NEG_BUF - p.nlen
+        n = recv(p.fds[0], p.nbuf + p.nlen, want, 0)
         if n > 0:
             p.nlen += n
             if _parse(e, p):
                 return
+            if n < want and not events & (EPOLLRDHUP | EPOLLERR | EPOLLHUP):
+                return        # the queue was empty: what comes later is a new edge
             continue
         if n == 0:
             _finish(e, p, R_CLIENT_CLOSED)

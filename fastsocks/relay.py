@@ -15,7 +15,7 @@ twins).
 from __future__ import annotations
 
 from types import ModuleType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 from . import _accel, _relay_py
 
@@ -27,6 +27,7 @@ _impl: ModuleType = _accel.compiled("_relay") or _relay_py
 # Linux: epoll + splice, with the compiled relay only.
 _engine = _accel.compiled("_engine") if _impl is not _relay_py else None
 Engine: type[_engine_stub.Engine] | None = _engine.Engine if _engine is not None else None
+first_byte: Callable[[int], int] | None = _engine.first_byte if _engine is not None else None
 
 IMPLEMENTATION: str = _impl.IMPLEMENTATION
 Relay = _impl.Relay
@@ -34,4 +35,4 @@ Half = _impl.Half
 HIGH_WATER: int = _impl.HIGH_WATER
 LOW_WATER: int = _impl.LOW_WATER
 
-__all__ = ["IMPLEMENTATION", "Engine", "Relay", "Half", "HIGH_WATER", "LOW_WATER"]
+__all__ = ["IMPLEMENTATION", "Engine", "first_byte", "Relay", "Half", "HIGH_WATER", "LOW_WATER"]

@@ -81,27 +81,33 @@ class Session(ProxyHeaderStage, NegotiateStage, Socks4Stage, HttpStage, DecideSt
     # -- asyncio protocol -------------------------------------------------
 
     def connection_made(self, transport: Any) -> None:
-        replay = self.replay
+        adopted = type(self.transport) is Held
         self.transport = transport
-        if replay:  # handed back by the engine: the handshake goes on here
-            self.replay = b""
+        if adopted:  # accepted raw (``accepted``): the handshake goes on here
+            replay, self.replay = self.replay, b""
             self.pair_id = 0
-            self.data_received(replay)
+            if replay:
+                self.data_received(replay)
             return
         self._opened(transport.get_extra_info("peername"))
 
-    def accepted(self, fd: int, peer: Any, engine: Any) -> None:
+    def accepted(self, fd: int, peer: Any, engine: Any, negotiate: bool = True) -> None:
         """A connection accepted raw (runtime/listener.py): the engine negotiates.
 
         The session is opened as ``connection_made`` opens it (limits,
         handshake timer, metrics), on a ``Held`` transport, and the engine
         reads the handshake: a CONNECT comes back through
         ``_on_engine_event`` to be decided here, anything else with its
-        descriptor, to go on over an ordinary transport.
+        descriptor, to go on over an ordinary transport.  Without
+        ``negotiate`` (the client spoke first, not SOCKS5) it goes on over
+        one at once.
         """
         held = self.transport = Held(engine, fd, peer)
         self._opened(peer)
         if self.closed:
+            return
+        if not negotiate:
+            self.task = asyncio.ensure_future(self._adopt(fd))
             return
         server = self.server
         greet = server.users is None and server.gssapi is None and server.authenticate is None
@@ -160,8 +166,9 @@ class Session(ProxyHeaderStage, NegotiateStage, Socks4Stage, HttpStage, DecideSt
             self.handed = _monotonic() - self.started
 
     async def _adopt(self, fd: int) -> None:
-        """An ordinary transport for a connection the engine handed back."""
+        """An ordinary transport for a connection the engine handed back (or never took)."""
         sock = socket.socket(fileno=fd)
+        self.transport.closing = True  # the descriptor is ``sock``'s now, closed by it alone
         try:
             await self.server.loop.connect_accepted_socket(lambda: self, sock)
             if self.task is asyncio.current_task():  # not a stage's own (BIND's) since

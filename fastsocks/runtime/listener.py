@@ -8,7 +8,8 @@ and hands each descriptor to the engine, which reads the greeting, answers
 X'05 00', reads the request and gives the loop a well-formed CONNECT to
 decide (``Session.accepted``).  Everything else (SOCKS4, HTTP, other
 methods and commands, a malformed message) comes back to the loop with the
-bytes read, and continues there on an ordinary transport.
+bytes read, and continues there on an ordinary transport; a connection
+whose first byte is already in and is not 5 goes there at once.
 
 The sockets are made as ``loop.create_server`` makes them (SO_REUSEADDR,
 SO_REUSEPORT for workers, IPV6_V6ONLY), with TCP_NODELAY on the listening
@@ -26,6 +27,7 @@ import socket
 from typing import TYPE_CHECKING, Any
 
 from ..control.session import Session
+from ..relay import first_byte
 
 if TYPE_CHECKING:
     from .server import Server
@@ -91,6 +93,7 @@ class EngineListener:
     def _accept(self, sock: socket.socket) -> None:
         server = self.server
         engine = server.engine
+        peek = first_byte
         listener = self.listener
         accept = sock._accept  # type: ignore[attr-defined]  # (fd, address): no socket object
         for _ in range(BATCH):
@@ -108,10 +111,13 @@ class EngineListener:
                 log.warning("accept on %s failed: %s", sock.getsockname(), exc)
                 self._pause(sock)
                 return
-            if engine is None or self.closed:  # stopping: the engine is gone
+            if engine is None or peek is None or self.closed:  # stopping: no engine
                 socket.close(fd)
                 continue
-            Session(server, listener).accepted(fd, peer, engine)
+            # What the client sent already, if anything, says whether the
+            # engine can help: SOCKS4 and HTTP go to a transport at once.
+            first = peek(fd)
+            Session(server, listener).accepted(fd, peer, engine, first == 5 or first < 0)
 
     def _pause(self, sock: socket.socket) -> None:
         loop = self.server.loop
