@@ -12,7 +12,10 @@ built in place), and runs ``fastsocks bench --mode handshake
 handshake, from /proc) to one echo target started once.  Before each server
 it waits until fewer than ``--time-wait`` sockets are in TIME_WAIT (the
 loopback ports a run leaves behind).  Prints each round and the medians as
-JSON: server CPU-µs per handshake, handshakes/s, p50, and NEW/OLD.
+JSON: server CPU-µs per handshake (and the part of it in user space, from
+the server's /proc/PID/stat over the whole run: the kernel's share of a
+short connection is most of it and most of the noise), handshakes/s, p50,
+and NEW/OLD.
 Anything after ``--`` goes to ``fastsocks bench`` (``--target-name
 localhost``, ``--protocol socks4``, ``--user alice --password s3cret``).
 Loopback only; every run is bounded in time.
@@ -39,6 +42,13 @@ def time_wait() -> int:
                 fields = line.split()
                 return int(fields[fields.index("tw") + 1])
     return 0
+
+
+def user_seconds(pid: int) -> float:
+    """The user-space CPU time of a process, all its threads (/proc/PID/stat utime)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rpartition(")")[2].split()
+    return int(fields[11]) / os.sysconf("SC_CLK_TCK")
 
 
 def free_port() -> int:
@@ -99,17 +109,20 @@ def main() -> int:
                     stdout=open(log, "w"), stderr=subprocess.STDOUT, env=env)
                 try:
                     wait_listening(server, log, r"listening on (127\.0\.0\.1:\d+)")
+                    user0 = user_seconds(server.pid)
                     out = subprocess.run(
                         [sys.executable, "-m", "fastsocks", "bench", "--proxy",
                          f"127.0.0.1:{port}", "--target", target, "--mode", "handshake",
                          "--concurrency", str(args.concurrency), "--duration",
                          str(args.duration), "--server-pid", str(server.pid), "--json", *extra],
                         env=env, capture_output=True, timeout=args.duration + 120, check=True)
+                    user = user_seconds(server.pid) - user0
                 finally:
                     server.terminate()
                     server.wait(10)
                 result = json.loads(out.stdout)
                 row = {"server_cpu_us": round(result["server_cpu_us_per_handshake"], 1),
+                       "user_us": round(user / max(result["handshakes"], 1) * 1e6, 1),
                        "per_s": round(result["per_s"]), "p50_ms": round(result["p50_ms"], 3),
                        "errors": sum(result["errors"].values())}
                 rounds[name].append(row)
@@ -118,7 +131,7 @@ def main() -> int:
         echo.terminate()
         echo.wait(10)
     medians = {name: {key: statistics.median(row[key] for row in rows)
-                      for key in ("server_cpu_us", "per_s", "p50_ms")}
+                      for key in ("server_cpu_us", "user_us", "per_s", "p50_ms")}
                for name, rows in rounds.items()}
     print(json.dumps({"medians": medians,
                       "new/old": {key: round(medians["new"][key] / medians["old"][key], 3)

@@ -24,12 +24,21 @@ class Engine:
     ``add()``'s callback gets ``(bytes_up, bytes_down, reason)``, and for a
     pair added with ``connect_timeout`` (its connect still in progress)
     ``(bytes_up, bytes_down, reason, err, connect_us)``: once with reason
-    ``connected`` when the connect is done (the pair goes on), then once
-    when it ends.
+    ``connected`` if the pair still relays at the engine's first scan after
+    its connect (the pair goes on), then once when it ends.
     """
+
+    #: How many more unfinished handshakes the quota leaves the engine (-1: no quota).
+    handshake_room: int
+    #: ``on_exhausted(errno)``: accepting paused, no descriptor (or memory) left.
+    on_exhausted: Callable[[int], object] | None
 
     @property
     def active(self) -> int: ...
+    @property
+    def unseen(self) -> int:
+        """Connections accepted here whose first report the loop has not had yet."""
+        ...
     @property
     def done_fileno(self) -> int: ...
     def __init__(self) -> None: ...
@@ -48,11 +57,19 @@ class Engine:
         nonblocking: bool = ...,
         connect_timeout: float = ...,
     ) -> int: ...
-    def negotiate(self, client_fd: int, greet: bool, callback: Callable[..., object]) -> int:
+    def negotiate(self, client_fd: int, greet: bool, callback: Callable[..., object],
+                  dial_timeout: float = ..., idle_timeout: float = ...) -> int:
         """Take an accepted connection's SOCKS5 handshake (``callback(reason, data,
-        answered, bytes_up, bytes_down, err, connect_us)``: ``request``, ``handback``,
-        then as a pair added connecting)."""
+        answered, bytes_up, bytes_down, err, connect_us)``: ``request``, ``dialling``,
+        ``handback``, then as a pair added connecting)."""
         ...
+    def listen(self, fd: int, key: int, accepted: Callable[..., object], greet: bool,
+               dial_timeout: float = ..., idle_timeout: float = ..., slow: float = ...) -> None:
+        """Accept on the listening socket ``fd`` (the engine's own) and negotiate each
+        connection; ``accepted(id, fd, peer, age, dialling)`` gives each one's callback
+        with its first report.  ``fd`` -1: new settings for ``key``."""
+        ...
+    def unlisten(self, key: int) -> None: ...
     def dial(
         self,
         pair_id: int,

@@ -60,7 +60,7 @@ a pair is freed only after the epoll batch that may still name it.
 """
 
 cimport cython
-from libc.errno cimport errno, EAGAIN, EINTR, EPERM, ETIMEDOUT
+from libc.errno cimport errno, EAGAIN, ECONNABORTED, EINTR, EPERM, EPROTO, ETIMEDOUT
 from libc.stdint cimport uint32_t, uint64_t, int64_t, uintptr_t
 from libc.stdlib cimport calloc, free, malloc
 from libc.string cimport memchr, memcpy
@@ -91,6 +91,7 @@ cdef extern from "<sys/epoll.h>" nogil:
         EPOLL_CLOEXEC
         EPOLL_CTL_ADD
         EPOLL_CTL_DEL
+        EPOLL_CTL_MOD
         EPOLLIN
         EPOLLOUT
         EPOLLERR
@@ -131,6 +132,8 @@ cdef extern from "<sys/socket.h>" nogil:
         MSG_DONTWAIT
         SOL_SOCKET
         SO_ERROR
+        AF_INET
+        AF_INET6
 
 
 cdef extern from "<unistd.h>" nogil:
@@ -225,6 +228,64 @@ cdef extern from *:
                        char* reply, Py_ssize_t* reply_len) nogil
 
 
+cdef extern from *:
+    """
+    #include <arpa/inet.h>
+
+    /* accept4(2) of a non-blocking, close-on-exec connection; its peer's
+       address (a sockaddr_in or sockaddr_in6) into ``peer`` (28 bytes). */
+    static int fastsocks_accept(int lfd, char* peer, int* peer_len) {
+        struct sockaddr_storage ss;
+        socklen_t len = sizeof ss;
+        int fd = accept4(lfd, (struct sockaddr*)&ss, &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (fd < 0)
+            return -1;
+        if (len > 28)
+            len = 28;
+        memcpy(peer, &ss, len);
+        *peer_len = (int)len;
+        return fd;
+    }
+
+    /* The peer of fastsocks_accept as text: its family (0: none known). */
+    static int fastsocks_peer(const char* peer, int peer_len, char* host, int* port,
+                              unsigned int* flow, unsigned int* scope) {
+        struct sockaddr_in a4;
+        struct sockaddr_in6 a6;
+        if (peer_len >= (int)sizeof a6 && ((const struct sockaddr*)peer)->sa_family == AF_INET6) {
+            memcpy(&a6, peer, sizeof a6);
+            inet_ntop(AF_INET6, &a6.sin6_addr, host, 46);
+            *port = ntohs(a6.sin6_port);
+            *flow = ntohl(a6.sin6_flowinfo);
+            *scope = a6.sin6_scope_id;
+            return AF_INET6;
+        }
+        if (peer_len >= (int)sizeof a4 && ((const struct sockaddr*)peer)->sa_family == AF_INET) {
+            /* Dotted quad by hand: glibc's inet_ntop formats IPv4 with sprintf. */
+            const unsigned char* o;
+            char* h = host;
+            int i;
+            memcpy(&a4, peer, sizeof a4);
+            o = (const unsigned char*)&a4.sin_addr;
+            for (i = 0; i < 4; i++) {
+                if (o[i] >= 100)
+                    *h++ = '0' + o[i] / 100;
+                if (o[i] >= 10)
+                    *h++ = '0' + o[i] / 10 % 10;
+                *h++ = '0' + o[i] % 10;
+                *h++ = i < 3 ? '.' : 0;
+            }
+            *port = ntohs(a4.sin_port);
+            return AF_INET;
+        }
+        return 0;
+    }
+    """
+    int fastsocks_accept(int lfd, char* peer, int* peer_len) nogil
+    int fastsocks_peer(const char* peer, int peer_len, char* host, int* port,
+                       unsigned int* flow, unsigned int* scope) nogil
+
+
 cdef extern from "<pthread.h>" nogil:
     ctypedef struct pthread_mutex_t:
         pass
@@ -262,6 +323,8 @@ cdef enum:
     CMD_STOP = 4
     CMD_DIAL = 5              # a negotiated pair's upstream (an Attach)
     CMD_END = 6               # a negotiated pair's last bytes, then close
+    CMD_LISTEN = 7            # accept on a Listener (or change one's settings)
+    CMD_UNLISTEN = 8          # stop accepting on one, close it
 
 # Where a negotiated pair stands (Pair.neg); 0: relaying or connecting.
 cdef enum:
@@ -270,8 +333,13 @@ cdef enum:
     NEG_WAITING = 3           # the request went to the loop; dial() or end() comes back
     NEG_BUF = 1024            # a greeting (≤ 257 bytes) and a request (≤ 262) fit
 
+# Pairs accepted by the engine take their ids from here up (the loop's from 1).
+cdef uint64_t ACCEPTED_IDS = (<uint64_t>1) << 62
+
 cdef enum:
     MAX_EVENTS = 256
+    ACCEPT_BATCH = 64         # connections taken per listener event: others get their turn
+    ACCEPT_PAUSE_MS = 250     # no descriptor left: accepting pauses this long
     SCAN_MS = 250
     PIPE_POOL_MAX = 64
     PIPE_SIZE = 1 << 20
@@ -334,6 +402,14 @@ cdef struct Done:
     bint answered             # negotiated: the engine sent X'05 00'
     char* data                # negotiated: the bytes read (request, handback)
     Py_ssize_t dlen
+    # An accepted pair's first report (``first``) introduces it to the loop:
+    bint first
+    int fd                    # the client's descriptor
+    int key                   # the listener's
+    int64_t born_us           # when it was accepted
+    uintptr_t pair            # the Pair, whose second reference is the loop's from now
+    char peer[28]             # a sockaddr_in or sockaddr_in6
+    int peer_len
     Done* next
 
 
@@ -369,6 +445,13 @@ cdef struct Pair:
     Done* asked               # the "request" (or "dialling") report
     int64_t dial_ms           # > 0: dial an IP literal's CONNECT here, within this
     int refs                  # negotiated: the engine's and the loop's; freed at 0
+    # Accepted here (a Listener's): the loop learns of it with its first report.
+    bint accepted
+    bint told                 # ... which has been queued
+    int key
+    int64_t born_us
+    char peer[28]
+    int peer_len
 
 
 # What dial() brings a waiting negotiated pair.
@@ -384,12 +467,25 @@ cdef struct Attach:
     Done* hello
 
 
+# A listening socket the engine accepts on (listen()).
+cdef struct Listener:
+    int fd                    # the engine's own descriptor (a duplicate), closed by it
+    int key                   # the loop's name for it
+    bint greet                # what its connections' negotiations may do (negotiate())
+    int64_t dial_ms
+    int64_t idle_ms
+    int64_t slow_ms           # a handshake unfinished after this long goes to the loop
+    int64_t paused_ms         # accepting paused (no descriptor left) since then; 0: not
+    Listener* next
+
+
 cdef struct Cmd:
     int kind
     uint64_t id
     int reason
     Pair* pair
     Attach* attach            # CMD_DIAL
+    Listener* listener        # CMD_LISTEN
     char* data                # CMD_END
     Py_ssize_t dlen
     Cmd* next
@@ -453,6 +549,10 @@ cdef class Throttle:
         self.s = NULL
 
 
+def _unclaimed(*args):
+    pass
+
+
 def first_byte(int fd):
     """The first byte queued on a fresh connection, without taking it: -1 when
     none has come yet (or the client has gone; the engine will see that)."""
@@ -486,9 +586,19 @@ cdef class Engine:
     cdef bint stopping
     cdef bint reported            # a pair finished in this batch: wake the loop after it
     cdef int64_t hello_ms         # when the oldest "connected" report not yet signalled came
+    cdef Listener* listeners      # engine thread only
+    cdef uint64_t next_accepted   # ids of pairs accepted here (another range than next_id's)
+    cdef int unseen               # accepted, not yet introduced to the loop (atomic)
+    cdef int accept_err           # the errno that paused accepting; 0 when reported
+    # How many more unfinished handshakes the loop's quota leaves the engine
+    # (control/handshakes.py); a connection accepted beyond it goes to the
+    # loop at once, which refuses it.  -1: no quota.
+    cdef public int handshake_room
     cdef object thread
     cdef object _callbacks        # id -> callable(up, down, reason[, err, connect_us])
     cdef object _held             # negotiated pairs: id -> the Pair's address (the loop's ref)
+    cdef object _accepting        # listener key -> callable(id, fd, peer, age, dialling)
+    cdef public object on_exhausted  # callable(errno): accepting paused, no descriptor left
 
     def __cinit__(self):
         self.epfd = -1
@@ -505,8 +615,14 @@ cdef class Engine:
         self.next_id = 1
         self.active = 0
         self.stopping = False
+        self.listeners = NULL
+        self.next_accepted = ACCEPTED_IDS
+        self.unseen = 0
+        self.accept_err = 0
+        self.handshake_room = -1
         self._callbacks = {}
         self._held = {}
+        self._accepting = {}
 
     def __init__(self):
         cdef epoll_event ev
@@ -523,7 +639,13 @@ cdef class Engine:
     def __dealloc__(self):
         cdef Cmd* c
         cdef Done* d
+        cdef Listener* l
         cdef int i
+        while self.listeners != NULL:
+            l = self.listeners
+            self.listeners = l.next
+            close(l.fd)
+            free(l)
         while self.cmds != NULL:
             c = self.cmds
             self.cmds = c.next
@@ -542,7 +664,7 @@ cdef class Engine:
         while self.done != NULL:
             d = self.done
             self.done = d.next
-            free(d)
+            _free_done(d)
         for fd in (self.epfd, self.cmd_fd, self.done_fd):
             if fd >= 0:
                 close(fd)
@@ -671,37 +793,13 @@ cdef class Engine:
         """
         cdef Pair* p
         _os.set_blocking(client_fd, False)
-        p = <Pair*>calloc(1, sizeof(Pair))
+        p = _negotiated(client_fd, greet,
+                        <int64_t>(dial_timeout * 1000) if dial_timeout > 0 else 0,
+                        <int64_t>(idle_timeout * 1000) if idle_timeout > 0 else 0)
         if p == NULL:
             raise MemoryError()
-        p.report = <Done*>calloc(1, sizeof(Done))
-        p.asked = <Done*>calloc(1, sizeof(Done))
-        p.nbuf = <char*>malloc(NEG_BUF)
-        if dial_timeout > 0:
-            p.hello = <Done*>calloc(1, sizeof(Done))
-            p.dial_ms = <int64_t>(dial_timeout * 1000)
-            p.idle_ms = <int64_t>(idle_timeout * 1000) if idle_timeout > 0 else 0
-        if p.report == NULL or p.asked == NULL or p.nbuf == NULL \
-                or (dial_timeout > 0 and p.hello == NULL):
-            _free_pair(p, False)
-            raise MemoryError()
-        if p.hello != NULL:
-            p.hello.held = True
         p.id = self.next_id
         self.next_id += 1
-        p.fds[0] = client_fd
-        p.fds[1] = -1
-        p.up.src = client_fd
-        p.up.dst = -1
-        p.down.src = -1
-        p.down.dst = client_fd
-        p.neg = NEG_GREETING
-        p.greet = greet
-        p.sole = True
-        p.connect_us = -1
-        p.refs = 2                # the engine's, and this thread's in _held
-        p.report.held = True
-        p.asked.held = True
         self._callbacks[p.id] = callback
         self._held[p.id] = <uintptr_t>p
         self.active += 1
@@ -777,6 +875,49 @@ cdef class Engine:
         fastsocks_ref_add(&p.refs, 1)
         self._command(CMD_END, pair_id, 0, p, NULL, data, n)
 
+    def listen(self, int fd, int key, accepted, bint greet, double dial_timeout=0.0,
+               double idle_timeout=0.0, double slow=0.25):
+        """Accept connections on the listening socket ``fd`` here, and negotiate them.
+
+        The engine owns ``fd`` (a duplicate of the loop's socket, say) and
+        closes it on ``unlisten(key)`` or ``stop()``.  Each connection is
+        accepted non-blocking and negotiated as by ``negotiate(fd, greet,
+        ..., dial_timeout, idle_timeout)``; the loop learns of it with its
+        first report, before which ``accepted(id, fd, peer, age, dialling)``
+        gives the callback for it (``peer`` as ``socket.accept`` gives it,
+        ``age`` the seconds since the accept, ``dialling`` whether the
+        handshake is over and the engine dials).  A handshake unfinished
+        after ``slow`` seconds (checked every quarter second) is handed back
+        with the bytes read so far.  With no descriptor left, accepting
+        pauses for a quarter second, and ``on_exhausted(errno)`` is called.
+
+        ``fd`` -1: only new settings for the listener ``key``.
+        """
+        cdef Listener* l
+        if fd >= 0:
+            _os.set_blocking(fd, False)  # the engine thread never blocks (shared with dups)
+        l = <Listener*>calloc(1, sizeof(Listener))
+        if l == NULL:
+            raise MemoryError()
+        l.fd = fd
+        l.key = key
+        l.greet = greet
+        l.dial_ms = <int64_t>(dial_timeout * 1000) if dial_timeout > 0 else 0
+        l.idle_ms = <int64_t>(idle_timeout * 1000) if idle_timeout > 0 else 0
+        l.slow_ms = <int64_t>(slow * 1000) if slow > 0 else 0
+        self._accepting[key] = accepted
+        self._command(CMD_LISTEN, 0, 0, NULL, NULL, NULL, 0, l)
+
+    def unlisten(self, int key):
+        """Stop accepting on the listener ``key``; the engine closes its descriptor.
+        Connections accepted before still come, with their reports."""
+        self._command(CMD_UNLISTEN, <uint64_t>key, 0, NULL)
+
+    @property
+    def unseen(self):
+        """Connections accepted here whose first report the loop has not had yet."""
+        return fastsocks_ref_add(&self.unseen, 0)
+
     def close(self, uint64_t pair_id, str reason="closed"):
         """Ask the engine to close one pair (it is reported as usual)."""
         self._command(CMD_CLOSE, pair_id, REASONS.index(reason), NULL)
@@ -792,7 +933,8 @@ cdef class Engine:
             self.thread = None
 
     cdef _command(self, int kind, uint64_t pair_id, int reason, Pair* pair,
-                  Attach* attach=NULL, char* data=NULL, Py_ssize_t dlen=0):
+                  Attach* attach=NULL, char* data=NULL, Py_ssize_t dlen=0,
+                  Listener* listener=NULL):
         cdef Cmd* c = <Cmd*>calloc(1, sizeof(Cmd))
         cdef uint64_t one = 1
         cdef bint wake
@@ -801,6 +943,7 @@ cdef class Engine:
                 attach.fd = -1
                 _free_attach(attach)
             free(data)
+            free(listener)        # its fd is still the caller's
             if pair != NULL and kind != CMD_ADD:
                 _release(pair)
             raise MemoryError()
@@ -809,6 +952,7 @@ cdef class Engine:
         c.reason = reason
         c.pair = pair
         c.attach = attach
+        c.listener = listener
         c.data = data
         c.dlen = dlen
         pthread_mutex_lock(&self.lock)
@@ -825,9 +969,11 @@ cdef class Engine:
         """Run the callbacks of finished pairs (call when done_fileno is readable).
 
         Pairs added while connecting are also reported once connected
-        (reason ``connected``, the pair going on), with the next finished
-        pair's report or on their own within about half a second.
-        Returns how many pairs finished.
+        (reason ``connected``, the pair going on) if they still relay at the
+        engine's next scan, within a quarter second of the connect; one that
+        ends before reports only its end, whose ``connect_us`` (>= 0) says
+        that it connected and its reply went out.  Returns how many pairs
+        finished.
         """
         cdef uint64_t counter
         cdef Done* d
@@ -838,7 +984,14 @@ cdef class Engine:
         pthread_mutex_lock(&self.lock)
         d = self.done
         self.done = NULL
+        err = self.accept_err
+        self.accept_err = 0
         pthread_mutex_unlock(&self.lock)
+        if err and self.on_exhausted is not None:
+            try:
+                self.on_exhausted(err)
+            except Exception:
+                _log.exception("accept failure callback failed")
         while d != NULL:              # oldest first
             nxt = d.next
             d.next = items
@@ -849,6 +1002,8 @@ cdef class Engine:
                 d = items
                 items = d.next
                 try:
+                    if d.first:
+                        self._introduce(d)
                     if d.held:
                         n += self._held_report(d)
                         continue
@@ -875,9 +1030,42 @@ cdef class Engine:
             while items != NULL:      # only when something past Exception escaped
                 d = items
                 items = d.next
-                free(d.data)
-                free(d)
+                _free_done(d)
         return n
+
+    cdef _introduce(self, Done* d):
+        """An accepted pair's first report: the loop takes its reference and a callback."""
+        cdef char host[46]
+        cdef int port = 0
+        cdef unsigned int flow = 0, scope = 0
+        cdef int family
+        d.first = False           # its reference is the loop's now (_held)
+        fastsocks_ref_add(&self.unseen, -1)
+        self._held[d.id] = d.pair
+        self.active += 1
+        family = fastsocks_peer(d.peer, d.peer_len, host, &port, &flow, &scope)
+        if family == AF_INET:
+            peer = (host.decode(), port)
+        elif family == AF_INET6:
+            peer = (host.decode(), port, flow, scope)
+        else:
+            peer = None
+        accepted = self._accepting.get(d.key)
+        callback = None
+        if accepted is not None:
+            try:
+                callback = accepted(d.id, d.fd, peer, (_now_us() - d.born_us) / 1e6,
+                                    d.reason == R_DIALLING)
+            except Exception:
+                _log.exception("a connection the engine accepted was not taken")
+        if callback is None:      # nobody takes it: the end, reported to nobody
+            callback = _unclaimed
+            if d.reason == R_REQUEST or d.reason == R_DIALLING:
+                self.end(d.id)
+            elif d.reason == R_HANDBACK or d.reason == R_CONNECT_FAILED \
+                    or d.reason == R_CONNECT_TIMEOUT:
+                close(d.fd)
+        self._callbacks[d.id] = callback
 
     cdef int _held_report(self, Done* d) except -1:
         """A negotiated pair's report: its callback, and on its end the loop's ref."""
@@ -927,6 +1115,41 @@ cdef void _free_pair(Pair* p, bint close_fds) noexcept nogil:
     free(p)
 
 
+cdef Pair* _negotiated(int fd, bint greet, int64_t dial_ms, int64_t idle_ms) noexcept nogil:
+    """A pair whose client ``fd`` the engine negotiates (negotiate(), or an accept), its
+    reports allocated and two references (the engine's, the loop's); NULL when out
+    of memory (``fd`` is still the caller's)."""
+    cdef Pair* p = <Pair*>calloc(1, sizeof(Pair))
+    if p == NULL:
+        return NULL
+    p.report = <Done*>calloc(1, sizeof(Done))
+    p.asked = <Done*>calloc(1, sizeof(Done))
+    p.nbuf = <char*>malloc(NEG_BUF)
+    if dial_ms:
+        p.hello = <Done*>calloc(1, sizeof(Done))
+        p.dial_ms = dial_ms
+        p.idle_ms = idle_ms
+    if p.report == NULL or p.asked == NULL or p.nbuf == NULL or (dial_ms and p.hello == NULL):
+        _free_pair(p, False)
+        return NULL
+    if p.hello != NULL:
+        p.hello.held = True
+    p.report.held = True
+    p.asked.held = True
+    p.fds[0] = fd
+    p.fds[1] = -1
+    p.up.src = fd
+    p.up.dst = -1
+    p.down.src = -1
+    p.down.dst = fd
+    p.neg = NEG_GREETING
+    p.greet = greet
+    p.sole = True
+    p.connect_us = -1
+    p.refs = 2
+    return p
+
+
 cdef void _release(Pair* p) noexcept nogil:
     """Drop one reference to a negotiated pair (the engine's, the loop's, a command's)."""
     if fastsocks_ref_add(&p.refs, -1) == 0:
@@ -953,7 +1176,17 @@ cdef void _unlink_free(Engine e, Pair* p) noexcept nogil:
         close(p.fds[0])
         if p.fds[1] >= 0:
             close(p.fds[1])
+    if p.accepted and not p.told:
+        fastsocks_ref_add(&p.refs, -1)   # the loop's, which it never got
     _drop(p)
+
+
+cdef void _free_done(Done* d) noexcept nogil:
+    """A report nobody will collect; an introduction's reference to its pair goes too."""
+    if d.first and d.pair:
+        _release(<Pair*>d.pair)
+    free(d.data)
+    free(d)
 
 
 cdef bint _copy_out(bytes data, char** out, Py_ssize_t* n):
@@ -995,6 +1228,9 @@ cdef void _drop_command(Cmd* c) noexcept nogil:
             _free_attach(c.attach)
         free(c.data)
         _release(p)
+    elif c.kind == CMD_LISTEN and c.listener != NULL:
+        close(c.listener.fd)
+        free(c.listener)
     free(c)
 
 
@@ -1254,7 +1490,22 @@ cdef void _finish(Engine e, Pair* p, int reason) noexcept nogil:
         d.data = p.nbuf
         d.dlen = p.nlen
         p.nbuf = NULL
+    _introduce(p, d)
     _report(e, d)
+
+
+cdef inline void _introduce(Pair* p, Done* d) noexcept nogil:
+    """An accepted pair's first report says who it is (Engine._introduce)."""
+    if not p.accepted or p.told:
+        return
+    p.told = True
+    d.first = True
+    d.fd = p.fds[0]
+    d.key = p.key
+    d.born_us = p.born_us
+    d.pair = <uintptr_t>p
+    memcpy(d.peer, p.peer, p.peer_len)
+    d.peer_len = p.peer_len
 
 
 cdef void _report(Engine e, Done* d) noexcept nogil:
@@ -1369,6 +1620,7 @@ cdef void _ask(Engine e, Pair* p, int reason, Py_ssize_t n) noexcept nogil:
     d.data = p.nbuf
     d.dlen = n
     p.nbuf = NULL
+    _introduce(p, d)
     _report(e, d)
 
 
@@ -1575,10 +1827,11 @@ cdef void _connecting(Engine e, Pair* p, int which, uint32_t events) noexcept no
         p.err = err
         _finish(e, p, R_CONNECT_FAILED)
         return
-    # Connected: on as a pair handed over connected, the reply first.
+    # Connected: on as a pair handed over connected, the reply first.  Its
+    # "connected" report waits for the next scan (_scan_idle): most short
+    # connections end before, and their end says it (connect_us >= 0).
     p.connecting = False
     p.connect_us = _now_us() - p.added_us
-    _hello(e, p)
     _service(e, p, 0, EPOLLOUT)
     _service(e, p, 1, events)
 
@@ -1608,11 +1861,11 @@ cdef void _client_event(Engine e, Pair* p, uint32_t events, bint early) noexcept
 
 
 cdef void _hello(Engine e, Pair* p) noexcept nogil:
-    """Queue a connecting pair's "connected" report (its reply is going out now).
+    """Queue the "connected" report of a pair that connected and still relays (a scan
+    after its reply went out).
 
     It wakes the loop with the next finished pairs, or on its own a quarter
-    to half a second later: the reply is counted soon, at no extra wake-up
-    under load.
+    second later: the reply is counted soon, at no extra wake-up under load.
     """
     cdef Done* d = p.hello
     p.hello = NULL
@@ -1700,10 +1953,18 @@ cdef void _commands(Engine e) noexcept nogil:
             if p != NULL:
                 _finish(e, p, c.reason)
         elif c.kind == CMD_CLOSE_ALL or c.kind == CMD_STOP:
+            if c.kind == CMD_STOP:
+                while e.listeners != NULL:
+                    _unlisten(e, e.listeners.key)
             while e.pairs != NULL:
                 _finish(e, e.pairs, c.reason)
             if c.kind == CMD_STOP:
                 e.stopping = True
+        elif c.kind == CMD_LISTEN:
+            _listen(e, c.listener)
+            c.listener = NULL
+        elif c.kind == CMD_UNLISTEN:
+            _unlisten(e, <int>c.id)
         elif c.kind == CMD_DIAL:
             p = c.pair
             if not p.dead and p.neg == NEG_WAITING:
@@ -1721,17 +1982,133 @@ cdef void _commands(Engine e) noexcept nogil:
         free(c)
 
 
+# -- listeners -------------------------------------------------------------------
+
+cdef void _listen(Engine e, Listener* l) noexcept nogil:
+    """CMD_LISTEN: accept on a new listener, or take new settings for a known one."""
+    cdef Listener* known = e.listeners
+    cdef epoll_event ev
+    while known != NULL and known.key != l.key:
+        known = known.next
+    if known != NULL:
+        known.greet = l.greet
+        known.dial_ms = l.dial_ms
+        known.idle_ms = l.idle_ms
+        known.slow_ms = l.slow_ms
+        if l.fd >= 0:
+            close(l.fd)
+        free(l)
+        return
+    if l.fd < 0:
+        free(l)
+        return
+    # Level-triggered: what one event's batch leaves comes in the next.
+    ev.events = EPOLLIN
+    ev.data.u64 = <uint64_t>l | <uint64_t>2
+    if epoll_ctl(e.epfd, EPOLL_CTL_ADD, l.fd, &ev) < 0:
+        close(l.fd)
+        free(l)
+        return
+    l.next = e.listeners
+    e.listeners = l
+
+
+cdef void _unlisten(Engine e, int key) noexcept nogil:
+    cdef Listener** link = &e.listeners
+    cdef Listener* l
+    cdef epoll_event ev
+    while link[0] != NULL and link[0].key != key:
+        link = &link[0].next
+    l = link[0]
+    if l == NULL:
+        return
+    link[0] = l.next
+    # Out of epoll first: the loop's socket shares this file description, so
+    # closing our duplicate alone would leave it registered, naming freed memory.
+    epoll_ctl(e.epfd, EPOLL_CTL_DEL, l.fd, &ev)
+    close(l.fd)
+    free(l)
+
+
+cdef void _accept(Engine e, Listener* l) noexcept nogil:
+    """A listener is readable: take up to a batch of connections, and negotiate each."""
+    cdef char peer[28]
+    cdef int peer_len = 0
+    cdef int fd, i
+    cdef epoll_event ev
+    for i in range(ACCEPT_BATCH):
+        fd = fastsocks_accept(l.fd, peer, &peer_len)
+        if fd >= 0:
+            _take(e, l, fd, peer, peer_len)
+            continue
+        if errno == EAGAIN:
+            return
+        if errno == EINTR or errno == ECONNABORTED or errno == EPROTO or errno == EPERM:
+            continue              # that one went before it was accepted
+        # No descriptor (or memory) left: pause, and tell the loop once.
+        pthread_mutex_lock(&e.lock)
+        e.accept_err = errno
+        pthread_mutex_unlock(&e.lock)
+        e.reported = True
+        ev.events = 0
+        ev.data.u64 = <uint64_t>l | <uint64_t>2
+        epoll_ctl(e.epfd, EPOLL_CTL_MOD, l.fd, &ev)
+        l.paused_ms = _now_ms()
+        return
+
+
+cdef void _take(Engine e, Listener* l, int fd, const char* peer, int peer_len) noexcept nogil:
+    """A connection accepted here: a negotiated pair (as negotiate() makes one), and
+    whatever the client has sent already read at once."""
+    cdef int room = e.handshake_room
+    cdef bint over = room >= 0 and fastsocks_ref_add(&e.unseen, 0) >= room
+    cdef Pair* p = _negotiated(fd, l.greet, l.dial_ms, l.idle_ms)
+    if p == NULL:
+        close(fd)             # unreported: the client sees a close, as at the fd limit
+        return
+    p.id = e.next_accepted
+    e.next_accepted += 1
+    p.accepted = True         # the loop's reference comes with its introduction
+    p.key = l.key
+    p.born_us = _now_us()
+    p.deadline_ms = _now_ms() + l.slow_ms
+    memcpy(p.peer, peer, peer_len)
+    p.peer_len = peer_len
+    fastsocks_ref_add(&e.unseen, 1)
+    _register(e, p)
+    if p.dead:
+        return
+    if over:                  # the quota is full: the loop refuses it, no byte read
+        _finish(e, p, R_HANDBACK)
+        return
+    _negotiate(e, p, EPOLLIN)   # the greeting is usually in already
+
+
 cdef void _scan_idle(Engine e, int64_t now) noexcept nogil:
     cdef Pair* p = e.pairs
     cdef Pair* nxt
+    cdef Listener* l = e.listeners
+    cdef epoll_event ev
+    while l != NULL:
+        if l.paused_ms and now - l.paused_ms >= ACCEPT_PAUSE_MS:
+            l.paused_ms = 0
+            ev.events = EPOLLIN
+            ev.data.u64 = <uint64_t>l | <uint64_t>2
+            epoll_ctl(e.epfd, EPOLL_CTL_MOD, l.fd, &ev)
+        l = l.next
     while p != NULL:
         nxt = p.next
-        if p.connecting:
+        if p.accepted and (p.neg == NEG_GREETING or p.neg == NEG_REQUEST):
+            if now >= p.deadline_ms:
+                _finish(e, p, R_HANDBACK)   # slow: the loop's limits and timeout take it
+        elif p.connecting:
             if now >= p.deadline_ms:
                 p.err = ETIMEDOUT
                 _finish(e, p, R_CONNECT_TIMEOUT)
         elif p.idle_ms > 0 and now - p.last_ms >= p.idle_ms:
             _finish(e, p, R_IDLE)
+        elif p.hello != NULL and p.connect_us >= 0:
+            _hello(e, p)
         p = nxt
 
 
@@ -1754,6 +2131,8 @@ cdef void _engine_loop(Engine e) noexcept nogil:
             tag = events[i].data.u64
             if tag == 0:
                 _commands(e)
+            elif tag & 2:
+                _accept(e, <Listener*>(tag & ~(<uint64_t>3)))
             else:
                 p = <Pair*>(tag & ~(<uint64_t>1))
                 _service(e, p, <int>(tag & 1), events[i].events)

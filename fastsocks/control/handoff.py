@@ -98,7 +98,7 @@ class Held:
     kept and goes out with the close, which the engine carries out
     (``Engine.end``: the bytes, unread input dropped, the close).  Before
     the engine has the descriptor (``id`` 0: refused at once by a limit)
-    it is closed here.
+    it is closed here, as after the engine handed it back (``id`` 0 again).
     """
 
     __slots__ = ("engine", "fd", "id", "peer", "out", "closing")
@@ -127,6 +127,10 @@ class Held:
             socket.close(self.fd)
 
     abort = close
+
+    def release(self) -> None:
+        """The descriptor has another owner now (a transport): closing is its to do."""
+        self.closing = True
 
     def pause_reading(self) -> None:
         pass  # the engine reads nothing more until dial()
@@ -299,6 +303,8 @@ class HandoffStage(SessionCore):
         if reason == "client_closed":  # it left before the connect was done: no reply
             self._close(CloseReason.CLIENT_CLOSED, "client closed during handshake")
             return
+        if connect_us >= 0 and self.reply is None:  # it ended before its "connected" report
+            self._record_reply(Reply.SUCCEEDED, self.handed + connect_us / 1e6)
         self._relay_ended(reason, bytes_up, bytes_down)
 
     def _on_relay_closed(self, relay: Any) -> None:

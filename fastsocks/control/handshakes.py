@@ -32,6 +32,14 @@ each connection to.  The cuts are each worker's own (a worker can only close
 its own sockets); the kernel spreads a flood over the workers, so each holds
 its share of the silent ones.  Two workers admitting at the same instant may
 both take the last slot (one extra per worker at most), as with the other counts.
+
+Where the relay engine accepts (runtime/listener.py), a connection's
+handshake runs in the engine before this process's loop hears of it: those
+count too (``Engine.unseen``), in the total and in the published gauge
+(republished every 50 ms while the engine is attached), and the engine is
+told how much room the quota leaves it (``Engine.handshake_room``): a
+connection accepted beyond that comes to the loop at once, unread, and is
+refused here as any other.
 """
 
 from __future__ import annotations
@@ -60,7 +68,7 @@ class HandshakeSlots:
     """The unfinished handshakes of one process, oldest first, with the quota and pressure."""
 
     __slots__ = ("counts", "quota", "pressure_at", "short", "open", "reject", "_sweep",
-                 "_episode", "_refused", "_cut")
+                 "_episode", "_refused", "_cut", "engine", "_publisher")
 
     def __init__(self, counts: SharedCounts, reject: Callable[[str, str | None], Any]) -> None:
         self.counts = counts
@@ -75,6 +83,8 @@ class HandshakeSlots:
         self._episode = False
         self._refused = 0
         self._cut = 0
+        self.engine: Any = None  # the relay engine, where it accepts (``attach``)
+        self._publisher: asyncio.TimerHandle | None = None
 
     def configure(self, quota: int, percent: int, short: float) -> None:
         """The numbers (at start and on reload); handshakes under way keep their slots."""
@@ -83,10 +93,39 @@ class HandshakeSlots:
         self.short = short
 
     def total(self) -> int:
-        """Unfinished handshakes in all workers."""
+        """Unfinished handshakes in all workers (the engine's included)."""
         counts = self.counts
-        own = len(self.open)
+        own = len(self.open) + (self.engine.unseen if self.engine is not None else 0)
         return own + counts.gauge(GAUGE, others=True) if counts.tables > 1 else own
+
+    def attach(self, engine: Any) -> None:
+        """The engine accepts (or no more, ``None``): its handshakes count here."""
+        if self.engine is not None and engine is not self.engine:
+            self.engine.handshake_room = -1
+        self.engine = engine
+        if self._publisher is not None:
+            self._publisher.cancel()
+            self._publisher = None
+        if engine is not None:
+            self._publish_now()
+
+    def _publish(self) -> None:
+        """This process's handshakes to the other workers; the engine's room to it."""
+        engine = self.engine
+        own = len(self.open)
+        if engine is None:
+            self.counts.set_gauge(GAUGE, own)
+            return
+        self.counts.set_gauge(GAUGE, own + engine.unseen)
+        if not self.quota:
+            engine.handshake_room = -1
+        else:
+            others = self.counts.gauge(GAUGE, others=True) if self.counts.tables > 1 else 0
+            engine.handshake_room = max(0, self.quota - others - own)
+
+    def _publish_now(self) -> None:
+        self._publish()
+        self._publisher = asyncio.get_running_loop().call_later(0.05, self._publish_now)
 
     def enter(self, session: Any, ip: str | None, timeout: float) -> float | None:
         """A new connection: its handshake timeout, or None when it must be closed (quota)."""
@@ -100,7 +139,7 @@ class HandshakeSlots:
             total -= 1
         open_[session] = now
         session.shaking = self
-        self.counts.set_gauge(GAUGE, len(open_))
+        self._publish()
         if total >= self.pressure_at:  # this one makes more than pressure_at
             if self._sweep is None:
                 self._schedule(now, now)
@@ -112,7 +151,7 @@ class HandshakeSlots:
         session.shaking = None
         open_ = self.open
         if open_.pop(session, None) is not None:
-            self.counts.set_gauge(GAUGE, len(open_))
+            self._publish()
             if self._episode and self.total() <= self.pressure_at:
                 self._calm()
 

@@ -23,13 +23,14 @@ request then joins at DECIDING), an upper-case ASCII letter is an HTTP
 method; each listener serves the protocols its settings name
 (``Settings.protocols_of``).
 
-Where the splice engine negotiates (``accepted``; runtime/listener.py), a
-session has no transport until it needs one: the engine reads the greeting
-and the request, and a CONNECT arrives here as the bytes of both, replayed
-through the codec (the engine's X'05 00' already sent: ``answered``); its
-refusal or its upstream goes back to the engine (``Held``).  What the engine
-hands back goes on over an ordinary transport (``_adopt``), from the same
-bytes.
+Where the splice engine negotiates (runtime/listener.py), a session has no
+transport until it needs one: the engine reads the greeting and the
+request, and a CONNECT arrives here as the bytes of both, replayed through
+the codec (the engine's X'05 00' already sent: ``answered``); its refusal or
+its upstream goes back to the engine (``Held``).  What the engine hands back
+goes on over an ordinary transport (``_adopt``), from the same bytes.  Where
+the engine also accepts, the session is made with the connection's first
+report (``from_engine``), and where it dials too, the session only records.
 
 Any state can go to CLOSED.  Every failure ends in the reply code the RFCs
 ask for (sent by ``_refuse``, the one place a failure reply is written) and
@@ -110,24 +111,37 @@ class Session(ProxyHeaderStage, NegotiateStage, Socks4Stage, HttpStage, DecideSt
             self.task = asyncio.ensure_future(self._adopt(fd))
             return
         server = self.server
-        greet = server.users is None and server.gssapi is None and server.authenticate is None
         try:
             self.pair_id = held.id = engine.negotiate(
-                fd, greet, self._on_engine_event, server.engine_dials if greet else 0.0,
+                fd, server.engine_greets, self._on_engine_event, server.engine_dials,
                 server.settings.idle_timeout)
         except (OSError, MemoryError) as exc:
             self._close(CloseReason.ERROR, f"the engine could not take the connection: {exc}")
+
+    def from_engine(self, engine: Any, pair_id: int, fd: int, peer: Any, age: float,
+               dialling: bool) -> Any:
+        """A connection the engine accepted and negotiated, at its first report.
+
+        Opened as ``accepted`` opens one, ``age`` seconds ago; where the
+        engine is dialling, the handshake is over and takes no handshake
+        slot or timer.  Returns the callback for the engine's reports.
+        """
+        held = self.transport = Held(engine, fd, peer)
+        self.pair_id = held.id = pair_id
+        self._opened(peer, age, dialling)
+        return self._on_engine_event
 
     def _on_engine_event(self, reason: str, data: bytes, answered: bool, bytes_up: int,
                          bytes_down: int, err: int, connect_us: int) -> None:
         """What the engine reports of a connection it negotiates (``Engine.negotiate``)."""
         if reason == "handback":
-            fd = self.transport.fd
-            if self.closed:
-                socket.close(fd)
+            held = self.transport
+            held.id = 0  # the descriptor is the loop's again: a close now closes it
+            if self.closed:  # before (a limit, a timeout): its ``end()`` found it handed back
+                socket.close(held.fd)
             else:
                 self.replay, self.answered = data, answered
-                self.task = asyncio.ensure_future(self._adopt(fd))
+                self.task = asyncio.ensure_future(self._adopt(held.fd))
             return
         if self.closed:
             return
@@ -167,8 +181,10 @@ class Session(ProxyHeaderStage, NegotiateStage, Socks4Stage, HttpStage, DecideSt
 
     async def _adopt(self, fd: int) -> None:
         """An ordinary transport for a connection the engine handed back (or never took)."""
+        if self.closed:  # meanwhile (its handshake timed out): ``Held`` closed it
+            return
         sock = socket.socket(fileno=fd)
-        self.transport.closing = True  # the descriptor is ``sock``'s now, closed by it alone
+        self.transport.release()  # the descriptor is ``sock``'s now, closed by it alone
         try:
             await self.server.loop.connect_accepted_socket(lambda: self, sock)
             if self.task is asyncio.current_task():  # not a stage's own (BIND's) since
@@ -181,17 +197,21 @@ class Session(ProxyHeaderStage, NegotiateStage, Socks4Stage, HttpStage, DecideSt
             sock.close()
             raise
 
-    def _opened(self, peer: Any) -> None:
+    def _opened(self, peer: Any, age: float = 0.0, shaken: bool = False) -> None:
+        """A new connection (``age`` seconds old; ``shaken``: its handshake is over)."""
         self.fresh = True
         self.peer = peer
         server = self.server
         # time.monotonic(), not loop.time(): uvloop's clock moves in whole
         # milliseconds, and a loopback handshake takes a fraction of one.
-        self.started = _monotonic()
+        self.started = _monotonic() - age
         server.sessions.add(self)
         if server.metrics is not None:
             server.metrics.opened()
-        timeout = server.settings.handshake_timeout
+        if shaken:
+            self._peer_known()
+            return
+        timeout = server.settings.handshake_timeout - age
         limits = server.limits
         if limits is not None and limits.handshakes.quota:
             # Unfinished handshakes have a quota of their own, and a shorter

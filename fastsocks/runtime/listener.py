@@ -3,13 +3,23 @@
 Where the splice engine runs and a listener's SOCKS5 handshake needs
 nothing but the engine can do (no authentication to choose, no PROXY
 protocol header to read), the event loop does not build a transport for
-each accepted connection: ``EngineListener`` accepts on a plain listening socket
-and hands each descriptor to the engine, which reads the greeting, answers
-X'05 00', reads the request and gives the loop a well-formed CONNECT to
-decide (``Session.accepted``).  Everything else (SOCKS4, HTTP, other
-methods and commands, a malformed message) comes back to the loop with the
-bytes read, and continues there on an ordinary transport; a connection
-whose first byte is already in and is not 5 goes there at once.
+each accepted connection.  ``EngineListener`` gives the engine a duplicate
+of each listening socket: the engine thread accepts (accept4, non-blocking),
+reads the greeting, answers X'05 00', reads the request and, where the
+server's plan allows (``Server.engine_dials``), dials an IP literal itself.
+The loop hears of a connection once, with its first report
+(``Session.from_engine``): a CONNECT to decide, one being dialled, or one handed
+back.  Everything the engine does not finish (SOCKS4, HTTP, other methods
+and commands, a malformed message, a handshake still unfinished after a
+quarter second) comes back with the bytes read, and continues on an
+ordinary transport, under the handshake limits and timeout.
+
+Limits that admit or refuse a connection by its address before any byte
+(``limits.connections``, ``connections_per_ip``, ``handshake_rate_per_ip``)
+need the loop at accept: with any of them the loop accepts, as before, and
+hands each descriptor to the engine to negotiate (``Session.accepted``; a
+connection whose first byte is already in and is not 5 goes to a transport
+at once).  A reload moves a listener between the two (``configure``).
 
 The sockets are made as ``loop.create_server`` makes them (SO_REUSEADDR,
 SO_REUSEPORT for workers, IPV6_V6ONLY), with TCP_NODELAY on the listening
@@ -22,7 +32,9 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import itertools
 import logging
+import os
 import socket
 from typing import TYPE_CHECKING, Any
 
@@ -41,6 +53,12 @@ log = logging.getLogger("fastsocks")
 BATCH = 64
 #: How long accepting pauses when no descriptor is left.
 EXHAUSTED_PAUSE = 0.25
+#: A handshake the engine has not finished after this long goes to the loop,
+#: whose handshake limits and timeout then apply (the engine checks every 0.25 s).
+SLOW_HANDSHAKE = 0.25
+
+# The engine's names for the listening sockets it accepts on.
+_KEYS = itertools.count(1)
 
 _EXHAUSTED = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 # The connection went before it was accepted: on to the next one.
@@ -87,8 +105,53 @@ class EngineListener:
         self.listener = listener
         self.sockets = sockets
         self.closed = False
-        for sock in sockets:
-            server.loop.add_reader(sock.fileno(), self._accept, sock)
+        self.keys: list[int] = []  # the engine's, while it accepts; else the loop does
+        self.reading = False
+        self.configure()
+
+    def configure(self) -> None:
+        """Who accepts, and what the engine may do (at start and after each reload)."""
+        server, engine = self.server, self.server.engine
+        if self.closed:
+            return
+        limits = server.limits
+        at_accept = limits is not None and (limits.settings.connections
+                                            or limits.settings.connections_per_ip
+                                            or limits.settings.handshake_rate_per_ip)
+        if engine is None or at_accept:
+            if self.keys:
+                for key in self.keys:
+                    engine.unlisten(key)
+                self.keys = []
+            if not self.reading:
+                self.reading = True
+                for sock in self.sockets:
+                    server.loop.add_reader(sock.fileno(), self._accept, sock)
+            return
+        if self.reading:
+            self.reading = False
+            for sock in self.sockets:
+                server.loop.remove_reader(sock.fileno())
+        plan = (server.engine_greets, server.engine_dials, server.settings.idle_timeout,
+                min(SLOW_HANDSHAKE, server.settings.handshake_timeout))
+        if self.keys:  # new settings for the same sockets
+            for key in self.keys:
+                engine.listen(-1, key, self._handed, *plan)
+            return
+        for sock in self.sockets:
+            key = next(_KEYS)
+            fd = os.dup(sock.fileno())
+            try:
+                engine.listen(fd, key, self._handed, *plan)
+            except BaseException:
+                os.close(fd)
+                raise
+            self.keys.append(key)
+
+    def _handed(self, pair_id: int, fd: int, peer: Any, age: float, dialling: bool) -> Any:
+        """The engine's first report of a connection it accepted: its session."""
+        return Session(self.server, self.listener).from_engine(self.server.engine, pair_id, fd, peer,
+                                                          age, dialling)
 
     def _accept(self, sock: socket.socket) -> None:
         server = self.server
@@ -125,17 +188,23 @@ class EngineListener:
         loop.call_later(EXHAUSTED_PAUSE, self._resume, sock)
 
     def _resume(self, sock: socket.socket) -> None:
-        if not self.closed:
+        if not self.closed and self.reading:
             self.server.loop.add_reader(sock.fileno(), self._accept, sock)
 
     def close(self) -> None:
         if self.closed:
             return
         self.closed = True
-        loop = self.server.loop
+        loop, engine = self.server.loop, self.server.engine
+        if engine is not None:
+            for key in self.keys:
+                engine.unlisten(key)
+        self.keys = []
         for sock in self.sockets:
-            loop.remove_reader(sock.fileno())
+            if self.reading:
+                loop.remove_reader(sock.fileno())
             sock.close()
+        self.reading = False
 
     async def wait_closed(self) -> None:
         await asyncio.sleep(0)

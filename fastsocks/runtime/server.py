@@ -72,6 +72,10 @@ class Server:
         self.listeners: list[Any] = []  # asyncio.Server, or EngineListener
         self.addresses: list[str] = []
         self.engine: Any = None
+        # What the engine may do in a negotiation (``_plan_handshakes``): answer
+        # a greeting itself, and dial an IP literal (the connect timeout, or 0).
+        self.engine_greets = False
+        self.engine_dials = 0.0
         self._stopped = asyncio.Event()
         # Access rules and the SSRF-safe default; None when there is nothing to
         # check (no rules, loopback listeners only): one attribute test per request.
@@ -178,8 +182,10 @@ class Server:
                                       "use --relay auto or protocol")
             else:
                 self.engine = Engine()
+                self.engine.on_exhausted = self._accept_exhausted
                 self.engine.start()
                 self.loop.add_reader(self.engine.done_fileno, self.engine.collect)
+        self._plan_handshakes()
         for host, port in self.settings.listen:
             family = socket.AF_INET6 if ":" in host else socket.AF_UNSPEC
             listener: Any
@@ -201,6 +207,7 @@ class Server:
             for sock in listener.sockets:
                 self.addresses.append(format_peer(sock.getsockname()))
         if any(isinstance(listener, EngineListener) for listener in self.listeners):
+            self._plan_handshakes()  # their handshakes under the quota
             await self._first_stream()
 
     async def _first_stream(self) -> None:
@@ -217,23 +224,36 @@ class Server:
             transport, _ = await self.loop.connect_accepted_socket(asyncio.Protocol, ours)
             transport.abort()
 
-    @property
-    def engine_dials(self) -> float:
-        """The connect timeout with which the engine may dial an IP literal itself, or 0.
+    def _plan_handshakes(self) -> None:
+        """What the engine may do in a negotiation, at start and after each reload.
 
-        Only where nothing about the request needs the control plane: no
-        access rules (nor the SSRF-safe default), no authorize hook, no
+        It answers a greeting itself where the server would choose "no
+        authentication" (no users, GSSAPI or authenticate hook).  It dials
+        an IP literal itself (``engine_dials``, the connect timeout) only
+        where, besides, nothing about the request needs the control plane:
+        no access rules (nor the SSRF-safe default), no authorize hook, no
         outbound address or interface, no bandwidth limit per connection.
-        (A user's limits need a user: the engine dials only where the
-        greeting chose no authentication.)
+        (A user's limits need a user, and there is none.)  The engine's
+        listeners take the new plan (``EngineListener.configure``).
         """
-        settings = self.settings
-        limits = self.limits
-        if (self.policy is None and self.authorize is None and not settings.outbound_address
-                and not settings.outbound_interface
-                and (limits is None or not limits.settings.bandwidth_per_connection)):
-            return settings.connect_timeout
-        return 0.0
+        settings, limits = self.settings, self.limits
+        self.engine_greets = greets = (self.users is None and self.gssapi is None
+                                       and self.authenticate is None)
+        self.engine_dials = settings.connect_timeout if (
+            greets and self.policy is None and self.authorize is None
+            and not settings.outbound_address and not settings.outbound_interface
+            and (limits is None or not limits.settings.bandwidth_per_connection)) else 0.0
+        for listener in self.listeners:
+            if isinstance(listener, EngineListener):
+                listener.configure()
+        if self._kept_limits is not None:  # the engine's handshakes under the quota
+            accepting = any(getattr(listener, "keys", None) for listener in self.listeners)
+            self._kept_limits.handshakes.attach(
+                self.engine if accepting and self.limits is not None else None)
+
+    def _accept_exhausted(self, err: int) -> None:
+        """The engine paused accepting: no descriptor (or memory) left."""
+        self._descriptors_exhausted(OSError(err, os.strerror(err)))
 
     def _engine_negotiates(self, listener: tuple[str, int]) -> bool:
         """Whether the engine takes this listener's handshakes (runtime/listener.py).
@@ -267,25 +287,31 @@ class Server:
         it at once.
         """
         timeout = self.settings.drain_timeout
-        if self.draining or timeout <= 0 or not self.sessions:
+        if self.draining or timeout <= 0 or not self.connections:
             self.stop()
             return
         self.draining = True
         for listener in self.listeners:
             listener.close()
         log.info("draining %d connections for up to %g s (a second signal closes them now)",
-                 len(self.sessions), timeout)
+                 self.connections, timeout)
         self._drain_timer = self.loop.call_later(timeout, self.stop)
         self._drain_tick()
 
     def _drain_tick(self) -> None:
         if self._stopped.is_set():
             return
-        if not self.sessions:
+        if not self.connections:
             log.info("drained: every connection finished")
             self.stop()
             return
         self.loop.call_later(0.1, self._drain_tick)
+
+    @property
+    def connections(self) -> int:
+        """Open connections: the sessions, and those the engine accepted that the loop
+        has not heard of yet (in their first moments)."""
+        return len(self.sessions) + (self.engine.unseen if self.engine is not None else 0)
 
     def reload(self, then: Callable[[], Any] | None = None) -> None:
         """SIGHUP: re-read the configuration and the users file for new connections.
@@ -341,6 +367,7 @@ class Server:
             self.gssapi = gssapi
             self.proxy_trusted = trusted_ranges(settings.proxy_protocol_from)
             self.limits = self._limits(settings)
+            self._plan_handshakes()
             dns.configure(**settings.dns_options())  # [dns]: the process's cache (net/dns.py)
             log.info("configuration reloaded%s (%s)",
                      f" from {settings.config_file}" if settings.config_file else "",
@@ -363,6 +390,8 @@ class Server:
             self._drain_timer = None
         for listener in self.listeners:
             listener.close()
+        if self._kept_limits is not None:
+            self._kept_limits.handshakes.attach(None)
         for session in list(self.sessions):
             session.abort("shutdown")
         engine, self.engine = self.engine, None

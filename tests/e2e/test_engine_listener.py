@@ -1,10 +1,12 @@
 """A server whose handshakes the splice engine negotiates (runtime/listener.py).
 
 Without authentication or a PROXY protocol listener, the engine reads the
-greeting and the request itself; these tests hold the server-level edges of
-that path: what it hands back (SOCKS4, HTTP, UDP ASSOCIATE on the same port),
-the handshake timeout and limits on a connection no transport holds, a
-reload that turns authentication on, and the descriptors after all of it.
+greeting and the request itself (and, without a limit by address, accepts
+too); these tests hold the server-level edges of that path: what it hands
+back (SOCKS4, HTTP, UDP ASSOCIATE on the same port), the handshake timeout
+and limits on a connection no transport holds, reloads that turn
+authentication on and move accepting between the engine and the loop, and
+the descriptors after all of it.
 """
 
 from __future__ import annotations
@@ -111,14 +113,19 @@ def test_handshake_timeout_and_limits_without_a_transport(fastsocks_server: Star
     third = socket.create_connection(("127.0.0.1", server.port))
     assert _closed_without_a_byte(third, 2.0) < 1.0
     third.close()
-    # Both handshakes end at the timeout, not before and not much after.
-    assert 0.2 < _closed_without_a_byte(silent, 5.0) < 3.0
+    _both_time_out(server, silent, half, 0.2, echo_target.address, baseline)
+
+
+def _both_time_out(server: FastsocksProcess, silent: socket.socket, half: socket.socket,
+                   not_before: float, target: tuple[str, int], baseline: int) -> None:
+    """Both handshakes end at the timeout, not before and not much after; the slots
+    are free again (a CONNECT goes through), and no descriptor is left."""
+    assert not_before < _closed_without_a_byte(silent, 5.0) < 3.0
     half.settimeout(5.0)
     assert half.recv(16) == b""
     silent.close()
     half.close()
-    # The slots are free again: a CONNECT goes through.
-    s, reply = _connect(server, echo_target.address)
+    s, reply = _connect(server, target)
     assert reply[1] == 0
     s.close()
     assert server.wait_for_fds(baseline, timeout=10) <= baseline
@@ -153,3 +160,59 @@ def test_a_reload_that_turns_authentication_on(fastsocks_server: Start, echo_tar
     s.sendall(b"auth")
     assert recv_exact(s, 4) == b"auth"
     s.close()
+
+
+def test_engine_accepted_handshakes_still_time_out(fastsocks_server: Start,
+                                                   echo_target: Any) -> None:
+    """The engine accepts (no limit by address): a silent or half handshake goes to the
+    loop after a quarter second and ends at the handshake timeout all the same."""
+    server = fastsocks_server("--handshake-timeout", "0.6")
+    baseline = server.fd_count()
+    silent = socket.create_connection(("127.0.0.1", server.port))
+    half = socket.create_connection(("127.0.0.1", server.port))
+    half.sendall(b"\x05\x01\x00\x05\x01")
+    assert recv_exact(half, 2) == b"\x05\x00"
+    _both_time_out(server, silent, half, 0.3, echo_target.address, baseline)
+
+
+def test_a_reload_moves_accepting_between_the_engine_and_the_loop(
+        fastsocks_server: Start, echo_target: Any, tmp_path: Path) -> None:
+    """A limit by address needs the loop at accept; without one the engine accepts."""
+    config = tmp_path / "fastsocks.toml"
+    config.write_text("")
+    server = fastsocks_server("--config", str(config))
+    baseline = server.fd_count()
+    first, reply = _connect(server, echo_target.address)
+    second, reply2 = _connect(server, echo_target.address)
+    assert reply[1] == reply2[1] == 0
+    second.close()
+    config.write_text("[limits]\nconnections_per_ip = 1\n")
+    server.proc.send_signal(signal.SIGHUP)
+    server.wait_log("configuration reloaded")
+    # The loop admits by address now: one is counted, the next is over the limit.
+    counted, reply = _connect(server, echo_target.address)
+    assert reply[1] == 0
+    over = _open(server)
+    assert _closed_without_a_byte(over, 3.0) < 2.0
+    over.close()
+    first.sendall(b"kept")  # admitted before the limit: untouched
+    assert recv_exact(first, 4) == b"kept"
+    first.close()
+    counted.close()
+    time.sleep(0.2)
+    s, reply = _connect(server, echo_target.address)
+    assert reply[1] == 0
+    s.close()
+    config.write_text("")
+    server.proc.send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + 5
+    while server.log.count("configuration reloaded") < 2:
+        assert time.monotonic() < deadline, server.log
+        time.sleep(0.02)
+    both = [_connect(server, echo_target.address) for _ in range(2)]
+    assert all(reply[1] == 0 for _, reply in both)
+    for s, _ in both:
+        s.sendall(b"echo")
+        assert recv_exact(s, 4) == b"echo"
+        s.close()
+    assert server.wait_for_fds(baseline, timeout=10) <= baseline

@@ -375,7 +375,8 @@ class Dialled:
 
     @property
     def connected(self) -> list[int]:
-        """connect_us of the "connected" reports (one, once the connect is done)."""
+        """connect_us of the "connected" reports (one, at the engine's first scan after
+        the connect, if the pair still relays then)."""
         return [r[4] for r in self.results if r[2] == "connected"]
 
 
@@ -409,7 +410,8 @@ def test_a_connecting_pair_replies_once_connected_then_relays(bench: Bench) -> N
     up, down, reason, err, connect_us = dialled.wait()
     assert (up, down, reason, err) == (9, 6, "eof", 0)
     assert 0 <= connect_us < 5_000_000
-    assert dialled.connected == [connect_us]
+    # A pair that ends within a scan of its connect reports only its end.
+    assert dialled.connected in ([], [connect_us])
     assert not _fd_open(dialled.client_fd)
 
 
@@ -483,7 +485,7 @@ def test_bytes_and_a_fin_during_the_connect_are_relayed_after_it(
             assert _read_all(client) == b"REPLYanswer"
     up, down, reason, err, connect_us = dialled.wait()
     assert (up, down, reason) == (28, 6, "eof")
-    assert connect_us > 0 and dialled.connected == [connect_us]
+    assert connect_us > 0 and dialled.connected in ([], [connect_us])
 
 
 def test_a_long_connection_is_reported_connected_while_it_lasts(bench: Bench) -> None:

@@ -354,9 +354,9 @@ def test_the_counter_sees_a_task_on_the_common_path(loop_name: str, tmp_path: Pa
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     opened = Session._opened  # every connection's, whoever negotiates and dials
 
-    def opened_with_a_task(self: Session, peer: Any) -> None:
+    def opened_with_a_task(self: Session, peer: Any, *args: Any) -> None:
         asyncio.ensure_future(asyncio.sleep(0))  # what the tests above must catch
-        opened(self, peer)
+        opened(self, peer, *args)
 
     monkeypatch.setattr(Session, "_opened", opened_with_a_task)
     relay = RELAYS[0]
