@@ -12,10 +12,12 @@ built in place), and runs ``fastsocks bench --mode handshake
 handshake, from /proc) to one echo target started once.  Before each server
 it waits until fewer than ``--time-wait`` sockets are in TIME_WAIT (the
 loopback ports a run leaves behind).  Prints each round and the medians as
-JSON: server CPU-µs per handshake (and the part of it in user space, from
-the server's /proc/PID/stat over the whole run: the kernel's share of a
-short connection is most of it and most of the noise), handshakes/s, p50,
-and NEW/OLD.
+JSON: server CPU-µs per handshake, handshakes/s, p50, and NEW/OLD, and the
+server's CPU split by thread and by user/kernel time (``loop_user``,
+``loop_kernel``: the event loop's thread; ``engine_user``,
+``engine_kernel``: the relay engine's), from /proc/PID/task/*/stat over the
+whole run.  The kernel's share of a short connection is most of it and most
+of the noise; the loop's user time is the control plane's Python.
 Anything after ``--`` goes to ``fastsocks bench`` (``--target-name
 localhost``, ``--protocol socks4``, ``--user alice --password s3cret``).
 Loopback only; every run is bounded in time.
@@ -44,11 +46,21 @@ def time_wait() -> int:
     return 0
 
 
-def user_seconds(pid: int) -> float:
-    """The user-space CPU time of a process, all its threads (/proc/PID/stat utime)."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rpartition(")")[2].split()
-    return int(fields[11]) / os.sysconf("SC_CLK_TCK")
+def thread_times(pid: int) -> dict[str, tuple[float, float]]:
+    """(user, kernel) CPU seconds of each thread: ``loop`` (the main one), ``engine``
+    (the other: the relay engine's), from /proc/PID/task/*/stat."""
+    tick = os.sysconf("SC_CLK_TCK")
+    times: dict[str, tuple[float, float]] = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/stat") as f:
+                fields = f.read().rpartition(")")[2].split()
+        except OSError:
+            continue  # gone meanwhile
+        name = "loop" if tid == str(pid) else "engine"
+        user, kernel = times.get(name, (0.0, 0.0))
+        times[name] = (user + int(fields[11]) / tick, kernel + int(fields[12]) / tick)
+    return times
 
 
 def free_port() -> int:
@@ -109,20 +121,23 @@ def main() -> int:
                     stdout=open(log, "w"), stderr=subprocess.STDOUT, env=env)
                 try:
                     wait_listening(server, log, r"listening on (127\.0\.0\.1:\d+)")
-                    user0 = user_seconds(server.pid)
+                    before = thread_times(server.pid)
                     out = subprocess.run(
                         [sys.executable, "-m", "fastsocks", "bench", "--proxy",
                          f"127.0.0.1:{port}", "--target", target, "--mode", "handshake",
                          "--concurrency", str(args.concurrency), "--duration",
                          str(args.duration), "--server-pid", str(server.pid), "--json", *extra],
                         env=env, capture_output=True, timeout=args.duration + 120, check=True)
-                    user = user_seconds(server.pid) - user0
+                    after = thread_times(server.pid)
                 finally:
                     server.terminate()
                     server.wait(10)
                 result = json.loads(out.stdout)
                 row = {"server_cpu_us": round(result["server_cpu_us_per_handshake"], 1),
-                       "user_us": round(user / max(result["handshakes"], 1) * 1e6, 1),
+                       **{f"{thread}_{kind}": round(
+                           (after[thread][i] - before.get(thread, (0.0, 0.0))[i])
+                           / max(result["handshakes"], 1) * 1e6, 1)
+                          for thread in after for i, kind in enumerate(("user", "kernel"))},
                        "per_s": round(result["per_s"]), "p50_ms": round(result["p50_ms"], 3),
                        "errors": sum(result["errors"].values())}
                 rounds[name].append(row)
@@ -131,11 +146,11 @@ def main() -> int:
         echo.terminate()
         echo.wait(10)
     medians = {name: {key: statistics.median(row[key] for row in rows)
-                      for key in ("server_cpu_us", "user_us", "per_s", "p50_ms")}
+                      for key in rows[0]}
                for name, rows in rounds.items()}
     print(json.dumps({"medians": medians,
                       "new/old": {key: round(medians["new"][key] / medians["old"][key], 3)
-                                  for key in medians["new"]}}, indent=1))
+                                  for key in medians["new"] if medians["old"][key]}}, indent=1))
     return 0
 
 
