@@ -2,10 +2,25 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Iterable
 
 #: Why a pair ended, by the index the engine reports.
 REASONS: tuple[str, ...]
+
+#: What a negotiation may answer itself (``greet``; constants.Greet has the same).
+GREET_NONE: int
+GREET_OPEN: int
+GREET_LOGIN: int
+#: What the engine sent before a negotiation's report (``answered``; constants.Sent).
+SENT_NOTHING: int
+SENT_OPEN: int
+SENT_METHOD: int
+SENT_LOGIN: int
+
+def login_mac(key: bytes, name: bytes, password: bytes) -> bytes:
+    """BLAKE2s-256 under ``key`` of the RFC 1929 name and password, each after its
+    length in 4 bytes, big-endian: how ``Engine.logins`` knows a login."""
+    ...
 
 def first_byte(fd: int) -> int:
     """The first byte queued on a fresh connection (MSG_PEEK), or -1."""
@@ -57,19 +72,26 @@ class Engine:
         nonblocking: bool = ...,
         connect_timeout: float = ...,
     ) -> int: ...
-    def negotiate(self, client_fd: int, greet: bool, callback: Callable[..., object],
+    def negotiate(self, client_fd: int, greet: int, callback: Callable[..., object],
                   dial_timeout: float = ..., idle_timeout: float = ...) -> int:
         """Take an accepted connection's SOCKS5 handshake (``callback(reason, data,
         answered, bytes_up, bytes_down, err, connect_us)``: ``request``, ``dialling``,
         ``handback``, then as a pair added connecting)."""
         ...
-    def listen(self, fd: int, key: int, accepted: Callable[..., object], greet: bool,
+    def listen(self, fd: int, key: int, accepted: Callable[..., object], greet: int,
                dial_timeout: float = ..., idle_timeout: float = ..., slow: float = ...) -> None:
         """Accept on the listening socket ``fd`` (the engine's own) and negotiate each
         connection; ``accepted(id, fd, peer, age, dialling)`` gives each one's callback
         with its first report.  ``fd`` -1: new settings for ``key``."""
         ...
     def unlisten(self, key: int) -> None: ...
+    def logins(self, key: bytes | None = ..., macs: Iterable[bytes] = ...) -> None:
+        """The RFC 1929 logins answered here (GREET_LOGIN): ``macs`` under ``key``."""
+        ...
+    def add_login(self, mac: bytes) -> None: ...
+    def pause_logins(self, until: float) -> None:
+        """Every login goes to the loop until ``until`` (time.monotonic())."""
+        ...
     def dial(
         self,
         pair_id: int,

@@ -42,7 +42,9 @@ chunk; the event loop thread only does handshakes.
   slows the sender, and the engine wakes it on a timer; no Python runs.
 * It can also take a connection before its handshake (``negotiate``): the
   engine reads the greeting, answers X'05 00' where the server would choose
-  "no authentication", reads the request, and reports a well-formed CONNECT
+  "no authentication" (or X'05 02', and X'01 00' to an RFC 1929 login that
+  the users file's cache vouches for, kept here as keyed BLAKE2s MACs),
+  reads the request, and reports a well-formed CONNECT
   to the event loop, which decides and answers with ``dial`` (the upstream
   socket, connecting or connected, and the reply) or ``end`` (a refusal).
   Anything else (another protocol, another method or command, a malformed
@@ -286,6 +288,198 @@ cdef extern from *:
                        unsigned int* flow, unsigned int* scope) nogil
 
 
+cdef extern from *:
+    """
+    #include <stdint.h>
+    #include <stdlib.h>
+    #include <string.h>
+
+    /* RFC 1929 logins that the users file's cache vouches for (control/auth.py):
+       BLAKE2s-256 MACs (RFC 7693, keyed) of the credentials, as ``Users`` makes
+       them, in an open-addressed set.  The engine checks a login against it
+       without the GIL; the loop adds to it after each good hash check. */
+    static const uint32_t fastsocks_b2s_iv[8] = {
+        0x6A09E667u, 0xBB67AE85u, 0x3C6EF372u, 0xA54FF53Au,
+        0x510E527Fu, 0x9B05688Cu, 0x1F83D9ABu, 0x5BE0CD19u};
+    static const uint8_t fastsocks_b2s_sigma[10][16] = {
+        {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15},
+        {14, 10, 4, 8, 9, 15, 13, 6, 1, 12, 0, 2, 11, 7, 5, 3},
+        {11, 8, 12, 0, 5, 2, 15, 13, 10, 14, 3, 6, 7, 1, 9, 4},
+        {7, 9, 3, 1, 13, 12, 11, 14, 2, 6, 5, 10, 4, 0, 15, 8},
+        {9, 0, 5, 7, 2, 4, 10, 15, 14, 1, 11, 12, 6, 8, 3, 13},
+        {2, 12, 6, 10, 0, 11, 8, 3, 4, 13, 7, 5, 15, 14, 1, 9},
+        {12, 5, 1, 15, 14, 13, 4, 10, 0, 7, 6, 3, 9, 2, 8, 11},
+        {13, 11, 7, 14, 12, 1, 3, 9, 5, 0, 15, 4, 8, 6, 2, 10},
+        {6, 15, 14, 9, 11, 3, 0, 8, 12, 2, 13, 7, 1, 4, 10, 5},
+        {10, 2, 8, 4, 7, 6, 1, 5, 15, 11, 9, 14, 3, 12, 13, 0}};
+
+    #define FASTSOCKS_ROTR(x, n) (((x) >> (n)) | ((x) << (32 - (n))))
+    #define FASTSOCKS_G(a, b, c, d, x, y) do { \
+        v[a] += v[b] + (x); v[d] = FASTSOCKS_ROTR(v[d] ^ v[a], 16); \
+        v[c] += v[d];       v[b] = FASTSOCKS_ROTR(v[b] ^ v[c], 12); \
+        v[a] += v[b] + (y); v[d] = FASTSOCKS_ROTR(v[d] ^ v[a], 8);  \
+        v[c] += v[d];       v[b] = FASTSOCKS_ROTR(v[b] ^ v[c], 7); } while (0)
+
+    /* The compression function F (RFC 7693 section 3.2); ``t`` the bytes so far
+       (the messages here stay far below 2^32 bytes). */
+    static void fastsocks_b2s_compress(uint32_t* h, const uint8_t* block, uint32_t t, int last) {
+        uint32_t v[16], m[16];
+        int i;
+        for (i = 0; i < 16; i++)
+            m[i] = (uint32_t)block[4 * i] | (uint32_t)block[4 * i + 1] << 8
+                 | (uint32_t)block[4 * i + 2] << 16 | (uint32_t)block[4 * i + 3] << 24;
+        for (i = 0; i < 8; i++) {
+            v[i] = h[i];
+            v[i + 8] = fastsocks_b2s_iv[i];
+        }
+        v[12] ^= t;
+        if (last)
+            v[14] = ~v[14];
+        for (i = 0; i < 10; i++) {
+            const uint8_t* s = fastsocks_b2s_sigma[i];
+            FASTSOCKS_G(0, 4, 8, 12, m[s[0]], m[s[1]]);
+            FASTSOCKS_G(1, 5, 9, 13, m[s[2]], m[s[3]]);
+            FASTSOCKS_G(2, 6, 10, 14, m[s[4]], m[s[5]]);
+            FASTSOCKS_G(3, 7, 11, 15, m[s[6]], m[s[7]]);
+            FASTSOCKS_G(0, 5, 10, 15, m[s[8]], m[s[9]]);
+            FASTSOCKS_G(1, 6, 11, 12, m[s[10]], m[s[11]]);
+            FASTSOCKS_G(2, 7, 8, 13, m[s[12]], m[s[13]]);
+            FASTSOCKS_G(3, 4, 9, 14, m[s[14]], m[s[15]]);
+        }
+        for (i = 0; i < 8; i++)
+            h[i] ^= v[i] ^ v[i + 8];
+    }
+
+    /* BLAKE2s-256 of ``msg`` (``n`` bytes) keyed with ``key`` (32 bytes). */
+    static void fastsocks_blake2s(const uint8_t* key, const uint8_t* msg, size_t n,
+                                  uint8_t* out) {
+        uint32_t h[8];
+        uint8_t block[64];
+        uint32_t t = 64;
+        int i;
+        for (i = 0; i < 8; i++)
+            h[i] = fastsocks_b2s_iv[i];
+        h[0] ^= 0x01010000u ^ (32u << 8) ^ 32u;
+        memset(block, 0, 64);
+        memcpy(block, key, 32);
+        fastsocks_b2s_compress(h, block, t, n == 0);
+        while (n > 64) {
+            t += 64;
+            fastsocks_b2s_compress(h, msg, t, 0);
+            msg += 64;
+            n -= 64;
+        }
+        if (n > 0) {
+            memset(block, 0, 64);
+            memcpy(block, msg, n);
+            t += (uint32_t)n;
+            fastsocks_b2s_compress(h, block, t, 1);
+        }
+        for (i = 0; i < 32; i++)
+            out[i] = (uint8_t)(h[i / 4] >> (8 * (i % 4)));
+    }
+
+    /* The MAC of a login: BLAKE2s-256 under ``key`` of the user name and the
+       password, each after its length (4 bytes, big-endian). */
+    static void fastsocks_login_mac(const uint8_t* key, const uint8_t* name, size_t nlen,
+                                    const uint8_t* password, size_t plen, uint8_t* out) {
+        uint8_t msg[4 + 255 + 4 + 255];
+        size_t n = 0;
+        if (nlen > 255 || plen > 255) {   /* RFC 1929's fields never are */
+            memset(out, 0, 32);
+            return;
+        }
+        msg[n++] = 0; msg[n++] = 0; msg[n++] = 0; msg[n++] = (uint8_t)nlen;
+        memcpy(msg + n, name, nlen);
+        n += nlen;
+        msg[n++] = 0; msg[n++] = 0; msg[n++] = 0; msg[n++] = (uint8_t)plen;
+        memcpy(msg + n, password, plen);
+        n += plen;
+        fastsocks_blake2s(key, msg, n, out);
+    }
+
+    /* The set: a power of two of 32-byte slots, at most half full; all zeros
+       marks an empty slot (a MAC of all zeros is never added). */
+    typedef struct {
+        uint8_t (*slots)[32];
+        size_t mask;
+        size_t used;
+    } fastsocks_logins;
+
+    static int fastsocks_zero32(const uint8_t* d) {
+        int i;
+        uint8_t any = 0;
+        for (i = 0; i < 32; i++)
+            any |= d[i];
+        return any == 0;
+    }
+
+    static int fastsocks_logins_has(const fastsocks_logins* t, const uint8_t* mac) {
+        uint64_t k;
+        size_t i;
+        if (t->slots == NULL)
+            return 0;
+        memcpy(&k, mac, 8);
+        for (i = (size_t)k & t->mask;; i = (i + 1) & t->mask) {
+            if (memcmp(t->slots[i], mac, 32) == 0)
+                return 1;
+            if (fastsocks_zero32(t->slots[i]))
+                return 0;
+        }
+    }
+
+    static void fastsocks_logins_put(fastsocks_logins* t, const uint8_t* mac) {
+        uint64_t k;
+        size_t i;
+        memcpy(&k, mac, 8);
+        for (i = (size_t)k & t->mask; !fastsocks_zero32(t->slots[i]); i = (i + 1) & t->mask)
+            if (memcmp(t->slots[i], mac, 32) == 0)
+                return;
+        memcpy(t->slots[i], mac, 32);
+        t->used++;
+    }
+
+    /* Add ``mac``, growing the set first where it would be over half full:
+       0, or -1 when out of memory (the set is as it was). */
+    static int fastsocks_logins_add(fastsocks_logins* t, const uint8_t* mac) {
+        if (fastsocks_zero32(mac) || fastsocks_logins_has(t, mac))
+            return 0;
+        if (t->slots == NULL || 2 * (t->used + 1) > t->mask + 1) {
+            fastsocks_logins old = *t;
+            size_t size = t->slots == NULL ? 16 : 2 * (t->mask + 1), i;
+            t->slots = (uint8_t (*)[32])calloc(size, 32);
+            if (t->slots == NULL) {
+                *t = old;
+                return -1;
+            }
+            t->mask = size - 1;
+            t->used = 0;
+            for (i = 0; old.slots != NULL && i <= old.mask; i++)
+                if (!fastsocks_zero32(old.slots[i]))
+                    fastsocks_logins_put(t, old.slots[i]);
+            free(old.slots);
+        }
+        fastsocks_logins_put(t, mac);
+        return 0;
+    }
+
+    static void fastsocks_logins_clear(fastsocks_logins* t) {
+        free(t->slots);
+        t->slots = NULL;
+        t->mask = 0;
+        t->used = 0;
+    }
+    """
+    ctypedef struct fastsocks_logins:
+        size_t used
+    void fastsocks_login_mac(const unsigned char* key, const unsigned char* name, size_t nlen,
+                             const unsigned char* password, size_t plen,
+                             unsigned char* out) nogil
+    int fastsocks_logins_has(const fastsocks_logins* t, const unsigned char* mac) nogil
+    int fastsocks_logins_add(fastsocks_logins* t, const unsigned char* mac) nogil
+    void fastsocks_logins_clear(fastsocks_logins* t) nogil
+
+
 cdef extern from "<pthread.h>" nogil:
     ctypedef struct pthread_mutex_t:
         pass
@@ -331,7 +525,21 @@ cdef enum:
     NEG_GREETING = 1
     NEG_REQUEST = 2
     NEG_WAITING = 3           # the request went to the loop; dial() or end() comes back
-    NEG_BUF = 1024            # a greeting (≤ 257 bytes) and a request (≤ 262) fit
+    NEG_LOGIN = 4             # X'05 02' went out: the RFC 1929 login comes
+    NEG_BUF = 1088            # a greeting (≤ 257 bytes), a login (≤ 513), a request (≤ 262)
+
+# What a negotiation may answer itself (negotiate()'s and listen()'s ``greet``).
+cpdef enum:
+    GREET_NONE = 0            # nothing: every greeting goes back to the loop
+    GREET_OPEN = 1            # X'05 00' to a greeting that offers it
+    GREET_LOGIN = 2           # X'05 02', then the logins the set vouches for (logins())
+
+# What the engine sent before a report (its ``answered``).
+cpdef enum:
+    SENT_NOTHING = 0
+    SENT_OPEN = 1             # X'05 00'
+    SENT_METHOD = 2           # X'05 02'
+    SENT_LOGIN = 3            # X'05 02', and X'01 00' to the login
 
 # Pairs accepted by the engine take their ids from here up (the loop's from 1).
 cdef uint64_t ACCEPTED_IDS = (<uint64_t>1) << 62
@@ -399,7 +607,7 @@ cdef struct Done:
     bint dialled              # added while connecting: the callback takes five arguments
     int64_t connect_us        # how long the connect took (-1: it never completed)
     bint held                 # a negotiated pair: one callback, seven arguments
-    bint answered             # negotiated: the engine sent X'05 00'
+    int answered              # negotiated: what the engine sent (SENT_*)
     char* data                # negotiated: the bytes read (request, handback)
     Py_ssize_t dlen
     # An accepted pair's first report (``first``) introduces it to the loop:
@@ -436,8 +644,9 @@ cdef struct Pair:
     Done* hello               # connecting pairs: the "connected" report, likewise
     # Negotiated pairs (negotiate()): the handshake read here, then the loop's answer.
     int neg                   # NEG_*; 0 once dialled
-    bint greet                # may answer a greeting that offers X'00' itself
-    bint answered             # ... and did
+    int greet                 # GREET_*: what it may answer itself
+    int answered              # SENT_*: ... and did
+    Py_ssize_t req            # where the request starts in nbuf (after the login)
     bint trail                # bytes came after the request (early data for the target)
     bint sole                 # no duplicate of either fd exists: close() leaves epoll
     char* nbuf
@@ -471,7 +680,7 @@ cdef struct Attach:
 cdef struct Listener:
     int fd                    # the engine's own descriptor (a duplicate), closed by it
     int key                   # the loop's name for it
-    bint greet                # what its connections' negotiations may do (negotiate())
+    int greet                 # what its connections' negotiations may do (negotiate())
     int64_t dial_ms
     int64_t idle_ms
     int64_t slow_ms           # a handshake unfinished after this long goes to the loop
@@ -553,6 +762,21 @@ def _unclaimed(*args):
     pass
 
 
+def login_mac(bytes key, bytes name, bytes password):
+    """The MAC under which ``Engine.logins`` knows a login (names and passwords of
+    at most 255 bytes, as RFC 1929 carries them)."""
+    cdef unsigned char out[32]
+    if PyBytes_GET_SIZE(key) != 32:
+        raise ValueError("the login key is 32 bytes")
+    if PyBytes_GET_SIZE(name) > 255 or PyBytes_GET_SIZE(password) > 255:
+        raise ValueError("RFC 1929 names and passwords are at most 255 bytes")
+    fastsocks_login_mac(<const unsigned char*>PyBytes_AS_STRING(key),
+                        <const unsigned char*>PyBytes_AS_STRING(name), PyBytes_GET_SIZE(name),
+                        <const unsigned char*>PyBytes_AS_STRING(password),
+                        PyBytes_GET_SIZE(password), out)
+    return PyBytes_FromStringAndSize(<char*>out, 32)
+
+
 def first_byte(int fd):
     """The first byte queued on a fresh connection, without taking it: -1 when
     none has come yet (or the client has gone; the engine will see that)."""
@@ -599,6 +823,11 @@ cdef class Engine:
     cdef object _held             # negotiated pairs: id -> the Pair's address (the loop's ref)
     cdef object _accepting        # listener key -> callable(id, fd, peer, age, dialling)
     cdef public object on_exhausted  # callable(errno): accepting paused, no descriptor left
+    # RFC 1929 logins the engine answers itself (GREET_LOGIN): a set of MACs
+    # under ``login_key``, under ``lock``; none while a source backs off.
+    cdef fastsocks_logins login_set
+    cdef unsigned char login_key[32]
+    cdef int64_t login_wait_us    # until then (CLOCK_MONOTONIC), every login goes to the loop
 
     def __cinit__(self):
         self.epfd = -1
@@ -668,6 +897,7 @@ cdef class Engine:
         for fd in (self.epfd, self.cmd_fd, self.done_fd):
             if fd >= 0:
                 close(fd)
+        fastsocks_logins_clear(&self.login_set)
         pthread_mutex_destroy(&self.lock)
 
     @property
@@ -766,14 +996,17 @@ cdef class Engine:
         self._command(CMD_ADD, p.id, 0, p)
         return p.id
 
-    def negotiate(self, int client_fd, bint greet, callback, double dial_timeout=0.0,
+    def negotiate(self, int client_fd, int greet, callback, double dial_timeout=0.0,
                   double idle_timeout=0.0):
         """Take an accepted connection's SOCKS5 handshake; the engine owns the fd.
 
-        The engine reads the greeting and, where ``greet`` says the server
-        would choose "no authentication" and the client offers it, answers
-        X'05 00' itself; then it reads the request.  ``callback(reason, data,
-        answered, bytes_up, bytes_down, err, connect_us)`` runs on the loop:
+        The engine reads the greeting and, where ``greet`` says what the
+        server would choose and the client offers it, answers it itself:
+        X'05 00' (GREET_OPEN), or X'05 02' (GREET_LOGIN) and then the RFC 1929
+        login with X'01 00' where the set of known logins has it (``logins``);
+        then it reads the request.  ``callback(reason, data, answered,
+        bytes_up, bytes_down, err, connect_us)`` runs on the loop, with
+        ``answered`` what the engine sent (SENT_*):
 
         * ``request``: a well-formed CONNECT came (``data``: every byte read,
           greeting first).  The pair waits for ``dial()`` or ``end()``.
@@ -784,9 +1017,9 @@ cdef class Engine:
           ``idle_timeout``; ``data`` is the greeting and the request.  A
           connect that fails at once is reported as ``request`` instead.
         * ``handback``: anything else (another protocol, no X'00' offered, a
-          command other than CONNECT, a malformed request): ``client_fd`` is
-          the caller's again, open, with ``data`` read from it and
-          ``answered`` saying whether X'05 00' went out.
+          command other than CONNECT, a malformed message, a login the set
+          does not know): ``client_fd`` is the caller's again, open, with
+          ``data`` read from it.
         * then as a pair added with ``connect_timeout`` (``connected``,
           ``connect_failed`` ...), or its end (``client_closed`` when the
           client leaves before ``dial()``; ``closed`` after ``end()``).
@@ -875,7 +1108,7 @@ cdef class Engine:
         fastsocks_ref_add(&p.refs, 1)
         self._command(CMD_END, pair_id, 0, p, NULL, data, n)
 
-    def listen(self, int fd, int key, accepted, bint greet, double dial_timeout=0.0,
+    def listen(self, int fd, int key, accepted, int greet, double dial_timeout=0.0,
                double idle_timeout=0.0, double slow=0.25):
         """Accept connections on the listening socket ``fd`` here, and negotiate them.
 
@@ -917,6 +1150,43 @@ cdef class Engine:
     def unseen(self):
         """Connections accepted here whose first report the loop has not had yet."""
         return fastsocks_ref_add(&self.unseen, 0)
+
+    def logins(self, bytes key=None, macs=()):
+        """The RFC 1929 logins answered here (GREET_LOGIN): none, or ``macs`` under ``key``.
+
+        A MAC is BLAKE2s-256 under ``key`` (32 bytes) of the user name and the
+        password, each after its length in 4 bytes, big-endian (``login_mac``;
+        ``Users`` makes the same).  Replaces the set; None: no login is known.
+        """
+        if key is not None and PyBytes_GET_SIZE(key) != 32:
+            raise ValueError("the login key is 32 bytes")
+        pthread_mutex_lock(&self.lock)
+        fastsocks_logins_clear(&self.login_set)
+        if key is not None:
+            memcpy(self.login_key, PyBytes_AS_STRING(key), 32)
+        pthread_mutex_unlock(&self.lock)
+        for mac in macs:
+            self.add_login(mac)
+
+    def add_login(self, bytes mac):
+        """One more login the engine may answer X'01 00' (a good check's MAC)."""
+        cdef int failed
+        if PyBytes_GET_SIZE(mac) != 32:
+            raise ValueError("a login's MAC is 32 bytes")
+        pthread_mutex_lock(&self.lock)
+        failed = fastsocks_logins_add(&self.login_set, <const unsigned char*>PyBytes_AS_STRING(mac))
+        pthread_mutex_unlock(&self.lock)
+        if failed:
+            raise MemoryError()
+
+    def pause_logins(self, double until):
+        """Hand every login to the loop until ``until`` (time.monotonic()): a source
+        backs off after its failures (control/authgate.py), which only the loop judges."""
+        cdef int64_t wait_us = <int64_t>(until * 1e6)
+        pthread_mutex_lock(&self.lock)
+        if wait_us > self.login_wait_us:
+            self.login_wait_us = wait_us
+        pthread_mutex_unlock(&self.lock)
 
     def close(self, uint64_t pair_id, str reason="closed"):
         """Ask the engine to close one pair (it is reported as usual)."""
@@ -1115,7 +1385,7 @@ cdef void _free_pair(Pair* p, bint close_fds) noexcept nogil:
     free(p)
 
 
-cdef Pair* _negotiated(int fd, bint greet, int64_t dial_ms, int64_t idle_ms) noexcept nogil:
+cdef Pair* _negotiated(int fd, int greet, int64_t dial_ms, int64_t idle_ms) noexcept nogil:
     """A pair whose client ``fd`` the engine negotiates (negotiate(), or an accept), its
     reports allocated and two references (the engine's, the loop's); NULL when out
     of memory (``fd`` is still the caller's)."""
@@ -1549,14 +1819,15 @@ cdef void _negotiate(Engine e, Pair* p, uint32_t events) noexcept nogil:
 
 
 cdef bint _parse(Engine e, Pair* p) noexcept nogil:
-    """What the bytes read so far make up; True when the pair left NEG_GREETING/REQUEST.
+    """What the bytes read so far make up; True when the pair left the handshake's reading.
 
-    Only the common case is finished here: a greeting that offers X'00' when
-    the server would choose it, and a well-formed CONNECT.  Everything else
-    goes back to the loop, whose codec words every reply code as ever.
+    Only the common case is finished here: a greeting that offers the method
+    the server would choose (X'00', or X'02' with a login the set vouches
+    for), and a well-formed CONNECT.  Everything else goes back to the loop,
+    whose codec words every reply code as ever.
     """
     cdef const unsigned char* b = <const unsigned char*>p.nbuf
-    cdef Py_ssize_t g, need, alen
+    cdef Py_ssize_t g, r, need, alen
     cdef int atyp
     if b[0] != 5:
         _finish(e, p, R_HANDBACK)             # SOCKS4, HTTP, or garbage
@@ -1567,46 +1838,103 @@ cdef bint _parse(Engine e, Pair* p) noexcept nogil:
     if p.nlen < g:
         return False
     if p.neg == NEG_GREETING:
-        if not p.greet or b[1] == 0 or memchr(b + 2, 0, b[1]) == NULL:
-            _finish(e, p, R_HANDBACK)         # another method, or none
+        if p.greet == GREET_LOGIN and b[1] and memchr(b + 2, 2, b[1]) != NULL \
+                and _now_us() >= e.login_wait_us:
+            if not _answer(e, p, b"\x05\x02", SENT_METHOD):
+                return True
+            p.neg = NEG_LOGIN
+        elif p.greet == GREET_OPEN and b[1] and memchr(b + 2, 0, b[1]) != NULL:
+            if not _answer(e, p, b"\x05\x00", SENT_OPEN):
+                return True
+            p.req = g
+            p.neg = NEG_REQUEST
+        else:
+            _finish(e, p, R_HANDBACK)         # another method, none, or a source backing off
             return True
-        if send(p.fds[0], b"\x05\x00", 2, MSG_NOSIGNAL) != 2:
-            _finish(e, p, R_CLIENT_RESET)
-            return True
-        p.answered = True
-        p.neg = NEG_REQUEST
-    if p.nlen < g + 4:
+    if p.neg == NEG_LOGIN and not _login(e, p, g):
+        return p.dead                         # handed back, or not all in yet
+    r = p.req
+    if p.nlen < r + 4:
         return False
-    if b[g] != 5 or b[g + 1] != 1 or b[g + 2] != 0:
+    if b[r] != 5 or b[r + 1] != 1 or b[r + 2] != 0:
         _finish(e, p, R_HANDBACK)             # BIND, UDP ASSOCIATE, or malformed
         return True
-    atyp = b[g + 3]
+    atyp = b[r + 3]
     if atyp == 1:
         alen = 4
     elif atyp == 4:
         alen = 16
     elif atyp == 3:
-        if p.nlen < g + 5:
+        if p.nlen < r + 5:
             return False
-        if b[g + 4] == 0:
+        if b[r + 4] == 0:
             _finish(e, p, R_HANDBACK)
             return True
-        alen = 1 + b[g + 4]
+        alen = 1 + b[r + 4]
     else:
         _finish(e, p, R_HANDBACK)
         return True
-    need = g + 4 + alen + 2
+    need = r + 4 + alen + 2
     if p.nlen < need:
         return False
     # The request is in.  Whatever else the client sent may still be queued
     # (this read stopped): the relay reads on.
     p.up.ready = True
-    if p.dial_ms and atyp != 3 and _dial(e, p, g, atyp == 4, need):
+    if p.dial_ms and atyp != 3 and _dial(e, p, r, atyp == 4, need):
         return True
     # The loop decides.
     p.trail = p.nlen > need
     p.neg = NEG_WAITING
     _ask(e, p, R_REQUEST, p.nlen)
+    return True
+
+
+cdef bint _answer(Engine e, Pair* p, const char* reply, int sent) noexcept nogil:
+    """Send a two-byte answer of the negotiation; False when the client is gone (finished)."""
+    if send(p.fds[0], reply, 2, MSG_NOSIGNAL) != 2:
+        _finish(e, p, R_CLIENT_RESET)
+        return False
+    p.answered = sent
+    return True
+
+
+cdef bint _login(Engine e, Pair* p, Py_ssize_t g) noexcept nogil:
+    """The RFC 1929 login after X'05 02' (at ``g``): True when the set vouched for it.
+
+    VER X'01', ULEN, UNAME, PLEN, PASSWD.  A login the set knows is answered
+    X'01 00' and the request follows; any other (unknown, wrong, malformed,
+    or while a source backs off after its failures) goes to the loop, which
+    checks it in full and words the failure.  False also while it is not all in.
+    """
+    cdef const unsigned char* b = <const unsigned char*>p.nbuf
+    cdef unsigned char mac[32]
+    cdef Py_ssize_t ulen, plen
+    cdef bint known
+    if p.nlen < g + 2:
+        return False
+    if b[g] != 1:
+        _finish(e, p, R_HANDBACK)
+        return False
+    ulen = b[g + 1]
+    if p.nlen < g + 3 + ulen:
+        return False
+    plen = b[g + 2 + ulen]
+    if p.nlen < g + 3 + ulen + plen:
+        return False
+    known = False
+    if ulen and plen:
+        pthread_mutex_lock(&e.lock)
+        if e.login_set.used and _now_us() >= e.login_wait_us:
+            fastsocks_login_mac(e.login_key, b + g + 2, ulen, b + g + 3 + ulen, plen, mac)
+            known = fastsocks_logins_has(&e.login_set, mac)
+        pthread_mutex_unlock(&e.lock)
+    if not known:
+        _finish(e, p, R_HANDBACK)
+        return False
+    if not _answer(e, p, b"\x01\x00", SENT_LOGIN):
+        return False
+    p.req = g + 3 + ulen + plen
+    p.neg = NEG_REQUEST
     return True
 
 
@@ -1616,7 +1944,7 @@ cdef void _ask(Engine e, Pair* p, int reason, Py_ssize_t n) noexcept nogil:
     p.asked = NULL
     d.id = p.id
     d.reason = reason
-    d.answered = True
+    d.answered = p.answered
     d.data = p.nbuf
     d.dlen = n
     p.nbuf = NULL
@@ -2098,7 +2426,7 @@ cdef void _scan_idle(Engine e, int64_t now) noexcept nogil:
         l = l.next
     while p != NULL:
         nxt = p.next
-        if p.accepted and (p.neg == NEG_GREETING or p.neg == NEG_REQUEST):
+        if p.accepted and p.neg and p.neg != NEG_WAITING:
             if now >= p.deadline_ms:
                 _finish(e, p, R_HANDBACK)   # slow: the loop's limits and timeout take it
         elif p.connecting:

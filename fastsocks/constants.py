@@ -20,6 +20,23 @@ class Method(enum.IntEnum):
     NO_ACCEPTABLE = 0xFF
 
 
+class Greet(enum.IntEnum):
+    """What the splice engine may answer in a greeting itself (``Engine.negotiate``)."""
+
+    NONE = 0  # nothing: the loop answers every greeting
+    OPEN = 1  # X'05 00' where the client offers it
+    LOGIN = 2  # X'05 02', then X'01 00' to the RFC 1929 logins the users file's cache vouches for
+
+
+class Sent(enum.IntEnum):
+    """What the splice engine had sent when it reported a negotiation (its ``answered``)."""
+
+    NOTHING = 0
+    OPEN = 1  # X'05 00'
+    METHOD = 2  # X'05 02'
+    LOGIN = 3  # X'05 02', and X'01 00' to the login
+
+
 class Command(enum.IntEnum):
     """Request commands, RFC 1928 §4 (SOCKS4's CONNECT and BIND share 1 and 2)."""
 

@@ -45,6 +45,16 @@ def recv_exact(s: socket.socket, n: int) -> bytes:
     return data
 
 
+def send_split(sock: socket.socket, data: bytes, split: bool) -> None:
+    """All of ``data``, or one byte per segment (each of the server's reads sees a fragment)."""
+    if not split:
+        sock.sendall(data)
+        return
+    for i in range(len(data)):
+        sock.send(data[i:i + 1])
+        time.sleep(0.002)
+
+
 def free_port(host: str) -> int:
     """A port on ``host`` outside the ephemeral range, free right now.
 

@@ -10,7 +10,9 @@ of wrong passwords would hold up the system resolver's lookups); how many may
 wait there is bounded (``control/authgate.py``).  A successful check is
 remembered as an HMAC of the password under a per-process random key, so a
 client that reconnects costs one SHA-256 instead of a bcrypt round, without
-queueing (``cached``); the comparison is constant-time.  Unknown users are
+queueing (``cached``); the comparison is constant-time.  Where the splice
+engine negotiates, it keeps the same MACs (``mirror``) and answers a login
+they vouch for itself, without the loop.  Unknown users are
 checked against a dummy hash made like the file's own (the algorithm and
 cost most of its hashes use, re-made with the file on reload), so that
 timing does not reveal which names exist.  Passwords are never logged.
@@ -144,6 +146,7 @@ class Users:
     _key: bytes = field(default_factory=lambda: secrets.token_bytes(32), repr=False)
     _verified: dict[str, tuple[str, bytes]] = field(default_factory=dict, repr=False)
     _dummy: str | None = field(default=None, repr=False)
+    _engine: Any = field(default=None, repr=False)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> Users:
@@ -180,10 +183,21 @@ class Users:
     def __len__(self) -> int:
         return len(self.hashes)
 
-    def _digest(self, name: str, hashed: str, password: bytes) -> bytes:
-        # Keyed BLAKE2s is a MAC (RFC 7693), at a third of HMAC-SHA256's cost here.
-        return hashlib.blake2s(b"%s\0%s\0%s" % (name.encode(), hashed.encode(), password),
+    def _digest(self, username: bytes, password: bytes) -> bytes:
+        # Keyed BLAKE2s is a MAC (RFC 7693), at a third of HMAC-SHA256's cost here;
+        # each field after its length, as the engine's login_mac makes it.
+        return hashlib.blake2s(b"%s%s%s%s" % (len(username).to_bytes(4, "big"), username,
+                                              len(password).to_bytes(4, "big"), password),
                                key=self._key).digest()
+
+    def mirror(self, engine: Any) -> None:
+        """Let the splice engine answer the logins this cache vouches for, now and later.
+
+        It gets the key and the MACs of the good checks so far
+        (``Engine.logins``), and each new one as it is made.
+        """
+        self._engine = engine
+        engine.logins(self._key, [digest for _, digest in self._verified.values()])
 
     def cached(self, username: bytes, password: bytes) -> bool:
         """True when a recent good check vouches for these credentials (no hashing, no queue)."""
@@ -193,7 +207,7 @@ class Users:
             return False
         cached = self._verified.get(name)
         return (cached is not None and cached[0] == hashed
-                and hmac.compare_digest(cached[1], self._digest(name, hashed, password)))
+                and hmac.compare_digest(cached[1], self._digest(username, password)))
 
     async def verify(self, username: bytes, password: bytes) -> bool:
         """True when the credentials match; never blocks the loop."""
@@ -210,7 +224,10 @@ class Users:
             return False
         ok = await loop.run_in_executor(pool, _check_hash, password, hashed)
         if ok:
-            self._verified[name] = (hashed, self._digest(name, hashed, password))
+            digest = self._digest(username, password)
+            self._verified[name] = (hashed, digest)
+            if self._engine is not None:
+                self._engine.add_login(digest)
         return ok
 
 

@@ -57,7 +57,8 @@ def source_of(ip: str | None) -> str | bytes:
 class PasswordGate:
     """One worker's pending password checks and failed-login table."""
 
-    __slots__ = ("checks", "per_source", "free", "pending", "reject", "_pending_by", "_failures")
+    __slots__ = ("checks", "per_source", "free", "pending", "reject", "on_wait", "_pending_by",
+                 "_failures")
 
     def __init__(self, reject: Callable[[str, str | None, str | None], Any]) -> None:
         self.checks = 0  # 0: no bound
@@ -65,6 +66,9 @@ class PasswordGate:
         self.free = 0  # 0: no back-off
         self.pending = 0
         self.reject = reject  # counts a refusal (Limits: metrics, rejected, warning)
+        # Told when a source must wait (until then, monotonic): the splice engine
+        # answers no login meanwhile (Engine.pause_logins), as this gate must judge it.
+        self.on_wait: Callable[[float], Any] | None = None
         self._pending_by: dict[str | bytes, int] = {}
         # source -> [failures, last failure, must wait until]; least recent first
         self._failures: OrderedDict[str | bytes, list[float]] = OrderedDict()
@@ -128,6 +132,8 @@ class PasswordGate:
         excess = entry[0] - self.free
         if excess >= 0:
             entry[2] = now + min(MAX_BACKOFF, 2.0 ** excess)
+            if self.on_wait is not None:
+                self.on_wait(entry[2])
         table[source] = entry
         table.move_to_end(source)
         while len(table) > MAX_SOURCES:

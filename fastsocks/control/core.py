@@ -120,9 +120,9 @@ class SessionCore(asyncio.Protocol):
         self.fd = -1
         self.handed = 0.0
         # The engine negotiated (runtime/listener.py): the bytes it read, for
-        # the transport that takes over, and whether it sent X'05 00' already.
+        # the transport that takes over, and what it sent already (a Sent).
         self.replay = b""
-        self.answered = False
+        self.answered = 0
 
     @property
     def closed(self) -> bool:

@@ -16,7 +16,7 @@ import logging
 from typing import Any
 
 from .. import codec
-from ..constants import Method, Phase
+from ..constants import Method, Phase, Sent
 from ..errors import ProtocolError
 from ..net.address import format_peer
 from .gssapi import GssFailure
@@ -34,6 +34,8 @@ _Request = codec.Request
 _GSS_ABORT = codec.GSS_ABORT
 _PHASE_GSSAPI = Phase.GSSAPI
 _PHASE_REQUEST = Phase.REQUEST
+_SENT_OPEN = Sent.OPEN
+_SENT_LOGIN = Sent.LOGIN
 
 
 class NegotiateStage(SessionCore):
@@ -64,6 +66,9 @@ class NegotiateStage(SessionCore):
             if kind is _Greeting:
                 self._on_greeting(event)
             elif kind is _UserPass:
+                if self.answered:  # the engine's X'01 00' went out (Sent.LOGIN)
+                    self._engine_login(event)
+                    continue
                 if self._cached_login(event):
                     continue  # answered: on to the request, perhaps already buffered
                 self.state = State.AUTHENTICATING
@@ -99,11 +104,14 @@ class NegotiateStage(SessionCore):
         else:
             method = Method.NO_AUTH if Method.NO_AUTH in event.methods else Method.NO_ACCEPTABLE
         data = self.codec.send_method(method)
-        if self.answered:  # the engine sent X'05 00' for us (Session.accepted)
-            self.answered = False
-            if method != Method.NO_AUTH:  # a reload turned authentication on since
-                self._close(CloseReason.NO_ACCEPTABLE_METHOD, "authentication was turned on "
-                            "after X'05 00' was sent")
+        answered = self.answered
+        if answered:  # the engine answered the greeting for us (Session.accepted)
+            sent = Method.NO_AUTH if answered == _SENT_OPEN else Method.USERPASS
+            if answered != _SENT_LOGIN:  # else the login's answer went out too
+                self.answered = 0
+            if method != sent:  # a reload changed authentication since
+                self._close(CloseReason.NO_ACCEPTABLE_METHOD, "authentication changed after "
+                            f"X'05 {sent:02X}' was sent")
             return
         if method == Method.NO_ACCEPTABLE:
             self._end(data, CloseReason.NO_ACCEPTABLE_METHOD, "no acceptable authentication method")
@@ -190,6 +198,13 @@ class NegotiateStage(SessionCore):
         self.user = event.username.decode("utf-8", "replace")
         self.transport.write(self.codec.send_auth_status(True))
         return True
+
+    def _engine_login(self, event: Any) -> None:
+        """A login the engine answered X'01 00' itself: its set of good checks vouched
+        for it (``Users.mirror``), as ``_cached_login`` would have."""
+        self.answered = 0
+        self.user = event.username.decode("utf-8", "replace")
+        self.codec.send_auth_status(True)
 
     async def _authenticate(self, event: Any) -> None:
         ok, name, denial = await self._check_password(event.username, event.password)

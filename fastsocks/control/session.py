@@ -48,6 +48,7 @@ from time import monotonic as _monotonic
 from typing import Any
 
 from ..codec import Request as _Request, parse_reply as _parse_reply
+from ..constants import Sent
 from .associate import AssociateStage
 from .bind import BindStage
 from .connect import ConnectStage
@@ -131,7 +132,7 @@ class Session(ProxyHeaderStage, NegotiateStage, Socks4Stage, HttpStage, DecideSt
         self._opened(peer, age, dialling)
         return self._on_engine_event
 
-    def _on_engine_event(self, reason: str, data: bytes, answered: bool, bytes_up: int,
+    def _on_engine_event(self, reason: str, data: bytes, answered: int, bytes_up: int,
                          bytes_down: int, err: int, connect_us: int) -> None:
         """What the engine reports of a connection it negotiates (``Engine.negotiate``)."""
         if reason == "handback":
@@ -149,7 +150,7 @@ class Session(ProxyHeaderStage, NegotiateStage, Socks4Stage, HttpStage, DecideSt
             self.answered = answered
             self.data_received(data)
         elif reason == "dialling":
-            self._dialling(data)
+            self._dialling(data, answered)
         elif self.state is _RELAYING:  # dial()ed: connected, refused or ended as any pair
             self._on_engine_dialled(bytes_up, bytes_down, reason, err, connect_us)
         elif reason == "client_closed":
@@ -157,17 +158,23 @@ class Session(ProxyHeaderStage, NegotiateStage, Socks4Stage, HttpStage, DecideSt
         else:
             self._close(relay_reason(reason), f"{reason} during handshake")
 
-    def _dialling(self, data: bytes) -> None:
+    def _dialling(self, data: bytes, answered: int) -> None:
         """The engine dials the request's IP literal itself (``Server.engine_dials``).
 
-        Nothing is left to decide: the request is noted for the access log
-        and the metrics, the handshake is over, and the session waits for
-        the engine's report as after ``_dial_in_engine``.
+        Nothing is left to decide: the request (and the user of a login the
+        engine answered) is noted for the access log and the metrics, the
+        handshake is over, and the session waits for the engine's report as
+        after ``_dial_in_engine``.
         """
+        at = 2 + data[1]  # past the greeting
+        if answered == Sent.LOGIN:  # past VER ULEN UNAME PLEN PASSWD
+            end = at + 2 + data[at + 1]
+            self.user = data[at + 2:end].decode("utf-8", "replace")
+            at = end + 1 + data[end]
         # A request has the layout of a reply (RFC 1928 §4 and §6): VER CMD
         # RSV ATYP ADDR PORT, so the codec's reply parser reads it, the host
         # written as everywhere else.
-        parsed = _parse_reply(data[2 + data[1]:])
+        parsed = _parse_reply(data[at:])
         request = self.request = _Request(parsed.rep, parsed.atyp, parsed.host, parsed.port)
         self.dialled = (parsed.host, parsed.port)
         self._handshake_done()

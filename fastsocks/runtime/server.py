@@ -18,6 +18,7 @@ from typing import Any, Callable
 from ..observe.accesslog import AccessLog
 from ..control.auth import Users
 from ..config import Settings, not_reloadable
+from ..constants import Greet
 from ..errors import ConfigError
 from ..net.address import format_peer
 from ..control.gssapi import Acceptor, acceptor_from_settings
@@ -74,7 +75,7 @@ class Server:
         self.engine: Any = None
         # What the engine may do in a negotiation (``_plan_handshakes``): answer
         # a greeting itself, and dial an IP literal (the connect timeout, or 0).
-        self.engine_greets = False
+        self.engine_greets = Greet.NONE
         self.engine_dials = 0.0
         self._stopped = asyncio.Event()
         # Access rules and the SSRF-safe default; None when there is nothing to
@@ -227,22 +228,36 @@ class Server:
     def _plan_handshakes(self) -> None:
         """What the engine may do in a negotiation, at start and after each reload.
 
-        It answers a greeting itself where the server would choose "no
-        authentication" (no users, GSSAPI or authenticate hook).  It dials
-        an IP literal itself (``engine_dials``, the connect timeout) only
-        where, besides, nothing about the request needs the control plane:
-        no access rules (nor the SSRF-safe default), no authorize hook, no
-        outbound address or interface, no bandwidth limit per connection.
-        (A user's limits need a user, and there is none.)  The engine's
+        Without GSSAPI or an authenticate hook it answers a greeting itself:
+        "no authentication" without users, else username/password, and the
+        logins the users file's cache vouches for (``Users.mirror``; none
+        while a source backs off after its failures).  It dials an IP
+        literal itself (``engine_dials``, the connect timeout) only where,
+        besides, nothing about the request needs the control plane: no
+        access rules (nor the SSRF-safe default), no authorize hook, no
+        outbound address or interface, no bandwidth limit per connection,
+        and no limit or source address of a user's own.  The engine's
         listeners take the new plan (``EngineListener.configure``).
         """
-        settings, limits = self.settings, self.limits
-        self.engine_greets = greets = (self.users is None and self.gssapi is None
-                                       and self.authenticate is None)
+        settings, limits, users, engine = self.settings, self.limits, self.users, self.engine
+        greets = Greet.NONE
+        if self.gssapi is None and self.authenticate is None:
+            greets = Greet.OPEN if users is None else Greet.LOGIN
+        self.engine_greets = greets
+        per_user = users is not None and (bool(settings.outbound_users) or limits is not None and (
+            limits.settings.connections_per_user or limits.settings.bandwidth_per_user
+            or bool(limits.settings.users)))
         self.engine_dials = settings.connect_timeout if (
-            greets and self.policy is None and self.authorize is None
+            greets and self.policy is None and self.authorize is None and not per_user
             and not settings.outbound_address and not settings.outbound_interface
             and (limits is None or not limits.settings.bandwidth_per_connection)) else 0.0
+        if engine is not None:
+            if users is not None and greets == Greet.LOGIN:
+                users.mirror(engine)
+            else:
+                engine.logins()
+            if limits is not None:  # a source backing off: its logins are the loop's
+                limits.passwords.on_wait = engine.pause_logins if greets == Greet.LOGIN else None
         for listener in self.listeners:
             if isinstance(listener, EngineListener):
                 listener.configure()
@@ -266,7 +281,7 @@ class Server:
         """
         settings = self.settings
         return (self.engine is not None and Protocol.SOCKS5 in settings.protocols_of(listener)
-                and not settings.proxy_protocol_from and self.users is None
+                and not settings.proxy_protocol_from
                 and self.gssapi is None and self.authenticate is None)
 
     async def __aenter__(self) -> Server:

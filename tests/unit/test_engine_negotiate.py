@@ -26,7 +26,7 @@ if os.environ.get("FASTSOCKS_NO_EXTENSIONS"):
     pytest.skip("pure build: no engine", allow_module_level=True)
 
 from fastsocks._engine import Engine  # noqa: E402
-from procs import recv_exact  # noqa: E402
+from procs import recv_exact, send_split  # noqa: E402
 
 from fastsocks import codec as fcodec  # noqa: E402
 
@@ -37,16 +37,6 @@ def _connect_request(port: int, host: str = "127.0.0.1") -> bytes:
     if ":" in host:
         return b"\x05\x01\x00\x04" + socket.inet_pton(socket.AF_INET6, host) + struct.pack(">H", port)
     return b"\x05\x01\x00\x01" + socket.inet_aton(host) + struct.pack(">H", port)
-
-
-def _send(sock: socket.socket, data: bytes, split: bool) -> None:
-    """All of ``data``, or one byte per segment (each read sees a fragment)."""
-    if not split:
-        sock.sendall(data)
-        return
-    for i in range(len(data)):
-        sock.send(data[i:i + 1])
-        time.sleep(0.002)
 
 
 def _fds() -> int:
@@ -126,9 +116,9 @@ def test_a_connect_is_answered_and_reported(rig: Rig, split: bool, host: str) ->
     else:
         request = _connect_request(80, host)
     greeting = b"\x05\x02\x02\x00"  # X'00' offered second
-    _send(client, greeting, split)
+    send_split(client, greeting, split)
     assert recv_exact(client, 2) == b"\x05\x00"
-    _send(client, request, split)
+    send_split(client, request, split)
     reason, data, answered, *_ = rig.wait(pair_id)[0]
     assert (reason, data, answered) == ("request", greeting + request, True)
     rig.engine.end(pair_id)
