@@ -18,6 +18,9 @@ server's CPU split by thread and by user/kernel time (``loop_user``,
 ``engine_kernel``: the relay engine's), from /proc/PID/task/*/stat over the
 whole run.  The kernel's share of a short connection is most of it and most
 of the noise; the loop's user time is the control plane's Python.
+Every process runs in its own tree: ``python -m`` puts the working
+directory first on ``sys.path``, before ``PYTHONPATH``, so a run started
+from one tree would otherwise load that tree for both servers.
 Anything after ``--`` goes to ``fastsocks bench`` (``--target-name
 localhost``, ``--protocol socks4``, ``--user alice --password s3cret``).
 Loopback only; every run is bounded in time.
@@ -103,7 +106,7 @@ def main() -> int:
     echo_log = f"{logs}/echo.log"
     echo = subprocess.Popen([sys.executable, "-m", "fastsocks", "bench", "--serve", "echo"],
                             stdout=open(echo_log, "w"), stderr=subprocess.STDOUT,
-                            env=dict(os.environ, PYTHONPATH=trees["new"]))
+                            env=dict(os.environ, PYTHONPATH=trees["new"]), cwd=trees["new"])
     rounds: dict[str, list[dict[str, float]]] = {"old": [], "new": []}
     try:
         target = wait_listening(echo, echo_log, r"(127\.0\.0\.1:\d+)")
@@ -118,7 +121,7 @@ def main() -> int:
                 server = subprocess.Popen(
                     [sys.executable, "-m", "fastsocks", "--listen", f"127.0.0.1:{port}",
                      "--workers", "1", *shlex.split(args.server_args)],
-                    stdout=open(log, "w"), stderr=subprocess.STDOUT, env=env)
+                    stdout=open(log, "w"), stderr=subprocess.STDOUT, env=env, cwd=tree)
                 try:
                     wait_listening(server, log, r"listening on (127\.0\.0\.1:\d+)")
                     before = thread_times(server.pid)
@@ -127,7 +130,8 @@ def main() -> int:
                          f"127.0.0.1:{port}", "--target", target, "--mode", "handshake",
                          "--concurrency", str(args.concurrency), "--duration",
                          str(args.duration), "--server-pid", str(server.pid), "--json", *extra],
-                        env=env, capture_output=True, timeout=args.duration + 120, check=True)
+                        env=env, cwd=tree, capture_output=True, timeout=args.duration + 120,
+                        check=True)
                     after = thread_times(server.pid)
                 finally:
                     server.terminate()

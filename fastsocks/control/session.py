@@ -120,7 +120,7 @@ class Session(ProxyHeaderStage, NegotiateStage, Socks4Stage, HttpStage, DecideSt
             self._close(CloseReason.ERROR, f"the engine could not take the connection: {exc}")
 
     def from_engine(self, engine: Any, pair_id: int, fd: int, peer: Any, age: float,
-               dialling: bool) -> Any:
+                    dialling: bool) -> Any:
         """A connection the engine accepted and negotiated, at its first report.
 
         Opened as ``accepted`` opens one, ``age`` seconds ago; where the

@@ -150,8 +150,8 @@ class EngineListener:
 
     def _handed(self, pair_id: int, fd: int, peer: Any, age: float, dialling: bool) -> Any:
         """The engine's first report of a connection it accepted: its session."""
-        return Session(self.server, self.listener).from_engine(self.server.engine, pair_id, fd, peer,
-                                                          age, dialling)
+        return Session(self.server, self.listener).from_engine(
+            self.server.engine, pair_id, fd, peer, age, dialling)
 
     def _accept(self, sock: socket.socket) -> None:
         server = self.server

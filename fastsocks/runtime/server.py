@@ -208,7 +208,7 @@ class Server:
             for sock in listener.sockets:
                 self.addresses.append(format_peer(sock.getsockname()))
         if any(isinstance(listener, EngineListener) for listener in self.listeners):
-            self._plan_handshakes()  # their handshakes under the quota
+            self._quota_engine()
             await self._first_stream()
 
     async def _first_stream(self) -> None:
@@ -261,7 +261,11 @@ class Server:
         for listener in self.listeners:
             if isinstance(listener, EngineListener):
                 listener.configure()
-        if self._kept_limits is not None:  # the engine's handshakes under the quota
+        self._quota_engine()
+
+    def _quota_engine(self) -> None:
+        """The engine's handshakes under the quota while one of its listeners accepts."""
+        if self._kept_limits is not None:
             accepting = any(getattr(listener, "keys", None) for listener in self.listeners)
             self._kept_limits.handshakes.attach(
                 self.engine if accepting and self.limits is not None else None)
