@@ -7,7 +7,9 @@ A change to the per-connection path is judged on this machine's noise only
 when both trees run in the same invocation, one after the other, round by
 round.  Each round starts a fresh one-worker server from OLD_TREE, then one
 from NEW_TREE (``PYTHONPATH``: each tree's package, its compiled modules
-built in place), and runs ``fastsocks bench --mode handshake
+built in place; the other way round in even rounds, since whichever runs
+second meets the first one's TIME_WAIT sockets and a warmer machine), and
+runs ``fastsocks bench --mode handshake
 --concurrency 64`` against it with ``--server-pid`` (server CPU per
 handshake, from /proc) to one echo target started once.  Before each server
 it waits until fewer than ``--time-wait`` sockets are in TIME_WAIT (the
@@ -111,7 +113,8 @@ def main() -> int:
     try:
         target = wait_listening(echo, echo_log, r"(127\.0\.0\.1:\d+)")
         for r in range(args.rounds):
-            for name, tree in trees.items():
+            order = list(trees.items())
+            for name, tree in order if r % 2 == 0 else order[::-1]:
                 deadline = time.monotonic() + 180
                 while time_wait() > args.time_wait and time.monotonic() < deadline:
                     time.sleep(1)

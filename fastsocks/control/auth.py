@@ -147,6 +147,7 @@ class Users:
     _verified: dict[str, tuple[str, bytes]] = field(default_factory=dict, repr=False)
     _dummy: str | None = field(default=None, repr=False)
     _engine: Any = field(default=None, repr=False)
+    _mirrored: int = field(default=0, repr=False)  # MACs given to the engine since its reset
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> Users:
@@ -194,9 +195,14 @@ class Users:
         """Let the splice engine answer the logins this cache vouches for, now and later.
 
         It gets the key and the MACs of the good checks so far
-        (``Engine.logins``), and each new one as it is made.
+        (``Engine.logins``), and each new one as it is made.  The engine's set
+        only grows, while a user's new good check replaces the old one here
+        (bcrypt reads 72 bytes of a password: longer ones that differ after
+        them all match), so once it holds more than twice the users (and 64)
+        it is made again from the cache: bounded by the users file.
         """
         self._engine = engine
+        self._mirrored = len(self._verified)
         engine.logins(self._key, [digest for _, digest in self._verified.values()])
 
     def cached(self, username: bytes, password: bytes) -> bool:
@@ -227,7 +233,11 @@ class Users:
             digest = self._digest(username, password)
             self._verified[name] = (hashed, digest)
             if self._engine is not None:
-                self._engine.add_login(digest)
+                self._mirrored += 1
+                if self._mirrored > 2 * len(self.hashes) + 64:
+                    self.mirror(self._engine)
+                else:
+                    self._engine.add_login(digest)
         return ok
 
 

@@ -245,3 +245,37 @@ def test_greet_open_never_chooses_username_password(rig: Rig) -> None:
     client.sendall(b"\x05\x01\x02")
     assert rig.handed_back(pair_id) == (b"\x05\x01\x02", Sent.NOTHING)
     client.close()
+
+
+def test_the_mirror_stays_bounded_by_the_users_file(tmp_path: Any) -> None:
+    """Passwords that differ after bcrypt's 72 bytes all match: each good check
+    replaces the cache's MAC, and the engine's set is made again past a bound."""
+    import asyncio
+
+    from fastsocks.control.auth import hash_password
+
+    users = Users(str(tmp_path / "users"), {"alice": hash_password(b"x" * 72, "bcrypt", 4)})
+
+    class Recorder:
+        def __init__(self) -> None:
+            self.macs: set[bytes] = set()
+            self.resets = 0
+
+        def logins(self, key: bytes | None = None, macs: Any = ()) -> None:
+            self.resets += 1
+            self.macs = set(macs)
+
+        def add_login(self, mac: bytes) -> None:
+            self.macs.add(mac)
+
+    engine = Recorder()
+    users.mirror(engine)
+
+    async def check_all() -> None:
+        for i in range(200):
+            assert await users.verify(b"alice", b"x" * 72 + b"%d" % i)
+
+    asyncio.run(check_all())
+    assert len(engine.macs) <= 2 * len(users) + 64 + 1
+    assert engine.resets >= 2
+    assert users._digest(b"alice", b"x" * 72 + b"199") in engine.macs
