@@ -2,8 +2,8 @@
 """End-to-end benchmark: fastsocks against microsocks and Dante, direct TCP as the reference.
 
     python benchmarks/run.py [--quick]
-                             [--servers fastsocks,fastsocks-name,fastsocks-socks4,fastsocks-http,
-                                        microsocks,dante,floor]
+                             [--servers fastsocks,fastsocks-name,fastsocks-login,fastsocks-socks4,
+                                        fastsocks-http,microsocks,microsocks-login,dante,floor]
                              [--only idle,throughput,handshake,udp]
                              [--target-name NAME] [--repeat N] [--json PATH]
 
@@ -30,7 +30,11 @@ per connection and in throughput, in the same run (TCP rows only).
 (``--target-name``, ``localhost`` unless told; ``fastsocks bench
 --target-name``): SOCKS5 ATYP X'03', the name in the server's DNS cache
 from the warm-up on, handshake rows only, with a table of its figures over
-``fastsocks``' (the cost of the name path).  ``floor`` is
+``fastsocks``' (the cost of the name path).  ``fastsocks-login`` and
+``microsocks-login`` log in with RFC 1929 on every connection (alice /
+s3cret: a one-user bcrypt users file for fastsocks, whose first login is
+checked and the rest answered from its cache; ``-u -P`` for microsocks,
+which compares plain text), handshake rows only.  ``floor`` is
 ``benchmarks/floor.c`` (compiled with ``cc`` at the start): a one-thread
 epoll SOCKS5 CONNECT relay in C with no policy, no logging and no
 timeouts, the system calls any server must make and nothing else; its
@@ -77,17 +81,22 @@ if str(ROOT) not in sys.path:  # run from a checkout without installing
 from fastsocks import bench  # noqa: E402
 from fastsocks.net.address import format_peer  # noqa: E402
 
-SERVERS = ("fastsocks", "fastsocks-name", "fastsocks-socks4", "fastsocks-http", "microsocks",
-           "dante", "floor")
+SERVERS = ("fastsocks", "fastsocks-name", "fastsocks-login", "fastsocks-socks4", "fastsocks-http",
+           "microsocks", "microsocks-login", "dante", "floor")
 GROUPS = ("idle", "throughput", "handshake", "udp")
 TCP_GROUPS = ("idle", "throughput", "handshake")
 # Servers without UDP ASSOCIATE (checked: microsocks 1.0.3 answers X'07').
 NO_UDP = {"microsocks": "no UDP ASSOCIATE (replies X'07', command not supported)",
           "fastsocks-socks4": "SOCKS4 has no UDP", "fastsocks-http": "HTTP CONNECT has no UDP",
           "fastsocks-name": "the name row measures handshakes only",
+          "fastsocks-login": "the login rows measure handshakes only",
+          "microsocks-login": "the login rows measure handshakes only",
           "floor": "CONNECT only (a measuring stick, benchmarks/floor.c)"}
 # Rows that ask for the echo by name (fastsocks bench --target-name): handshakes only.
 NAME_ROWS = ("fastsocks-name",)
+# Rows that log in with RFC 1929 (LOGIN, a users file / microsocks -u -P): handshakes only.
+LOGIN_ROWS = ("fastsocks-login", "microsocks-login")
+LOGIN = ("alice", "s3cret")
 TARGET_NAME = "localhost"  # resolves to loopback through /etc/hosts (RFC 6761 §6.3)
 UDP_RATE = 50_000.0  # datagrams/s of the paced one-way run
 DANTED = "/usr/sbin/danted"
@@ -119,6 +128,7 @@ class Server:
     # what: the echo's address, or a name at its port (--target-name).
     protocol: str = "socks5"
     target_name: str | None = None
+    auth: tuple[str, str] | None = None  # RFC 1929 user and password (the login rows)
 
     @property
     def pid(self) -> int | None:
@@ -224,7 +234,8 @@ def _wait_ready(server: Server, echo: tuple[str, int], parse: Callable[[str], An
             parse(server.log_tail(50))
         if server.address is not None:
             try:
-                with bench.open_connection(server.address, echo, timeout=2.0) as sock:
+                with bench.open_connection(server.address, echo, timeout=2.0,
+                                           auth=server.auth) as sock:
                     sock.sendall(b"r")
                     if sock.recv(1) == b"r":
                         return
@@ -240,20 +251,26 @@ _LISTENING = re.compile(r"(fastsocks \S+) listening on (\[[^\]]+\]|[^\s:,]+):(\d
 
 
 def start_fastsocks(echo: tuple[str, int], protocol: str = "socks5",
-                    target_name: str | None = None) -> Server:
+                    target_name: str | None = None, login: bool = False) -> Server:
     tmp = tempfile.TemporaryDirectory(prefix="fastsocks-bench-")
-    name = ("fastsocks-name" if target_name is not None else
+    name = ("fastsocks-name" if target_name is not None else "fastsocks-login" if login else
             "fastsocks" if protocol == "socks5" else f"fastsocks-{protocol}")
     server = Server(name, tmp=tmp, log_path=Path(tmp.name) / "fastsocks.log", protocol=protocol,
-                    target_name=target_name)
+                    target_name=target_name, auth=LOGIN if login else None)
     env = {k: v for k, v in os.environ.items()
            if k.lower() not in ("http_proxy", "https_proxy", "all_proxy")}
+    users: list[str] = []
+    if login:  # one bcrypt user (the default cost), as `fastsocks users add` makes it
+        users = ["--users", str(Path(tmp.name) / "users")]
+        subprocess.run([sys.executable, "-m", "fastsocks", "users", "add", users[1], LOGIN[0]],
+                       input=f"{LOGIN[1]}\n".encode(), env=env, check=True,
+                       capture_output=True, timeout=60)
     # The "listening on" line is logged at INFO, so keep the default level;
     # nothing is logged per connection below DEBUG.
     with open(server.log_path, "wb") as log:  # type: ignore[arg-type]
         server.proc = subprocess.Popen(
             [sys.executable, "-m", "fastsocks", "--listen", "127.0.0.1:0", "--workers", "1",
-             "--log-level", "info"],
+             "--log-level", "info", *users],
             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env)
 
     def parse(text: str) -> None:
@@ -271,7 +288,7 @@ def start_fastsocks(echo: tuple[str, int], protocol: str = "socks5",
 
 
 def _start_on_port(name: str, echo: tuple[str, int], argv: Callable[[Path, int], list[str]],
-                   info: str) -> Server:
+                   info: str, auth: tuple[str, str] | None = None) -> Server:
     """A server that takes its port on the command line: REF_HOST, a free port
     below the ephemeral range, another one if it was taken meanwhile.
     ``argv(tmp_dir, port)`` is its command line; its output goes to a log file."""
@@ -280,7 +297,7 @@ def _start_on_port(name: str, echo: tuple[str, int], argv: Callable[[Path, int],
         port = _free_port(REF_HOST)
         tmp = tempfile.TemporaryDirectory(prefix=f"{name}-bench-")
         server = Server(name, tmp=tmp, address=(REF_HOST, port),
-                        log_path=Path(tmp.name) / f"{name}.log")
+                        log_path=Path(tmp.name) / f"{name}.log", auth=auth)
         command = argv(Path(tmp.name), port)
         with open(server.log_path, "wb") as log:  # type: ignore[arg-type]
             server.proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log,
@@ -296,14 +313,17 @@ def _start_on_port(name: str, echo: tuple[str, int], argv: Callable[[Path, int],
     raise RuntimeError(f"{name} did not start: {last}")
 
 
-def start_microsocks(echo: tuple[str, int]) -> Server:
+def start_microsocks(echo: tuple[str, int], login: bool = False) -> Server:
     binary = shutil.which("microsocks")
     assert binary
     # microsocks logs every connection to stderr; it goes to a file, as
-    # Dante's and fastsocks' logs do.
-    return _start_on_port("microsocks", echo,
-                          lambda tmp, port: [binary, "-i", REF_HOST, "-p", str(port)],
-                          "microsocks (Debian package)")
+    # Dante's and fastsocks' logs do.  With -u/-P every connection logs in
+    # (RFC 1929), its password compared as plain text.
+    auth = ["-u", LOGIN[0], "-P", LOGIN[1]] if login else []
+    return _start_on_port("microsocks-login" if login else "microsocks", echo,
+                          lambda tmp, port: [binary, "-i", REF_HOST, "-p", str(port), *auth],
+                          "microsocks (Debian package)" + (", -u -P" if login else ""),
+                          LOGIN if login else None)
 
 
 DANTE_CONF = """\
@@ -379,9 +399,11 @@ def start_floor(echo: tuple[str, int]) -> Server:
 STARTERS: dict[str, Callable[[tuple[str, int]], Server]] = {
     "fastsocks": start_fastsocks,
     "fastsocks-name": lambda echo: start_fastsocks(echo, target_name=TARGET_NAME),
+    "fastsocks-login": lambda echo: start_fastsocks(echo, login=True),
     "fastsocks-socks4": lambda echo: start_fastsocks(echo, "socks4"),
     "fastsocks-http": lambda echo: start_fastsocks(echo, "http"),
     "microsocks": start_microsocks,
+    "microsocks-login": lambda echo: start_microsocks(echo, login=True),
     "dante": start_dante,
     "floor": start_floor,
 }
@@ -389,7 +411,7 @@ STARTERS: dict[str, Callable[[tuple[str, int]], Server]] = {
 
 def missing(name: str) -> str | None:
     """Why ``name`` cannot be benchmarked here, or None."""
-    if name == "microsocks" and shutil.which("microsocks") is None:
+    if name.startswith("microsocks") and shutil.which("microsocks") is None:
         return "microsocks is not installed; " + SETUP_HINT.format(pkg="microsocks")
     if name == "dante" and not os.access(DANTED, os.X_OK):
         return f"Dante ({DANTED}) is not installed; " + SETUP_HINT.format(pkg="dante-server")
@@ -437,8 +459,9 @@ def measure_round(server: Server, sink: bench.LocalTarget, echo: bench.LocalTarg
     proxy = server.address
     pid = server.pid
     name = server.target_name
-    # A name row measures the handshake only: the relay after it is fastsocks' own row.
-    groups = tuple(g for g in plan.groups if g == "handshake") if name else plan.groups
+    # A name or login row measures the handshake only: the relay after it is another row's.
+    groups = tuple(g for g in plan.groups if g == "handshake") if name or server.auth \
+        else plan.groups
     asked = (name, echo.address[1]) if name else echo.address
 
     tree = bench.ProcessTree(pid) if pid else None
@@ -477,7 +500,8 @@ def measure_round(server: Server, sink: bench.LocalTarget, echo: bench.LocalTarg
         # before bulk runs leave freed-but-kept heap.
         try:
             for _ in range(20):
-                with bench.open_connection(proxy, asked, protocol=server.protocol) as sock:
+                with bench.open_connection(proxy, asked, protocol=server.protocol,
+                                           auth=server.auth) as sock:
                     sock.sendall(b"w")
                     sock.recv(1)
         except (OSError, bench.SocksError) as exc:
@@ -504,7 +528,7 @@ def measure_round(server: Server, sink: bench.LocalTarget, echo: bench.LocalTarg
     for conc in (1, 64) if "handshake" in groups else ():
         r = one(f"handshake{conc}", bench.Config(
             mode="handshake", proxy=proxy, protocol=server.protocol, target=echo.address,
-            target_name=name, concurrency=conc,
+            target_name=name, concurrency=conc, auth=server.auth,
             duration=plan.duration, server_pid=pid), echo)
         if r:
             log(f"  {server.name} c={conc}: {r['per_s']:.0f} handshakes/s, p50 "
@@ -879,7 +903,7 @@ def main(argv: list[str] | None = None) -> int:
         why = missing(name)
         if name in NO_UDP and not any(g in TCP_GROUPS for g in groups):
             why = f"{NO_UDP[name]}, and only UDP rows were asked for"
-        if name in NAME_ROWS and "handshake" not in groups:
+        if (name in NAME_ROWS or name in LOGIN_ROWS) and "handshake" not in groups:
             why = f"{NO_UDP[name]}, and --only leaves them out"
         if why:
             notes.append(f"{name} skipped: {why}")
