@@ -1908,6 +1908,7 @@ cdef bint _login(Engine e, Pair* p, Py_ssize_t g) noexcept nogil:
     """
     cdef const unsigned char* b = <const unsigned char*>p.nbuf
     cdef unsigned char mac[32]
+    cdef unsigned char key[32]
     cdef Py_ssize_t ulen, plen
     cdef bint known
     if p.nlen < g + 2:
@@ -1923,11 +1924,19 @@ cdef bint _login(Engine e, Pair* p, Py_ssize_t g) noexcept nogil:
         return False
     known = False
     if ulen and plen:
+        # The MAC is made outside the lock, which the loop takes for every
+        # command: only the key is copied under it.  A set made anew meanwhile
+        # (another key) just does not know it: the loop checks it then.
         pthread_mutex_lock(&e.lock)
-        if e.login_set.used and _now_us() >= e.login_wait_us:
-            fastsocks_login_mac(e.login_key, b + g + 2, ulen, b + g + 3 + ulen, plen, mac)
-            known = fastsocks_logins_has(&e.login_set, mac)
+        known = e.login_set.used and _now_us() >= e.login_wait_us
+        if known:
+            memcpy(key, e.login_key, 32)
         pthread_mutex_unlock(&e.lock)
+        if known:
+            fastsocks_login_mac(key, b + g + 2, ulen, b + g + 3 + ulen, plen, mac)
+            pthread_mutex_lock(&e.lock)
+            known = fastsocks_logins_has(&e.login_set, mac)
+            pthread_mutex_unlock(&e.lock)
     if not known:
         _finish(e, p, R_HANDBACK)
         return False

@@ -55,6 +55,19 @@ def send_split(sock: socket.socket, data: bytes, split: bool) -> None:
         time.sleep(0.002)
 
 
+def engine_reports(engine: Any, reports: dict[int, list[Any]], pair_id: int,
+                   until: Any, timeout: float = 5.0) -> list[Any]:
+    """The splice engine's reports of ``pair_id`` (its callbacks append to
+    ``reports``), collected until ``until(them)`` holds; bounded by ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while not until(reports.get(pair_id, [])):
+        remaining = deadline - time.monotonic()
+        assert remaining > 0, f"the engine reported {reports.get(pair_id)}"
+        select.select([engine.done_fileno], [], [], remaining)
+        engine.collect()
+    return reports[pair_id]
+
+
 def free_port(host: str) -> int:
     """A port on ``host`` outside the ephemeral range, free right now.
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import select
 import socket
 import struct
 import sys
@@ -36,7 +35,7 @@ from fastsocks import _engine  # noqa: E402
 from fastsocks._engine import Engine, login_mac  # noqa: E402
 from fastsocks.constants import Greet, Sent  # noqa: E402
 from fastsocks.control.auth import Users  # noqa: E402
-from procs import recv_exact, send_split  # noqa: E402
+from procs import engine_reports, recv_exact, send_split  # noqa: E402
 
 KEY = bytes(range(32))
 GREETING = b"\x05\x02\x00\x02"  # no authentication and username/password offered
@@ -72,13 +71,8 @@ class Rig:
         return client, pair_id
 
     def wait(self, pair_id: int, count: int = 1) -> list[tuple[Any, ...]]:
-        deadline = time.monotonic() + 5.0
-        while len(self.reports.get(pair_id, [])) < count:
-            remaining = deadline - time.monotonic()
-            assert remaining > 0, f"the engine reported {self.reports.get(pair_id)}"
-            select.select([self.engine.done_fileno], [], [], remaining)
-            self.engine.collect()
-        return self.reports[pair_id]
+        return engine_reports(self.engine, self.reports, pair_id,
+                              lambda reports: len(reports) >= count)
 
     def handed_back(self, pair_id: int) -> tuple[bytes, int]:
         """A handback's (data, answered); the descriptor, ours again, is closed at the end."""

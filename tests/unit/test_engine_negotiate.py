@@ -9,7 +9,6 @@ untouched is checked byte by byte, whole and split into single bytes.
 from __future__ import annotations
 
 import os
-import select
 import socket
 import struct
 import sys
@@ -26,7 +25,7 @@ if os.environ.get("FASTSOCKS_NO_EXTENSIONS"):
     pytest.skip("pure build: no engine", allow_module_level=True)
 
 from fastsocks._engine import Engine  # noqa: E402
-from procs import recv_exact, send_split  # noqa: E402
+from procs import engine_reports, recv_exact, send_split  # noqa: E402
 
 from fastsocks import codec as fcodec  # noqa: E402
 
@@ -63,25 +62,13 @@ class Rig:
         return client, pair_id, fd
 
     def wait(self, pair_id: int, count: int = 1, timeout: float = 5.0) -> list[tuple[Any, ...]]:
-        deadline = time.monotonic() + timeout
-        while len(self.reports.get(pair_id, [])) < count:
-            remaining = deadline - time.monotonic()
-            assert remaining > 0, f"the engine reported {self.reports.get(pair_id)}"
-            select.select([self.engine.done_fileno], [], [], remaining)
-            self.engine.collect()
-        return self.reports[pair_id]
+        return engine_reports(self.engine, self.reports, pair_id,
+                              lambda reports: len(reports) >= count, timeout)
 
     def wait_end(self, pair_id: int, timeout: float = 5.0) -> tuple[Any, ...]:
         """The pair's final report (a "connected" one comes only if it lived a scan)."""
-        deadline = time.monotonic() + timeout
-        while True:
-            reports = self.reports.get(pair_id, [])
-            if reports and reports[-1][0] not in ("request", "dialling", "connected"):
-                return reports[-1]
-            remaining = deadline - time.monotonic()
-            assert remaining > 0, f"the engine reported {reports}"
-            select.select([self.engine.done_fileno], [], [], remaining)
-            self.engine.collect()
+        return engine_reports(self.engine, self.reports, pair_id, lambda reports: bool(
+            reports) and reports[-1][0] not in ("request", "dialling", "connected"), timeout)[-1]
 
     def upstream(self) -> int:
         """A socket whose non-blocking connect to the target is in progress."""
