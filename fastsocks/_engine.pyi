@@ -55,6 +55,10 @@ class Engine:
         """Connections accepted here whose first report the loop has not had yet."""
         ...
     @property
+    def shaking(self) -> int:
+        """Of ``unseen``, those still in their handshake (not the quiet ones dialled)."""
+        ...
+    @property
     def done_fileno(self) -> int: ...
     def __init__(self) -> None: ...
     def start(self) -> None: ...
@@ -79,10 +83,13 @@ class Engine:
         ``handback``, then as a pair added connecting)."""
         ...
     def listen(self, fd: int, key: int, accepted: Callable[..., object], greet: int,
-               dial_timeout: float = ..., idle_timeout: float = ..., slow: float = ...) -> None:
+               dial_timeout: float = ..., idle_timeout: float = ..., slow: float = ...,
+               ended: Callable[..., object] | None = ...) -> None:
         """Accept on the listening socket ``fd`` (the engine's own) and negotiate each
         connection; ``accepted(id, fd, peer, age, dialling)`` gives each one's callback
-        with its first report.  ``fd`` -1: new settings for ``key``."""
+        with its first report.  With ``ended``, one dialled here that ends before its
+        first scan is reported once, to ``ended(peer, data, answered, up, down, reason,
+        handshake, duration)``.  ``fd`` -1: new settings for ``key``."""
         ...
     def unlisten(self, key: int) -> None: ...
     def logins(self, key: bytes | None = ..., macs: Iterable[bytes] = ...) -> None:

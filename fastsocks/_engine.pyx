@@ -618,6 +618,10 @@ cdef struct Done:
     uintptr_t pair            # the Pair, whose second reference is the loop's from now
     char peer[28]             # a sockaddr_in or sockaddr_in6
     int peer_len
+    # A pair dialled here that ended before its introduction (``quiet``):
+    bint whole                # the end, with the request: its only report
+    bint quiet                # it was quiet: the loop counts it out of Engine.quiet
+    int64_t dial_us           # from its accept to its dial
     Done* next
 
 
@@ -657,6 +661,8 @@ cdef struct Pair:
     # Accepted here (a Listener's): the loop learns of it with its first report.
     bint accepted
     bint told                 # ... which has been queued
+    bint whole                # its listener takes whole reports (listen()'s ``ended``)
+    bint quiet                # dialled here, its "dialling" report held back (p.asked)
     int key
     int64_t born_us
     char peer[28]
@@ -685,6 +691,7 @@ cdef struct Listener:
     int64_t idle_ms
     int64_t slow_ms           # a handshake unfinished after this long goes to the loop
     int64_t paused_ms         # accepting paused (no descriptor left) since then; 0: not
+    bint whole                # a short pair dialled here comes as one report (``ended``)
     Listener* next
 
 
@@ -809,10 +816,11 @@ cdef class Engine:
     cdef readonly Py_ssize_t active
     cdef bint stopping
     cdef bint reported            # a pair finished in this batch: wake the loop after it
-    cdef int64_t hello_ms         # when the oldest "connected" report not yet signalled came
+    cdef int64_t hello_ms         # when the oldest report queued by _report_later came (unsignalled)
     cdef Listener* listeners      # engine thread only
     cdef uint64_t next_accepted   # ids of pairs accepted here (another range than next_id's)
     cdef int unseen               # accepted, not yet introduced to the loop (atomic)
+    cdef int quiet                # ... of which dialled here, handshake over (atomic)
     cdef int accept_err           # the errno that paused accepting; 0 when reported
     # How many more unfinished handshakes the loop's quota leaves the engine
     # (control/handshakes.py); a connection accepted beyond it goes to the
@@ -822,6 +830,7 @@ cdef class Engine:
     cdef object _callbacks        # id -> callable(up, down, reason[, err, connect_us])
     cdef object _held             # negotiated pairs: id -> the Pair's address (the loop's ref)
     cdef object _accepting        # listener key -> callable(id, fd, peer, age, dialling)
+    cdef object _ending           # listener key -> its ``ended`` (whole reports)
     cdef public object on_exhausted  # callable(errno): accepting paused, no descriptor left
     # RFC 1929 logins the engine answers itself (GREET_LOGIN): a set of MACs
     # under ``login_key``, under ``lock``; none while a source backs off.
@@ -847,11 +856,13 @@ cdef class Engine:
         self.listeners = NULL
         self.next_accepted = ACCEPTED_IDS
         self.unseen = 0
+        self.quiet = 0
         self.accept_err = 0
         self.handshake_room = -1
         self._callbacks = {}
         self._held = {}
         self._accepting = {}
+        self._ending = {}
 
     def __init__(self):
         cdef epoll_event ev
@@ -1109,7 +1120,7 @@ cdef class Engine:
         self._command(CMD_END, pair_id, 0, p, NULL, data, n)
 
     def listen(self, int fd, int key, accepted, int greet, double dial_timeout=0.0,
-               double idle_timeout=0.0, double slow=0.25):
+               double idle_timeout=0.0, double slow=0.25, ended=None):
         """Accept connections on the listening socket ``fd`` here, and negotiate them.
 
         The engine owns ``fd`` (a duplicate of the loop's socket, say) and
@@ -1123,6 +1134,16 @@ cdef class Engine:
         after ``slow`` seconds (checked every quarter second) is handed back
         with the bytes read so far.  With no descriptor left, accepting
         pauses for a quarter second, and ``on_exhausted(errno)`` is called.
+
+        With ``ended``, a connection the engine dials stays quiet until its
+        first scan (within a quarter second), and is introduced then as
+        above; one that connects and ends before is never introduced: its
+        one report goes to ``ended(peer, data, answered, up, down, reason,
+        handshake, duration)`` (the handshake's bytes and what the engine
+        sent, as a "dialling" report has them; the bytes relayed and why it
+        ended, as an end has them; the seconds from accept to the reply and
+        to the end).  A connect that fails or times out, or a client that
+        leaves before it is done, is introduced first and reported as ever.
 
         ``fd`` -1: only new settings for the listener ``key``.
         """
@@ -1138,7 +1159,9 @@ cdef class Engine:
         l.dial_ms = <int64_t>(dial_timeout * 1000) if dial_timeout > 0 else 0
         l.idle_ms = <int64_t>(idle_timeout * 1000) if idle_timeout > 0 else 0
         l.slow_ms = <int64_t>(slow * 1000) if slow > 0 else 0
+        l.whole = ended is not None
         self._accepting[key] = accepted
+        self._ending[key] = ended
         self._command(CMD_LISTEN, 0, 0, NULL, NULL, NULL, 0, l)
 
     def unlisten(self, int key):
@@ -1150,6 +1173,11 @@ cdef class Engine:
     def unseen(self):
         """Connections accepted here whose first report the loop has not had yet."""
         return fastsocks_ref_add(&self.unseen, 0)
+
+    @property
+    def shaking(self):
+        """Of ``unseen``, those still in their handshake (not the quiet ones dialled)."""
+        return max(0, fastsocks_ref_add(&self.unseen, 0) - fastsocks_ref_add(&self.quiet, 0))
 
     def logins(self, bytes key=None, macs=()):
         """The RFC 1929 logins answered here (GREET_LOGIN): none, or ``macs`` under ``key``.
@@ -1272,6 +1300,9 @@ cdef class Engine:
                 d = items
                 items = d.next
                 try:
+                    if d.whole:
+                        n += self._whole(d)
+                        continue
                     if d.first:
                         self._introduce(d)
                     if d.held:
@@ -1305,26 +1336,17 @@ cdef class Engine:
 
     cdef _introduce(self, Done* d):
         """An accepted pair's first report: the loop takes its reference and a callback."""
-        cdef char host[46]
-        cdef int port = 0
-        cdef unsigned int flow = 0, scope = 0
-        cdef int family
         d.first = False           # its reference is the loop's now (_held)
         fastsocks_ref_add(&self.unseen, -1)
+        if d.quiet:
+            fastsocks_ref_add(&self.quiet, -1)
         self._held[d.id] = d.pair
         self.active += 1
-        family = fastsocks_peer(d.peer, d.peer_len, host, &port, &flow, &scope)
-        if family == AF_INET:
-            peer = (host.decode(), port)
-        elif family == AF_INET6:
-            peer = (host.decode(), port, flow, scope)
-        else:
-            peer = None
         accepted = self._accepting.get(d.key)
         callback = None
         if accepted is not None:
             try:
-                callback = accepted(d.id, d.fd, peer, (_now_us() - d.born_us) / 1e6,
+                callback = accepted(d.id, d.fd, _peer_of(d), (_now_us() - d.born_us) / 1e6,
                                     d.reason == R_DIALLING)
             except Exception:
                 _log.exception("a connection the engine accepted was not taken")
@@ -1336,6 +1358,20 @@ cdef class Engine:
                     or d.reason == R_CONNECT_TIMEOUT:
                 close(d.fd)
         self._callbacks[d.id] = callback
+
+    cdef int _whole(self, Done* d) except -1:
+        """A pair dialled here that ended unintroduced: its one report, to ``ended``."""
+        d.first = False
+        fastsocks_ref_add(&self.unseen, -1)
+        fastsocks_ref_add(&self.quiet, -1)
+        _release(<Pair*>d.pair)   # the loop's reference, never taken
+        d.pair = 0
+        ended = self._ending.get(d.key)
+        if ended is not None:
+            ended(_peer_of(d), PyBytes_FromStringAndSize(d.data, d.dlen), d.answered, d.up,
+                  d.down, REASONS[d.reason], (d.dial_us + d.connect_us) / 1e6,
+                  (_now_us() - d.born_us) / 1e6)
+        return 1
 
     cdef int _held_report(self, Done* d) except -1:
         """A negotiated pair's report: its callback, and on its end the loop's ref."""
@@ -1353,6 +1389,19 @@ cdef class Engine:
         if callback is not None:
             callback(REASONS[d.reason], data, d.answered, d.up, d.down, d.err, d.connect_us)
         return 1 if final else 0
+
+
+cdef object _peer_of(Done* d):
+    """An introduction's peer, as ``socket.accept`` gives it."""
+    cdef char host[46]
+    cdef int port = 0
+    cdef unsigned int flow = 0, scope = 0
+    cdef int family = fastsocks_peer(d.peer, d.peer_len, host, &port, &flow, &scope)
+    if family == AF_INET:
+        return (host.decode(), port)
+    if family == AF_INET6:
+        return (host.decode(), port, flow, scope)
+    return None
 
 
 cdef bint _set_pending(Dir* d, bytes data, bint count):
@@ -1378,7 +1427,9 @@ cdef void _free_pair(Pair* p, bint close_fds) noexcept nogil:
     _unref(p.shared[1])
     free(p.report)                # NULL once _finish has handed it over
     free(p.hello)                 # NULL once the connect was reported
-    free(p.asked)                 # NULL once the request was reported
+    if p.asked != NULL:           # NULL once the request was reported
+        free(p.asked.data)        # a quiet pair's request, held back
+        free(p.asked)
     free(p.nbuf)                  # NULL once the bytes went with a report
     free(p.up.pend)
     free(p.down.pend)
@@ -1720,6 +1771,20 @@ cdef void _finish(Engine e, Pair* p, int reason) noexcept nogil:
         return
     cdef bint keep = reason == R_CONNECT_FAILED or reason == R_CONNECT_TIMEOUT \
         or reason == R_HANDBACK
+    cdef Done* held
+    if p.quiet:
+        if p.connect_us < 0 or keep:  # no reply went out: the loop words the end
+            _tell(e, p, True)
+        else:                     # connected and over: one report, the request in it
+            held = p.asked
+            p.asked = NULL
+            p.quiet = False
+            d.whole = True
+            d.quiet = True
+            d.data = held.data
+            d.dlen = held.dlen
+            d.dial_us = p.added_us - p.born_us
+            free(held)
     p.dead = True
     p.reason = reason
     if p.tlisted:
@@ -1947,18 +2012,43 @@ cdef bint _login(Engine e, Pair* p, Py_ssize_t g) noexcept nogil:
     return True
 
 
-cdef void _ask(Engine e, Pair* p, int reason, Py_ssize_t n) noexcept nogil:
-    """Report the request (its first ``n`` bytes read, the greeting first) to the loop."""
+cdef void _ask(Engine e, Pair* p, int reason, Py_ssize_t n, bint hold=False) noexcept nogil:
+    """Report the request (its first ``n`` bytes read, the greeting first) to the loop.
+
+    With ``hold`` the report is written and kept back: the pair is quiet
+    (dialled here, not yet introduced) until ``_tell`` or its end.
+    """
     cdef Done* d = p.asked
-    p.asked = NULL
     d.id = p.id
     d.reason = reason
     d.answered = p.answered
     d.data = p.nbuf
     d.dlen = n
     p.nbuf = NULL
+    if hold:
+        d.quiet = True
+        p.quiet = True
+        fastsocks_ref_add(&e.quiet, 1)
+        return
+    p.asked = NULL
     _introduce(p, d)
     _report(e, d)
+
+
+cdef void _tell(Engine e, Pair* p, bint wake) noexcept nogil:
+    """A quiet pair's held-back "dialling" report goes out: the loop hears of it.
+
+    At a scan (``wake`` False) it waits for the next wake-up, as a
+    "connected" report does (``_hello``), and comes before that report.
+    """
+    cdef Done* d = p.asked
+    p.asked = NULL
+    p.quiet = False
+    _introduce(p, d)
+    if wake:
+        _report(e, d)
+    else:
+        _report_later(e, d)
 
 
 cdef bint _dial(Engine e, Pair* p, Py_ssize_t g, bint v6, Py_ssize_t need) noexcept nogil:
@@ -2010,7 +2100,9 @@ cdef bint _dial(Engine e, Pair* p, Py_ssize_t g, bint v6, Py_ssize_t need) noexc
     p.added_us = _now_us()
     p.deadline_ms = _now_ms() + p.dial_ms
     p.last_ms = _now_ms()
-    _ask(e, p, R_DIALLING, need)
+    # Quiet where its listener takes whole reports: introduced at a scan, or
+    # reported once at its end.
+    _ask(e, p, R_DIALLING, need, p.whole and not p.told)
     ev.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET
     ev.data.u64 = <uint64_t>p | <uint64_t>1
     if epoll_ctl(e.epfd, EPOLL_CTL_ADD, fd, &ev) < 0:
@@ -2210,6 +2302,12 @@ cdef void _hello(Engine e, Pair* p) noexcept nogil:
     d.reason = R_CONNECTED
     d.dialled = True
     d.connect_us = p.connect_us
+    _report_later(e, d)
+
+
+cdef void _report_later(Engine e, Done* d) noexcept nogil:
+    """Queue a report that is not an end: it goes with the next wake-up, or on its
+    own a quarter second later (``hello_ms``)."""
     pthread_mutex_lock(&e.lock)
     d.next = e.done
     e.done = d
@@ -2332,6 +2430,7 @@ cdef void _listen(Engine e, Listener* l) noexcept nogil:
         known.dial_ms = l.dial_ms
         known.idle_ms = l.idle_ms
         known.slow_ms = l.slow_ms
+        known.whole = l.whole
         if l.fd >= 0:
             close(l.fd)
         free(l)
@@ -2398,7 +2497,8 @@ cdef void _take(Engine e, Listener* l, int fd, const char* peer, int peer_len) n
     """A connection accepted here: a negotiated pair (as negotiate() makes one), and
     whatever the client has sent already read at once."""
     cdef int room = e.handshake_room
-    cdef bint over = room >= 0 and fastsocks_ref_add(&e.unseen, 0) >= room
+    cdef bint over = room >= 0 and \
+        fastsocks_ref_add(&e.unseen, 0) - fastsocks_ref_add(&e.quiet, 0) >= room
     cdef Pair* p = _negotiated(fd, l.greet, l.dial_ms, l.idle_ms)
     if p == NULL:
         close(fd)             # unreported: the client sees a close, as at the fd limit
@@ -2406,6 +2506,7 @@ cdef void _take(Engine e, Listener* l, int fd, const char* peer, int peer_len) n
     p.id = e.next_accepted
     e.next_accepted += 1
     p.accepted = True         # the loop's reference comes with its introduction
+    p.whole = l.whole
     p.key = l.key
     p.born_us = _now_us()
     p.deadline_ms = _now_ms() + l.slow_ms
@@ -2435,6 +2536,8 @@ cdef void _scan_idle(Engine e, int64_t now) noexcept nogil:
         l = l.next
     while p != NULL:
         nxt = p.next
+        if p.quiet:
+            _tell(e, p, False)
         if p.accepted and p.neg and p.neg != NEG_WAITING:
             if now >= p.deadline_ms:
                 _finish(e, p, R_HANDBACK)   # slow: the loop's limits and timeout take it

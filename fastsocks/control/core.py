@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from ..net.resolver import ConnectError
     from .udp import UdpAssociation
 
-__all__ = ["SessionCore"]
+__all__ = ["SessionCore", "describe"]
 
 log = logging.getLogger("fastsocks.session")
 
@@ -35,6 +35,11 @@ _ServerCodec = codec.ServerCodec
 _CLOSED = State.CLOSED
 _SOCKS5 = Protocol.SOCKS5
 _SOCKS4 = Protocol.SOCKS4
+
+
+def describe(request: Any) -> str:
+    """A request as the logs name it: "CONNECT 192.0.2.1 port 80"."""
+    return f"{Command(request.command).name} {request.host} port {request.port}"
 
 
 class SessionCore(asyncio.Protocol):
@@ -155,8 +160,7 @@ class SessionCore(asyncio.Protocol):
     # -- replies and endings ------------------------------------------------
 
     def _what(self) -> str:
-        request = self.request
-        return f"{Command(request.command).name} {request.host} port {request.port}"
+        return describe(self.request)
 
     def _record_reply(self, code: int, handshake: float | None = None) -> None:
         """A reply to the request went out (access log, metrics).

@@ -20,17 +20,17 @@ import socket
 from time import monotonic as _monotonic
 from typing import Any
 
-from ..codec import encode_reply
-from ..constants import Reply
+from ..codec import Request, encode_reply, parse_reply
+from ..constants import Reply, Sent
 from ..net.address import format_peer
 from ..net.resolver import ConnectError, reply_for_errno
 from ..relay import Relay
 from .gssrelay import GssRelay
 from .limits import TokenBuckets
-from .core import SessionCore
-from .record import CloseReason, Protocol, State
+from .core import SessionCore, describe
+from .record import CloseReason, CloseRecord, Protocol, State
 
-__all__ = ["HandoffStage", "Held", "Returned", "relay_reason"]
+__all__ = ["HandoffStage", "Held", "Returned", "dialled_request", "relay_reason", "report_quiet"]
 
 log = logging.getLogger("fastsocks.session")
 
@@ -41,6 +41,56 @@ _SOCKS5 = Protocol.SOCKS5
 def relay_reason(text: str) -> CloseReason:
     """A relay's reason token (the engine's REASONS, the protocol relays') as a CloseReason."""
     return _REASONS.get(text, CloseReason.ERROR)
+
+
+def dialled_request(data: bytes, answered: int) -> tuple[str | None, Any]:
+    """The user and the request in the handshake the engine read and dialled itself.
+
+    ``data`` is the greeting, the RFC 1929 login where the engine answered
+    one (``answered`` ``Sent.LOGIN``), and the request.
+    """
+    at = 2 + data[1]  # past the greeting
+    user = None
+    if answered == Sent.LOGIN:  # past VER ULEN UNAME PLEN PASSWD
+        end = at + 2 + data[at + 1]
+        user = data[at + 2:end].decode("utf-8", "replace")
+        at = end + 1 + data[end]
+    # A request has the layout of a reply (RFC 1928 §4 and §6): VER CMD RSV
+    # ATYP ADDR PORT, so the codec's reply parser reads it, the host written
+    # as everywhere else.
+    parsed = parse_reply(data[at:])
+    return user, Request(parsed.rep, parsed.atyp, parsed.host, parsed.port)
+
+
+def report_quiet(server: Any, peer: Any, data: bytes, answered: int, bytes_up: int,
+                 bytes_down: int, reason: str, handshake: float, duration: float) -> None:
+    """A connection the engine accepted, dialled and ended before the loop heard of it.
+
+    The engine's one report of it (``Engine.listen``'s ``ended``): what a
+    session would have recorded over its life (the request, the succeeded
+    reply and its handshake time, the end), for the metrics, the access
+    log and the debug log, at once and without a session.
+    """
+    metrics, access_log = server.metrics, server.access_log
+    debug = log.isEnabledFor(logging.DEBUG)
+    if metrics is None and access_log is None and not debug:
+        return
+    user, request = dialled_request(data, answered)
+    record = CloseRecord(
+        client=(peer[0], peer[1]) if peer else None, user=user, command=request.command,
+        host=request.host, port=request.port, dialled=(request.host, request.port),
+        reply=Reply.SUCCEEDED, bytes_up=bytes_up, bytes_down=bytes_down, duration=duration,
+        reason=relay_reason(reason))
+    if metrics is not None:
+        metrics.opened()
+        metrics.requested(request.command, _SOCKS5)
+        metrics.replied(Reply.SUCCEEDED, handshake)
+        metrics.closed(record)
+    if access_log is not None:
+        access_log.write(record)
+    if debug:
+        log.debug("%s %s closed (%s): %d bytes up, %d bytes down, %.3f s", format_peer(peer),
+                  describe(request), reason, bytes_up, bytes_down, duration)
 
 
 class Returned:
@@ -318,6 +368,6 @@ class HandoffStage(SessionCore):
         self.server.sessions.discard(self)
         if log.isEnabledFor(logging.DEBUG):
             log.debug("%s %s closed (%s): %d bytes up, %d bytes down, %.3f s",
-                      format_peer(self.peer), self._what(), reason, bytes_up, bytes_down,
-                      _monotonic() - self.started)
+                      format_peer(self.peer), describe(self.request), reason, bytes_up,
+                      bytes_down, _monotonic() - self.started)
         self._report(relay_reason(reason), bytes_up, bytes_down)

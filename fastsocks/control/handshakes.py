@@ -35,11 +35,11 @@ both take the last slot (one extra per worker at most), as with the other counts
 
 Where the relay engine accepts (runtime/listener.py), a connection's
 handshake runs in the engine before this process's loop hears of it: those
-count too (``Engine.unseen``), in the total and in the published gauge
-(republished every 50 ms while the engine is attached), and the engine is
-told how much room the quota leaves it (``Engine.handshake_room``): a
-connection accepted beyond that comes to the loop at once, unread, and is
-refused here as any other.
+count too (``Engine.shaking``: not those it dialled already), in the total
+and in the published gauge (republished every 50 ms while the engine is
+attached), and the engine is told how much room the quota leaves it
+(``Engine.handshake_room``): a connection accepted beyond that comes to the
+loop at once, unread, and is refused here as any other.
 """
 
 from __future__ import annotations
@@ -95,7 +95,7 @@ class HandshakeSlots:
     def total(self) -> int:
         """Unfinished handshakes in all workers (the engine's included)."""
         counts = self.counts
-        own = len(self.open) + (self.engine.unseen if self.engine is not None else 0)
+        own = len(self.open) + (self.engine.shaking if self.engine is not None else 0)
         return own + counts.gauge(GAUGE, others=True) if counts.tables > 1 else own
 
     def attach(self, engine: Any) -> None:
@@ -116,7 +116,7 @@ class HandshakeSlots:
         if engine is None:
             self.counts.set_gauge(GAUGE, own)
             return
-        self.counts.set_gauge(GAUGE, own + engine.unseen)
+        self.counts.set_gauge(GAUGE, own + engine.shaking)
         if not self.quota:
             engine.handshake_room = -1
         else:

@@ -47,13 +47,11 @@ import socket
 from time import monotonic as _monotonic
 from typing import Any
 
-from ..codec import Request as _Request, parse_reply as _parse_reply
-from ..constants import Sent
 from .associate import AssociateStage
 from .bind import BindStage
 from .connect import ConnectStage
 from .decide import DecideStage
-from .handoff import HandoffStage, Held, Returned, relay_reason
+from .handoff import HandoffStage, Held, Returned, dialled_request, relay_reason
 from .http import HttpStage
 from .negotiate import NegotiateStage
 from .proxyheader import ProxyHeaderStage
@@ -166,17 +164,11 @@ class Session(ProxyHeaderStage, NegotiateStage, Socks4Stage, HttpStage, DecideSt
         handshake is over, and the session waits for the engine's report as
         after ``_dial_in_engine``.
         """
-        at = 2 + data[1]  # past the greeting
-        if answered == Sent.LOGIN:  # past VER ULEN UNAME PLEN PASSWD
-            end = at + 2 + data[at + 1]
-            self.user = data[at + 2:end].decode("utf-8", "replace")
-            at = end + 1 + data[end]
-        # A request has the layout of a reply (RFC 1928 §4 and §6): VER CMD
-        # RSV ATYP ADDR PORT, so the codec's reply parser reads it, the host
-        # written as everywhere else.
-        parsed = _parse_reply(data[at:])
-        request = self.request = _Request(parsed.rep, parsed.atyp, parsed.host, parsed.port)
-        self.dialled = (parsed.host, parsed.port)
+        user, request = dialled_request(data, answered)
+        if user is not None:
+            self.user = user
+        self.request = request
+        self.dialled = (request.host, request.port)
         self._handshake_done()
         self.codec = None  # a refusal after a failed connect is encoded on its own
         self.state = _RELAYING

@@ -199,6 +199,9 @@ class Metrics:
         self.handshake_sum = 0.0
         self._flushed_sum = 0.0
         self.active = 0
+        # The relay engine where it accepts: the connections it holds before
+        # the loop hears of them (``Engine.unseen``) are open connections too.
+        self.engine: Any = None
         self._lock = threading.Lock()
         self._timer: Any = None
 
@@ -269,7 +272,8 @@ class Metrics:
                 if total != self._flushed_sum:
                     self._hist_sum.inc(total - self._flushed_sum)
                     self._flushed_sum = total
-            self.connections_active.set(self.active)
+            engine = self.engine
+            self.connections_active.set(self.active + (engine.unseen if engine is not None else 0))
 
     def start_flushing(self, loop: asyncio.AbstractEventLoop, interval: float = 1.0) -> None:
         """Flush from a timer on ``loop`` until ``stop_flushing()``."""

@@ -9,7 +9,10 @@ reads the greeting, answers X'05 00', reads the request and, where the
 server's plan allows (``Server.engine_dials``), dials an IP literal itself.
 The loop hears of a connection once, with its first report
 (``Session.from_engine``): a CONNECT to decide, one being dialled, or one handed
-back.  Everything the engine does not finish (SOCKS4, HTTP, other methods
+back.  One the engine dials is quiet until the engine's next scan (within a
+quarter second): if it ends before, its one report makes no session, only
+the record of it (``report_quiet``: metrics, access log); else it is
+introduced as "being dialled" then.  Everything the engine does not finish (SOCKS4, HTTP, other methods
 and commands, a malformed message, a handshake still unfinished after a
 quarter second) comes back with the bytes read, and continues on an
 ordinary transport, under the handshake limits and timeout.
@@ -32,12 +35,14 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import functools
 import itertools
 import logging
 import os
 import socket
 from typing import TYPE_CHECKING, Any
 
+from ..control.handoff import report_quiet
 from ..control.session import Session
 from ..relay import first_byte
 
@@ -133,7 +138,8 @@ class EngineListener:
             for sock in self.sockets:
                 server.loop.remove_reader(sock.fileno())
         plan = (server.engine_greets, server.engine_dials, server.settings.idle_timeout,
-                min(SLOW_HANDSHAKE, server.settings.handshake_timeout))
+                min(SLOW_HANDSHAKE, server.settings.handshake_timeout),
+                functools.partial(report_quiet, server))
         if self.keys:  # new settings for the same sockets
             for key in self.keys:
                 engine.listen(-1, key, self._handed, *plan)

@@ -186,6 +186,8 @@ class Server:
                 self.engine.on_exhausted = self._accept_exhausted
                 self.engine.start()
                 self.loop.add_reader(self.engine.done_fileno, self.engine.collect)
+                if self.metrics is not None:
+                    self.metrics.engine = self.engine
         self._plan_handshakes()
         for host, port in self.settings.listen:
             family = socket.AF_INET6 if ":" in host else socket.AF_UNSPEC

@@ -5,7 +5,9 @@ engine thread and negotiated as ``negotiate`` would; the loop hears of it
 once, with its first report, through the listener's ``accepted`` callback
 (its id, descriptor, peer and age, and whether the engine dials); slow
 handshakes come back; a refused introduction closes the connection; the
-descriptor limit pauses accepting and says so; and nothing leaks.
+descriptor limit pauses accepting and says so; and nothing leaks.  With
+``ended``, a connection the engine dials stays quiet until its first scan:
+one that ends before is reported once, whole, and never introduced.
 """
 
 from __future__ import annotations
@@ -50,7 +52,7 @@ class Rig:
     """An engine accepting on one loopback listener; introductions and reports kept."""
 
     def __init__(self, engine: Engine, family: int = socket.AF_INET, greet: bool = True,
-                 dial: float = 5.0, slow: float = 0.25) -> None:
+                 dial: float = 5.0, slow: float = 0.25, whole: bool = False) -> None:
         self.engine = engine
         host = "::1" if family == socket.AF_INET6 else "127.0.0.1"
         self.listener = socket.create_server((host, 0), family=family)
@@ -59,7 +61,9 @@ class Rig:
         self.introduced: list[tuple[int, int, Any, float, bool]] = []
         self.reports: dict[int, list[tuple[Any, ...]]] = {}
         self.claim = True
-        engine.listen(os.dup(self.listener.fileno()), 1, self._accepted, greet, dial, 0.0, slow)
+        self.ended: list[tuple[Any, ...]] = []  # whole reports (``ended``)
+        engine.listen(os.dup(self.listener.fileno()), 1, self._accepted, greet, dial, 0.0, slow,
+                      (lambda *args: self.ended.append(args)) if whole else None)
 
     def _accepted(self, pair_id: int, fd: int, peer: Any, age: float, dialling: bool) -> Any:
         self.introduced.append((pair_id, fd, peer, age, dialling))
@@ -323,4 +327,121 @@ def test_the_peer_is_written_as_socket_accept_writes_it(engine: Engine, source: 
         assert peer == client.getsockname() == (source, peer[1])
         rig.end(pair_id)
         os.close(fd)
+    rig.close()
+
+
+def _relayed(rig: Rig, last: float = 0.0) -> tuple[Any, bytes]:
+    """One CONNECT through the engine, relayed both ways, open for ``last`` seconds, closed:
+    the client's address and the handshake it sent."""
+    port = rig.target.getsockname()[1]
+    client = rig.connect()
+    request = _request(port)
+    with client:
+        client.sendall(GREETING + request + b"early")
+        target, _ = rig.target.accept()
+        with target:
+            assert recv_exact(target, 5) == b"early"
+            assert recv_exact(client, 12)[:4] == b"\x05\x00\x05\x00"
+            # Dialled, not yet introduced: open, and no longer a handshake.
+            assert rig.engine.unseen >= 1 and rig.engine.shaking == 0
+            target.sendall(b"pong!")
+            assert recv_exact(client, 5) == b"pong!"
+            time.sleep(last)
+        return client.getsockname(), GREETING + request
+
+
+def test_a_short_connection_dialled_here_is_reported_once_whole(engine: Engine) -> None:
+    before = _fds()
+    rig = Rig(engine, whole=True)
+    # The engine's scan (every quarter second) introduces a quiet pair: one
+    # connection of a few milliseconds may meet it, twenty in a row do not.
+    for attempt in range(20):
+        name, handshake = _relayed(rig)
+        rig.collect_until(lambda: len(rig.ended) + len(rig.introduced) > attempt)
+        if rig.ended:
+            break
+        rig.end(rig.introduced[-1][0])
+    assert len(rig.ended) == 1
+    peer, data, answered, up, down, reason, shaken, lasted = rig.ended[0]
+    assert peer == name and data == handshake and answered == 1
+    assert (up, down) == (5, 5) and reason in ("eof", "client_reset")
+    assert 0 < shaken < lasted < 5
+    assert engine.unseen == 0 and engine.shaking == 0
+    rig.close()
+    engine.stop()
+    engine.collect()
+    assert _fds() == before
+
+
+def test_a_connection_past_the_scan_is_introduced_as_dialling(engine: Engine) -> None:
+    rig = Rig(engine, whole=True)
+    _, handshake = _relayed(rig, last=0.6)
+    pair_id, _, _, _, dialling = rig.first()
+    assert dialling
+    reason, _, _, up, down, _, connect_us = rig.end(pair_id)
+    assert (up, down) == (5, 5) and connect_us >= 0 and not rig.ended
+    reports = rig.reports[pair_id]
+    assert reports[0][:3] == ("dialling", handshake, 1)
+    assert [r[0] for r in reports[1:-1]] in ([], ["connected"])  # the reply, counted
+    assert engine.unseen == 0
+    rig.close()
+
+
+def test_a_failed_connect_is_introduced_before_its_refusal(engine: Engine) -> None:
+    rig = Rig(engine, whole=True)
+    with socket.socket() as gone:
+        gone.bind(("127.0.0.1", 0))
+        port = gone.getsockname()[1]  # closed: refused
+    with rig.connect() as client:
+        client.sendall(GREETING + _request(port))
+        pair_id, fd, _, _, dialling = rig.first()
+        reasons = [r[0] for r in rig.reports.get(pair_id, [])]
+        if dialling:  # the engine's connect failed: the descriptor is back, for the refusal
+            reason = rig.end(pair_id)[0]
+            assert reason == "connect_failed" and reasons[0] == "dialling"
+        else:  # it failed at once: the loop dials and refuses
+            assert reasons == ["request"]
+            engine.end(pair_id)
+            rig.end(pair_id)
+        assert not rig.ended
+    if dialling:
+        os.close(fd)
+    assert engine.unseen == 0
+    rig.close()
+
+
+def test_stop_reports_a_quiet_connection_whole() -> None:
+    for _ in range(5):  # until the stop finds it quiet (a scan may introduce it first)
+        engine = Engine()
+        engine.start()
+        rig = Rig(engine, whole=True)
+        port = rig.target.getsockname()[1]
+        with rig.connect() as client:
+            client.sendall(GREETING + _request(port))
+            target, _ = rig.target.accept()
+            assert recv_exact(client, 12)[:4] == b"\x05\x00\x05\x00"
+            engine.stop()
+            engine.collect()
+            target.close()
+        assert engine.unseen == 0
+        rig.close()
+        if rig.ended:
+            break
+        assert rig.introduced and rig.reports[rig.introduced[0][0]][-1][0] == "shutdown"
+    assert len(rig.ended) == 1 and rig.ended[0][5] == "shutdown"
+
+
+def test_quiet_connections_leave_the_handshake_room_free(engine: Engine) -> None:
+    rig = Rig(engine, whole=True)
+    port = rig.target.getsockname()[1]
+    engine.handshake_room = 1
+    with rig.connect() as first:
+        first.sendall(GREETING + _request(port))
+        target, _ = rig.target.accept()
+        assert recv_exact(first, 12)[:4] == b"\x05\x00\x05\x00"
+        assert engine.shaking == 0  # uncollected: still unseen, still quiet
+        with rig.connect() as second:  # room for its handshake: answered, not handed back
+            second.sendall(GREETING)
+            assert recv_exact(second, 2) == b"\x05\x00"
+        target.close()
     rig.close()

@@ -34,7 +34,8 @@ What is true, and asserted:
   at once, with none.  The test takes the name out of the cache first, so
   the later CONNECTs run well within the 5 s a negative AAAA answer is kept.
 
-A negative control makes the common path start a Task (``_opened``
+A negative control makes the common path start a Task (``_opened`` and,
+for a connection the engine reports once at its end, ``report_quiet``
 wrapped) and shows that the counter sees it and the check fails.
 """
 
@@ -57,6 +58,7 @@ import fastsocks
 from fastsocks import _accel
 from fastsocks.control.auth import Users, hash_password
 from fastsocks.control.session import Session
+from fastsocks.runtime import listener as engine_listener
 from fastsocks.net import dns
 from fastsocks.relay import Engine
 from procs import recv_exact
@@ -358,13 +360,20 @@ def test_connect_to_a_cached_name_makes_no_task(loop_name: str, relay: str,
 @pytest.mark.parametrize("loop_name", LOOPS)
 def test_the_counter_sees_a_task_on_the_common_path(loop_name: str, tmp_path: Path,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
-    opened = Session._opened  # every connection's, whoever negotiates and dials
+    # Every connection's: a session's opening, whoever negotiates and dials,
+    # or, for one the engine dialled and reports once at its end, its record.
+    opened, quiet = Session._opened, engine_listener.report_quiet
 
     def opened_with_a_task(self: Session, peer: Any, *args: Any) -> None:
         asyncio.ensure_future(asyncio.sleep(0))  # what the tests above must catch
         opened(self, peer, *args)
 
+    def quiet_with_a_task(*args: Any) -> None:
+        asyncio.ensure_future(asyncio.sleep(0))
+        quiet(*args)
+
     monkeypatch.setattr(Session, "_opened", opened_with_a_task)
+    monkeypatch.setattr(engine_listener, "report_quiet", quiet_with_a_task)
     relay = RELAYS[0]
     first, rest = _counted(loop_name, relay, "127.0.0.1", tmp_path)
     assert [m.name for m in first].count("sleep") == 1, first
