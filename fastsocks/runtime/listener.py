@@ -111,6 +111,7 @@ class EngineListener:
         self.sockets = sockets
         self.closed = False
         self.keys: list[int] = []  # the engine's, while it accepts; else the loop does
+        self.engine = server.engine
         self.reading = False
         self.configure()
 
@@ -156,8 +157,10 @@ class EngineListener:
 
     def _handed(self, pair_id: int, fd: int, peer: Any, age: float, dialling: bool) -> Any:
         """The engine's first report of a connection it accepted: its session."""
+        # The listener's engine: a stop introduces the pairs it ends (a connect
+        # under way) after the server let go of it.
         return Session(self.server, self.listener).from_engine(
-            self.server.engine, pair_id, fd, peer, age, dialling)
+            self.engine, pair_id, fd, peer, age, dialling)
 
     def _accept(self, sock: socket.socket) -> None:
         server = self.server
