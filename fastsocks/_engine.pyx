@@ -64,7 +64,7 @@ a pair is freed only after the epoll batch that may still name it.
 cimport cython
 from libc.errno cimport errno, EAGAIN, ECONNABORTED, EINTR, EPERM, EPROTO, ETIMEDOUT
 from libc.stdint cimport uint32_t, uint64_t, int64_t, uintptr_t
-from libc.stdlib cimport calloc, free, malloc
+from libc.stdlib cimport calloc, free, malloc, realloc
 from libc.string cimport memchr, memcpy
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 
@@ -1822,9 +1822,8 @@ cdef void _finish(Engine e, Pair* p, int reason) noexcept nogil:
     d.connect_us = p.connect_us
     d.answered = p.answered
     if reason == R_HANDBACK:      # what was read goes back with the descriptor
-        d.data = p.nbuf
+        d.data = _handed(p, p.nlen)
         d.dlen = p.nlen
-        p.nbuf = NULL
     _introduce(p, d)
     _report(e, d)
 
@@ -2022,9 +2021,8 @@ cdef void _ask(Engine e, Pair* p, int reason, Py_ssize_t n, bint hold=False) noe
     d.id = p.id
     d.reason = reason
     d.answered = p.answered
-    d.data = p.nbuf
+    d.data = _handed(p, n)
     d.dlen = n
-    p.nbuf = NULL
     if hold:
         d.quiet = True
         p.quiet = True
@@ -2033,6 +2031,24 @@ cdef void _ask(Engine e, Pair* p, int reason, Py_ssize_t n, bint hold=False) noe
     p.asked = NULL
     _introduce(p, d)
     _report(e, d)
+
+
+cdef char* _handed(Pair* p, Py_ssize_t n) noexcept nogil:
+    """The handshake's buffer, given up by the pair and cut to its first ``n`` bytes.
+
+    It was NEG_BUF bytes for any handshake; a report may wait up to a scan
+    for the loop, and a burst of connections would otherwise leave that
+    much per connection in the engine thread's heap, which malloc does not
+    give back.  A failed realloc keeps the whole buffer.
+    """
+    cdef char* b = p.nbuf
+    cdef char* cut
+    p.nbuf = NULL
+    if b != NULL and n < NEG_BUF:
+        cut = <char*>realloc(b, n if n > 0 else 1)
+        if cut != NULL:
+            b = cut
+    return b
 
 
 cdef void _tell(Engine e, Pair* p, bint wake) noexcept nogil:
