@@ -1144,6 +1144,8 @@ cdef class Engine:
         ended, as an end has them; the seconds from accept to the reply and
         to the end).  A connect that fails or times out, or a client that
         leaves before it is done, is introduced first and reported as ever.
+        New settings without ``ended`` end the quiet ones from then on; the
+        pairs that were quiet before still go to the ``ended`` they had.
 
         ``fd`` -1: only new settings for the listener ``key``.
         """
@@ -1161,7 +1163,8 @@ cdef class Engine:
         l.slow_ms = <int64_t>(slow * 1000) if slow > 0 else 0
         l.whole = ended is not None
         self._accepting[key] = accepted
-        self._ending[key] = ended
+        if ended is not None:     # settings without it keep it for the quiet pairs before
+            self._ending[key] = ended
         self._command(CMD_LISTEN, 0, 0, NULL, NULL, NULL, 0, l)
 
     def unlisten(self, int key):
@@ -1177,7 +1180,7 @@ cdef class Engine:
     @property
     def shaking(self):
         """Of ``unseen``, those still in their handshake (not the quiet ones dialled)."""
-        return max(0, fastsocks_ref_add(&self.unseen, 0) - fastsocks_ref_add(&self.quiet, 0))
+        return max(0, _shaking(self))
 
     def logins(self, bytes key=None, macs=()):
         """The RFC 1929 logins answered here (GREET_LOGIN): none, or ``macs`` under ``key``.
@@ -2509,12 +2512,20 @@ cdef void _accept(Engine e, Listener* l) noexcept nogil:
         return
 
 
+cdef inline int _shaking(Engine e) noexcept nogil:
+    """Connections accepted here still in their handshake: unseen, less the quiet ones.
+
+    The two counters are read one after the other, so the difference may be
+    off by a pair that moved between them meanwhile (or below 0).
+    """
+    return fastsocks_ref_add(&e.unseen, 0) - fastsocks_ref_add(&e.quiet, 0)
+
+
 cdef void _take(Engine e, Listener* l, int fd, const char* peer, int peer_len) noexcept nogil:
     """A connection accepted here: a negotiated pair (as negotiate() makes one), and
     whatever the client has sent already read at once."""
     cdef int room = e.handshake_room
-    cdef bint over = room >= 0 and \
-        fastsocks_ref_add(&e.unseen, 0) - fastsocks_ref_add(&e.quiet, 0) >= room
+    cdef bint over = room >= 0 and _shaking(e) >= room
     cdef Pair* p = _negotiated(fd, l.greet, l.dial_ms, l.idle_ms)
     if p == NULL:
         close(fd)             # unreported: the client sees a close, as at the fd limit

@@ -89,8 +89,13 @@ def report_quiet(server: Any, peer: Any, data: bytes, answered: int, bytes_up: i
     if access_log is not None:
         access_log.write(record)
     if debug:
-        log.debug("%s %s closed (%s): %d bytes up, %d bytes down, %.3f s", format_peer(peer),
-                  describe(request), reason, bytes_up, bytes_down, duration)
+        _log_closed(peer, request, reason, bytes_up, bytes_down, duration)
+
+
+def _log_closed(peer: Any, request: Any, reason: str, bytes_up: int, bytes_down: int,
+                duration: float) -> None:
+    log.debug("%s %s closed (%s): %d bytes up, %d bytes down, %.3f s", format_peer(peer),
+              describe(request), reason, bytes_up, bytes_down, duration)
 
 
 class Returned:
@@ -367,7 +372,6 @@ class HandoffStage(SessionCore):
         self.state = State.CLOSED
         self.server.sessions.discard(self)
         if log.isEnabledFor(logging.DEBUG):
-            log.debug("%s %s closed (%s): %d bytes up, %d bytes down, %.3f s",
-                      format_peer(self.peer), describe(self.request), reason, bytes_up,
-                      bytes_down, _monotonic() - self.started)
+            _log_closed(self.peer, self.request, reason, bytes_up, bytes_down,
+                        _monotonic() - self.started)
         self._report(relay_reason(reason), bytes_up, bytes_down)

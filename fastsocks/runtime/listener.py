@@ -12,10 +12,11 @@ The loop hears of a connection once, with its first report
 back.  One the engine dials is quiet until the engine's next scan (within a
 quarter second): if it ends before, its one report makes no session, only
 the record of it (``report_quiet``: metrics, access log); else it is
-introduced as "being dialled" then.  Everything the engine does not finish (SOCKS4, HTTP, other methods
-and commands, a malformed message, a handshake still unfinished after a
-quarter second) comes back with the bytes read, and continues on an
-ordinary transport, under the handshake limits and timeout.
+introduced as "being dialled" then.  Everything the engine does not
+finish (SOCKS4, HTTP, other methods and commands, a malformed message, a
+handshake still unfinished after a quarter second) comes back with the
+bytes read, and continues on an ordinary transport, under the handshake
+limits and timeout.
 
 Limits that admit or refuse a connection by its address before any byte
 (``limits.connections``, ``connections_per_ip``, ``handshake_rate_per_ip``)

@@ -445,3 +445,38 @@ def test_quiet_connections_leave_the_handshake_room_free(engine: Engine) -> None
             assert recv_exact(second, 2) == b"\x05\x00"
         target.close()
     rig.close()
+
+
+def test_settings_without_ended_keep_it_for_the_pairs_already_quiet() -> None:
+    for _ in range(10):  # until the new settings find the pair quiet (a scan may come first)
+        engine = Engine()
+        engine.start()
+        try:
+            rig = Rig(engine, whole=True)
+            port = rig.target.getsockname()[1]
+            with rig.connect() as client:
+                client.sendall(GREETING + _request(port))
+                target, _ = rig.target.accept()
+                with target:
+                    assert recv_exact(client, 12)[:4] == b"\x05\x00\x05\x00"
+                    # A reload's settings without ``ended``: loud from now on.
+                    engine.listen(-1, 1, rig._accepted, True, 5.0, 0.0, 0.25, None)
+            rig.collect_until(lambda: engine.unseen == 0 and (
+                rig.ended or bool(rig.introduced and rig.reports.get(rig.introduced[0][0]))))
+            if rig.introduced:  # the scan was first: introduced, not quiet
+                rig.close()
+                continue
+            assert len(rig.ended) == 1 and rig.ended[0][3:5] == (0, 0)
+            # A connection after them is introduced as it is dialled.
+            with rig.connect() as client:
+                client.sendall(GREETING + _request(port))
+                target, _ = rig.target.accept()
+                target.close()
+            pair_id, _, _, _, dialling = rig.first()
+            assert dialling and rig.end(pair_id)[3:5] == (0, 0) and len(rig.ended) == 1
+            rig.close()
+            return
+        finally:
+            engine.stop()
+            engine.collect()
+    raise AssertionError("the engine's scan introduced the pair ten times before new settings")
