@@ -49,29 +49,27 @@ from typing import Any
 PY = sys.executable
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 STAGES = [  # (key, label, where)
-    ("accept", "accept", "uvloop accept + transport, Session.__init__, connection_made"),
-    ("limits", "limits / handshake admission", "control/limits.py, handshakes.py, _peer_known"),
-    ("timer", "handshake timer", "call_later in connection_made, _handshake_done"),
-    ("parse", "read + parse (greeting and request)", "uv read, data_received, _advance, codec"),
-    ("greeting", "greeting: method choice + X'05 00' write", "negotiate._on_greeting"),
-    ("rules", "request: decide (rules, dispatch)", "decide._on_request/_admit/_dispatch"),
-    ("resolve", "resolve (IP literal)", "resolver.literal_addresses, _sources"),
-    ("connect", "outbound connect", "connect.py, net/resolver.py Connector (socket, connect, "
-     "add/remove_writer, getsockopt)"),
-    ("reply", "reply (encode, record)", "_encode_reply, codec send_reply, _record_reply"),
-    ("handoff", "hand-off, loop side", "handoff._hand_to_engine (os.dup, Engine.add, "
-     "transport.abort) and the transport's teardown after it"),
-    ("handoff_engine", "hand-off, engine side", "_engine.pyx _commands/_register"),
-    ("relay", "relay of the 64 B echo (engine)", "_engine.pyx _pump (splice, send)"),
-    ("close", "close, loop side", "Engine.collect, _on_engine_closed, _relay_ended, _report"),
-    ("close_engine", "close, engine side", "_engine.pyx _finish (shutdown, close, epoll_ctl)"),
+    ("accept", "accept (engine)", "_engine.pyx _accept/_take/_negotiated (accept4, peer, the pair)"),
+    ("negotiate", "read + parse, X'05 00' (engine)", "_negotiate/_parse/_answer/_login (recv, send)"),
+    ("connect", "outbound connect + reply (engine)", "_dial/fastsocks_dial/_connecting/_settle/"
+     "_hello (socket, connect, getsockname)"),
+    ("reports", "reports to the loop (engine)", "_ask/_tell/_handed/_report/_report_later"),
+    ("relay", "relay of the 64 B echo (engine)", "_pump/_service/_client_event (recv, send, splice)"),
+    ("close_engine", "close (engine)", "_finish/_unlink_free/_free_pair (shutdown, close)"),
+    ("commands", "commands from the loop (engine)", "_commands/_register/_attach"),
+    ("scan", "idle scan (engine)", "_scan_idle"),
+    ("engine_wait", "engine: epoll_wait", "perf: kernel time in the engine's epoll_wait"),
+    ("engine_other", "engine: other", "_engine.pyx outside the above (epoll_ctl, wake-ups)"),
+    ("collect", "reports, loop side", "Engine.collect, _whole, _introduce, report_quiet, "
+     "handoff.py"),
+    ("session", "sessions, loop side", "control/ (a connection the loop hears of: Session, "
+     "decide, connect)"),
+    ("limits", "limits / handshake admission", "control/limits.py, handshakes.py"),
     ("accesslog", "access log", "observe/accesslog.py"),
     ("metrics", "metrics", "observe/metrics.py, prometheus_client"),
     ("loop_poll", "event loop: epoll_pwait", "uv__io_poll (perf: kernel time in epoll_pwait)"),
-    ("loop_other", "event loop: other", "uvloop/libuv outside any stage (io_uring epoll_ctl "
-     "batches, handle bookkeeping)"),
-    ("engine_wait", "engine: epoll_wait", "perf: kernel time in the engine's epoll_wait"),
-    ("engine_other", "engine: other", "_engine.pyx outside the above"),
+    ("loop_other", "event loop: other", "uvloop/libuv outside any stage (the engine's "
+     "eventfd read, timers, handle bookkeeping)"),
     ("threads", "other threads", "pycares, libuv workers, metrics exporter"),
 ]
 WAITS = {"epoll_wait", "epoll_pwait", "epoll_pwait2"}
@@ -88,11 +86,31 @@ def _leafname(func: str) -> str:
     return func.rsplit(".", 1)[-1]
 
 
+# The engine's functions (Cython's and its C helpers') by stage; the
+# innermost frame that names one wins.
+ENGINE_STAGES = (
+    (("_engine__negotiated", "_engine__take", "_engine__accept", "fastsocks_accept",
+      "fastsocks_peer"), "accept"),
+    (("_engine__dial", "fastsocks_dial", "_engine__connecting", "_engine__settle",
+      "_engine__hello"), "connect"),
+    (("_engine__ask", "_engine__tell", "_engine__handed", "_engine__report",
+      "_engine__introduce"), "reports"),
+    (("_engine__negotiate", "_engine__parse", "_engine__answer", "_engine__login",
+      "fastsocks_login"), "negotiate"),
+    (("_engine__finish", "_engine__drop_pipe", "_engine__unlink_free", "_engine__free_pair",
+      "_engine__drop", "_engine__release"), "close_engine"),
+    (("_engine__pump", "_engine__service", "_engine__client_event", "_engine__pipe_"),
+     "relay"),
+    (("_engine__register", "_engine__commands", "_engine__attach"), "commands"),
+    (("_engine__scan_idle",), "scan"),
+)
+
+
 def classify(frames: list[tuple[str, str]]) -> tuple[str, str]:
     """(thread, stage) of one py-spy stack, frames as (function, file) from root to leaf.
 
     The innermost frame that names a stage wins, so that a metrics call made
-    from the reply counts as metrics.  Stacks with no fastsocks frame are
+    from a report counts as metrics.  Stacks with no fastsocks frame are
     placed by the uvloop/libuv function that made them.
     """
     funcs = [f for f, _ in frames]
@@ -101,67 +119,30 @@ def classify(frames: list[tuple[str, str]]) -> tuple[str, str]:
         if _leafname(leaf) in WAITS:
             return "engine", "wait"
         for f in reversed(funcs):
-            if f.startswith(("_engine__finish", "_engine__drop_pipe")):
-                return "engine", "close_engine"
-            if f.startswith("_engine__pump"):
-                return "engine", "relay"
-            if f.startswith(("_engine__register", "_engine__commands")):
-                return "engine", "handoff_engine"
+            for names, stage in ENGINE_STAGES:
+                if f.startswith(names):
+                    return "engine", stage
         return "engine", "engine_other"
     if "uv_run" not in funcs:
         idle = _leafname(leaf) in WAITS or "PyThread_acquire_lock_timed" in funcs
         return "other", "wait" if idle else "threads"
     if _leafname(leaf) in WAITS and len(funcs) > 1 and funcs[-2] == "uv__io_poll":
         return "main", "wait"
-    saw_call_later = False
     for func, path in reversed(frames):
         name = _leafname(func)
         if "observe/metrics.py" in path or "prometheus_client" in path:
             return "main", "metrics"
         if "accesslog.py" in path:
             return "main", "accesslog"
-        if path.endswith(("limits.py", "handshakes.py", "sharedcounts.py")) \
-                or name == "_peer_known":
+        if path.endswith(("limits.py", "handshakes.py", "sharedcounts.py")):
             return "main", "limits"
-        if name in ("_handshake_done", "_handshake_timeout"):
-            return "main", "timer"
-        if name in ("_report", "_relay_ended", "_on_engine_closed", "_close", "_client_gone") \
-                or (path.endswith("_engine.pyx") and name.startswith("collect")) \
-                or "record.py" in path:
-            return "main", "close"
-        if name in ("_hand_to_engine", "_relay", "_take_pending", "connection_lost") \
-                or (path.endswith("_engine.pyx") and name.startswith(("add", "Engine__"))):
-            return "main", "handoff"
-        if name in ("_encode_reply", "_reply_bytes", "_record_reply") or "send_reply" in func:
-            return "main", "reply"
-        if name in ("literal_addresses", "source_addresses", "_sources"):
-            return "main", "resolve"
-        if path.endswith("net/resolver.py") or name in (
-                "_start_connect", "_connect", "_on_connected", "_watch_client"):
-            return "main", "connect"
-        if name in ("_on_request", "_admit", "_dispatch", "_deny", "_allowed") \
-                or path.endswith(("rulebook.py", "rules.py")):
-            return "main", "rules"
-        if name == "_on_greeting" or "send_method" in func:
-            return "main", "greeting"
-        if name in ("data_received", "_advance") or "receive_data" in func \
-                or "next_event" in func:
-            return "main", "parse"
-        if name == "connection_made":
-            return "main", "timer" if saw_call_later else "accept"
-        if "fastsocks/" in path and name in ("__init__", "<lambda>"):
-            return "main", "accept"
-        if "call_later" in func or "TimerHandle" in func:
-            saw_call_later = True
-    joined = ";".join(funcs)
-    if any(k in joined for k in ("uv__server_io", "UVStreamServer__on_listen",
-                                 "call_connection_made", "init_protocol")):
-        return "main", "accept"
-    if "uv__read" in joined or "_on_read" in joined:
-        return "main", "parse"
-    if any(k in joined for k in ("uv__finish_close", "UVHandle__on_close",
-                                 "call_connection_lost")):
-        return "main", "handoff"
+        if path.endswith(("handoff.py", "listener.py")) \
+                or (path.endswith("_engine.pyx") and name.startswith(("collect", "Engine__whole",
+                                                                      "Engine__introduce",
+                                                                      "Engine__held"))):
+            return "main", "collect"
+        if "fastsocks/control/" in path or "fastsocks/net/" in path:
+            return "main", "session"
     return "main", "loop_other"
 
 
