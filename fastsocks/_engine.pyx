@@ -1144,8 +1144,8 @@ cdef class Engine:
         ended, as an end has them; the seconds from accept to the reply and
         to the end).  A connect that fails or times out, or a client that
         leaves before it is done, is introduced first and reported as ever.
-        New settings without ``ended`` end the quiet ones from then on; the
-        pairs that were quiet before still go to the ``ended`` they had.
+        New settings without ``ended`` make no pair quiet from then on; the
+        pairs quiet before still go to the ``ended`` they had.
 
         ``fd`` -1: only new settings for the listener ``key``.
         """
