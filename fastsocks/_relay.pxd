@@ -34,3 +34,4 @@ cdef class Relay:
     cdef _half_eof(self, Half half)
     cdef _half_lost(self, Half half, object exc)
     cdef _finish(self)
+    cdef _release_all(self)

@@ -201,7 +201,23 @@ cdef class Relay:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        self._on_close(self)
+        try:
+            self._on_close(self)
+        finally:
+            self._release_all()
+
+    cdef _release_all(self):
+        # Nothing calls back once both transports are lost: the references
+        # that make a cycle (the halves and the relay, each half and its
+        # transport, the session's callbacks) go, so that a closed
+        # connection is freed at once, not at the collector's next full pass.
+        cdef Half half
+        self._on_connected = self._on_close = None
+        for half in (self.client, self.upstream):
+            half.relay = None
+            half.peer = None
+            half.transport = None
+            half.buckets = None
 
     def _tick(self):
         cdef unsigned long long total = self.client.nbytes + self.upstream.nbytes
