@@ -205,6 +205,12 @@ class HandoffStage(SessionCore):
 
     __slots__ = ()
 
+    def _negotiated(self) -> None:
+        """The negotiation is over: free its buffers (an HTTP tunnel's parser, ~3 KiB)."""
+        if self.http is not None:
+            self.http.release()
+        self.codec = self.http = None
+
     def _relay(self, sock: Any, reply_host: str, reply_port: int) -> None:
         """Reply with (reply_host, reply_port), then relay the client and ``sock``."""
         if self.closed:
@@ -251,7 +257,7 @@ class HandoffStage(SessionCore):
             return
         self.transport.write(reply)
         pending = self._take_pending()
-        self.codec = self.http = None  # the negotiation is over; free its buffers
+        self._negotiated()
         self.state = State.RELAYING
         relay.start(self.transport, pending)
 
@@ -317,7 +323,7 @@ class HandoffStage(SessionCore):
             except BaseException:
                 os.close(client_fd)
                 raise
-        self.codec = self.http = None  # an HTTP tunnel's parser too: ~3 KiB per connection
+        self._negotiated()
         self.task = None
         self.state = State.RELAYING
         if connect_timeout:

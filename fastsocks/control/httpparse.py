@@ -152,6 +152,16 @@ class Inbound:
 
     # -- feeding ----------------------------------------------------------------
 
+    def release(self) -> None:
+        """Nothing more is parsed: let go of llhttp's parser.
+
+        Its callbacks are this object's bound methods, so the two make a
+        cycle, which only the collector's full pass would free once the
+        connection had lived long; without it reference counting frees both.
+        """
+        self.stopped = True
+        del self.parser
+
     def feed(self, data: bytes) -> None:
         """Parse ``data``; errors become an ``HttpError`` event and stop the parsing."""
         if self.stopped:

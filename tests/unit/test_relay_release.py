@@ -9,6 +9,8 @@ round to the next).  Once both transports are lost the relay drops those
 references (``Relay._release_all``), so reference counting frees a closed
 connection at once.  Checked here on each implementation this build has,
 with the collector off: after the relay's end nothing of it is left alive.
+The same for an HTTP tunnel's parser (llhttp's callbacks are the
+``Inbound``'s bound methods), which the hand-off now releases.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from typing import Any, Iterator
 import pytest
 
 from fastsocks import _relay_py
+from fastsocks.control.httpparse import Inbound
 
 from builds import HAVE_EXTENSION
 
@@ -103,3 +106,24 @@ def test_an_ended_relay_is_freed_without_the_collector(module: Any, how: str,
     reason, up, down = asyncio.run(_relay_once(module, how))
     assert (reason, up, down) == ({"eof": "eof", "close": "shutdown"}[how], 9, 9)
     assert len(_alive(module)) == before, _alive(module)
+
+
+def _inbounds() -> int:
+    return sum(isinstance(o, Inbound) for o in gc.get_objects())
+
+
+def test_an_http_tunnels_parser_is_freed_without_the_collector(no_collector: None) -> None:
+    head = b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\nearly"
+    before = _inbounds()
+    kept = Inbound()  # the control: without release() the cycle keeps it
+    kept.feed(head)
+    del kept
+    assert _inbounds() == before + 1
+    gc.collect()
+    inbound = Inbound()
+    inbound.feed(head)
+    assert inbound.tunnel and inbound.events[0].early == b"early"
+    inbound.release()
+    inbound.feed(b"more")  # nothing is parsed after it
+    del inbound
+    assert _inbounds() == before
