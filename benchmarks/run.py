@@ -3,7 +3,8 @@
 
     python benchmarks/run.py [--quick]
                              [--servers fastsocks,fastsocks-name,fastsocks-login,fastsocks-socks4,
-                                        fastsocks-http,microsocks,microsocks-login,dante,floor]
+                                        fastsocks-http,fastsocks-splice,microsocks,
+                                        microsocks-login,dante,floor]
                              [--only idle,throughput,handshake,udp]
                              [--target-name NAME] [--repeat N] [--json PATH]
 
@@ -40,6 +41,10 @@ epoll SOCKS5 CONNECT relay in C with no policy, no logging and no
 timeouts, the system calls any server must make and nothing else; its
 server CPU-µs per handshake is what a short connection costs the kernel
 here, the floor under every server's figure (TCP rows only).
+
+``fastsocks-splice`` is fastsocks with ``--relay-bulk splice``: on loopback
+``auto`` copies bulk through the engine's 4 MiB buffer, and this row, bulk
+throughput only, measures the splice path beside it in the same run.
 
 ``--only`` picks some of these groups (e.g. ``--only udp``).  It prints
 markdown tables of the medians with ratios to direct (and to microsocks),
@@ -82,7 +87,7 @@ from fastsocks import bench  # noqa: E402
 from fastsocks.net.address import format_peer  # noqa: E402
 
 SERVERS = ("fastsocks", "fastsocks-name", "fastsocks-login", "fastsocks-socks4", "fastsocks-http",
-           "microsocks", "microsocks-login", "dante", "floor")
+           "fastsocks-splice", "microsocks", "microsocks-login", "dante", "floor")
 GROUPS = ("idle", "throughput", "handshake", "udp")
 TCP_GROUPS = ("idle", "throughput", "handshake")
 # Servers without UDP ASSOCIATE (checked: microsocks 1.0.3 answers X'07').
@@ -91,12 +96,15 @@ NO_UDP = {"microsocks": "no UDP ASSOCIATE (replies X'07', command not supported)
           "fastsocks-name": "the name row measures handshakes only",
           "fastsocks-login": "the login rows measure handshakes only",
           "microsocks-login": "the login rows measure handshakes only",
+          "fastsocks-splice": "the splice row measures bulk throughput only",
           "floor": "CONNECT only (a measuring stick, benchmarks/floor.c)"}
 # Rows that ask for the echo by name (fastsocks bench --target-name): handshakes only.
 NAME_ROWS = ("fastsocks-name",)
 # Rows that log in with RFC 1929 (LOGIN, a users file / microsocks -u -P): handshakes only.
 LOGIN_ROWS = ("fastsocks-login", "microsocks-login")
 LOGIN = ("alice", "s3cret")
+# Rows of fastsocks with its bulk forced to splice(2) (--relay-bulk): throughput only.
+BULK_ROWS = ("fastsocks-splice",)
 TARGET_NAME = "localhost"  # resolves to loopback through /etc/hosts (RFC 6761 §6.3)
 UDP_RATE = 50_000.0  # datagrams/s of the paced one-way run
 DANTED = "/usr/sbin/danted"
@@ -251,9 +259,11 @@ _LISTENING = re.compile(r"(fastsocks \S+) listening on (\[[^\]]+\]|[^\s:,]+):(\d
 
 
 def start_fastsocks(echo: tuple[str, int], protocol: str = "socks5",
-                    target_name: str | None = None, login: bool = False) -> Server:
+                    target_name: str | None = None, login: bool = False,
+                    bulk: str | None = None) -> Server:
     tmp = tempfile.TemporaryDirectory(prefix="fastsocks-bench-")
     name = ("fastsocks-name" if target_name is not None else "fastsocks-login" if login else
+            f"fastsocks-{bulk}" if bulk else
             "fastsocks" if protocol == "socks5" else f"fastsocks-{protocol}")
     server = Server(name, tmp=tmp, log_path=Path(tmp.name) / "fastsocks.log", protocol=protocol,
                     target_name=target_name, auth=LOGIN if login else None)
@@ -270,7 +280,7 @@ def start_fastsocks(echo: tuple[str, int], protocol: str = "socks5",
     with open(server.log_path, "wb") as log:  # type: ignore[arg-type]
         server.proc = subprocess.Popen(
             [sys.executable, "-m", "fastsocks", "--listen", "127.0.0.1:0", "--workers", "1",
-             "--log-level", "info", *users],
+             "--log-level", "info", *users, *(("--relay-bulk", bulk) if bulk else ())],
             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env)
 
     def parse(text: str) -> None:
@@ -402,6 +412,7 @@ STARTERS: dict[str, Callable[[tuple[str, int]], Server]] = {
     "fastsocks-login": lambda echo: start_fastsocks(echo, login=True),
     "fastsocks-socks4": lambda echo: start_fastsocks(echo, "socks4"),
     "fastsocks-http": lambda echo: start_fastsocks(echo, "http"),
+    "fastsocks-splice": lambda echo: start_fastsocks(echo, bulk="splice"),
     "microsocks": start_microsocks,
     "microsocks-login": lambda echo: start_microsocks(echo, login=True),
     "dante": start_dante,
@@ -459,8 +470,10 @@ def measure_round(server: Server, sink: bench.LocalTarget, echo: bench.LocalTarg
     proxy = server.address
     pid = server.pid
     name = server.target_name
-    # A name or login row measures the handshake only: the relay after it is another row's.
+    # A name or login row measures the handshake only (the relay after it is another
+    # row's); a bulk row, throughput only.
     groups = tuple(g for g in plan.groups if g == "handshake") if name or server.auth \
+        else tuple(g for g in plan.groups if g == "throughput") if server.name in BULK_ROWS \
         else plan.groups
     asked = (name, echo.address[1]) if name else echo.address
 
@@ -903,7 +916,8 @@ def main(argv: list[str] | None = None) -> int:
         why = missing(name)
         if name in NO_UDP and not any(g in TCP_GROUPS for g in groups):
             why = f"{NO_UDP[name]}, and only UDP rows were asked for"
-        if (name in NAME_ROWS or name in LOGIN_ROWS) and "handshake" not in groups:
+        if (name in NAME_ROWS or name in LOGIN_ROWS) and "handshake" not in groups \
+                or name in BULK_ROWS and "throughput" not in groups:
             why = f"{NO_UDP[name]}, and --only leaves them out"
         if why:
             notes.append(f"{name} skipped: {why}")

@@ -11,7 +11,12 @@ chunk; the event loop thread only does handshakes.
   engine thread's stack, send(2) straight on.  For the few small writes of a
   short connection that is two system calls per chunk where splice needs a
   pipe and two splices (and a third to find the source empty).  The first
-  read that fills the buffer switches the direction to splice for good.
+  read that fills the buffer makes the direction bulk for good: splice, or
+  (``Engine.bulk``; by default where both sockets' TCP segment size is
+  16 KiB or more, as on loopback, where it measured faster) recv and send
+  through the engine's 4 MiB buffer.  A short write leaves that buffer with
+  the direction until the rest is sent (the engine reads into another),
+  at most ``bulk_held_max`` of them in the process; past it, 16 KiB reads.
 * Each direction tracks whether its source may hold data: set by an epoll
   event, cleared by EAGAIN or, in copy mode, by a short read (the receive
   queue was empty; whatever arrives later is a new edge).  An event for one
@@ -161,6 +166,27 @@ cdef extern from *:
     }
     """
     int fastsocks_ref_add(int* p, int d) nogil
+
+
+cdef extern from *:
+    """
+    #include <netinet/in.h>
+    #include <netinet/tcp.h>
+    #include <sys/socket.h>
+
+    static inline void fastsocks_store(int* p, int v) {
+        __atomic_store_n(p, v, __ATOMIC_RELEASE);
+    }
+
+    /* The connected socket's TCP segment size (TCP_MAXSEG); 0 when it has none. */
+    static inline int fastsocks_mss(int fd) {
+        int v = 0;
+        socklen_t len = sizeof v;
+        return getsockopt(fd, IPPROTO_TCP, TCP_MAXSEG, &v, &len) < 0 ? 0 : v;
+    }
+    """
+    void fastsocks_store(int* p, int v) nogil
+    int fastsocks_mss(int fd) nogil
 
 
 cdef extern from *:
@@ -552,6 +578,19 @@ cdef enum:
     PIPE_POOL_MAX = 64
     PIPE_SIZE = 1 << 20
     SMALL_READ = 16384        # copy mode's buffer; a read that fills it means bulk
+    BULK_READ = 4 << 20       # bulk copying's buffer
+    BULK_HELD_MAX = 64        # bulk buffers held by short writes, per process; past it, 16 KiB
+    COPY_MSS = 16384          # auto: both segment sizes at least this: copy, else splice
+    BULK_AUTO = 0
+    BULK_SPLICE = 1
+    BULK_COPY = 2
+
+BULK_MODES = {"auto": BULK_AUTO, "splice": BULK_SPLICE, "copy": BULK_COPY}
+
+# Bulk buffers that short writes hold, in every engine of this process (atomic),
+# and how many they may hold (``Engine.bulk_held_max``).
+cdef int bulk_held = 0
+cdef int bulk_held_max = BULK_HELD_MAX
 
 
 cdef struct Pipe:
@@ -591,7 +630,9 @@ cdef struct Dir:
     bint shut                 # dst was shut down for writing
     bint ready                # src may hold data (an event came; no EAGAIN since)
     bint hup                  # src reported RDHUP/HUP/ERR: read on to EOF or the error
-    bint bulk                 # splice mode (a copy-mode read filled its buffer)
+    bint bulk                 # bulk (a copy-mode read filled its buffer): splice, or
+    bint copying              # ... copying through the engine's 1 MiB buffer
+    bint pend_big             # ``pend`` is a bulk buffer (counted in bulk_held)
     Bucket* buckets[2]        # rate limits on reading src (NULL: none)
     bint throttled            # over its rate: waits for wake_us, not for epoll
     int64_t wake_us
@@ -812,6 +853,9 @@ cdef class Engine:
     cdef Pipe* pool[PIPE_POOL_MAX]
     cdef int pool_len
     cdef Py_ssize_t pipe_size
+    cdef char* scratch            # bulk copying reads here (BULK_READ bytes; engine thread)
+    cdef int bulk_mode            # BULK_* (atomic: set by the loop, read by the engine)
+    cdef int switched[2]          # directions gone bulk: [0] splicing, [1] copying (atomic)
     cdef uint64_t next_id
     cdef readonly Py_ssize_t active
     cdef bint stopping
@@ -850,6 +894,10 @@ cdef class Engine:
         self.throttled = NULL
         self.pool_len = 0
         self.pipe_size = PIPE_SIZE
+        self.scratch = NULL
+        self.bulk_mode = BULK_AUTO
+        self.switched[0] = 0
+        self.switched[1] = 0
         self.next_id = 1
         self.active = 0
         self.stopping = False
@@ -901,6 +949,7 @@ cdef class Engine:
             close(self.pool[i].rfd)
             close(self.pool[i].wfd)
             free(self.pool[i])
+        free(self.scratch)
         while self.done != NULL:
             d = self.done
             self.done = d.next
@@ -1173,6 +1222,49 @@ cdef class Engine:
         self._command(CMD_UNLISTEN, <uint64_t>key, 0, NULL)
 
     @property
+    def bulk(self):
+        """How a direction relays once it is bulk (its first full 16 KiB read):
+        ``"splice"`` (socket → pipe → socket), ``"copy"`` (recv and send
+        through the engine's 4 MiB buffer), or ``"auto"``: copy where both
+        sockets' TCP segment size is at least 16 KiB (loopback and other
+        64 KiB-MTU links, where copying was measured the faster), splice
+        elsewhere.  Read when a direction goes bulk, so a change applies to
+        the directions that go bulk after it."""
+        mode = fastsocks_ref_add(&self.bulk_mode, 0)
+        return next(name for name, value in BULK_MODES.items() if value == mode)
+
+    @bulk.setter
+    def bulk(self, str mode):
+        if mode not in BULK_MODES:
+            raise ValueError(f"bulk mode must be one of {', '.join(BULK_MODES)}, not {mode!r}")
+        fastsocks_store(&self.bulk_mode, BULK_MODES[mode])
+
+    @property
+    def bulk_switches(self):
+        """How many directions went bulk here: (by splice, by copying)."""
+        return fastsocks_ref_add(&self.switched[0], 0), fastsocks_ref_add(&self.switched[1], 0)
+
+    @property
+    def bulk_held(self):
+        """Bulk buffers (4 MiB each) that short writes hold, in every engine of
+        this process: a direction whose destination took only part of a read
+        keeps its buffer until the rest is sent."""
+        return fastsocks_ref_add(&bulk_held, 0)
+
+    @property
+    def bulk_held_max(self):
+        """At most this many bulk buffers are held at once in this process (64:
+        256 MiB); past it, bulk copying reads 16 KiB at a time, so that slow
+        readers cannot make the server hold more."""
+        return fastsocks_ref_add(&bulk_held_max, 0)
+
+    @bulk_held_max.setter
+    def bulk_held_max(self, int n):
+        if n < 0:
+            raise ValueError("bulk_held_max must be 0 or more")
+        fastsocks_store(&bulk_held_max, n)
+
+    @property
     def unseen(self):
         """Connections accepted here whose first report the loop has not had yet."""
         return fastsocks_ref_add(&self.unseen, 0)
@@ -1434,6 +1526,10 @@ cdef void _free_pair(Pair* p, bint close_fds) noexcept nogil:
         free(p.asked.data)        # a quiet pair's request, held back
         free(p.asked)
     free(p.nbuf)                  # NULL once the bytes went with a report
+    if p.up.pend_big:
+        fastsocks_ref_add(&bulk_held, -1)
+    if p.down.pend_big:
+        fastsocks_ref_add(&bulk_held, -1)
     free(p.up.pend)
     free(p.down.pend)
     free(p)
@@ -1650,11 +1746,35 @@ cdef bint _hold(Dir* d, const char* data, Py_ssize_t n) noexcept nogil:
     return True
 
 
+cdef inline bint _copy_suits(Engine e, Dir* d) noexcept nogil:
+    """Whether a direction going bulk copies (True) or splices (``Engine.bulk``)."""
+    cdef int mode = fastsocks_ref_add(&e.bulk_mode, 0)
+    if mode != BULK_AUTO:
+        return mode == BULK_COPY
+    return fastsocks_mss(d.src) >= COPY_MSS and fastsocks_mss(d.dst) >= COPY_MSS
+
+
+cdef void _sent_pend(Engine e, Dir* d) noexcept nogil:
+    """A direction's held bytes are all sent: a bulk buffer becomes the
+    engine's read buffer again where it has none, else it is freed."""
+    if d.pend_big:
+        fastsocks_ref_add(&bulk_held, -1)
+        d.pend_big = False
+        if e.scratch == NULL:
+            e.scratch = d.pend
+            d.pend = NULL
+    free(d.pend)
+    d.pend = NULL
+    d.pend_len = 0
+    d.pend_off = 0
+
+
 cdef int _pump(Engine e, Dir* d, Dir* other) noexcept nogil:
     """Move what can be moved now in one direction (``other``: the opposite one)."""
     cdef ssize_t n, m
-    cdef Py_ssize_t want
+    cdef Py_ssize_t want, cap
     cdef char buf[SMALL_READ]
+    cdef char* into
     if d.shut:
         return PUMP_DONE
     while True:
@@ -1667,10 +1787,7 @@ cdef int _pump(Engine e, Dir* d, Dir* other) noexcept nogil:
                 return PUMP_WAIT if errno == EAGAIN else PUMP_DST_ERR
             d.pend_off += n
         if d.pend != NULL:
-            free(d.pend)
-            d.pend = NULL
-            d.pend_len = 0
-            d.pend_off = 0
+            _sent_pend(e, d)
         # Drain the pipe into the destination.
         while d.in_pipe > 0:
             n = splice(d.pipe.rfd, NULL, d.dst, NULL, d.in_pipe, SPLICE_F_MOVE | SPLICE_F_NONBLOCK)
@@ -1691,38 +1808,57 @@ cdef int _pump(Engine e, Dir* d, Dir* other) noexcept nogil:
         if not d.ready:
             return PUMP_WAIT
         # Over its rate: wait for the bucket, not for epoll.
-        want = PIPE_SIZE
+        want = BULK_READ
         if d.buckets[0] != NULL:
             want = _allowance(d, want)
             if want == 0:
                 return PUMP_THROTTLED
         # Splice mode reads into an empty pipe only: a full pipe and an empty
         # socket would both say EAGAIN.
-        if d.bulk:
+        if d.bulk and not d.copying:
             d.pipe = _pipe_get(e)
         if d.pipe == NULL:
-            # Copy mode, or no pipe to be had (the descriptor limit): recv,
-            # then send at once; a short write keeps the rest.
-            if want > SMALL_READ:
-                want = SMALL_READ
-            n = recv(d.src, buf, want, 0)
+            # Copy mode, bulk copying, or no pipe to be had (the descriptor
+            # limit): recv, then send at once; a short write keeps the rest.
+            into = buf
+            cap = SMALL_READ
+            if d.copying and fastsocks_ref_add(&bulk_held, 0) < bulk_held_max:
+                if e.scratch == NULL:
+                    e.scratch = <char*>malloc(BULK_READ)
+                if e.scratch != NULL:
+                    into = e.scratch
+                    cap = BULK_READ
+            if want > cap:
+                want = cap
+            n = recv(d.src, into, want, 0)
             if n > 0:
                 d.nbytes += n
                 if d.buckets[0] != NULL:
                     _charge(d, n)
-                if n == SMALL_READ:
+                if n == SMALL_READ and not d.bulk:
                     d.bulk = True
+                    d.copying = _copy_suits(e, d)
+                    fastsocks_ref_add(&e.switched[d.copying], 1)
                 elif n < want and not d.hup:
                     d.ready = False   # drained: more data is a new edge
-                m = send(d.dst, buf, n, MSG_NOSIGNAL)
+                m = send(d.dst, into, n, MSG_NOSIGNAL)
                 while m < 0 and errno == EINTR:
-                    m = send(d.dst, buf, n, MSG_NOSIGNAL)
+                    m = send(d.dst, into, n, MSG_NOSIGNAL)
                 if m < 0:
                     if errno != EAGAIN:
                         return PUMP_DST_ERR
                     m = 0
                 if m < n:
-                    if not _hold(d, buf + m, n - m):
+                    if into == e.scratch:
+                        # The rest stays where it is: the direction keeps the
+                        # buffer until it is sent, the engine reads into another.
+                        d.pend = into
+                        d.pend_off = m
+                        d.pend_len = n
+                        d.pend_big = True
+                        e.scratch = NULL
+                        fastsocks_ref_add(&bulk_held, 1)
+                    elif not _hold(d, into + m, n - m):
                         return PUMP_NOMEM
                     return PUMP_WAIT  # the destination is full: its EPOLLOUT resumes
                 continue

@@ -621,6 +621,48 @@ def streams() -> Any:
     return _Streams
 
 
+@pytest.fixture
+def both_ways(tcp_target: Callable[..., TcpTarget]) -> Callable[[tuple[str, int], int], None]:
+    """``both_ways(proxy, size)``: ``size`` bytes each way at the same time through
+    the SOCKS5 server at ``proxy`` to a target, each side half-closing after its
+    last byte; asserts the SHA-256 of everything each end received."""
+
+    def run(proxy: tuple[str, int], size: int) -> None:
+        seen: dict[str, tuple[int, str]] = {}
+
+        def handler(conn: socket.socket) -> None:
+            down = PatternStream(size, b"down")
+
+            def send() -> None:
+                down.send_all(conn)
+                conn.shutdown(socket.SHUT_WR)
+
+            sender = ThreadResult(send)
+            seen["up"] = recv_all(conn)
+            sender.result(60)
+            seen["down"] = (down.sent, down.sha256.hexdigest())
+
+        target = tcp_target(handler)
+        sock, (rep, _, _) = Socks.connect(proxy, *target.address, timeout=60)
+        with sock:
+            assert rep == 0
+            up = PatternStream(size, b"up")
+
+            def send() -> None:
+                up.send_all(sock)
+                sock.shutdown(socket.SHUT_WR)
+
+            sender = ThreadResult(send)
+            received = recv_all(sock)
+            sender.result(60)
+        target.join(30)
+        assert not target.errors, target.errors
+        assert seen["up"] == (size, up.sha256.hexdigest())
+        assert received == seen["down"] and received[0] == size
+
+    return run
+
+
 # -- ports that refuse or never answer --------------------------------------------
 
 

@@ -67,6 +67,7 @@ class Settings:
     udp_reassembly: bool = _default("udp_reassembly")
     loop: str = _default("loop")
     relay: str = _default("relay")
+    relay_bulk: str = _default("relay_bulk")
     workers: int = _default("workers")
     log_level: str = _default("log_level")
     backlog: int = _default("backlog")

@@ -104,6 +104,10 @@ SETTINGS: tuple[Setting, ...] = (
     S("relay", Choice("auto", "splice", "protocol"), "auto", "relay", ("--relay",),
       "data plane: the splice(2) engine thread where available (auto; Linux with the "
       "extension), or the asyncio protocol relay", reloadable=False),
+    S("relay_bulk", Choice("auto", "splice", "copy"), "auto", "relay_bulk", ("--relay-bulk",),
+      "splice engine: how a connection's bulk data moves, by splice(2) through a pipe or "
+      "copied through the engine's 4 MiB buffer; auto copies where both sockets' TCP segment "
+      "size is 16 KiB or more (loopback), where copying measured faster, and splices elsewhere"),
     S("backlog", Integer(1, 65535), 4096, "backlog", reloadable=False),
     # [timeouts]
     S("handshake_timeout", Seconds(), 10.0, "timeouts.handshake", ("--handshake-timeout",),

@@ -228,9 +228,9 @@ class Server:
             transport.abort()
 
     def _plan_handshakes(self) -> None:
-        """What the engine may do in a negotiation, at start and after each reload.
-
-        Without GSSAPI or an authenticate hook it answers a greeting itself:
+        """What the engine may do, at start and after each reload: how bulk
+        moves (``relay_bulk``) and, without GSSAPI or an authenticate hook, a
+        negotiation: it answers a greeting itself:
         "no authentication" without users, else username/password, and the
         logins the users file's cache vouches for (``Users.mirror``; none
         while a source backs off after its failures).  It dials an IP
@@ -254,6 +254,7 @@ class Server:
             and not settings.outbound_address and not settings.outbound_interface
             and (limits is None or not limits.settings.bandwidth_per_connection)) else 0.0
         if engine is not None:
+            engine.bulk = settings.relay_bulk
             if users is not None and greets == Greet.LOGIN:
                 users.mirror(engine)
             else:

@@ -85,42 +85,9 @@ def test_half_close_target_first(start_proxy, combo, tcp_target, socks, streams)
     assert seen["up"] == (8 * MiB, up.sha256.hexdigest())
 
 
-def test_integrity_both_ways(start_proxy, combo, tcp_target, socks, streams):
+def test_integrity_both_ways(start_proxy, combo, both_ways):
     """64 MiB each way at the same time; SHA-256 equal at both ends."""
-    size = 64 * MiB
-    proxy = start_proxy()
-    seen = {}
-
-    def handler(conn: socket.socket) -> None:
-        down = streams.Pattern(size, b"down")
-
-        def send() -> None:
-            down.send_all(conn)
-            conn.shutdown(socket.SHUT_WR)
-
-        sender = streams.Thread(send)
-        seen["up"] = streams.recv_all(conn)
-        sender.result(60)
-        seen["down"] = (down.sent, down.sha256.hexdigest())
-
-    target = tcp_target(handler)
-    sock, (rep, _, _) = socks.connect(proxy.address, *target.address, timeout=60)
-    with sock:
-        assert rep == 0
-        up = streams.Pattern(size, b"up")
-
-        def send() -> None:
-            up.send_all(sock)
-            sock.shutdown(socket.SHUT_WR)
-
-        sender = streams.Thread(send)
-        received = streams.recv_all(sock)
-        sender.result(60)
-    target.join(30)
-    assert not target.errors, target.errors
-    assert seen["up"] == (size, up.sha256.hexdigest())
-    assert received == seen["down"]
-    assert received[0] == size
+    both_ways(start_proxy().address, 64 * MiB)
 
 
 def _wait_stalled(stream, proxy, limit: float = 20.0) -> tuple[int, int]:

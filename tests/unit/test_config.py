@@ -181,6 +181,7 @@ ERRORS = [
     ("workers = 2.5", "workers", ["whole number", "got 2.5"]),
     ('loop = "tokio"', "loop", ['"auto", "uvloop", "asyncio"', 'got "tokio"']),
     ('relay = "fast"', "relay", ['"splice"', 'got "fast"']),
+    ('relay_bulk = "zero-copy"', "relay_bulk", ['"auto", "splice", "copy"', 'got "zero-copy"']),
     ("backlog = 0", "backlog", ["1 to 65535"]),
     ("[timeouts]\nconnect = -1", "timeouts.connect",
      ["must be a positive number of seconds, got -1"]),
@@ -458,8 +459,8 @@ def test_example_config_passes_check(run_cli, tmp_path, uncomment):
 
 def test_example_config_covers_every_key(tmp_path):
     doc = tomllib.loads(_example_copy(tmp_path, uncomment=True).read_text())
-    assert set(doc) == {"listen", "users", "allow_open", "workers", "loop", "relay", "backlog",
-                        "timeouts", "bind", "udp", "log", "metrics", "limits", "groups", "rules",
+    assert set(doc) == {"listen", "users", "allow_open", "workers", "loop", "relay", "relay_bulk",
+                        "backlog", "timeouts", "bind", "udp", "log", "metrics", "limits", "groups", "rules",
                         "proxy_protocol", "upstreams", "outbound", "gssapi", "dns", "protocols",
                         "socks4"}
     assert set(doc["dns"]) == {"resolver", "servers", "cache_size", "min_ttl", "max_ttl",

@@ -29,11 +29,21 @@ from fastsocks._engine import REASONS, Engine  # noqa: E402
 from procs import recv_exact  # noqa: E402
 
 
-def _tcp_pair() -> tuple[socket.socket, socket.socket]:
+BULK = ("splice", "copy")  # how a direction relays once bulk (Engine.bulk)
+
+
+def _tcp_pair(mss: int = 0) -> tuple[socket.socket, socket.socket]:
+    """Two connected TCP sockets on loopback; ``mss``: their segment size (else
+    loopback's, about 32 KiB or more)."""
     with socket.socket() as listener:
+        if mss:
+            listener.setsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG, mss)
         listener.bind(("127.0.0.1", 0))
         listener.listen()
-        a = socket.create_connection(listener.getsockname())
+        a = socket.socket()
+        if mss:
+            a.setsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG, mss)
+        a.connect(listener.getsockname())
         b, _ = listener.accept()
     return a, b
 
@@ -44,9 +54,9 @@ class Bench:
         self.results: dict[int, tuple[int, int, str]] = {}
 
     def pair(self, to_upstream: bytes = b"", to_client: bytes = b"", idle: float = 0.0,
-             upstream_sndbuf: int = 0) -> tuple[socket.socket, socket.socket, int]:
-        client, proxy_client = _tcp_pair()
-        proxy_upstream, target = _tcp_pair()
+             upstream_sndbuf: int = 0, mss: int = 0) -> tuple[socket.socket, socket.socket, int]:
+        client, proxy_client = _tcp_pair(mss)
+        proxy_upstream, target = _tcp_pair(mss)
         if upstream_sndbuf:
             proxy_upstream.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, upstream_sndbuf)
         holder: list[int] = []
@@ -109,7 +119,9 @@ def test_half_close_both_ways_with_handed_over_bytes(bench: Bench) -> None:
     assert (up, down, reason) == (len(payload) + 5, len(answer), "eof")
 
 
-def test_both_directions_at_once_keep_integrity(bench: Bench) -> None:
+@pytest.mark.parametrize("bulk", BULK)
+def test_both_directions_at_once_keep_integrity(bench: Bench, bulk: str) -> None:
+    bench.engine.bulk = bulk
     client, target, pair_id = bench.pair()
     a, b = os.urandom(16 << 20), os.urandom(16 << 20)
     got: dict[str, bytes] = {}
@@ -130,10 +142,14 @@ def test_both_directions_at_once_keep_integrity(bench: Bench) -> None:
     assert hashlib.sha256(got["target"]).digest() == hashlib.sha256(a).digest()
     assert hashlib.sha256(got["client"]).digest() == hashlib.sha256(b).digest()
     assert bench.wait(pair_id) == (len(a), len(b), "eof")
+    assert bench.engine.bulk_switches == ((2, 0) if bulk == "splice" else (0, 2))
+    assert bench.engine.bulk_held == 0
 
 
-def test_slow_reader_stops_the_fast_writer(bench: Bench) -> None:
+@pytest.mark.parametrize("bulk", BULK)
+def test_slow_reader_stops_the_fast_writer(bench: Bench, bulk: str) -> None:
     """Backpressure: with the client not reading, the target soon cannot send."""
+    bench.engine.bulk = bulk
     client, target, pair_id = bench.pair()
     target.setblocking(False)
     sent = 0
@@ -152,8 +168,9 @@ def test_slow_reader_stops_the_fast_writer(bench: Bench) -> None:
         else:
             stalled_at = None
     assert stalled_at is not None, "the target never felt backpressure"
-    # Socket buffers on both sides plus at most one pipe hold the bytes.
+    # Socket buffers on both sides plus at most one pipe (or bulk buffer) hold the bytes.
     assert sent < 64 << 20
+    assert bench.engine.bulk_held == (bulk == "copy")
     target.setblocking(True)
     target.shutdown(socket.SHUT_WR)
     client.shutdown(socket.SHUT_WR)
@@ -161,6 +178,7 @@ def test_slow_reader_stops_the_fast_writer(bench: Bench) -> None:
     client.close()
     target.close()
     assert bench.wait(pair_id)[1:] == (sent, "eof")
+    assert bench.engine.bulk_held == 0
 
 
 def _pipes() -> int:
@@ -174,8 +192,11 @@ def _pipes() -> int:
     return count
 
 
-def test_small_exchanges_are_copied_and_bulk_is_spliced(bench: Bench) -> None:
-    """A chatty pair never takes a pipe; the first full read switches to splice."""
+@pytest.mark.parametrize("mode", BULK)
+def test_small_exchanges_are_copied_and_bulk_goes_its_way(bench: Bench, mode: str) -> None:
+    """A chatty pair never takes a pipe; the first full read makes the
+    direction bulk: spliced (a pipe), or copied through the engine's buffer."""
+    bench.engine.bulk = mode
     client, target, pair_id = bench.pair(to_client=b"REPLY")
     assert client.recv(5) == b"REPLY"
     before = _pipes()
@@ -192,7 +213,12 @@ def test_small_exchanges_are_copied_and_bulk_is_spliced(bench: Bench) -> None:
     got = recv_exact(target, len(bulk))
     sender.join(30)
     assert hashlib.sha256(got).digest() == hashlib.sha256(bulk).digest()
-    assert _pipes() > before, "bulk never switched to splice"
+    if mode == "splice":
+        assert _pipes() > before, "bulk never switched to splice"
+        assert bench.engine.bulk_switches == (1, 0)
+    else:
+        assert _pipes() == before, "bulk copying took a pipe"
+        assert bench.engine.bulk_switches == (0, 1)
     # The last direction to end closes without a shutdown: the client still
     # gets every byte and a FIN (EOF), not a reset.
     target.sendall(b"bye")
@@ -237,6 +263,71 @@ def test_short_writes_in_copy_mode_keep_every_byte(bench: Bench) -> None:
     assert _read_all(client) == b""
     client.close()
     assert bench.wait(pair_id) == (total, 0, "eof")
+
+
+def _bulk_through(bench: Bench, mss: int = 0) -> None:
+    client, target, pair_id = bench.pair(mss=mss)
+    data = os.urandom(1 << 20)
+    sender = threading.Thread(target=lambda: (client.sendall(data), client.shutdown(socket.SHUT_WR)))
+    sender.start()
+    assert _read_all(target) == data
+    sender.join(30)
+    target.close()
+    assert _read_all(client) == b""
+    client.close()
+    assert bench.wait(pair_id) == (len(data), 0, "eof")
+
+
+def test_auto_copies_on_loopbacks_segment_size_and_splices_below_16_kib(bench: Bench) -> None:
+    """``auto``: both sockets' TCP_MAXSEG of 16 KiB or more (loopback's) copy;
+    a smaller one (an Ethernet link's 1,448) splices."""
+    assert bench.engine.bulk == "auto"
+    _bulk_through(bench)
+    assert bench.engine.bulk_switches == (0, 1)
+    _bulk_through(bench, mss=1400)
+    assert bench.engine.bulk_switches == (1, 1)
+
+
+def test_bulk_mode_names() -> None:
+    engine = Engine()
+    for mode in ("splice", "copy", "auto"):
+        engine.bulk = mode
+        assert engine.bulk == mode
+    with pytest.raises(ValueError, match="auto, splice, copy"):
+        engine.bulk = "zero-copy"
+
+
+def test_slow_readers_hold_no_more_bulk_buffers_than_the_cap(bench: Bench) -> None:
+    """Each stalled copying direction holds its 4 MiB read until the reader
+    takes it; past ``bulk_held_max`` the others read 16 KiB at a time, and
+    every byte still arrives, in order."""
+    bench.engine.bulk = "copy"
+    was = bench.engine.bulk_held_max
+    bench.engine.bulk_held_max = 2
+    try:
+        pairs = [bench.pair() for _ in range(4)]
+        payloads = [os.urandom(12 << 20) for _ in pairs]
+        senders = []
+        for (client, target, _), data in zip(pairs, payloads):
+            target.settimeout(30)
+            sender = threading.Thread(
+                target=lambda t=target, d=data: (t.sendall(d), t.shutdown(socket.SHUT_WR)))
+            sender.start()
+            senders.append(sender)
+        deadline = time.monotonic() + 10
+        while bench.engine.bulk_held < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.3)  # the clients read nothing yet: every pair is stalled
+        assert bench.engine.bulk_held == 2
+        for (client, target, pair_id), data, sender in zip(pairs, payloads, senders):
+            assert hashlib.sha256(_read_all(client)).digest() == hashlib.sha256(data).digest()
+            sender.join(30)
+            client.close()
+            target.close()
+            assert bench.wait(pair_id) == (0, len(data), "eof")
+        assert bench.engine.bulk_held == 0
+    finally:
+        bench.engine.bulk_held_max = was
 
 
 def test_idle_pair_is_closed(bench: Bench) -> None:
