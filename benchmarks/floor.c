@@ -16,10 +16,17 @@
  *
  * It is a measuring stick, not a server: what a short connection costs the
  * kernel on this machine, so that fastsocks' figure can be read against it.
+ *
+ * Two compile-time knobs make it a stick for bulk relaying too (RESULTS.md,
+ * "Bulk by copying"): -DBUF=N relays through N-byte buffers instead of
+ * 16 KiB, and -DSPLICE=N relays by splice(2) through a pipe of N bytes per
+ * direction (made at the first read; its descriptors are not closed, which a
+ * throughput run of a few connections does not mind).
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <signal.h>
@@ -30,7 +37,9 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#ifndef BUF
 #define BUF 16384
+#endif
 
 enum { GREETING, REQUEST, CONNECTING, RELAY, DEAD };
 #define EDGES (EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET)
@@ -46,6 +55,7 @@ struct end {                  /* one socket of a connection, as epoll names it *
 struct dir {                  /* bytes read from one side, waiting for the other */
     char buf[BUF];
     int off, len;
+    int pipe[2];              /* -DSPLICE: the direction's pipe (len: bytes in it) */
     int eof;                  /* the source said EOF (passed on with shutdown) */
     int drained;              /* the last read emptied the source, and no edge came since */
     int fin;                  /* an edge said the source has shut down: read to the EOF */
@@ -97,6 +107,44 @@ static int move(struct conn *c, int s) {
     struct dir *d = &c->d[s];
     int src = c->e[s].fd, dst = c->e[!s].fd;
     for (;;) {
+#ifdef SPLICE
+        if (!d->pipe[1] && d->len > 0) {  /* bytes that came with the request, in buf */
+            ssize_t n = send(dst, d->buf + d->off, d->len, MSG_NOSIGNAL);
+            if (n < 0)
+                return errno == EAGAIN;
+            d->off += n;
+            d->len -= n;
+            if (d->len > 0)
+                return 1;
+            d->off = 0;
+        }
+        if (!d->pipe[1]) {
+            if (pipe2(d->pipe, O_NONBLOCK) < 0)
+                return 0;
+            fcntl(d->pipe[1], F_SETPIPE_SZ, SPLICE);
+        }
+        if (d->len > 0) {                 /* bytes in the pipe, waiting for dst */
+            ssize_t n = splice(d->pipe[0], NULL, dst, NULL, d->len, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+            if (n < 0)
+                return errno == EAGAIN;
+            d->len -= n;
+            if (d->len > 0)
+                return 1;
+        }
+        if (d->eof)
+            return 1;
+        ssize_t got = splice(src, NULL, d->pipe[1], NULL, SPLICE, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+        if (got < 0)
+            return errno == EAGAIN;
+        if (got == 0) {
+            d->eof = 1;
+            if (!over(c))
+                shutdown(dst, SHUT_WR);
+            return 1;
+        }
+        d->len = got;             /* a short splice proves nothing: read on to EAGAIN */
+        continue;
+#endif
         if (d->len > 0) {                 /* bytes waiting for dst */
             ssize_t n = send(dst, d->buf + d->off, d->len, MSG_NOSIGNAL);
             if (n < 0)

@@ -24,11 +24,11 @@ from procs import free_port, recv_exact, terminate
 BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 
 
-def _build(tmp_path: Path, name: str) -> Path:
+def _build(tmp_path: Path, name: str, *flags: str) -> Path:
     cc = shutil.which("cc") or shutil.which("gcc")
     assert cc, "a C compiler is needed (the Cython build needs one too)"
     binary = tmp_path / name
-    subprocess.run([cc, "-O2", "-Wall", "-Werror", "-o", str(binary),
+    subprocess.run([cc, "-O2", "-Wall", "-Werror", *flags, "-o", str(binary),
                     str(BENCHMARKS / f"{name}.c")], check=True, timeout=120)
     return binary
 
@@ -43,9 +43,13 @@ def test_the_sources_are_not_ignored():
         assert not ignored, f"benchmarks/{name} is git-ignored"
 
 
-@pytest.fixture
-def floor(tmp_path):
-    binary = _build(tmp_path, "floor")
+# floor.c as run.py builds it, and as bulk_paths.py builds its bulk relays.
+FLOOR_BUILDS = {"16k": (), "4m": ("-DBUF=4194304",), "splice": ("-DSPLICE=1048576",)}
+
+
+@pytest.fixture(params=list(FLOOR_BUILDS))
+def floor(request, tmp_path):
+    binary = _build(tmp_path, "floor", *FLOOR_BUILDS[request.param])
     port = free_port("127.0.0.1")
     proc = subprocess.Popen([str(binary), "127.0.0.1", str(port)], stderr=subprocess.PIPE)
     assert proc.stderr is not None
