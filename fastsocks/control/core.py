@@ -33,6 +33,7 @@ log = logging.getLogger("fastsocks.session")
 
 _ServerCodec = codec.ServerCodec
 _CLOSED = State.CLOSED
+_LOST = asyncio.Protocol()  # the protocol of a transport whose session has ended
 _SOCKS5 = Protocol.SOCKS5
 _SOCKS4 = Protocol.SOCKS4
 
@@ -282,12 +283,31 @@ class SessionCore(asyncio.Protocol):
         if relay is None or not relay.started:  # else the relay reports
             self._report(reason, udp.bytes_up if udp else 0, udp.bytes_down if udp else 0)
 
+    def _let_go(self) -> None:
+        """Break what would keep an ended session for the collector's full pass,
+        so that reference counting frees it: llhttp's parser, whose callbacks
+        are its ``Inbound``'s bound methods, and the transport while this
+        session is its protocol.  uvloop's transport keeps its protocol's
+        ``data_received`` after the connection is lost, and uvloop 0.23 was
+        seen not to call ``connection_lost`` at all for transports adopted
+        from the engine whose sessions answered an HTTP 400 or 502 and
+        closed; a stateless stand-in takes the session's place (a closed
+        session has nothing left to hear)."""
+        if self.http is not None:
+            self.http.release()
+        transport = self.transport
+        if getattr(transport, "get_protocol", None) is not None \
+                and transport.get_protocol() is self:
+            transport.set_protocol(_LOST)
+
     def _report(self, reason: CloseReason, bytes_up: int, bytes_down: int) -> None:
-        """The connection ended: release its limits, one record to the observers."""
+        """The connection ended: release its limits and the cycles it is in,
+        one record to the observers."""
         server = self.server
         if self.held is not None:
             self.held.owner.release(self.held)
             self.held = None
+        self._let_go()
         if server.metrics is None and server.access_log is None:
             return
         request, udp, peer, dialled = self.request, self.udp, self.peer, self.dialled

@@ -310,8 +310,10 @@ class Forwarder:
         session.timer = None
         session._close(CloseReason.IDLE_TIMEOUT, "HTTP: idle timeout")
 
-    def _detach(self) -> None:
-        """Leave the session (a CONNECT follows on the same connection): no report."""
+    def _detach(self) -> Any:
+        """Leave the session (a CONNECT follows on the same connection, or the
+        end): the origin closed, the idle timer cancelled, no report.  The
+        session lets go of this forwarder, so that the two make no cycle."""
         self.closed = True
         if self.origin is not None:
             self.origin.close()
@@ -321,16 +323,13 @@ class Forwarder:
             session.timer.cancel()
             session.timer = None
         session.relay = None
+        return session
 
     def close(self, reason: str) -> None:
         """End it (the session closed, or the server stops): close both, report once."""
         if self.closed:
             return
-        self.closed = True
-        if self.origin is not None:
-            self.origin.close()
-            self.origin = None
-        session = self.session
+        session = self._detach()
         session.transport.close()
         if self.started:
             session._relay_ended(reason, self.bytes_up, self.bytes_down)

@@ -120,6 +120,9 @@ class Origin(asyncio.Protocol):
 
     def connection_lost(self, exc: BaseException | None) -> None:
         self._ended()
+        # Nothing more comes: let go of llhttp's parser, whose callbacks are
+        # this object's bound methods (a cycle left to the collector).
+        del self.parser
 
     def _ended(self) -> None:
         if self.gone:

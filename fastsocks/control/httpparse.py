@@ -160,7 +160,8 @@ class Inbound:
         connection had lived long; without it reference counting frees both.
         """
         self.stopped = True
-        del self.parser
+        if hasattr(self, "parser"):  # released once already: nothing to do
+            del self.parser
 
     def feed(self, data: bytes) -> None:
         """Parse ``data``; errors become an ``HttpError`` event and stop the parsing."""
@@ -195,6 +196,9 @@ class Inbound:
 
     def _stop(self, error: HttpError) -> None:
         self.stopped = True
+        # The event is a value: a raised one's traceback (its frames hold this
+        # object) and its chained cause would make a cycle for the collector.
+        error.__traceback__ = error.__context__ = error.__cause__ = None
         self.events.append(error)
 
     def _last_request(self) -> HttpRequest | None:
