@@ -55,6 +55,8 @@ NAMES = (
     "fastsocks_udp_datagrams_total",
     "fastsocks_udp_dropped_total",
     "fastsocks_limit_rejections_total",
+    "fastsocks_relay_bulk_total",
+    "fastsocks_relay_bulk_buffers_held",
 )
 
 # fastsocks_connections_total{protocol, command}: the commands each protocol
@@ -170,6 +172,17 @@ class Metrics:
         self.limit_rejections_total = Counter(
             "fastsocks_limit_rejections_total", "Connections refused by a limit, by limit "
             "(see [limits])", ["limit"], registry=registry)
+        # The splice engine's own counts, read from it at each flush.
+        self.relay_bulk_total = Counter(
+            "fastsocks_relay_bulk_total", "Directions of relayed connections that went bulk "
+            "in the splice engine (a full 16 KiB read), by how they move: splice or copy "
+            "(relay_bulk)", ["mode"], registry=registry)
+        self.relay_bulk_buffers_held = Gauge(
+            "fastsocks_relay_bulk_buffers_held", "The splice engine's 4 MiB bulk buffers that "
+            "short writes hold now, until their readers take the rest (at most 64 a process)",
+            registry=registry, multiprocess_mode="livesum")
+        self._bulk = [self.relay_bulk_total.labels("splice"), self.relay_bulk_total.labels("copy")]
+        self._bulk_seen = [0, 0]
 
         # What each slot of ``counts`` feeds; binding every label child now
         # also makes every series visible (at 0) from the first scrape.
@@ -199,8 +212,9 @@ class Metrics:
         self.handshake_sum = 0.0
         self._flushed_sum = 0.0
         self.active = 0
-        # The relay engine where it accepts: the connections it holds before
-        # the loop hears of them (``Engine.unseen``) are open connections too.
+        # The relay engine: the connections it holds before the loop hears of
+        # them (``Engine.unseen``) are open connections too, and its bulk
+        # counts feed fastsocks_relay_bulk_*.
         self.engine: Any = None
         self._lock = threading.Lock()
         self._timer: Any = None
@@ -274,6 +288,12 @@ class Metrics:
                     self._flushed_sum = total
             engine = self.engine
             self.connections_active.set(self.active + (engine.unseen if engine is not None else 0))
+            if engine is not None:
+                for i, switched in enumerate(engine.bulk_switches):
+                    if switched > self._bulk_seen[i]:
+                        self._bulk[i].inc(switched - self._bulk_seen[i])
+                        self._bulk_seen[i] = switched
+                self.relay_bulk_buffers_held.set(engine.bulk_held)
 
     def start_flushing(self, loop: asyncio.AbstractEventLoop, interval: float = 1.0) -> None:
         """Flush from a timer on ``loop`` until ``stop_flushing()``."""

@@ -13,12 +13,13 @@ import os
 import re
 import signal
 import socket
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import pytest
-from builds import UDP_PATH_ARGS
+from builds import HAVE_ENGINE, UDP_PATH_ARGS
 from procs import children as _children, sockets as _sockets
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -222,7 +223,7 @@ def test_healthz_and_names(fastsocks_server: Callable[..., Any]) -> None:
         for sample in family.samples:
             # No per-user or per-destination labels.
             assert set(sample.labels) <= {"command", "code", "direction", "kind", "le", "limit",
-                                             "protocol"}, sample
+                                             "mode", "protocol"}, sample
     assert "_created" not in body
 
 
@@ -490,3 +491,59 @@ def test_connections_the_engine_holds_are_active(fastsocks_server: Callable[...,
         sock.close()
     s = _until(address, lambda s: _value(s, "fastsocks_connections_active") == 0)
     assert _value(s, "fastsocks_connections_active") == 0
+
+
+@pytest.mark.skipif(not HAVE_ENGINE, reason="--relay-bulk is the splice engine's (Linux, compiled)")
+@pytest.mark.parametrize("mode", ["splice", "copy"])
+def test_bulk_directions_counted_by_mode(fastsocks_server: Callable[..., Any], both_ways: Any,
+                                         mode: str) -> None:
+    server = fastsocks_server("--metrics", "127.0.0.1:0", "--relay-bulk", mode, "--workers", "1")
+    address = _metrics_address(server)
+    samples = _scrape(address)
+    assert _value(samples, "fastsocks_relay_bulk_total", mode=mode) == 0
+    both_ways(server.address, 4 << 20)  # both directions go bulk
+    other = "copy" if mode == "splice" else "splice"
+    deadline = time.monotonic() + 5
+    while _value(samples, "fastsocks_relay_bulk_total", mode=mode) < 2 \
+            and time.monotonic() < deadline:
+        time.sleep(0.1)
+        samples = _scrape(address)
+    assert _value(samples, "fastsocks_relay_bulk_total", mode=mode) == 2
+    assert _value(samples, "fastsocks_relay_bulk_total", mode=other) == 0
+    assert _value(samples, "fastsocks_relay_bulk_buffers_held") == 0
+
+
+@pytest.mark.skipif(not HAVE_ENGINE, reason="--relay-bulk is the splice engine's (Linux, compiled)")
+def test_held_bulk_buffers_are_a_gauge(fastsocks_server: Callable[..., Any], tcp_target: Any,
+                                       socks: Any) -> None:
+    """A client that stops reading a flood: its direction holds a bulk buffer
+    while it stalls, and none once the connection is gone."""
+    server = fastsocks_server("--metrics", "127.0.0.1:0", "--relay-bulk", "copy", "--workers", "1")
+    address = _metrics_address(server)
+    stop = threading.Event()
+
+    def flood(conn: socket.socket) -> None:
+        conn.settimeout(10)
+        with contextlib.suppress(OSError):
+            while not stop.is_set():
+                conn.sendall(b"x" * 65536)
+
+    target = tcp_target(flood)
+
+    def held() -> float:
+        return _value(_scrape(address), "fastsocks_relay_bulk_buffers_held")
+
+    def wait_for(value: float) -> float:
+        deadline = time.monotonic() + 10
+        while (seen := held()) != value and time.monotonic() < deadline:
+            time.sleep(0.1)
+        return seen
+
+    try:
+        sock, (rep, _, _) = socks.connect(server.address, *target.address, timeout=10)
+        with sock:
+            assert rep == 0
+            assert wait_for(1) == 1
+    finally:
+        stop.set()
+    assert wait_for(0) == 0
