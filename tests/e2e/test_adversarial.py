@@ -661,8 +661,10 @@ def _run_garbage(hostile_server: Callable[..., FastsocksProcess], echo: EchoProc
     # SOCKS5 only, as a listener off loopback serves by default: SOCKS4 is
     # refused (X'5B') and HTTP closed unanswered (a loopback listener would
     # serve both; tests/e2e/test_socks4.py and test_http_proxy.py cover that).
+    # Every garbage client is answered, so none may meet the handshake quota
+    # (1,000 unfinished by default), which closes what is over it unanswered.
     proxy = hostile_server("--relay", relay, "--handshake-timeout", str(HANDSHAKE_TIMEOUT),
-                           "--protocols", "socks5")
+                           "--protocols", "socks5", "--max-handshakes", str(2 * garbage + honest))
     base = baseline(proxy, echo.address)
     out = asyncio.run(_garbage_and_honest(proxy.address, echo.address, garbage, honest, size, 8))
     after = settle_sockets(proxy, base)
