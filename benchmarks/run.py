@@ -4,7 +4,8 @@
     python benchmarks/run.py [--quick]
                              [--servers fastsocks,fastsocks-name,fastsocks-login,fastsocks-socks4,
                                         fastsocks-http,fastsocks-splice,microsocks,
-                                        microsocks-login,dante,floor]
+                                        microsocks-name,microsocks-login,dante,dante-name,
+                                        floor]
                              [--only idle,throughput,handshake,udp]
                              [--target-name NAME] [--repeat N] [--json PATH]
 
@@ -31,7 +32,11 @@ per connection and in throughput, in the same run (TCP rows only).
 (``--target-name``, ``localhost`` unless told; ``fastsocks bench
 --target-name``): SOCKS5 ATYP X'03', the name in the server's DNS cache
 from the warm-up on, handshake rows only, with a table of its figures over
-``fastsocks``' (the cost of the name path).  ``fastsocks-login`` and
+``fastsocks``' (the cost of the name path).  ``microsocks-name`` and
+``dante-name`` ask microsocks and Dante for the same name (each resolves
+it with the C library's resolver on every request, which for ``localhost``
+reads /etc/hosts): the same table has a row for each, so fastsocks' name
+path is set beside a C server's in one run.  ``fastsocks-login`` and
 ``microsocks-login`` log in with RFC 1929 on every connection (alice /
 s3cret: a one-user bcrypt users file for fastsocks, whose first login is
 checked and the rest answered from its cache; ``-u -P`` for microsocks,
@@ -87,19 +92,22 @@ from fastsocks import bench  # noqa: E402
 from fastsocks.net.address import format_peer  # noqa: E402
 
 SERVERS = ("fastsocks", "fastsocks-name", "fastsocks-login", "fastsocks-socks4", "fastsocks-http",
-           "fastsocks-splice", "microsocks", "microsocks-login", "dante", "floor")
+           "fastsocks-splice", "microsocks", "microsocks-name", "microsocks-login", "dante",
+           "dante-name", "floor")
 GROUPS = ("idle", "throughput", "handshake", "udp")
 TCP_GROUPS = ("idle", "throughput", "handshake")
 # Servers without UDP ASSOCIATE (checked: microsocks 1.0.3 answers X'07').
 NO_UDP = {"microsocks": "no UDP ASSOCIATE (replies X'07', command not supported)",
           "fastsocks-socks4": "SOCKS4 has no UDP", "fastsocks-http": "HTTP CONNECT has no UDP",
-          "fastsocks-name": "the name row measures handshakes only",
+          "fastsocks-name": "the name rows measure handshakes only",
+          "microsocks-name": "the name rows measure handshakes only",
+          "dante-name": "the name rows measure handshakes only",
           "fastsocks-login": "the login rows measure handshakes only",
           "microsocks-login": "the login rows measure handshakes only",
           "fastsocks-splice": "the splice row measures bulk throughput only",
           "floor": "CONNECT only (a measuring stick, benchmarks/floor.c)"}
 # Rows that ask for the echo by name (fastsocks bench --target-name): handshakes only.
-NAME_ROWS = ("fastsocks-name",)
+NAME_ROWS = ("fastsocks-name", "microsocks-name", "dante-name")
 # Rows that log in with RFC 1929 (LOGIN, a users file / microsocks -u -P): handshakes only.
 LOGIN_ROWS = ("fastsocks-login", "microsocks-login")
 LOGIN = ("alice", "s3cret")
@@ -298,7 +306,8 @@ def start_fastsocks(echo: tuple[str, int], protocol: str = "socks5",
 
 
 def _start_on_port(name: str, echo: tuple[str, int], argv: Callable[[Path, int], list[str]],
-                   info: str, auth: tuple[str, str] | None = None) -> Server:
+                   info: str, auth: tuple[str, str] | None = None,
+                   target_name: str | None = None) -> Server:
     """A server that takes its port on the command line: REF_HOST, a free port
     below the ephemeral range, another one if it was taken meanwhile.
     ``argv(tmp_dir, port)`` is its command line; its output goes to a log file."""
@@ -307,7 +316,8 @@ def _start_on_port(name: str, echo: tuple[str, int], argv: Callable[[Path, int],
         port = _free_port(REF_HOST)
         tmp = tempfile.TemporaryDirectory(prefix=f"{name}-bench-")
         server = Server(name, tmp=tmp, address=(REF_HOST, port),
-                        log_path=Path(tmp.name) / f"{name}.log", auth=auth)
+                        log_path=Path(tmp.name) / f"{name}.log", auth=auth,
+                        target_name=target_name)
         command = argv(Path(tmp.name), port)
         with open(server.log_path, "wb") as log:  # type: ignore[arg-type]
             server.proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log,
@@ -323,17 +333,19 @@ def _start_on_port(name: str, echo: tuple[str, int], argv: Callable[[Path, int],
     raise RuntimeError(f"{name} did not start: {last}")
 
 
-def start_microsocks(echo: tuple[str, int], login: bool = False) -> Server:
+def start_microsocks(echo: tuple[str, int], login: bool = False,
+                     target_name: str | None = None) -> Server:
     binary = shutil.which("microsocks")
     assert binary
     # microsocks logs every connection to stderr; it goes to a file, as
     # Dante's and fastsocks' logs do.  With -u/-P every connection logs in
     # (RFC 1929), its password compared as plain text.
     auth = ["-u", LOGIN[0], "-P", LOGIN[1]] if login else []
-    return _start_on_port("microsocks-login" if login else "microsocks", echo,
+    name = "microsocks-login" if login else "microsocks-name" if target_name else "microsocks"
+    return _start_on_port(name, echo,
                           lambda tmp, port: [binary, "-i", REF_HOST, "-p", str(port), *auth],
                           "microsocks (Debian package)" + (", -u -P" if login else ""),
-                          LOGIN if login else None)
+                          LOGIN if login else None, target_name)
 
 
 DANTE_CONF = """\
@@ -357,7 +369,7 @@ socks pass {{
 """
 
 
-def start_dante(echo: tuple[str, int]) -> Server:
+def start_dante(echo: tuple[str, int], target_name: str | None = None) -> Server:
     import pwd
 
     user = pwd.getpwuid(os.getuid()).pw_name
@@ -367,8 +379,9 @@ def start_dante(echo: tuple[str, int]) -> Server:
         tmp = tempfile.TemporaryDirectory(prefix="dante-bench-")
         conf = Path(tmp.name) / "danted.conf"
         conf.write_text(DANTE_CONF.format(host=REF_HOST, port=port, user=user))
-        server = Server("dante", tmp=tmp, address=(REF_HOST, port),
-                        log_path=Path(tmp.name) / "danted.log")
+        server = Server("dante-name" if target_name else "dante", tmp=tmp,
+                        address=(REF_HOST, port), log_path=Path(tmp.name) / "danted.log",
+                        target_name=target_name)
         with open(server.log_path, "wb") as log:  # type: ignore[arg-type]
             # Foreground (no -D); its pid file goes to the temp dir, not /var/run.
             server.proc = subprocess.Popen(
@@ -414,8 +427,10 @@ STARTERS: dict[str, Callable[[tuple[str, int]], Server]] = {
     "fastsocks-http": lambda echo: start_fastsocks(echo, "http"),
     "fastsocks-splice": lambda echo: start_fastsocks(echo, bulk="splice"),
     "microsocks": start_microsocks,
+    "microsocks-name": lambda echo: start_microsocks(echo, target_name=TARGET_NAME),
     "microsocks-login": lambda echo: start_microsocks(echo, login=True),
     "dante": start_dante,
+    "dante-name": lambda echo: start_dante(echo, target_name=TARGET_NAME),
     "floor": start_floor,
 }
 
@@ -424,7 +439,7 @@ def missing(name: str) -> str | None:
     """Why ``name`` cannot be benchmarked here, or None."""
     if name.startswith("microsocks") and shutil.which("microsocks") is None:
         return "microsocks is not installed; " + SETUP_HINT.format(pkg="microsocks")
-    if name == "dante" and not os.access(DANTED, os.X_OK):
+    if name.startswith("dante") and not os.access(DANTED, os.X_OK):
         return f"Dante ({DANTED}) is not installed; " + SETUP_HINT.format(pkg="dante-server")
     if name == "floor" and shutil.which("cc") is None:
         return "a C compiler (cc) is needed to build benchmarks/floor.c; " + SETUP_HINT.format(
@@ -731,11 +746,18 @@ def markdown(summary: dict[str, dict[str, Any]], names: list[str]) -> str:
 
 
 def name_markdown(summary: dict[str, dict[str, Any]], target_name: str) -> str:
-    """fastsocks asked by name beside by address, from the same run: the name path's cost."""
-    by_address, by_name = summary["fastsocks"], summary["fastsocks-name"]
-    head = (f"| handshake, CONNECT to the echo | fastsocks (IPv4 address) "
-            f"| fastsocks-name ({target_name}, cached) | name / address |")
-    lines = [head, "|---|---|---|---|"]
+    """Each server asked by name beside by address, from the same run: the name
+    path's cost, and fastsocks' name path beside microsocks' (both by name)."""
+    bases = [b for b in ("fastsocks", "microsocks", "dante") if f"{b}-name" in summary]
+    empty: dict[str, Any] = {key: None for key in METRICS}
+    head = "| handshake, CONNECT to the echo |"
+    for base in bases:
+        cached = ", cached" if base == "fastsocks" else ""
+        head += f" {base} (IPv4 address) | {base}-name ({target_name}{cached}) | name / address |"
+    versus = "fastsocks-name" in summary and "microsocks-name" in summary
+    if versus:
+        head += " fastsocks-name / microsocks-name |"
+    lines = [head, "|" + "---|" * head.count(" | ") + "---|"]
     for label, key, fmt in (
             ("handshakes/s c=1", "hs_1", "{:.0f}"),
             ("handshakes/s c=64", "hs_64", "{:.0f}"),
@@ -749,8 +771,15 @@ def name_markdown(summary: dict[str, dict[str, Any]], target_name: str) -> str:
                 text += " / " + _num(s[key.replace("p50", "p99")], fmt)
             return text
 
-        lines.append(f"| {label} | {cell(by_address)} | {cell(by_name)} "
+        line = f"| {label} |"
+        for base in bases:
+            by_address, by_name = summary.get(base, empty), summary[f"{base}-name"]
+            line += (f" {cell(by_address)} | {cell(by_name)} "
                      f"| {_ratio(by_name[key], by_address[key]) or '—'} |")
+        if versus:
+            ratio = _ratio(summary["fastsocks-name"][key], summary["microsocks-name"][key])
+            line += f" {ratio or '—'} |"
+        lines.append(line)
     return "\n".join(lines)
 
 
@@ -932,8 +961,10 @@ def main(argv: list[str] | None = None) -> int:
     infos: dict[str, str] = {}
     t_start = time.monotonic()
     target_name = args.target_name
-    starters = {**STARTERS, "fastsocks-name": lambda echo: start_fastsocks(
-        echo, target_name=target_name)}
+    starters = {**STARTERS,
+                "fastsocks-name": lambda echo: start_fastsocks(echo, target_name=target_name),
+                "microsocks-name": lambda echo: start_microsocks(echo, target_name=target_name),
+                "dante-name": lambda echo: start_dante(echo, target_name=target_name)}
     echo_hosts: tuple[str, ...] = ("127.0.0.1",)
     if any(n in NAME_ROWS for n in active):
         try:  # wherever the name leads on loopback (127.0.0.1, ::1), the echo answers
@@ -1011,9 +1042,10 @@ def main(argv: list[str] | None = None) -> int:
     if tcp:
         print(markdown(summary, shown))
         print()
-        if "fastsocks" in active and "fastsocks-name" in active and "handshake" in groups:
-            print(f"By name: the same fastsocks asked for the echo as {target_name!r} (SOCKS5 "
-                  f"ATYP X'03', in its DNS cache from the warm-up on; the echo listens on "
+        if any(n in NAME_ROWS for n in active) and "handshake" in groups:
+            print(f"By name: each server asked for the echo as {target_name!r} (SOCKS5 ATYP "
+                  f"X'03'; in fastsocks' DNS cache from the warm-up on, resolved on every "
+                  f"request by microsocks and Dante; the echo listens on "
                   f"{', '.join(echo_hosts)}) beside its IPv4 address:\n")
             print(name_markdown(summary, target_name))
             print()
