@@ -70,7 +70,7 @@ cimport cython
 from libc.errno cimport errno, EAGAIN, ECONNABORTED, EINTR, EPERM, EPROTO, ETIMEDOUT
 from libc.stdint cimport uint32_t, uint64_t, int64_t, uintptr_t
 from libc.stdlib cimport calloc, free, malloc, realloc
-from libc.string cimport memchr, memcpy
+from libc.string cimport memchr, memcmp, memcpy
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 
 import logging as _logging
@@ -530,7 +530,7 @@ cdef enum:
     R_CONNECTED = 10          # not an end: the connect is done and the reply sent
     R_REQUEST = 11            # not an end: a negotiated CONNECT request waits for dial()
     R_HANDBACK = 12           # a negotiation the engine does not finish: the fd goes back
-    R_DIALLING = 13           # not an end: a CONNECT to an IP literal the engine dials itself
+    R_DIALLING = 13           # not an end: a CONNECT the engine dials itself (a literal, a name remembered)
 
 REASONS = ("eof", "client_reset", "upstream_reset", "idle_timeout", "closed", "shutdown",
            "error", "connect_failed", "connect_timeout", "client_closed", "connected",
@@ -591,6 +591,25 @@ BULK_MODES = {"auto": BULK_AUTO, "splice": BULK_SPLICE, "copy": BULK_COPY}
 # and how many they may hold (``Engine.bulk_held_max``).
 cdef int bulk_held = 0
 cdef int bulk_held_max = BULK_HELD_MAX
+
+
+# Names the loop found with one address and nothing to race (``Engine.remember``,
+# until their DNS answers expire): a CONNECT by one of them is dialled here,
+# as an IP literal is.  A fixed table, allocated at the first name, probed
+# NAME_PROBE slots from the name's hash; a full window gives up its entry
+# that expires first.  Under ``Engine.lock``.
+cdef enum:
+    NAME_SLOTS = 1024         # a power of two
+    NAME_PROBE = 8
+
+
+cdef struct Name:
+    int64_t until_ms          # CLOCK_MONOTONIC; 0: empty
+    uint32_t hash
+    unsigned char len
+    bint v6
+    unsigned char addr[16]
+    char name[255]
 
 
 cdef struct Pipe:
@@ -881,6 +900,8 @@ cdef class Engine:
     cdef fastsocks_logins login_set
     cdef unsigned char login_key[32]
     cdef int64_t login_wait_us    # until then (CLOCK_MONOTONIC), every login goes to the loop
+    cdef Name* names              # NAME_SLOTS names dialled here (remember()), under ``lock``
+    cdef int name_dials           # CONNECTs by name dialled here (atomic)
 
     def __cinit__(self):
         self.epfd = -1
@@ -895,6 +916,8 @@ cdef class Engine:
         self.pool_len = 0
         self.pipe_size = PIPE_SIZE
         self.scratch = NULL
+        self.names = NULL
+        self.name_dials = 0
         self.bulk_mode = BULK_AUTO
         self.switched[0] = 0
         self.switched[1] = 0
@@ -958,6 +981,7 @@ cdef class Engine:
             if fd >= 0:
                 close(fd)
         fastsocks_logins_clear(&self.login_set)
+        free(self.names)
         pthread_mutex_destroy(&self.lock)
 
     @property
@@ -1301,6 +1325,63 @@ cdef class Engine:
         pthread_mutex_unlock(&self.lock)
         if failed:
             raise MemoryError()
+
+    def remember(self, bytes name, bytes address, double until):
+        """Dial a CONNECT by ``name`` here, to ``address`` (4 or 16 bytes,
+        packed), until ``until`` (time.monotonic()), as an IP literal is.
+
+        For a name the loop's DNS cache knows with that one address and
+        nothing to race (``cached_only_address``), where nothing about a
+        request needs the loop (``listen``'s ``dial_timeout``).  The name is
+        matched byte for byte as the request carries it.  Replaces what was
+        kept for the name; the table is bounded (NAME_SLOTS, the entries
+        that expire first give way).
+        """
+        cdef Py_ssize_t n = PyBytes_GET_SIZE(name)
+        cdef Py_ssize_t alen = PyBytes_GET_SIZE(address)
+        cdef const unsigned char* s = <const unsigned char*>PyBytes_AS_STRING(name)
+        cdef uint32_t h
+        cdef int64_t now = _now_ms()
+        cdef Name* slot
+        cdef Name* pick = NULL
+        cdef int i
+        if not 0 < n < 256:
+            raise ValueError("a name is 1 to 255 bytes")
+        if alen != 4 and alen != 16:
+            raise ValueError("an address is 4 or 16 bytes")
+        h = _name_hash(s, n)
+        pthread_mutex_lock(&self.lock)
+        if self.names == NULL:
+            self.names = <Name*>calloc(NAME_SLOTS, sizeof(Name))
+            if self.names == NULL:
+                pthread_mutex_unlock(&self.lock)
+                raise MemoryError()
+        for i in range(NAME_PROBE):
+            slot = &self.names[(h + <uint32_t>i) & (NAME_SLOTS - 1)]
+            if slot.until_ms and slot.hash == h and slot.len == n and memcmp(slot.name, s, n) == 0:
+                pick = slot
+                break
+            if pick == NULL or (pick.until_ms > now and slot.until_ms < pick.until_ms):
+                pick = slot           # an empty or expired slot, else the soonest to expire
+        pick.until_ms = <int64_t>(until * 1000)
+        pick.hash = h
+        pick.len = <unsigned char>n
+        pick.v6 = alen == 16
+        memcpy(pick.addr, PyBytes_AS_STRING(address), alen)
+        memcpy(pick.name, s, n)
+        pthread_mutex_unlock(&self.lock)
+
+    def forget(self):
+        """Dial no name here until ``remember`` again (a reload, a new resolver)."""
+        pthread_mutex_lock(&self.lock)
+        free(self.names)
+        self.names = NULL
+        pthread_mutex_unlock(&self.lock)
+
+    @property
+    def name_dials(self):
+        """CONNECTs by name dialled here (``remember``), since the engine started."""
+        return fastsocks_ref_add(&self.name_dials, 0)
 
     def pause_logins(self, double until):
         """Hand every login to the loop until ``until`` (time.monotonic()): a source
@@ -2032,6 +2113,8 @@ cdef bint _parse(Engine e, Pair* p) noexcept nogil:
     cdef const unsigned char* b = <const unsigned char*>p.nbuf
     cdef Py_ssize_t g, r, need, alen
     cdef int atyp
+    cdef unsigned char named[16]
+    cdef bint v6 = False
     if b[0] != 5:
         _finish(e, p, R_HANDBACK)             # SOCKS4, HTTP, or garbage
         return True
@@ -2083,8 +2166,12 @@ cdef bint _parse(Engine e, Pair* p) noexcept nogil:
     # The request is in.  Whatever else the client sent may still be queued
     # (this read stopped): the relay reads on.
     p.up.ready = True
-    if p.dial_ms and atyp != 3 and _dial(e, p, r, atyp == 4, need):
-        return True
+    if p.dial_ms:
+        if atyp != 3:
+            if _dial(e, p, b + r + 4, atyp == 4, need, False):
+                return True
+        elif _named(e, b + r + 5, alen - 1, named, &v6) and _dial(e, p, named, v6, need, True):
+            return True
     # The loop decides.
     p.trail = p.nlen > need
     p.neg = NEG_WAITING
@@ -2206,15 +2293,49 @@ cdef void _tell(Engine e, Pair* p, bint wake) noexcept nogil:
         _report_later(e, d)
 
 
-cdef bint _dial(Engine e, Pair* p, Py_ssize_t g, bint v6, Py_ssize_t need) noexcept nogil:
-    """Dial the request's IP literal here and go on as a pair added connecting.
+cdef inline uint32_t _name_hash(const unsigned char* s, Py_ssize_t n) noexcept nogil:
+    cdef uint32_t h = 2166136261U         # FNV-1a
+    cdef Py_ssize_t i
+    for i in range(n):
+        h = (h ^ s[i]) * 16777619U
+    return h
+
+
+cdef bint _named(Engine e, const unsigned char* s, Py_ssize_t n, unsigned char* addr,
+                 bint* v6) noexcept nogil:
+    """The address ``remember`` keeps for the name ``s`` (into ``addr``); False: none now."""
+    cdef uint32_t h = _name_hash(s, n)
+    cdef int64_t now = _now_ms()
+    cdef Name* slot
+    cdef int i
+    cdef bint found = False
+    pthread_mutex_lock(&e.lock)
+    if e.names != NULL:
+        for i in range(NAME_PROBE):
+            slot = &e.names[(h + <uint32_t>i) & (NAME_SLOTS - 1)]
+            if slot.until_ms > now and slot.hash == h and slot.len == n \
+                    and memcmp(slot.name, s, n) == 0:
+                memcpy(addr, slot.addr, 16 if slot.v6 else 4)
+                v6[0] = slot.v6
+                found = True
+                break
+    pthread_mutex_unlock(&e.lock)
+    return found
+
+
+cdef bint _dial(Engine e, Pair* p, const unsigned char* addr, bint v6, Py_ssize_t need,
+                bint named) noexcept nogil:
+    """Dial ``addr`` (the request's IP literal, or the address ``remember``
+    keeps for its name) here and go on as a pair added connecting.
 
     False (nothing done) for an IPv4-mapped IPv6 address, whose family the
     loop decides, and for a connect that fails at once: the loop tries it and
-    words the refusal.
+    words the refusal.  For a name, the report carries the address dialled
+    after the request: ATYP X'01' or X'04' and the address.
     """
-    cdef const unsigned char* addr = <const unsigned char*>p.nbuf + g + 4
+    cdef const unsigned char* port = <const unsigned char*>p.nbuf + need - 2
     cdef Py_ssize_t alen = 16 if v6 else 4
+    cdef Py_ssize_t told = need
     cdef Py_ssize_t reply_len = 0
     cdef char* reply
     cdef int fd, i
@@ -2237,7 +2358,7 @@ cdef bint _dial(Engine e, Pair* p, Py_ssize_t g, bint v6, Py_ssize_t need) noexc
         memcpy(p.up.pend, p.nbuf + need, p.nlen - need)
         p.up.pend_len = p.nlen - need
         p.up.nbytes = p.up.pend_len
-    fd = fastsocks_dial(v6, addr, addr + alen, reply, &reply_len)
+    fd = fastsocks_dial(v6, addr, port, reply, &reply_len)
     if fd < 0:
         free(reply)
         free(p.up.pend)
@@ -2245,6 +2366,11 @@ cdef bint _dial(Engine e, Pair* p, Py_ssize_t g, bint v6, Py_ssize_t need) noexc
         p.up.pend_len = 0
         p.up.nbytes = 0
         return False
+    if named:                 # the early bytes are copied: the address goes in their place
+        p.nbuf[need] = 4 if v6 else 1
+        memcpy(p.nbuf + need + 1, addr, alen)
+        told = need + 1 + alen
+        fastsocks_ref_add(&e.name_dials, 1)
     p.fds[1] = fd
     p.up.dst = fd
     p.down.src = fd
@@ -2257,7 +2383,7 @@ cdef bint _dial(Engine e, Pair* p, Py_ssize_t g, bint v6, Py_ssize_t need) noexc
     p.last_ms = _now_ms()
     # Quiet where its listener takes whole reports: introduced at a scan, or
     # reported once at its end.
-    _ask(e, p, R_DIALLING, need, p.whole and not p.told)
+    _ask(e, p, R_DIALLING, told, p.whole and not p.told)
     ev.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET
     ev.data.u64 = <uint64_t>p | <uint64_t>1
     if epoll_ctl(e.epfd, EPOLL_CTL_ADD, fd, &ev) < 0:

@@ -8,7 +8,10 @@ advance (the kernel picks BND.ADDR and BND.PORT when the connect starts),
 so the event loop spends no writer callback, timer or wake-up on it
 (``_dial_in_engine``; a failure comes back to
 ``HandoffStage._on_engine_dialled`` with the client's descriptor, to be
-refused here as always).  Elsewhere a ``Connector`` dials
+refused here as always).  Where nothing about a request needs the loop
+(``Server.engine_dials``), such a name is also given to the engine
+(``_remember``), which dials later requests for it itself until the cached
+answers expire, as it dials IP literals.  Elsewhere a ``Connector`` dials
 it on the loop (no Task).  A name is dialled by the same Connector as its
 addresses come in (Happy Eyeballs, RFC 8305: AAAA and A looked up at once,
 attempts interleaved; a cached name is dialled without waiting), each
@@ -23,6 +26,7 @@ cancels it): the lookup is released and every attempt closed.
 from __future__ import annotations
 
 import asyncio
+import socket
 from typing import Any
 
 from ..constants import Command, Reply
@@ -32,6 +36,7 @@ from ..net.resolver import (
     ConnectError,
     Refused,
     cached_only_address,
+    cached_until,
     literal_addresses,
     reply_for_errno,
     source_addresses,
@@ -82,6 +87,8 @@ class ConnectStage(SessionCore):
         if engine is not None:
             only = self._only_address(request)
             if only is not None:
+                if self.targets is None and self.server.engine_dials:
+                    _remember(engine, request.host, only)
                 self._dial_in_engine(engine, *only)
                 return
         self._watch_client()
@@ -214,3 +221,18 @@ class ConnectStage(SessionCore):
             self.dialled = None
         self.transport.pause_reading()
         self._relay(sock, bound_host, bound_port)
+
+
+def _remember(engine: Any, host: str, only: Any) -> None:
+    """The engine dials later CONNECTs by ``host`` itself while the cache
+    keeps its one address (``Engine.remember``): nothing about them needs the loop."""
+    until = cached_until(host)
+    name = host.encode()  # the bytes the request carried: the codec decoded them as UTF-8
+    if not until or len(name) > 255:
+        return
+    family, sockaddr = only
+    try:
+        packed = socket.inet_pton(family, sockaddr[0])
+    except OSError:  # a scoped IPv6 address: the loop dials it
+        return
+    engine.remember(name, packed, until)

@@ -2,10 +2,11 @@
 
 With the splice engine (Linux, compiled build) both descriptors go to its
 thread and the reply travels with them: the engine sends it first, then the
-bytes the client sent early.  A CONNECT to an IP literal goes there before
-its connect is done (``connect.py``): the engine waits for it, and a
-failure comes back here (``_on_engine_dialled``) with the client's
-descriptor, which ``Returned`` lends the refusal.  Elsewhere, and under
+bytes the client sent early.  A CONNECT to an IP literal, or to a name
+with one cached address, goes there before its connect is done
+(``connect.py``): the engine waits for it, and a failure comes back here
+(``_on_engine_dialled``) with the client's descriptor, which ``Returned``
+lends the refusal.  Elsewhere, and under
 GSSAPI wrapping (RFC 1961 §5, MTYP 3 both ways), an asyncio protocol pair
 relays on the loop.  Either way the relay reports how the connection
 ended, and the session reports it once to the observers.
@@ -43,11 +44,14 @@ def relay_reason(text: str) -> CloseReason:
     return _REASONS.get(text, CloseReason.ERROR)
 
 
-def dialled_request(data: bytes, answered: int) -> tuple[str | None, Any]:
-    """The user and the request in the handshake the engine read and dialled itself.
+def dialled_request(data: bytes, answered: int) -> tuple[str | None, Any, tuple[str, int]]:
+    """The user, the request and the address dialled, in the handshake the
+    engine read and dialled itself.
 
     ``data`` is the greeting, the RFC 1929 login where the engine answered
-    one (``answered`` ``Sent.LOGIN``), and the request.
+    one (``answered`` ``Sent.LOGIN``), and the request; after a request by
+    name (one the engine keeps, ``Engine.remember``), the address it
+    dialled: ATYP X'01' or X'04' and the address.
     """
     at = 2 + data[1]  # past the greeting
     user = None
@@ -59,7 +63,12 @@ def dialled_request(data: bytes, answered: int) -> tuple[str | None, Any]:
     # ATYP ADDR PORT, so the codec's reply parser reads it, the host written
     # as everywhere else.
     parsed = parse_reply(data[at:])
-    return user, Request(parsed.rep, parsed.atyp, parsed.host, parsed.port)
+    request = Request(parsed.rep, parsed.atyp, parsed.host, parsed.port)
+    dialled = data[at + parsed.length:]
+    if not dialled:
+        return user, request, (parsed.host, parsed.port)
+    family = socket.AF_INET6 if dialled[0] == 4 else socket.AF_INET
+    return user, request, (socket.inet_ntop(family, dialled[1:]), parsed.port)
 
 
 def report_quiet(server: Any, peer: Any, data: bytes, answered: int, bytes_up: int,
@@ -75,10 +84,10 @@ def report_quiet(server: Any, peer: Any, data: bytes, answered: int, bytes_up: i
     debug = log.isEnabledFor(logging.DEBUG)
     if metrics is None and access_log is None and not debug:
         return
-    user, request = dialled_request(data, answered)
+    user, request, dialled = dialled_request(data, answered)
     record = CloseRecord(
         client=(peer[0], peer[1]) if peer else None, user=user, command=request.command,
-        host=request.host, port=request.port, dialled=(request.host, request.port),
+        host=request.host, port=request.port, dialled=dialled,
         reply=Reply.SUCCEEDED, bytes_up=bytes_up, bytes_down=bytes_down, duration=duration,
         reason=relay_reason(reason))
     if metrics is not None:

@@ -157,18 +157,18 @@ class Session(ProxyHeaderStage, NegotiateStage, Socks4Stage, HttpStage, DecideSt
             self._close(relay_reason(reason), f"{reason} during handshake")
 
     def _dialling(self, data: bytes, answered: int) -> None:
-        """The engine dials the request's IP literal itself (``Server.engine_dials``).
+        """The engine dials the request's IP literal itself (``Server.engine_dials``),
+        or the one address of a name it keeps (``Engine.remember``).
 
         Nothing is left to decide: the request (and the user of a login the
         engine answered) is noted for the access log and the metrics, the
         handshake is over, and the session waits for the engine's report as
         after ``_dial_in_engine``.
         """
-        user, request = dialled_request(data, answered)
+        user, request, self.dialled = dialled_request(data, answered)
         if user is not None:
             self.user = user
         self.request = request
-        self.dialled = (request.host, request.port)
         self._handshake_done()
         self.codec = None  # a refusal after a failed connect is encoded on its own
         self.state = _RELAYING

@@ -187,6 +187,11 @@ class DnsCache:
         self.entries.move_to_end(key)
         return entry[1]
 
+    def until(self, host: str, family: int) -> float:
+        """When the cached answer for (host, family) expires (the clock's time); 0: none."""
+        entry = self.entries.get((host, family))
+        return 0.0 if entry is None else entry[0]
+
     def put(self, host: str, family: int, answer: Any, ttl: float | None) -> None:
         """Keep an answer: addresses for ``ttl`` (clamped), a reason for negative_ttl."""
         if isinstance(answer, str):

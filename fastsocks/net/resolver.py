@@ -23,6 +23,7 @@ __all__ = [
     "resolve",
     "resolve_cached",
     "cached_only_address",
+    "cached_until",
     "resolve_and_cache",
     "literal_addresses",
     "reply_for_errno",
@@ -199,6 +200,13 @@ def cached_only_address(host: str, port: int) -> Address | None:
     if not isinstance(only, tuple) or len(only) != 1:
         return None
     return sockaddrs(family, only, port)[0]
+
+
+def cached_until(host: str) -> float:
+    """Until when the cache knows ``host`` as it does now: the sooner expiry
+    of its two families' answers (time.monotonic()); 0 when one is missing."""
+    cache = dns.CACHE
+    return min(cache.until(host, socket.AF_INET6), cache.until(host, socket.AF_INET))
 
 
 async def resolve_and_cache(host: str, port: int) -> list[Address]:

@@ -20,7 +20,7 @@ from ..control.auth import Users
 from ..config import Settings, not_reloadable
 from ..constants import Greet
 from ..errors import ConfigError
-from ..net.address import format_peer
+from ..net.address import format_peer, trusted_ranges
 from ..control.gssapi import Acceptor, acceptor_from_settings
 from ..hooks import AuthenticateHook, AuthorizeHook
 from ..control.limits import Limits, SharedCounts
@@ -31,7 +31,6 @@ from ..control.rules import build_policy
 from ..control.record import Protocol
 from ..control.session import Session
 from ..net import dns
-from ..net.address import trusted_ranges
 from .listener import EngineListener, listening_sockets
 
 __all__ = ["Server"]
@@ -230,16 +229,16 @@ class Server:
     def _plan_handshakes(self) -> None:
         """What the engine may do, at start and after each reload: how bulk
         moves (``relay_bulk``) and, without GSSAPI or an authenticate hook, a
-        negotiation: it answers a greeting itself:
-        "no authentication" without users, else username/password, and the
-        logins the users file's cache vouches for (``Users.mirror``; none
-        while a source backs off after its failures).  It dials an IP
-        literal itself (``engine_dials``, the connect timeout) only where,
-        besides, nothing about the request needs the control plane: no
-        access rules (nor the SSRF-safe default), no authorize hook, no
-        outbound address or interface, no bandwidth limit per connection,
-        and no limit or source address of a user's own.  The engine's
-        listeners take the new plan (``EngineListener.configure``).
+        negotiation: it answers a greeting itself: "no authentication"
+        without users, else username/password, and the logins the users
+        file's cache vouches for (``Users.mirror``; none while a source backs
+        off after its failures).  It dials an IP literal, and a name the loop
+        gave it (``Engine.remember``, forgotten here), itself (``engine_dials``,
+        the connect timeout) only where nothing about the request needs the
+        control plane: no access rules (nor the SSRF-safe default), no
+        authorize hook, no outbound address or interface, no bandwidth limit
+        per connection, no limit or source address of a user's own.  The
+        engine's listeners take the new plan (``EngineListener.configure``).
         """
         settings, limits, users, engine = self.settings, self.limits, self.users, self.engine
         greets = Greet.NONE
@@ -255,6 +254,7 @@ class Server:
             and (limits is None or not limits.settings.bandwidth_per_connection)) else 0.0
         if engine is not None:
             engine.bulk = settings.relay_bulk
+            engine.forget()
             if users is not None and greets == Greet.LOGIN:
                 users.mirror(engine)
             else:

@@ -295,13 +295,18 @@ def test_many_negotiations_end_to_end_leave_no_descriptor(rig: Rig) -> None:
 
 
 def _dialling(rig: Rig, host: str, port: int, early: bytes = b"") -> tuple[socket.socket, int]:
+    return _may_dial(rig, GREETING + _connect_request(port, host) + early)
+
+
+def _may_dial(rig: Rig, handshake: bytes, split: bool = False) -> tuple[socket.socket, int]:
+    """A client that sends ``handshake``, negotiated with dial_timeout (the engine may dial)."""
     client = socket.create_connection(rig.listener.getsockname())
     fd, _ = rig.listener._accept()  # type: ignore[attr-defined]
     holder: list[int] = []
     pair_id = rig.engine.negotiate(
         fd, True, lambda *args: rig.reports.setdefault(holder[0], []).append(args), 5.0, 0.0)
     holder.append(pair_id)
-    client.sendall(GREETING + _connect_request(port, host) + early)
+    send_split(client, handshake, split)
     return client, pair_id
 
 
@@ -354,3 +359,121 @@ def test_an_ipv4_mapped_address_and_a_name_go_to_the_loop(rig: Rig) -> None:
     assert rig.wait(pair_id)[0][0] == "request"
     rig.engine.end(pair_id)
     client.close()
+
+
+# -- names the loop gave the engine (remember) ------------------------------------------
+
+
+def _by_name(rig: Rig, name: bytes, port: int, early: bytes = b"",
+             split: bool = False) -> tuple[socket.socket, int, bytes]:
+    """A client whose CONNECT asks for ``name`` (``_may_dial``); returns the request too."""
+    request = b"\x05\x01\x00\x03" + bytes([len(name)]) + name + struct.pack(">H", port)
+    return (*_may_dial(rig, GREETING + request + early, split), request)
+
+
+@pytest.mark.parametrize("split", [False, True], ids=["whole", "byte_by_byte"])
+@pytest.mark.parametrize("host", ["127.0.0.1", "::1"])
+def test_a_remembered_name_is_dialled_here_and_reported_with_its_address(
+        rig: Rig, host: str, split: bool) -> None:
+    from fastsocks.control.handoff import dialled_request
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    target_server = rig.target if host == "127.0.0.1" else socket.create_server(
+        (host, 0), family=family)
+    port = target_server.getsockname()[1]
+    rig.engine.remember(b"svc.test", socket.inet_pton(family, host), time.monotonic() + 60)
+    client, pair_id, request = _by_name(rig, b"svc.test", port, b"early", split)
+    target, _ = target_server.accept()
+    with target:
+        assert recv_exact(target, 5) == b"early"
+        assert recv_exact(client, 2) == b"\x05\x00"
+        reply = fcodec.parse_reply(recv_exact(client, 10 if family == socket.AF_INET else 22))
+        assert reply.rep == 0 and (reply.host, reply.port) == target.getpeername()[:2]
+        reason, data, answered, *_ = rig.wait(pair_id)[0]
+        atyp = b"\x01" if family == socket.AF_INET else b"\x04"
+        assert (reason, data, answered) == (
+            "dialling", GREETING + request + atyp + socket.inet_pton(family, host), True)
+        user, parsed, dialled = dialled_request(data, answered)
+        assert (user, parsed.host, parsed.port, dialled) == (None, "svc.test", port, (host, port))
+        target.sendall(b"pong")
+        assert recv_exact(client, 4) == b"pong"
+    assert rig.engine.name_dials == 1
+    client.close()
+    rig.wait_end(pair_id)
+    if target_server is not rig.target:
+        target_server.close()
+
+
+@pytest.mark.parametrize("case", ["never", "expired", "forgotten", "other_case", "longer",
+                                  "prefix", "mapped"])
+def test_a_name_not_remembered_now_goes_to_the_loop(rig: Rig, case: str) -> None:
+    port = rig.target.getsockname()[1]
+    loopback, until = socket.inet_aton("127.0.0.1"), time.monotonic() + 60
+    if case == "expired":
+        rig.engine.remember(b"svc.test", loopback, time.monotonic() - 0.01)
+    elif case == "mapped":  # an IPv4-mapped address: the loop decides its family
+        rig.engine.remember(b"svc.test", socket.inet_pton(socket.AF_INET6, "::ffff:127.0.0.1"),
+                            until)
+    elif case != "never":
+        rig.engine.remember({"other_case": b"SVC.test", "longer": b"svc.tes",
+                             "prefix": b"svc.test.x"}.get(case, b"svc.test"), loopback, until)
+    if case == "forgotten":
+        rig.engine.forget()
+    client, pair_id, request = _by_name(rig, b"svc.test", port, b"early")
+    reason, data, answered, *_ = rig.wait(pair_id)[0]
+    assert (reason, data, answered) == ("request", GREETING + request + b"early", True)
+    assert rig.engine.name_dials == 0
+    rig.engine.end(pair_id)
+    client.close()
+
+
+def _dialled_to_target(rig: Rig, name: bytes) -> bytes:
+    """CONNECT by ``name``: the engine dials the rig's target (127.0.0.1) itself; the report."""
+    client, pair_id, _ = _by_name(rig, name, rig.target.getsockname()[1])
+    first = rig.wait(pair_id)[0]
+    assert first[0] == "dialling"
+    rig.target.accept()[0].close()
+    client.close()
+    rig.wait_end(pair_id)
+    return bytes(first[1])
+
+
+def test_remember_replaces_what_it_kept_for_a_name(rig: Rig) -> None:
+    until = time.monotonic() + 60
+    rig.engine.remember(b"svc.test", socket.inet_aton("127.0.0.9"), until)
+    rig.engine.remember(b"svc.test", socket.inet_aton("127.0.0.1"), until)
+    assert _dialled_to_target(rig, b"svc.test").endswith(b"\x01" + socket.inet_aton("127.0.0.1"))
+
+
+def test_a_full_table_gives_up_the_names_that_expire_first(rig: Rig) -> None:
+    until = time.monotonic() + 60
+    # Far more names than the table holds (1,024), each kept a little longer
+    # than the one before: where a window is full, the entry that expires first goes.
+    for i in range(3000):
+        rig.engine.remember(b"n%d.test" % i, socket.inet_aton("127.0.0.1"), until + i)
+    kept = [i for i in range(3000) if _kept(rig, b"n%d.test" % i)]
+    assert 900 <= len(kept) <= 1024 and kept[-1] == 2999
+    assert sum(i >= 2000 for i in kept) >= 850  # mostly the latest thousand (899: the hash is fixed)
+    assert _dialled_to_target(rig, b"n2999.test").endswith(socket.inet_aton("127.0.0.1"))
+
+
+def _kept(rig: Rig, name: bytes) -> bool:
+    """Whether the engine dials ``name`` now (the request is ended either way)."""
+    client, pair_id, _ = _by_name(rig, name, rig.target.getsockname()[1])
+    reason = rig.wait(pair_id)[0][0]
+    if reason == "dialling":
+        rig.target.accept()[0].close()
+    else:
+        rig.engine.end(pair_id)
+    client.close()
+    rig.wait_end(pair_id)
+    return reason == "dialling"
+
+
+@pytest.mark.parametrize("name, address", [
+    (b"", b"\x7f\x00\x00\x01"), (b"x" * 256, b"\x7f\x00\x00\x01"), (b"svc.test", b"\x7f\x00\x00"),
+    (b"svc.test", b"\x00" * 17)])
+def test_remember_refuses_what_no_request_can_carry(rig: Rig, name: bytes,
+                                                    address: bytes) -> None:
+    with pytest.raises(ValueError):
+        rig.engine.remember(name, address, time.monotonic() + 60)

@@ -106,3 +106,20 @@ def test_cached_only_address(monkeypatch: pytest.MonkeyPatch, v6: object, v4: ob
             fresh.put("only.example", family, answer, 60)
     assert resolver.cached_only_address("only.example", 443) == expected
     assert resolver.cached_only_address("other.example", 443) is None
+
+
+def test_cached_until_is_the_sooner_of_the_two_answers(monkeypatch: pytest.MonkeyPatch) -> None:
+    """How long the engine may dial a name itself (connect.py ``_remember``): until the
+    first of its two cached answers expires; 0 while one is not cached."""
+    now = [1000.0]
+    fresh = dns.DnsCache(clock=lambda: now[0])
+    fresh.configure(min_ttl=1.0, negative_ttl=5.0)
+    monkeypatch.setattr(dns, "CACHE", fresh)
+    assert resolver.cached_until("only.example") == 0.0
+    fresh.put("only.example", socket.AF_INET, ("192.0.2.7",), 300)
+    assert resolver.cached_until("only.example") == 0.0  # AAAA not known yet
+    fresh.put("only.example", socket.AF_INET6, "no AAAA", None)  # negative: 5 s
+    assert resolver.cached_until("only.example") == 1005.0
+    fresh.put("only.example", socket.AF_INET6, "no AAAA", None)
+    fresh.put("only.example", socket.AF_INET, ("192.0.2.7",), 0.2)  # raised to min_ttl
+    assert resolver.cached_until("only.example") == 1001.0
